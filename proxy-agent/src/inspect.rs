@@ -1,0 +1,94 @@
+//! Reads the pinned maps for `proxyctl`: what the kernel actually holds, independent
+//! of the agent process.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context;
+use aya::maps::{HashMap, Map, MapData};
+use proxy_common::{Backend, FrontendKey, SlotKey, maps};
+
+use crate::dataplane::ebpf::model_frontend;
+
+/// One programmed frontend as the kernel holds it.
+#[derive(Debug, serde::Serialize)]
+pub struct ServiceView {
+    /// VIP:port/protocol.
+    pub frontend: String,
+    /// The service id in the maps.
+    pub service_id: u32,
+    /// ClientIP affinity timeout, if on.
+    pub affinity_timeout_s: Option<u32>,
+    /// Backends in slot order.
+    pub backends: Vec<SocketAddr>,
+}
+
+fn open_hash<K: aya::Pod, V: aya::Pod>(
+    bpffs: &Path,
+    name: &str,
+) -> anyhow::Result<HashMap<MapData, K, V>> {
+    let path = bpffs.join("maps").join(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening {} (is the agent running with this --bpffs?)", path.display()))?;
+    HashMap::try_from(Map::HashMap(data)).with_context(|| format!("map {name}"))
+}
+
+/// Lists the programmed services, sorted by frontend.
+pub fn list(bpffs: &Path) -> anyhow::Result<Vec<ServiceView>> {
+    let frontends: HashMap<_, FrontendKey, proxy_common::Frontend> =
+        open_hash(bpffs, maps::FRONTENDS)?;
+    let slots: HashMap<_, SlotKey, u32> = open_hash(bpffs, maps::SLOTS)?;
+    let backends: HashMap<_, u32, Backend> = open_hash(bpffs, maps::BACKENDS)?;
+    let mut out = Vec::new();
+    for item in frontends.iter() {
+        let (key, fe) = item.context("reading FRONTENDS")?;
+        let Some(f) = model_frontend(&key) else {
+            continue;
+        };
+        let mut list = Vec::new();
+        for slot in 0..fe.backend_count {
+            let key = SlotKey {
+                service_id: fe.service_id,
+                slot,
+            };
+            if let Ok(id) = slots.get(&key, 0)
+                && let Ok(be) = backends.get(&id, 0)
+            {
+                list.push(SocketAddr::new(be.addr.ip(), u16::from_be(be.port_be)));
+            }
+        }
+        out.push((
+            f,
+            ServiceView {
+                frontend: f.to_string(),
+                service_id: fe.service_id,
+                affinity_timeout_s: (fe.flags & proxy_common::FRONTEND_F_AFFINITY != 0)
+                    .then_some(fe.affinity_timeout_s),
+                backends: list,
+            },
+        ));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out.into_iter().map(|(_, v)| v).collect())
+}
+
+/// A table in the spirit of `ipvsadm -Ln`.
+pub fn render_table(services: &[ServiceView]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<44} {:>4}  {:<16} BACKENDS", "FRONTEND", "ID", "AFFINITY");
+    for v in services {
+        let aff = v
+            .affinity_timeout_s
+            .map(|t| format!("ClientIP {t}s"))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(s, "{:<44} {:>4}  {:<16} {}", v.frontend, v.service_id, aff, v.backends.len());
+        if v.backends.is_empty() {
+            let _ = writeln!(s, "  -> (none: connections are refused)");
+        }
+        for b in &v.backends {
+            let _ = writeln!(s, "  -> {b}");
+        }
+    }
+    s
+}

@@ -1,0 +1,20 @@
+//! The node agent of the eBPF kube-proxy replacement.
+//!
+//! Data flows one way through the modules, each with one job:
+//!
+//! ```text
+//! source (manifest files | Kubernetes watch) -> Snapshot
+//!   -> translate (pure: kube-proxy's semantics)   -> DesiredState
+//!   -> reconcile (diff, ordered apply)            -> Dataplane (eBPF maps)
+//!   -> observers (inspect/proxyctl, metrics)
+//! ```
+#![deny(missing_docs)]
+
+// pub mod agent; (enabled once translate/manifests land)
+pub mod dataplane;
+pub mod inspect;
+pub mod model;
+pub mod reconcile;
+pub mod source;
+pub mod translate;
+pub mod validate;

@@ -1,0 +1,89 @@
+//! Harness for the real-kernel integration tests.
+//!
+//! Everything a test creates lives in objects that undo themselves on `Drop`, also when
+//! the test panics:
+//!
+//! - [`Netns`]: a named network namespace (`ip netns add kpt-<tag>-<pid>-<n>`).
+//! - [`Cgroup`]: a fresh cgroup v2 directory for attaching socket programs; never the
+//!   machine's root cgroup.
+//! - [`BpfFs`]: a private bpffs mount so pins of parallel tests do not clash.
+//! - [`ChildGuard`]: a process that is killed and reaped on drop.
+//! - [`ClusterTopology`]: a "node" namespace with a bridge, a client pod and backend pods.
+//!
+//! Processes are started inside a namespace (and optionally a cgroup) with [`spawn`],
+//! [`spawn_guarded`] or [`run`]; every wait is bounded by a timeout, so a test never hangs.
+//! Test traffic starts and ends in namespaces the test made; nothing is routed or attached
+//! in the root namespace or the root cgroup.
+//!
+//! The `probe` binary (`src/bin/probe.rs`) is the traffic tool: [`probe_bin`] finds it,
+//! [`start_probe_server`] runs `probe serve`, [`ProbeReply::parse`] reads its output.
+//!
+//! All of this needs root and a real kernel. CI runs as root, so a test that cannot set up
+//! its environment fails with the reason rather than skipping.
+#![deny(missing_docs)]
+
+mod bpffs;
+mod cgroup;
+mod netns;
+mod probe;
+mod process;
+mod stale;
+mod topology;
+
+pub use bpffs::BpfFs;
+pub use cgroup::{Cgroup, cgroup2_mount};
+pub use netns::Netns;
+pub use probe::{ProbeReply, probe_bin, start_probe_server};
+pub use process::{
+    ChildGuard, RunTimedOut, run, spawn, spawn_guarded, stdout_lines, tool, try_run,
+};
+pub use stale::cleanup_stale;
+pub use topology::{ClusterTopology, Pod};
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Prefix of every object name the harness creates (netns, cgroup, bpffs directory).
+pub const PREFIX: &str = "kpt-";
+
+/// Default timeout for short helper commands (`ip`, `sysctl`, ...).
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A name unique across this process and all other processes: `kpt-<tag>-<pid>-<n>`.
+pub(crate) fn unique_name(tag: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{PREFIX}{tag}-{}-{n}", std::process::id())
+}
+
+/// The pid embedded by [`unique_name`], if `name` has that shape.
+pub(crate) fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let mut parts = rest.rsplitn(3, '-');
+    let _counter: u32 = parts.next()?.parse().ok()?;
+    let pid = parts.next()?.parse().ok()?;
+    let _tag = parts.next()?;
+    Some(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_differ_and_carry_the_pid() {
+        let a = unique_name("x-y");
+        let b = unique_name("x-y");
+        assert_ne!(a, b);
+        assert_eq!(owner_pid(&a), Some(std::process::id()));
+        assert_eq!(owner_pid(&b), Some(std::process::id()));
+    }
+
+    #[test]
+    fn owner_pid_rejects_foreign_names() {
+        assert_eq!(owner_pid("cni-1234"), None);
+        assert_eq!(owner_pid("kpt-foo"), None);
+        assert_eq!(owner_pid("kpt-12-3"), None);
+        assert_eq!(owner_pid("kpt-a-12-3"), Some(12));
+    }
+}

@@ -1,0 +1,192 @@
+//! Finding, starting and reading the `probe` traffic tool.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{Cgroup, ChildGuard, Netns, spawn_guarded};
+
+/// Path of the `probe` binary.
+///
+/// Looks at `$KPT_PROBE_BIN`, then `$CARGO_BIN_EXE_probe`, then next to the running
+/// executable and in its parent directory: an integration test runs from
+/// `target/<profile>/deps/`, xtask from `target/<profile>/`, and the binary is
+/// `target/<profile>/probe`.
+///
+/// # Panics
+/// If it is not found, saying how to build it.
+pub fn probe_bin() -> PathBuf {
+    for var in ["KPT_PROBE_BIN", "CARGO_BIN_EXE_probe"] {
+        if let Some(p) = std::env::var_os(var).map(PathBuf::from) {
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("probe"))
+        .collect();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "probe binary not found (looked at {candidates:?}); build it with \
+                 `cargo build -p tests --bin probe` (cargo test builds it for the \
+                 integration tests of the `tests` package) or set KPT_PROBE_BIN"
+            )
+        })
+}
+
+/// Starts `probe serve --name <name>` in `netns` with the given TCP and UDP listen
+/// addresses, and waits until it prints `ready`.
+///
+/// # Panics
+/// If it does not become ready within 10 s (with its stderr).
+pub fn start_probe_server(
+    netns: &Netns,
+    name: &str,
+    tcp: &[SocketAddr],
+    udp: &[SocketAddr],
+) -> ChildGuard {
+    start_probe_server_in(netns, None, name, tcp, udp)
+}
+
+/// [`start_probe_server`] inside `cgroup` too.
+pub(crate) fn start_probe_server_in(
+    netns: &Netns,
+    cgroup: Option<&Cgroup>,
+    name: &str,
+    tcp: &[SocketAddr],
+    udp: &[SocketAddr],
+) -> ChildGuard {
+    let mut cmd = Command::new(probe_bin());
+    cmd.args(["serve", "--name", name]);
+    for a in tcp {
+        cmd.arg("--tcp").arg(a.to_string());
+    }
+    for a in udp {
+        cmd.arg("--udp").arg(a.to_string());
+    }
+    let mut child = spawn_guarded(netns, cgroup, &mut cmd);
+    let line = child.expect_line(Duration::from_secs(10));
+    assert_eq!(
+        line,
+        "ready",
+        "probe serve {name}: unexpected first line; stderr: {}",
+        child.stderr()
+    );
+    child
+}
+
+/// One result line of `probe tcp`, `probe udp` or the first line of `probe hold`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeReply {
+    /// `ok <name> <addr> [<peer>]`: the server `name` answered; `addr` is the socket's
+    /// peer (TCP: `getpeername()`, UDP: the source `recvfrom()` reported); `peer` is the
+    /// client address as the server saw it, when `--peer` was given.
+    Ok {
+        /// The server's `--name`.
+        name: String,
+        /// Peer address seen by the client.
+        addr: SocketAddr,
+        /// Client address seen by the server (with `--peer`).
+        peer: Option<SocketAddr>,
+    },
+    /// `err <reason> <ms> ...`: `reason` is an errno name (`ECONNREFUSED`, `EPERM`,
+    /// `ETIMEDOUT` for a connect timeout, ...) or `timeout` / `EOF` / `mismatch`.
+    Err {
+        /// Errno name or `timeout`/`EOF`/`mismatch`.
+        reason: String,
+        /// Milliseconds until the failure.
+        ms: u64,
+    },
+}
+
+impl ProbeReply {
+    /// Parses one line; `None` if it is neither an `ok` nor an `err` line.
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut words = line.split_whitespace();
+        match words.next()? {
+            "ok" => Some(Self::Ok {
+                name: words.next()?.to_owned(),
+                addr: words.next()?.parse().ok()?,
+                peer: match words.next() {
+                    Some(p) => Some(p.parse().ok()?),
+                    None => None,
+                },
+            }),
+            "err" => Some(Self::Err {
+                reason: words.next()?.to_owned(),
+                ms: words.next()?.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Parses every `ok`/`err` line of a probe's stdout.
+    ///
+    /// # Panics
+    /// On a line that is neither.
+    pub fn parse_all(stdout: &str) -> Vec<Self> {
+        stdout
+            .lines()
+            .map(|l| Self::parse(l).unwrap_or_else(|| panic!("not a probe reply: {l:?}")))
+            .collect()
+    }
+
+    /// The server name of an `ok` reply.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Self::Ok { name, .. } => Some(name),
+            Self::Err { .. } => None,
+        }
+    }
+
+    /// The reason of an `err` reply.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Self::Ok { .. } => None,
+            Self::Err { reason, .. } => Some(reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_and_err_lines_parse() {
+        assert_eq!(
+            ProbeReply::parse("ok backend-0 10.244.0.11:80"),
+            Some(ProbeReply::Ok {
+                name: "backend-0".into(),
+                addr: "10.244.0.11:80".parse().expect("addr"),
+                peer: None,
+            })
+        );
+        assert_eq!(
+            ProbeReply::parse("ok b [fd00:244::11]:80 [fd00:244::2]:4000"),
+            Some(ProbeReply::Ok {
+                name: "b".into(),
+                addr: "[fd00:244::11]:80".parse().expect("addr"),
+                peer: Some("[fd00:244::2]:4000".parse().expect("addr")),
+            })
+        );
+        assert_eq!(
+            ProbeReply::parse("err ECONNREFUSED 3"),
+            Some(ProbeReply::Err {
+                reason: "ECONNREFUSED".into(),
+                ms: 3
+            })
+        );
+        assert_eq!(ProbeReply::parse("round 1 ok"), None);
+    }
+}
