@@ -1,7 +1,10 @@
 //! The node daemon's wiring: configuration, data plane set-up, and the sync loop that
 //! takes snapshots from a source through translation into the reconciler.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -9,11 +12,14 @@ use tracing::{info, info_span, warn};
 
 use crate::dataplane::ebpf::{EbpfConfig, EbpfDataplane, MapSizes};
 use crate::reconcile::Reconciler;
+use crate::http::Health;
+use crate::metrics::{Metrics, Reason};
+use crate::source::Snapshot;
+use crate::source::kubernetes::KubeSource;
 use crate::source::manifests::ManifestSource;
 use crate::translate::{self, NodeContext};
 
-/// Default pin directory (on the bpffs at /sys/fs/bpf).
-pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/proxy-agent";
+pub use crate::dataplane::ebpf::DEFAULT_BPFFS;
 
 /// `proxy-agent` command line.
 #[derive(Debug, clap::Parser)]
@@ -21,8 +27,12 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/proxy-agent";
 pub struct Config {
     /// Read Services and EndpointSlices from YAML/JSON manifests in this directory
     /// (watched for changes) instead of a Kubernetes API server.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
     pub manifests: Option<PathBuf>,
+    /// Kubeconfig to reach the API server. Default: in-cluster configuration, else
+    /// $KUBECONFIG or ~/.kube/config.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
     /// The cgroup v2 directory whose processes are load-balanced at the socket layer.
     /// Default: the root of the cgroup2 mount.
     #[arg(long, value_name = "PATH")]
@@ -37,7 +47,18 @@ pub struct Config {
     /// Remove everything this agent pinned (detaching its programs) and exit.
     #[arg(long)]
     pub cleanup: bool,
-    /// Minimum time between two syncs; bursts of changes are coalesced into one.
+    /// Where `/metrics` and `/proxyMode` are served (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: SocketAddr,
+    /// Where `/healthz` and `/livez` are served (port 0: any free port).
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: SocketAddr,
+    /// Full resync interval (also repairs drift); a change left unapplied for twice
+    /// this long makes /healthz answer 503.
+    #[arg(long, value_parser = humantime_secs, default_value = "30")]
+    pub sync_period: Duration,
+    /// Minimum time between the starts of two syncs; changes arriving meanwhile are
+    /// coalesced into one sync.
     #[arg(long, value_parser = humantime_secs, default_value = "0.05")]
     pub min_sync_period: Duration,
     /// Capacity of the frontends map (service ports x VIPs).
@@ -98,8 +119,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         info!(bpffs = %cfg.bpffs.display(), "cleaned up");
         return Ok(());
     }
-    let Some(dir) = cfg.manifests.clone() else {
-        bail!("no source configured: pass --manifests DIR");
+    let node_name = cfg.node_name();
+    let mut source = match &cfg.manifests {
+        Some(dir) => Source::Manifests(
+            ManifestSource::new(dir.clone())
+                .with_context(|| format!("watching {}", dir.display()))?,
+        ),
+        None => Source::Kube(KubeSource::start(kube_client(&cfg).await?, &node_name)),
     };
     ensure_bpffs(&cfg.bpffs)?;
     let cgroup = match &cfg.cgroup_path {
@@ -113,46 +139,161 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     })
     .context("loading the eBPF data plane")?;
     let mut reconciler = Reconciler::new(dataplane).context("reading the programmed state")?;
-    let node = NodeContext {
-        name: cfg.node_name(),
-        zone: None,
-        ipv4: true,
-        ipv6: true,
-    };
+    let metrics = Metrics::new(Some(cfg.bpffs.clone()));
+    let health = Health::new(cfg.sync_period * 2);
+    crate::http::serve(
+        cfg.metrics_bind_address,
+        cfg.healthz_bind_address,
+        Arc::clone(&metrics),
+        Arc::clone(&health),
+    )
+    .await
+    .context("starting the metrics and health servers")?;
 
-    let mut source = ManifestSource::new(dir.clone())
-        .with_context(|| format!("watching {}", dir.display()))?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    info!(manifests = %dir.display(), node = %node.name, "agent running");
+    info!(source = %source.describe(), node = %node_name, "agent running");
+    let mut full = false;
+    let mut last_sync;
     loop {
-        sync(&mut source, &node, &mut reconciler);
+        let node = NodeContext {
+            name: node_name.clone(),
+            zone: source.zone(),
+            ipv4: true,
+            ipv6: true,
+        };
+        last_sync = Instant::now();
+        sync(&mut source, &node, &mut reconciler, &metrics, &health, full);
+        full = false;
         tokio::select! {
-            _ = source.changed() => {}
+            _ = source.changed() => {
+                health.queued();
+                metrics.last_queued.set(unix_now());
+            }
+            _ = tokio::time::sleep(cfg.sync_period) => full = true,
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
-        tokio::time::sleep(cfg.min_sync_period).await;
+        // Rate-limit like kube-proxy's --min-sync-period: a change after a quiet spell
+        // is applied at once; during a burst, whatever arrives while we wait joins the
+        // next sync.
+        let since = last_sync.elapsed();
+        if since < cfg.min_sync_period {
+            tokio::time::sleep(cfg.min_sync_period - since).await;
+        }
     }
     info!("stopping; the data plane stays programmed until the next agent adopts it");
     Ok(())
 }
 
+async fn kube_client(cfg: &Config) -> anyhow::Result<kube::Client> {
+    let config = match &cfg.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration (in-cluster, $KUBECONFIG or ~/.kube/config); pass --kubeconfig or --manifests")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// Where the world comes from.
+enum Source {
+    Manifests(ManifestSource),
+    Kube(KubeSource),
+}
+
+impl Source {
+    fn describe(&self) -> String {
+        match self {
+            Source::Manifests(m) => format!("manifests in {}", m.dir().display()),
+            Source::Kube(_) => "Kubernetes API".into(),
+        }
+    }
+
+    async fn changed(&mut self) {
+        match self {
+            Source::Manifests(m) => m.changed().await,
+            Source::Kube(k) => k.changed().await,
+        }
+    }
+
+    /// The world now (None until a Kubernetes source has listed everything once), and
+    /// the input problems seen.
+    fn snapshot(&mut self) -> (Option<Snapshot>, Vec<String>) {
+        match self {
+            Source::Manifests(m) => {
+                let (snap, errors) = m.load();
+                (Some(snap), errors.iter().map(ToString::to_string).collect())
+            }
+            Source::Kube(k) => k.snapshot(),
+        }
+    }
+
+    fn zone(&self) -> Option<String> {
+        match self {
+            Source::Manifests(_) => None,
+            Source::Kube(k) => k.node().zone,
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
 fn sync(
-    source: &mut ManifestSource,
+    source: &mut Source,
     node: &NodeContext,
     reconciler: &mut Reconciler<EbpfDataplane>,
+    metrics: &Metrics,
+    health: &Health,
+    full: bool,
 ) {
-    let _span = info_span!("sync").entered();
-    let (snapshot, errors) = source.load();
+    let _span = info_span!("sync", full).entered();
+    let started = Instant::now();
+    let (snapshot, errors) = source.snapshot();
+    let reason = |r: &str| Reason { reason: r.to_owned() };
+    metrics.skipped.get_or_create(&reason("input")).inc_by(errors.len() as u64);
     for e in &errors {
         warn!("{e}");
     }
+    let Some(snapshot) = snapshot else {
+        info!("waiting for the initial lists; the data plane keeps its current state");
+        return;
+    };
     let translation = translate::translate(&snapshot, node);
     for s in &translation.skipped {
         warn!(object = %s.object, reason = %s.reason, "skipped");
     }
-    let report = reconciler.apply(&translation.desired);
+    metrics
+        .skipped
+        .get_or_create(&reason("translation"))
+        .inc_by(translation.skipped.len() as u64);
+    let report = if full {
+        reconciler.resync(&translation.desired)
+    } else {
+        reconciler.apply(&translation.desired)
+    };
+    for (_, e) in &report.failed {
+        metrics.programming_failures.get_or_create(&reason(e.metric_label())).inc();
+    }
+    let applied = reconciler.applied();
+    metrics.services.set(applied.len() as i64);
+    metrics
+        .backends
+        .set(applied.values().map(|s| s.backends.len() as i64).sum());
+    metrics.sync_duration.observe(started.elapsed().as_secs_f64());
+    metrics.last_sync.set(unix_now());
+    health.updated();
     info!(
         services = translation.desired.services.len(),
         upserted = report.upserted,
@@ -219,4 +360,24 @@ pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
         }
     }
     bail!("no cgroup2 filesystem is mounted")
+}
+
+/// The `proxy-agent` binary: logging, command line, runtime. Shared with the test
+/// harness's copy of the binary so both run exactly this.
+pub fn main() -> anyhow::Result<()> {
+    use clap::Parser as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = Config::parse();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run(cfg))
 }

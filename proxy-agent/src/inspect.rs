@@ -29,8 +29,12 @@ fn open_hash<K: aya::Pod, V: aya::Pod>(
     name: &str,
 ) -> anyhow::Result<HashMap<MapData, K, V>> {
     let path = bpffs.join("maps").join(name);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening {} (is the agent running with this --bpffs?)", path.display()))?;
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening {} (is the agent running with this --bpffs?)",
+            path.display()
+        )
+    })?;
     HashMap::try_from(Map::HashMap(data)).with_context(|| format!("map {name}"))
 }
 
@@ -69,20 +73,31 @@ pub fn list(bpffs: &Path) -> anyhow::Result<Vec<ServiceView>> {
             },
         ));
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by_key(|(f, _)| *f);
     Ok(out.into_iter().map(|(_, v)| v).collect())
 }
 
 /// A table in the spirit of `ipvsadm -Ln`.
 pub fn render_table(services: &[ServiceView]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:<44} {:>4}  {:<16} BACKENDS", "FRONTEND", "ID", "AFFINITY");
+    let _ = writeln!(
+        s,
+        "{:<44} {:>4}  {:<16} BACKENDS",
+        "FRONTEND", "ID", "AFFINITY"
+    );
     for v in services {
         let aff = v
             .affinity_timeout_s
             .map(|t| format!("ClientIP {t}s"))
             .unwrap_or_else(|| "-".into());
-        let _ = writeln!(s, "{:<44} {:>4}  {:<16} {}", v.frontend, v.service_id, aff, v.backends.len());
+        let _ = writeln!(
+            s,
+            "{:<44} {:>4}  {:<16} {}",
+            v.frontend,
+            v.service_id,
+            aff,
+            v.backends.len()
+        );
         if v.backends.is_empty() {
             let _ = writeln!(s, "  -> (none: connections are refused)");
         }
@@ -91,4 +106,18 @@ pub fn render_table(services: &[ServiceView]) -> String {
         }
     }
     s
+}
+
+/// The data plane's per-CPU event counters, summed over CPUs, by name.
+pub fn counters(bpffs: &Path) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    let path = bpffs.join("maps").join(maps::COUNTERS);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let array: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(Map::PerCpuArray(data)).context("map COUNTERS")?;
+    let mut out = Vec::new();
+    for (i, name) in proxy_common::counter::NAMES.iter().enumerate() {
+        let per_cpu = array.get(&(i as u32), 0).context("reading COUNTERS")?;
+        out.push((*name, per_cpu.iter().sum()));
+    }
+    Ok(out)
 }

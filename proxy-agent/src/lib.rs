@@ -11,8 +11,11 @@
 #![deny(missing_docs)]
 
 // pub mod agent; (enabled once translate/manifests land)
+pub mod ctl;
 pub mod dataplane;
+pub mod http;
 pub mod inspect;
+pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod source;

@@ -54,6 +54,16 @@ impl<D: Dataplane> Reconciler<D> {
         &self.applied
     }
 
+    /// Re-reads what the kernel holds, then makes it match `desired`: entries changed
+    /// or deleted behind the agent's back are rewritten (the periodic full resync).
+    pub fn resync(&mut self, desired: &DesiredState) -> SyncReport {
+        match self.dataplane.refresh().and_then(|()| self.dataplane.programmed()) {
+            Ok(held) => self.applied = held.into_iter().map(|s| (s.frontend, s)).collect(),
+            Err(e) => warn!(error = %e, "re-reading the data plane failed; applying the diff only"),
+        }
+        self.apply(desired)
+    }
+
     /// Makes the data plane match `desired`.
     pub fn apply(&mut self, desired: &DesiredState) -> SyncReport {
         let _span = info_span!("apply", services = desired.services.len()).entered();

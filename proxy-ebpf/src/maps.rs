@@ -33,8 +33,7 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(sizes::AFFINITY, 0);
 
 #[map]
-pub static REV_SOCK: LruHashMap<RevSockKey, RevSockValue> =
-    LruHashMap::pinned(sizes::REV_SOCK, 0);
+pub static REV_SOCK: LruHashMap<RevSockKey, RevSockValue> = LruHashMap::pinned(sizes::REV_SOCK, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);

@@ -124,7 +124,13 @@ fn fwd4(ctx: &SockAddrContext) -> i32 {
 fn fwd6(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: see fwd4.
-    let (vip, port, protocol) = unsafe { (read_ip6(sa), read_volatile(addr_of!((*sa).user_port)), read_volatile(addr_of!((*sa).protocol))) };
+    let (vip, port, protocol) = unsafe {
+        (
+            read_ip6(sa),
+            read_volatile(addr_of!((*sa).user_port)),
+            read_volatile(addr_of!((*sa).protocol)),
+        )
+    };
     match select(ctx, vip, port as u16, protocol) {
         Verdict::Pass => ALLOW,
         Verdict::Refuse => refuse(),
@@ -164,7 +170,7 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
         scope: 0,
     };
     // SAFETY: the value is copied out at once (see the note on BPF_F_NO_PREALLOC).
-    let Some(fe) = (unsafe { FRONTENDS.get(&key) }).copied() else {
+    let Some(fe) = (unsafe { FRONTENDS.get(key) }).copied() else {
         return Verdict::Pass;
     };
     if fe.backend_count == 0 {
@@ -189,11 +195,12 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
 
     let mut chosen: Option<(u32, Backend)> = None;
-    if affinity && let Some(id) = affinity_backend(&aff_key, fe.affinity_timeout_s, now) {
-        if let Some(be) = backend(id) {
-            count(counter::AFFINITY_HIT);
-            chosen = Some((id, be));
-        }
+    if affinity
+        && let Some(id) = affinity_backend(&aff_key, fe.affinity_timeout_s, now)
+        && let Some(be) = backend(id)
+    {
+        count(counter::AFFINITY_HIT);
+        chosen = Some((id, be));
     }
     let (backend_id, be) = match chosen {
         Some(c) => c,
@@ -211,7 +218,7 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
                 slot: seed % fe.backend_count,
             };
             // SAFETY: copied out at once.
-            let Some(id) = (unsafe { SLOTS.get(&slot) }).copied() else {
+            let Some(id) = (unsafe { SLOTS.get(slot) }).copied() else {
                 count(counter::LB_BACKEND_MISSING);
                 return Verdict::Pass;
             };
@@ -230,7 +237,7 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
             _pad: 0,
         };
         // An LRU insert only fails on a kernel error; the connection still proceeds.
-        let _ = AFFINITY.insert(&aff_key, &v, 0);
+        let _ = AFFINITY.insert(aff_key, v, 0);
     }
 
     let rk = RevSockKey {
@@ -246,7 +253,7 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
         _pad: 0,
         service_id: fe.service_id,
     };
-    if REV_SOCK.insert(&rk, &rv, 0).is_err() {
+    if REV_SOCK.insert(rk, rv, 0).is_err() {
         count(counter::REV_UPDATE_FAILED);
     }
     count(counter::LB_TRANSLATED);
@@ -267,14 +274,14 @@ fn affinity_backend(key: &AffinityKey, timeout_s: u32, now: u64) -> Option<u32> 
         backend_id: v.backend_id,
     };
     // SAFETY: only presence is checked.
-    unsafe { AFFINITY_MATCH.get(&m) }?;
+    unsafe { AFFINITY_MATCH.get(m) }?;
     Some(v.backend_id)
 }
 
 #[inline(always)]
 fn backend(id: u32) -> Option<Backend> {
     // SAFETY: copied out at once.
-    unsafe { BACKENDS.get(&id) }.copied()
+    unsafe { BACKENDS.get(id) }.copied()
 }
 
 /// A cheap 64 -> 32 bit mix (Fibonacci hashing): socket cookies are sequential, so a
@@ -333,7 +340,7 @@ fn reverse(ctx: &SockAddrContext, addr: Addr, port_be: u16) -> Option<RevSockVal
         _pad: [0; 6],
     };
     // SAFETY: copied out at once.
-    let v = unsafe { REV_SOCK.get(&key) }.copied()?;
+    let v = unsafe { REV_SOCK.get(key) }.copied()?;
     let fk = FrontendKey {
         addr: v.addr,
         port_be: v.port_be,
@@ -341,7 +348,7 @@ fn reverse(ctx: &SockAddrContext, addr: Addr, port_be: u16) -> Option<RevSockVal
         scope: 0,
     };
     // SAFETY: copied out at once.
-    let fe = unsafe { FRONTENDS.get(&fk) }.copied()?;
+    let fe = unsafe { FRONTENDS.get(fk) }.copied()?;
     if fe.service_id != v.service_id {
         return None;
     }

@@ -25,8 +25,7 @@ impl BpfFs {
     pub fn new(tag: &str) -> Self {
         crate::stale::cleanup_stale_once();
         let path = std::env::temp_dir().join(unique_name(&format!("bpffs-{tag}")));
-        fs::create_dir(&path)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
         if let Err(e) = mount_bpffs(&path) {
             let _ = fs::remove_dir(&path);
             panic!("mount -t bpf bpf {} (needs root): {e}", path.display());
@@ -84,10 +83,10 @@ pub(crate) fn destroy(path: &Path) {
         }
         Err(e) => eprintln!("harness: {}: {e}", path.display()),
     }
-    if let Err(e) = fs::remove_dir(path) {
-        if e.kind() != io::ErrorKind::NotFound {
-            eprintln!("harness: removing {}: {e}", path.display());
-        }
+    if let Err(e) = fs::remove_dir(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        eprintln!("harness: removing {}: {e}", path.display());
     }
 }
 

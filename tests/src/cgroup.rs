@@ -102,9 +102,8 @@ impl Cgroup {
     /// # Panics
     /// If the kernel refuses.
     pub fn add_pid(&self, pid: u32) {
-        fs::write(self.path.join("cgroup.procs"), pid.to_string()).unwrap_or_else(|e| {
-            panic!("moving pid {pid} into {}: {e}", self.path.display())
-        });
+        fs::write(self.path.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving pid {pid} into {}: {e}", self.path.display()));
     }
 }
 

@@ -22,16 +22,24 @@
 //! its environment fails with the reason rather than skipping.
 #![deny(missing_docs)]
 
+mod agent;
 mod bpffs;
 mod cgroup;
+mod fake_api;
+mod http;
+mod manifests;
 mod netns;
 mod probe;
 mod process;
 mod stale;
 mod topology;
 
+pub use agent::{Agent, ServiceView, agent_binary};
 pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup, cgroup2_mount};
+pub use fake_api::{FakeApiServer, Resource};
+pub use http::{http_get, metric_value};
+pub use manifests::{ManifestDir, PortSpec, service, yaml_objects};
 pub use netns::Netns;
 pub use probe::{ProbeReply, probe_bin, start_probe_server};
 pub use process::{

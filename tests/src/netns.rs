@@ -58,8 +58,7 @@ impl Netns {
     pub fn exec(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(tool("ip"));
         cmd.args(["netns", "exec", &self.name]).args(args);
-        run_host_ok(&mut cmd, CMD_TIMEOUT)
-            .unwrap_or_else(|e| panic!("in netns {}: {e}", self.name))
+        run_host_ok(&mut cmd, CMD_TIMEOUT).unwrap_or_else(|e| panic!("in netns {}: {e}", self.name))
     }
 
     /// Like [`exec`](Self::exec) but returns the output whatever the exit status.
@@ -121,11 +120,7 @@ impl Netns {
                 // SAFETY: plain syscall on an open descriptor; only this thread changes
                 // namespace.
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    panic!(
-                        "setns into {}: {}",
-                        self.name,
-                        io::Error::last_os_error()
-                    );
+                    panic!("setns into {}: {}", self.name, io::Error::last_os_error());
                 }
                 drop(file);
                 f()

@@ -18,10 +18,10 @@ use crate::{Cgroup, ChildGuard, Netns, spawn_guarded};
 /// If it is not found, saying how to build it.
 pub fn probe_bin() -> PathBuf {
     for var in ["KPT_PROBE_BIN", "CARGO_BIN_EXE_probe"] {
-        if let Some(p) = std::env::var_os(var).map(PathBuf::from) {
-            if p.is_file() {
-                return p;
-            }
+        if let Some(p) = std::env::var_os(var).map(PathBuf::from)
+            && p.is_file()
+        {
+            return p;
         }
     }
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));

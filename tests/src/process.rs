@@ -65,10 +65,10 @@ fn try_spawn(netns: &Netns, cgroup: Option<&Cgroup>, cmd: &mut Command) -> io::R
     // that stay open until `spawn` returns, and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(fd) = procs_fd {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(io::Error::last_os_error());
-                }
+            if let Some(fd) = procs_fd
+                && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+            {
+                return Err(io::Error::last_os_error());
             }
             if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
                 return Err(io::Error::last_os_error());
@@ -141,9 +141,11 @@ pub fn try_run(
     cmd: &mut Command,
     timeout: Duration,
 ) -> Result<Output, RunTimedOut> {
+    // Own process group, so a timeout kills the command's children too.
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        .process_group(0);
     let command = format!("{cmd:?}");
     let child = spawn(netns, cgroup, cmd);
     collect_output(child, timeout, command)
@@ -153,7 +155,8 @@ pub fn try_run(
 pub(crate) fn run_host(cmd: &mut Command, timeout: Duration) -> io::Result<Output> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        .process_group(0);
     let command = format!("{cmd:?}");
     let child = cmd.spawn()?;
     collect_output(child, timeout, command).map_err(|e| io::Error::new(io::ErrorKind::TimedOut, e))
@@ -179,25 +182,25 @@ fn collect_output(
     timeout: Duration,
     command: String,
 ) -> Result<Output, RunTimedOut> {
-    let stdout = child.stdout.take().map(read_to_end_in_thread);
-    let stderr = child.stderr.take().map(read_to_end_in_thread);
+    let stdout = child.stdout.take().map(PipeReader::start);
+    let stderr = child.stderr.take().map(PipeReader::start);
     let deadline = Instant::now() + timeout;
     let status = wait_until(&mut child, deadline);
     let timed_out = status.is_none();
     let status = status.unwrap_or_else(|| {
+        // The child leads its own process group (see callers): kill the whole group.
+        if let Ok(pgid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: plain syscall; the group leader is not reaped yet.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
         let _ = child.kill();
         wait_until(&mut child, Instant::now() + REAP_TIMEOUT)
             .unwrap_or_else(|| ExitStatus::from_raw(libc::SIGKILL))
     });
-    // A grandchild may keep the pipes open; do not wait for it forever.
+    // A grandchild may keep the pipes open; do not wait for it forever, and keep what
+    // was read so far.
     let grace = Instant::now() + Duration::from_secs(1);
-    let take = |rx: Option<Receiver<Vec<u8>>>| {
-        rx.and_then(|rx| {
-            rx.recv_timeout(grace.saturating_duration_since(Instant::now()))
-                .ok()
-        })
-        .unwrap_or_default()
-    };
+    let take = |pipe: Option<PipeReader>| pipe.map(|p| p.finish(grace)).unwrap_or_default();
     let output = Output {
         status,
         stdout: take(stdout),
@@ -214,14 +217,43 @@ fn collect_output(
     }
 }
 
-fn read_to_end_in_thread(mut pipe: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        let _ = tx.send(buf);
-    });
-    rx
+/// A pipe read to its end on a thread, into a shared buffer.
+struct PipeReader {
+    done: Receiver<()>,
+    buf: Arc<Mutex<Vec<u8>>>,
+}
+
+impl PipeReader {
+    fn start(mut pipe: impl Read + Send + 'static) -> Self {
+        let (tx, done) = mpsc::channel();
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buf);
+        thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Ok(mut b) = sink.lock() {
+                            b.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.send(());
+        });
+        Self { done, buf }
+    }
+
+    /// Waits for end of file until `deadline`, then returns what was read.
+    fn finish(self, deadline: Instant) -> Vec<u8> {
+        let _ = self
+            .done
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        self.buf.lock().map(|b| b.clone()).unwrap_or_default()
+    }
 }
 
 /// Polls `child` until it exits or `deadline` passes.
@@ -389,8 +421,7 @@ impl ChildGuard {
     pub fn drain_lines(&mut self, timeout: Duration) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
-        while let Some(line) = self.next_line(deadline.saturating_duration_since(Instant::now()))
-        {
+        while let Some(line) = self.next_line(deadline.saturating_duration_since(Instant::now())) {
             out.push(line);
         }
         out

@@ -183,12 +183,7 @@ impl ClusterTopology {
     /// # Panics
     /// If it cannot start or exceeds `timeout`.
     pub fn run_client(&self, cmd: &mut Command, timeout: Duration) -> Output {
-        run(
-            &self.client.netns,
-            Some(&self.client_cgroup),
-            cmd,
-            timeout,
-        )
+        run(&self.client.netns, Some(&self.client_cgroup), cmd, timeout)
     }
 
     /// Runs `probe <args>` in the client pod and its cgroup and returns its output (check
@@ -301,7 +296,9 @@ fn make_pod(node: &Netns, tag: &str, name: &str, host_veth: &str, host: u8) -> P
 /// Checks that `from` completes a TCP handshake with `to` over IPv4 and IPv6.
 fn check_reaches(from: &Pod, to: &Pod) {
     // A dual-stack listener in `to`; the kernel completes handshakes without accept().
-    let listener = to.netns.run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)));
+    let listener = to
+        .netns
+        .run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)));
     let listener =
         listener.unwrap_or_else(|e| panic!("binding a check listener in {}: {e}", to.name));
     let port = listener

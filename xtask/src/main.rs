@@ -1,1 +1,145 @@
-fn main() {}
+//! `cargo xtask <task>`: the one entry point for setting up a machine, running the full
+//! check suite, the demo and the benchmarks.
+
+mod bench;
+mod demo;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (apt packages, rust-src, bpf-linker) and
+    /// mount bpffs. Idempotent; fast when everything is there.
+    Setup,
+    /// `setup`, then `cargo fmt --check`, `cargo clippy -D warnings` and `cargo test`
+    /// over the workspace. Arguments after `--` go to `cargo test`: `cargo xtask test --
+    /// -p tests` tests only that package (no `--workspace` then), `cargo xtask test --
+    /// -- --nocapture` passes `--nocapture` to the test binaries.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Run the demo.
+    Demo,
+    /// Run the benchmark NAME.
+    Bench {
+        /// Which benchmark.
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Test { cargo_test_args } => test(&cargo_test_args),
+        Task::Demo => demo::run(),
+        Task::Bench { name } => bench::run(&name),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub(crate) fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// The cargo that runs us (`$CARGO`), else `cargo` from `PATH`.
+pub(crate) fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs `cmd` with inherited stdio (output streams through) and fails on non-zero exit.
+pub(crate) fn run_streamed(cmd: &mut Command) -> Result<()> {
+    let shown = display(cmd);
+    println!("xtask: $ {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// `program arg arg ...` for messages.
+pub(crate) fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn test(cargo_test_args: &[String]) -> Result<()> {
+    setup::run()?;
+    run_streamed(cargo().args(["fmt", "--all", "--check"]))?;
+    run_streamed(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The real-kernel tests run these binaries; build them even when `-p` narrows the
+    // test run (the harness refuses stale ones).
+    run_streamed(cargo().args(["build", "-p", "proxy-agent", "-p", "tests", "--bins"]))?;
+    let mut test = cargo();
+    test.arg("test");
+    if !selects_packages(cargo_test_args) {
+        test.arg("--workspace");
+    }
+    run_streamed(test.args(cargo_test_args))?;
+    Ok(())
+}
+
+/// Whether cargo arguments (before a `--`) pick packages with `-p`/`--package`, which
+/// `--workspace` would override.
+fn selects_packages(args: &[String]) -> bool {
+    args.iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--package" || a.starts_with("--package=") || a.starts_with("-p"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn package_selection_is_seen_before_the_separator_only() {
+        assert!(selects_packages(&strings(&["-p", "tests"])));
+        assert!(selects_packages(&strings(&["-ptests"])));
+        assert!(selects_packages(&strings(&["--package=tests"])));
+        assert!(!selects_packages(&strings(&["--", "-p"])));
+        assert!(!selects_packages(&strings(&["--release"])));
+        assert!(!selects_packages(&[]));
+    }
+}

@@ -1,40 +1,5 @@
-//! `proxyctl`: inspect what the data plane holds, straight from the pinned maps.
-
-use std::path::PathBuf;
-
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(name = "proxyctl", version, about = "Inspect the eBPF service proxy on this node")]
-struct Cli {
-    /// The agent's pin directory.
-    #[arg(long, global = true, default_value = proxy_agent::agent::DEFAULT_BPFFS)]
-    bpffs: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// List the programmed services (frontends) and their backends.
-    List {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-}
+//! `proxyctl`: inspect the data plane on this node. All logic lives in the library.
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::List { json } => {
-            let services = proxy_agent::inspect::list(&cli.bpffs)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&services)?);
-            } else {
-                print!("{}", proxy_agent::inspect::render_table(&services));
-            }
-        }
-    }
-    Ok(())
+    proxy_agent::ctl::main()
 }

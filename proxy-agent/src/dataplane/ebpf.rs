@@ -20,6 +20,9 @@ use tracing::{debug, info};
 use super::{Dataplane, DataplaneError};
 use crate::model::{self, Protocol, ServicePortName, VirtualService};
 
+/// Default pin directory (on the bpffs at /sys/fs/bpf).
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/proxy-agent";
+
 /// The compiled programs, built by build.rs.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
 
@@ -231,16 +234,19 @@ impl EbpfDataplane {
             };
             let mut slots = Vec::with_capacity(value.backend_count as usize);
             for slot in 0..value.backend_count {
-                let id = self
-                    .slots
-                    .get(
-                        &SlotKey {
-                            service_id: value.service_id,
-                            slot,
-                        },
-                        0,
-                    )
-                    .map_err(map_err(maps::SLOTS))?;
+                // A missing slot (deleted behind our back) reads as id 0, which no
+                // backend has, so the next sync sees the difference and rewrites it.
+                let id = match self.slots.get(
+                    &SlotKey {
+                        service_id: value.service_id,
+                        slot,
+                    },
+                    0,
+                ) {
+                    Ok(id) => id,
+                    Err(e) if is_not_found(&e) => 0,
+                    Err(e) => return Err(map_err(maps::SLOTS)(e)),
+                };
                 if let Some(e) = self
                     .backend_by_id
                     .get(&id)
@@ -289,7 +295,11 @@ impl EbpfDataplane {
 
     /// The id of `be`, allocating (and writing) it if new. The reference count is not
     /// changed here.
-    fn backend_id(&mut self, be: Backend, created: &mut Vec<Backend>) -> Result<u32, DataplaneError> {
+    fn backend_id(
+        &mut self,
+        be: Backend,
+        created: &mut Vec<Backend>,
+    ) -> Result<u32, DataplaneError> {
         if let Some((id, _)) = self.backend_ids.get(&be) {
             return Ok(*id);
         }
@@ -384,7 +394,10 @@ impl Dataplane for EbpfDataplane {
         let key = frontend_key(&svc.frontend);
         let proto = svc.frontend.protocol.number();
         let existing = self.services.get(&svc.frontend).cloned();
-        let old_slots = existing.as_ref().map(|p| p.slots.clone()).unwrap_or_default();
+        let old_slots = existing
+            .as_ref()
+            .map(|p| p.slots.clone())
+            .unwrap_or_default();
         let grow = svc.backends.len().saturating_sub(old_slots.len()) as u32;
         if self.slots_used.saturating_add(grow) > self.sizes.slots {
             return Err(DataplaneError::MapFull {
@@ -522,7 +535,14 @@ impl Dataplane for EbpfDataplane {
         match self.frontends.remove(&key) {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(map_error("remove", maps::FRONTENDS, self.sizes.frontends, e)),
+            Err(e) => {
+                return Err(map_error(
+                    "remove",
+                    maps::FRONTENDS,
+                    self.sizes.frontends,
+                    e,
+                ));
+            }
         }
         let sid = p.value.service_id;
         for slot in 0..p.slots.len() {
@@ -545,6 +565,29 @@ impl Dataplane for EbpfDataplane {
         self.slots_used -= p.slots.len() as u32;
         self.services.remove(frontend);
         self.free_service_ids.push(sid);
+        Ok(())
+    }
+
+    fn refresh(&mut self) -> Result<(), DataplaneError> {
+        let names: Vec<(model::Frontend, ServicePortName)> = self
+            .services
+            .iter()
+            .map(|(f, p)| (*f, p.name.clone()))
+            .collect();
+        self.services.clear();
+        self.backend_ids.clear();
+        self.backend_by_id.clear();
+        self.free_service_ids.clear();
+        self.free_backend_ids.clear();
+        self.next_backend_id = 1;
+        self.next_service_id = 1;
+        self.slots_used = 0;
+        self.adopt().map_err(|e| DataplaneError::Read(e.to_string()))?;
+        for (f, name) in names {
+            if let Some(p) = self.services.get_mut(&f) {
+                p.name = name;
+            }
+        }
         Ok(())
     }
 
@@ -603,7 +646,12 @@ fn place(old: &[u32], want: &[u32]) -> Vec<u32> {
     slots.into_iter().flatten().collect()
 }
 
-fn attach(ebpf: &mut Ebpf, name: &'static str, cgroup: &File, links_dir: &Path) -> Result<(), LoadError> {
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+    links_dir: &Path,
+) -> Result<(), LoadError> {
     let program: &mut CgroupSockAddr = ebpf
         .program_mut(name)
         .ok_or_else(|| LoadError::Link {
@@ -636,12 +684,12 @@ fn attach(ebpf: &mut Ebpf, name: &'static str, cgroup: &File, links_dir: &Path) 
     let link = program
         .take_link(id)
         .map_err(|source| LoadError::Program { name, source })?;
-    let link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
-        LoadError::Link {
+    let link: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| LoadError::Link {
             name,
             message: e.to_string(),
-        }
-    })?;
+        })?;
     // Both programs run for a moment; that is harmless (the second sees a backend
     // address, not a VIP). The old one detaches when its last reference is dropped.
     let old = match old {

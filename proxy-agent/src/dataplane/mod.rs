@@ -29,6 +29,9 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// The kernel state could not be read back.
+    #[error("reading the data plane: {0}")]
+    Read(String),
     /// The service cannot be expressed in this data plane.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -40,6 +43,7 @@ impl DataplaneError {
         match self {
             DataplaneError::MapFull { .. } => "map_full",
             DataplaneError::Map { .. } => "map_error",
+            DataplaneError::Read(_) => "read_error",
             DataplaneError::Unsupported(_) => "unsupported",
         }
     }
@@ -56,4 +60,9 @@ pub trait Dataplane {
     /// The frontends currently programmed, as the kernel holds them, with their
     /// backends; used to repair drift and by observers.
     fn programmed(&self) -> Result<Vec<VirtualService>, DataplaneError>;
+    /// Re-reads the kernel state, so that [`Dataplane::programmed`] shows entries
+    /// changed or deleted behind the agent's back (drift) and the next sync repairs them.
+    fn refresh(&mut self) -> Result<(), DataplaneError> {
+        Ok(())
+    }
 }

@@ -2,6 +2,7 @@
 //! the whole current world, swapped in at once, so that a relist or a directory
 //! re-read never shows the translation layer a half-empty world.
 
+pub mod kubernetes;
 pub mod manifests;
 
 use std::collections::BTreeMap;

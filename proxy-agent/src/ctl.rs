@@ -1,0 +1,45 @@
+//! `proxyctl`: inspect what the data plane holds, straight from the pinned maps.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "proxyctl",
+    version,
+    about = "Inspect the eBPF service proxy on this node"
+)]
+struct Cli {
+    /// The agent's pin directory.
+    #[arg(long, global = true, default_value = crate::dataplane::ebpf::DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the programmed services (frontends) and their backends.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The `proxyctl` binary.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::List { json } => {
+            let services = crate::inspect::list(&cli.bpffs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&services)?);
+            } else {
+                print!("{}", crate::inspect::render_table(&services));
+            }
+        }
+    }
+    Ok(())
+}

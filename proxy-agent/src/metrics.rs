@@ -1,0 +1,193 @@
+//! Prometheus metrics. Names follow kube-proxy's (`kubeproxy_...`) where the meaning
+//! matches, so existing dashboards and alerts keep working; the rest are
+//! `proxy_agent_...`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A `reason` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// Why.
+    pub reason: String,
+}
+
+/// A `code` label (HTTP status).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Code {
+    /// The status code.
+    pub code: u16,
+}
+
+/// A `traffic_policy` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrafficPolicy {
+    /// `internal` or `external`.
+    pub traffic_policy: String,
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    /// How long each sync took (translate + apply).
+    pub sync_duration: Histogram,
+    /// When the last sync finished (unix seconds).
+    pub last_sync: Gauge<f64, AtomicU64>,
+    /// When the last change was noticed (unix seconds).
+    pub last_queued: Gauge<f64, AtomicU64>,
+    /// From an EndpointSlice's last-change-trigger-time to the map write.
+    pub network_programming: Histogram,
+    /// Service objects seen changing.
+    pub service_changes: Counter,
+    /// EndpointSlice objects seen changing.
+    pub endpoint_changes: Counter,
+    /// Objects or ports skipped by validation or translation, by reason.
+    pub skipped: Family<Reason, Counter>,
+    /// Services the data plane refused (full map, ...), by reason.
+    pub programming_failures: Family<Reason, Counter>,
+    /// Frontends currently programmed.
+    pub services: Gauge,
+    /// Backends currently programmed, summed over frontends.
+    pub backends: Gauge,
+    /// Services with a Local policy and no local endpoint, by policy.
+    pub no_local_endpoints: Family<TrafficPolicy, Gauge>,
+    /// /healthz answers by code.
+    pub healthz: Family<Code, Counter>,
+    /// /livez answers by code.
+    pub livez: Family<Code, Counter>,
+}
+
+impl Metrics {
+    /// A registry with every metric; `bpffs` is where the data plane's counters map is
+    /// pinned (read at each scrape).
+    pub fn new(bpffs: Option<PathBuf>) -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            sync_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            last_sync: Gauge::default(),
+            last_queued: Gauge::default(),
+            network_programming: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            service_changes: Counter::default(),
+            endpoint_changes: Counter::default(),
+            skipped: Family::default(),
+            programming_failures: Family::default(),
+            services: Gauge::default(),
+            backends: Gauge::default(),
+            no_local_endpoints: Family::default(),
+            healthz: Family::default(),
+            livez: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "Time to translate and apply one sync",
+            m.sync_duration.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "When the last sync finished",
+            m.last_sync.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            "When the last change was queued",
+            m.last_queued.clone(),
+        );
+        r.register(
+            "kubeproxy_network_programming_duration_seconds",
+            "From an EndpointSlice's last-change-trigger-time until the data plane held it",
+            m.network_programming.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_service_changes",
+            "Service changes seen",
+            m.service_changes.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_endpoint_changes",
+            "EndpointSlice changes seen",
+            m.endpoint_changes.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints",
+            "Services with a Local traffic policy and no local endpoint",
+            m.no_local_endpoints.clone(),
+        );
+        r.register("kubeproxy_proxy_healthz", "/healthz answers", m.healthz.clone());
+        r.register("kubeproxy_proxy_livez", "/livez answers", m.livez.clone());
+        r.register(
+            "proxy_agent_skipped",
+            "Objects, ports or families skipped (invalid input, conflicts, unsupported)",
+            m.skipped.clone(),
+        );
+        r.register(
+            "proxy_agent_programming_failures",
+            "Services the data plane could not take (previous state kept)",
+            m.programming_failures.clone(),
+        );
+        r.register(
+            "proxy_agent_services",
+            "Frontends (VIP, port, protocol) programmed",
+            m.services.clone(),
+        );
+        r.register(
+            "proxy_agent_backends",
+            "Backends programmed, summed over frontends",
+            m.backends.clone(),
+        );
+        if let Some(bpffs) = bpffs {
+            r.register_collector(Box::new(DatapathCounters { bpffs }));
+        }
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut s, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        s
+    }
+}
+
+/// The per-CPU `COUNTERS` map, summed over CPUs at scrape time.
+#[derive(Debug)]
+struct DatapathCounters {
+    bpffs: PathBuf,
+}
+
+impl Collector for DatapathCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(values) = crate::inspect::counters(&self.bpffs) else {
+            return Ok(());
+        };
+        let mut me = encoder.encode_descriptor(
+            "proxy_agent_datapath_events",
+            "What the socket programs did, by event (translations, refusals, misses)",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (event, value) in values {
+            ConstCounter::new(value).encode(me.encode_family(&[("event", event)])?)?;
+        }
+        drop(me);
+        let up = ConstGauge::new(1i64);
+        up.encode(encoder.encode_descriptor(
+            "proxy_agent_datapath_loaded",
+            "1 while the data plane's maps are readable",
+            None,
+            up.metric_type(),
+        )?)
+    }
+}

@@ -1,0 +1,330 @@
+//! The Kubernetes source: kube-rs watchers for Services, EndpointSlices and this node.
+//!
+//! Each watcher feeds a store that follows kube-runtime's reflector discipline: a
+//! (re)list is buffered and swapped in whole at `InitDone`, so a relist after a dropped
+//! watch or a "410 Gone" never shows the translation layer a half-empty world. While
+//! the API server is unreachable the stores keep their last contents (the watchers
+//! retry with backoff), so services are never withdrawn for that reason. No snapshot
+//! is offered before both Services and EndpointSlices have been listed once.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use super::{ObjectKey, Snapshot};
+
+/// Objects of one kind, as last listed and watched.
+#[derive(Debug)]
+struct Store<K> {
+    live: BTreeMap<ObjectKey, K>,
+    /// A relist in progress.
+    pending: Option<BTreeMap<ObjectKey, K>>,
+    /// Listed completely at least once.
+    ready: bool,
+}
+
+impl<K> Default for Store<K> {
+    fn default() -> Self {
+        Store {
+            live: BTreeMap::new(),
+            pending: None,
+            ready: false,
+        }
+    }
+}
+
+/// Checks an object before it may replace the last good version.
+type Check<K> = fn(&K) -> Result<(), crate::validate::FieldError>;
+
+impl<K: Resource + Clone> Store<K>
+where
+    K::DynamicType: Default,
+{
+    /// Applies one watcher event; returns whether the visible contents changed, and
+    /// the problem if an object was invalid (its last good version, if any, is kept).
+    fn apply(&mut self, event: Event<K>, check: Check<K>) -> (bool, Option<String>) {
+        match event {
+            Event::Init => {
+                self.pending = Some(BTreeMap::new());
+                (false, None)
+            }
+            Event::InitApply(obj) => {
+                let k = key(&obj);
+                let problem = check(&obj).err();
+                let keep = match &problem {
+                    None => Some(obj),
+                    Some(_) => self.live.get(&k).cloned(),
+                };
+                if let (Some(p), Some(obj)) = (self.pending.as_mut(), keep) {
+                    p.insert(k.clone(), obj);
+                }
+                (false, problem.map(|e| describe::<K>(&k, &e)))
+            }
+            Event::InitDone => {
+                if let Some(p) = self.pending.take() {
+                    self.live = p;
+                }
+                self.ready = true;
+                (true, None)
+            }
+            Event::Apply(obj) => {
+                let k = key(&obj);
+                match check(&obj) {
+                    Ok(()) => {
+                        self.live.insert(k, obj);
+                        (true, None)
+                    }
+                    Err(e) => (false, Some(describe::<K>(&k, &e))),
+                }
+            }
+            Event::Delete(obj) => (self.live.remove(&key(&obj)).is_some(), None),
+        }
+    }
+}
+
+fn describe<K: Resource>(k: &ObjectKey, e: &crate::validate::FieldError) -> String
+where
+    K::DynamicType: Default,
+{
+    format!(
+        "{} {}/{}: {e} (skipped; its last good version, if any, stays)",
+        K::kind(&K::DynamicType::default()),
+        k.0,
+        k.1
+    )
+}
+
+fn key<K: Resource>(obj: &K) -> ObjectKey {
+    let meta = obj.meta();
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+#[derive(Debug, Default)]
+struct Stores {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    node: Store<Node>,
+}
+
+/// What the watchers currently know about this node.
+#[derive(Clone, Debug, Default)]
+pub struct NodeInfo {
+    /// `topology.kubernetes.io/zone`.
+    pub zone: Option<String>,
+    /// Whether the node object is being deleted (health turns unhealthy).
+    pub deleting: bool,
+}
+
+/// Watches the API server; see the module docs.
+pub struct KubeSource {
+    stores: Arc<Mutex<Stores>>,
+    notify: Arc<Notify>,
+    errors: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Services and EndpointSlices managed by another proxy are not ours (kube-proxy's own
+/// selector).
+const NOT_OURS: &str = "!service.kubernetes.io/service-proxy-name";
+
+impl KubeSource {
+    /// Starts the watchers on `client`; `node_name` selects this node's object.
+    pub fn start(client: Client, node_name: &str) -> KubeSource {
+        let stores = Arc::new(Mutex::new(Stores::default()));
+        let notify = Arc::new(Notify::new());
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let selector = watcher::Config::default().labels(NOT_OURS);
+        let node_selector = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+        let tasks = vec![
+            spawn_watch(
+                Api::<Service>::all(client.clone()),
+                selector.clone(),
+                Arc::clone(&stores),
+                Arc::clone(&notify),
+                Arc::clone(&errors),
+                |s| &mut s.services,
+                crate::validate::service,
+            ),
+            spawn_watch(
+                Api::<EndpointSlice>::all(client.clone()),
+                selector,
+                Arc::clone(&stores),
+                Arc::clone(&notify),
+                Arc::clone(&errors),
+                |s| &mut s.slices,
+                crate::validate::endpoint_slice,
+            ),
+            spawn_watch(
+                Api::<Node>::all(client),
+                node_selector,
+                Arc::clone(&stores),
+                Arc::clone(&notify),
+                Arc::clone(&errors),
+                |s| &mut s.node,
+                |_| Ok(()),
+            ),
+        ];
+        KubeSource {
+            stores,
+            notify,
+            errors,
+            tasks,
+        }
+    }
+
+    /// Waits until something changed (or a watch error was recorded).
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+
+    /// The current world, once Services and EndpointSlices have each been listed; and
+    /// the watch errors since the last call.
+    pub fn snapshot(&self) -> (Option<Snapshot>, Vec<String>) {
+        let errors = std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()));
+        let st = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        if !(st.services.ready && st.slices.ready) {
+            return (None, errors);
+        }
+        (
+            Some(Snapshot {
+                services: st.services.live.clone(),
+                slices: st.slices.live.clone(),
+            }),
+            errors,
+        )
+    }
+
+    /// This node as last seen.
+    pub fn node(&self) -> NodeInfo {
+        let st = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        st.node
+            .live
+            .values()
+            .next()
+            .map(|n| NodeInfo {
+                zone: n.labels().get("topology.kubernetes.io/zone").cloned(),
+                deleting: n.metadata.deletion_timestamp.is_some(),
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    stores: Arc<Mutex<Stores>>,
+    notify: Arc<Notify>,
+    errors: Arc<Mutex<Vec<String>>>,
+    pick: fn(&mut Stores) -> &mut Store<K>,
+    check: Check<K>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    tokio::spawn(async move {
+        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(event) => {
+                    let (changed, problem) = {
+                        let mut st = stores.lock().unwrap_or_else(|e| e.into_inner());
+                        pick(&mut st).apply(event, check)
+                    };
+                    if let Some(p) = problem {
+                        warn!("{p}");
+                        errors.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+                    }
+                    if changed {
+                        notify.notify_one();
+                    }
+                }
+                Err(e) => {
+                    // The watcher retries with backoff; the store keeps its contents.
+                    warn!(%kind, error = %e, "watch failed; keeping the last known state");
+                    debug!(?e);
+                    errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(format!("{kind} watch: {e}"));
+                    notify.notify_one();
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn svc(name: &str) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        }
+    }
+
+    fn ok(_: &Service) -> Result<(), crate::validate::FieldError> {
+        Ok(())
+    }
+
+    fn names(s: &Store<Service>) -> Vec<String> {
+        s.live.keys().map(|(_, n)| n.clone()).collect()
+    }
+
+    #[test]
+    fn a_relist_is_swapped_in_whole_at_init_done() {
+        let mut s = Store::default();
+        let _ = s.apply(Event::Init, ok);
+        let _ = s.apply(Event::InitApply(svc("a")), ok);
+        let _ = s.apply(Event::InitApply(svc("b")), ok);
+        assert!(!s.ready, "not ready before the first list completes");
+        assert!(s.apply(Event::InitDone, ok).0);
+        assert_eq!(names(&s), ["a", "b"]);
+
+        // Relist: until InitDone, the old world stays visible.
+        let _ = s.apply(Event::Init, ok);
+        let _ = s.apply(Event::InitApply(svc("b")), ok);
+        assert_eq!(names(&s), ["a", "b"]);
+        let _ = s.apply(Event::InitDone, ok);
+        assert_eq!(names(&s), ["b"], "objects missing from the relist are gone");
+    }
+
+    #[test]
+    fn applies_and_deletes_change_the_live_set() {
+        let mut s = Store::default();
+        let _ = s.apply(Event::Init, ok);
+        let _ = s.apply(Event::InitDone, ok);
+        assert!(s.apply(Event::Apply(svc("a")), ok).0);
+        assert!(s.apply(Event::Delete(svc("a")), ok).0);
+        assert!(!s.apply(Event::Delete(svc("a")), ok).0, "deleting twice changes nothing");
+        assert!(names(&s).is_empty());
+    }
+}

@@ -1,0 +1,234 @@
+//! Runs the real `proxy-agent` against a test's cgroup, bpffs and manifest directory,
+//! and reads what it programmed with the real `proxyctl`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::ChildGuard;
+
+/// One programmed frontend, as `proxyctl list --json` prints it.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+pub struct ServiceView {
+    /// VIP:port/protocol.
+    pub frontend: String,
+    /// The service id in the maps.
+    pub service_id: u32,
+    /// ClientIP affinity timeout, if on.
+    pub affinity_timeout_s: Option<u32>,
+    /// Backends in slot order.
+    pub backends: Vec<SocketAddr>,
+}
+
+/// Path of a binary of the `proxy-agent` package (`proxy-agent`, `proxyctl`) in this
+/// build's target directory. `cargo test --workspace` builds them (the package has
+/// integration tests of its own); a binary older than the sources it is built from is
+/// refused rather than silently tested.
+pub fn agent_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let Some(path) = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+    else {
+        panic!(
+            "{name} not found near {}: build it with `cargo build -p proxy-agent --bins` \
+             (or run `cargo xtask test`)",
+            exe.display()
+        )
+    };
+    let built = mtime(&path);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for dir in ["proxy-agent/src", "proxy-ebpf/src", "proxy-common/src"] {
+        if let Some(newest) = newest_mtime(&root.join(dir))
+            && newest > built
+        {
+            panic!(
+                "{} is older than {dir}; rebuild with `cargo build -p proxy-agent --bins` \
+                 (or run `cargo xtask test`)",
+                path.display()
+            );
+        }
+    }
+    path
+}
+
+fn mtime(p: &Path) -> SystemTime {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn newest_mtime(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let t = if p.is_dir() { newest_mtime(&p) } else { Some(mtime(&p)) };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// A running agent; SIGKILLed on drop (its pins die with the test's bpffs).
+pub struct Agent {
+    guard: ChildGuard,
+    /// The agent's pin directory.
+    pub bpffs: PathBuf,
+}
+
+impl Agent {
+    /// Starts `agent --manifests DIR --bpffs BPFFS/agent --cgroup-path CGROUP` plus
+    /// `extra` arguments, in the root network namespace (it sends no traffic) and
+    /// outside the test cgroup, and waits for its first sync.
+    pub fn start(bpffs: &Path, cgroup: &Path, manifests: &Path, extra: &[&str]) -> Agent {
+        Agent::start_with(bpffs, cgroup, "--manifests", manifests, extra)
+    }
+
+    /// Like [`Agent::start`], with the Kubernetes source on `kubeconfig`.
+    pub fn start_kube(bpffs: &Path, cgroup: &Path, kubeconfig: &Path, extra: &[&str]) -> Agent {
+        Agent::start_with(bpffs, cgroup, "--kubeconfig", kubeconfig, extra)
+    }
+
+    fn start_with(bpffs: &Path, cgroup: &Path, flag: &str, source: &Path, extra: &[&str]) -> Agent {
+        let pins = bpffs.join("agent");
+        let child = Command::new(agent_binary("proxy-agent"))
+            .arg(flag)
+            .arg(source)
+            .arg("--bpffs")
+            .arg(&pins)
+            .arg("--cgroup-path")
+            .arg(cgroup)
+            .arg("--hostname-override")
+            .arg("node-a")
+            .args(["--metrics-bind-address", "127.0.0.1:0"])
+            .args(["--healthz-bind-address", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning the agent");
+        let mut agent = Agent {
+            guard: ChildGuard::with_label(child, "agent".into()),
+            bpffs: pins,
+        };
+        agent.wait_syncs(1, Duration::from_secs(30));
+        agent
+    }
+
+    /// Everything the agent logged.
+    pub fn log(&self) -> String {
+        self.guard.stderr()
+    }
+
+    /// Waits until the agent has logged `n` completed syncs in total.
+    pub fn wait_syncs(&mut self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.log().lines().filter(|l| l.contains(" synced")).count();
+            if seen >= n {
+                return;
+            }
+            if let Some(status) = self.guard.try_wait() {
+                panic!("agent exited with {status} before sync {n}:\n{}", self.log());
+            }
+            if Instant::now() >= deadline {
+                panic!("agent did not complete sync {n} within {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The (metrics, health) addresses the agent logged when it bound them.
+    pub fn http_addrs(&self) -> (SocketAddr, SocketAddr) {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("serving metrics and health"))
+            .unwrap_or_else(|| panic!("the agent logged no HTTP addresses:\n{log}"));
+        let pick = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        };
+        (pick("metrics="), pick("health="))
+    }
+
+    /// Number of syncs logged so far.
+    pub fn syncs(&self) -> usize {
+        self.log().lines().filter(|l| l.contains(" synced")).count()
+    }
+
+    /// What the kernel maps hold, read by `proxyctl list --json`.
+    pub fn programmed(&self) -> Vec<ServiceView> {
+        let out = self.proxyctl(&["list", "--json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("proxyctl printed bad JSON ({e}):\n{out}"))
+    }
+
+    /// Runs `proxyctl --bpffs <ours> ARGS` and returns its stdout; panics on failure.
+    pub fn proxyctl(&self, args: &[&str]) -> String {
+        let out = Command::new(agent_binary("proxyctl"))
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .args(args)
+            .output()
+            .expect("running proxyctl");
+        assert!(
+            out.status.success(),
+            "proxyctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until the kernel holds `frontend` ("10.96.0.10:80/TCP") with exactly
+    /// `backends` (any order), and returns the view.
+    pub fn wait_for(&self, frontend: &str, backends: &[SocketAddr], timeout: Duration) -> ServiceView {
+        let mut want: Vec<SocketAddr> = backends.to_vec();
+        want.sort();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self
+                .programmed()
+                .into_iter()
+                .find(|v| v.frontend == frontend);
+            if let Some(v) = found {
+                let mut have = v.backends.clone();
+                have.sort();
+                if have == want {
+                    return v;
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{frontend} never held {want:?}; programmed: {:#?}\nagent log:\n{}",
+                    self.programmed(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `frontend` is gone from the maps.
+    pub fn wait_gone(&self, frontend: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.programmed().iter().any(|v| v.frontend == frontend) {
+            if Instant::now() >= deadline {
+                panic!("{frontend} still programmed after {timeout:?}\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and waits for a clean exit (pins stay behind, as in production).
+    pub fn stop(mut self) {
+        let status = self.guard.terminate(Duration::from_secs(10));
+        assert!(status.success(), "agent exited with {status}:\n{}", self.log());
+    }
+}

@@ -1,0 +1,647 @@
+//! `probe`: a small traffic tool run inside test namespaces.
+//!
+//! ```text
+//! probe serve --name NAME [--tcp ADDR:PORT]... [--udp ADDR:PORT]...
+//! probe tcp   --to ADDR:PORT [--count N] [--timeout-ms T] [--peer]
+//! probe udp   --to ADDR:PORT [--count N] [--same-socket] [--connected] [--timeout-ms T] [--peer]
+//! probe hold  --to ADDR:PORT --rounds R --interval-ms I [--timeout-ms T]
+//! probe crr   --to ADDR:PORT --duration-ms D [--timeout-ms T]
+//! probe rr    --to ADDR:PORT --duration-ms D [--timeout-ms T]
+//! ```
+//!
+//! Result lines are `ok <name> <addr> [<peer>]` or `err <reason> <ms>`, where `reason` is
+//! an errno name (`ECONNREFUSED`, `EPERM`, `ETIMEDOUT` for a connect timeout, ...),
+//! `timeout` (no answer in time), `EOF` (closed before answering) or `mismatch`.
+//! Every socket operation has a timeout (default 2000 ms), so nothing hangs.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::mem;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "probe",
+    about = "Traffic tool for the kernel integration tests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve TCP and UDP: greet with NAME, echo lines, answer PEER with the client address.
+    Serve {
+        /// Name sent to every client.
+        #[arg(long)]
+        name: String,
+        /// TCP listen address (repeatable; IPv6 sockets are v6-only).
+        #[arg(long)]
+        tcp: Vec<SocketAddr>,
+        /// UDP listen address (repeatable; IPv6 sockets are v6-only).
+        #[arg(long)]
+        udp: Vec<SocketAddr>,
+    },
+    /// Open COUNT TCP connections, one result line each.
+    Tcp {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+        /// Also ask the server for the client address it sees (4th field).
+        #[arg(long)]
+        peer: bool,
+    },
+    /// Send COUNT UDP datagrams, one result line each.
+    Udp {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Use one socket for all datagrams (default: a new socket per datagram).
+        #[arg(long)]
+        same_socket: bool,
+        /// connect() the socket and use send() (default: unconnected sendto()).
+        #[arg(long)]
+        connected: bool,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+        /// Ask the server for the client address it sees (4th field).
+        #[arg(long)]
+        peer: bool,
+    },
+    /// Keep one TCP connection and ping-pong on it ROUNDS times.
+    Hold {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        rounds: u32,
+        #[arg(long)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Connect/greeting/close loop; prints `conns <n> secs <f> errs <e>`.
+    Crr {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        duration_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Request/response loop on one connection; prints `rrs <n> secs <f> p50_us <x> p99_us <y>`.
+    Rr {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        duration_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ms = Duration::from_millis;
+    match cli.cmd {
+        Cmd::Serve { name, tcp, udp } => serve(&name, &tcp, &udp),
+        Cmd::Tcp {
+            to,
+            count,
+            timeout_ms,
+            peer,
+        } => {
+            for _ in 0..count {
+                let start = Instant::now();
+                match tcp_once(to, ms(timeout_ms), peer) {
+                    Ok(line) => say(&line),
+                    Err(e) => say(&format!("err {} {}", e, elapsed_ms(start))),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Udp {
+            to,
+            count,
+            same_socket,
+            connected,
+            timeout_ms,
+            peer,
+        } => udp(to, count, same_socket, connected, ms(timeout_ms), peer),
+        Cmd::Hold {
+            to,
+            rounds,
+            interval_ms,
+            timeout_ms,
+        } => hold(to, rounds, ms(interval_ms), ms(timeout_ms)),
+        Cmd::Crr {
+            to,
+            duration_ms,
+            timeout_ms,
+        } => crr(to, ms(duration_ms), ms(timeout_ms)),
+        Cmd::Rr {
+            to,
+            duration_ms,
+            timeout_ms,
+        } => rr(to, ms(duration_ms), ms(timeout_ms)),
+    }
+}
+
+/// Prints one line and flushes, so a reading test sees it at once.
+fn say(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn elapsed_ms(start: Instant) -> u128 {
+    start.elapsed().as_millis()
+}
+
+/// Why a probe failed, printed as one word.
+#[derive(Debug)]
+enum Failure {
+    Io(io::Error),
+    Eof,
+    Mismatch,
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => f.write_str(&io_reason(e)),
+            Self::Eof => f.write_str("EOF"),
+            Self::Mismatch => f.write_str("mismatch"),
+        }
+    }
+}
+
+/// An errno name; `timeout` for a read/write timeout (EAGAIN); `ETIMEDOUT` for std's
+/// connect timeout (which has no errno).
+fn io_reason(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) if code == libc::EAGAIN => "timeout".to_owned(),
+        Some(code) => errno_name(code),
+        None => match e.kind() {
+            io::ErrorKind::TimedOut => "ETIMEDOUT".to_owned(),
+            io::ErrorKind::UnexpectedEof => "EOF".to_owned(),
+            kind => format!("{kind:?}"),
+        },
+    }
+}
+
+fn errno_name(code: i32) -> String {
+    let name = match code {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::EBADF => "EBADF",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EINVAL => "EINVAL",
+        libc::EMFILE => "EMFILE",
+        libc::ENOSPC => "ENOSPC",
+        libc::EPIPE => "EPIPE",
+        libc::ENOTSOCK => "ENOTSOCK",
+        libc::EMSGSIZE => "EMSGSIZE",
+        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::ENETDOWN => "ENETDOWN",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::EISCONN => "EISCONN",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EHOSTDOWN => "EHOSTDOWN",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::EALREADY => "EALREADY",
+        libc::EINPROGRESS => "EINPROGRESS",
+        _ => return format!("errno{code}"),
+    };
+    name.to_owned()
+}
+
+// ---------------------------------------------------------------------------------------
+// serve
+
+fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) -> ExitCode {
+    if tcp.is_empty() && udp.is_empty() {
+        eprintln!("probe serve: give at least one --tcp or --udp address");
+        return ExitCode::from(2);
+    }
+    let mut listeners = Vec::new();
+    for addr in tcp {
+        match bind_socket(*addr, libc::SOCK_STREAM).and_then(|fd| {
+            // SAFETY: plain syscall on an owned socket.
+            if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&fd), 1024) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(TcpListener::from(fd))
+        }) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                eprintln!("probe serve: tcp {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut sockets = Vec::new();
+    for addr in udp {
+        match bind_socket(*addr, libc::SOCK_DGRAM).map(UdpSocket::from) {
+            Ok(s) => sockets.push(s),
+            Err(e) => {
+                eprintln!("probe serve: udp {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    for listener in listeners {
+        let name = name.to_owned();
+        thread::spawn(move || accept_loop(&listener, &name));
+    }
+    for socket in sockets {
+        let name = name.to_owned();
+        thread::spawn(move || udp_loop(&socket, &name));
+    }
+    say("ready");
+    loop {
+        thread::park();
+    }
+}
+
+/// A socket bound to `addr` with SO_REUSEADDR, and IPV6_V6ONLY for IPv6 so that `0.0.0.0`
+/// and `[::]` on one port can both be served.
+fn bind_socket(addr: SocketAddr, ty: libc::c_int) -> io::Result<OwnedFd> {
+    let domain = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain syscall.
+    let raw = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    // SAFETY (both arms): an all-zero sockaddr is valid; the fields are then set.
+    let rc = match addr {
+        SocketAddr::V4(a) => {
+            let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_port = a.port().to_be();
+            sa.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            // SAFETY: `sa` is a valid sockaddr_in of the given length.
+            unsafe {
+                libc::bind(
+                    raw,
+                    (&raw const sa).cast(),
+                    socklen_of::<libc::sockaddr_in>(),
+                )
+            }
+        }
+        SocketAddr::V6(a) => {
+            set_int_opt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+            let mut sa: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sa.sin6_port = a.port().to_be();
+            sa.sin6_addr.s6_addr = a.ip().octets();
+            sa.sin6_flowinfo = a.flowinfo();
+            sa.sin6_scope_id = a.scope_id();
+            // SAFETY: `sa` is a valid sockaddr_in6 of the given length.
+            unsafe {
+                libc::bind(
+                    raw,
+                    (&raw const sa).cast(),
+                    socklen_of::<libc::sockaddr_in6>(),
+                )
+            }
+        }
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn socklen_of<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(mem::size_of::<T>()).expect("sockaddr size fits socklen_t")
+}
+
+fn set_int_opt(
+    fd: libc::c_int,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` outlives the call and the length matches.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&raw const value).cast(),
+            socklen_of::<libc::c_int>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn accept_loop(listener: &TcpListener, name: &str) {
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let name = name.to_owned();
+                thread::spawn(move || {
+                    if let Err(e) = serve_conn(stream, peer, &name) {
+                        eprintln!("probe serve: connection from {peer}: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                eprintln!("probe serve: accept: {e}");
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn serve_conn(mut stream: TcpStream, peer: SocketAddr, name: &str) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.write_all(format!("{name}\n").as_bytes())?;
+    let reader = BufReader::new(stream.try_clone()?);
+    for line in reader.lines() {
+        let line = line?;
+        // One write per reply: no Nagle/delayed-ACK stalls in request/response loops.
+        let reply = if line.trim_end() == "PEER" {
+            format!("{peer}\n")
+        } else {
+            format!("{line}\n")
+        };
+        stream.write_all(reply.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn udp_loop(socket: &UdpSocket, name: &str) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((n, peer)) => {
+                let data = buf.get(..n).unwrap_or_default();
+                let reply = if data.trim_ascii() == b"PEER" {
+                    format!("{name} {peer}")
+                } else {
+                    name.to_owned()
+                };
+                if let Err(e) = socket.send_to(reply.as_bytes(), peer) {
+                    eprintln!("probe serve: udp reply to {peer}: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("probe serve: udp recv: {e}");
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// clients
+
+/// A connected TCP stream with timeouts, and a line reader on it.
+struct Conn {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open(to: SocketAddr, timeout: Duration) -> Result<Self, Failure> {
+        let stream = TcpStream::connect_timeout(&to, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Self { stream, reader })
+    }
+
+    fn read_line(&mut self) -> Result<String, Failure> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(Failure::Eof);
+        }
+        Ok(line.trim_end().to_owned())
+    }
+
+    fn send_line(&mut self, line: &str) -> Result<(), Failure> {
+        self.stream.write_all(format!("{line}\n").as_bytes())?;
+        Ok(())
+    }
+
+    /// Sends `ping` and expects `ping` back.
+    fn ping(&mut self) -> Result<(), Failure> {
+        self.send_line("ping")?;
+        if self.read_line()? == "ping" {
+            Ok(())
+        } else {
+            Err(Failure::Mismatch)
+        }
+    }
+}
+
+/// One connection: `ok <name> <getpeername> [<peer seen by server>]`.
+fn tcp_once(to: SocketAddr, timeout: Duration, ask_peer: bool) -> Result<String, Failure> {
+    let mut conn = Conn::open(to, timeout)?;
+    let addr = conn.stream.peer_addr()?;
+    let name = conn.read_line()?;
+    let mut line = format!("ok {name} {addr}");
+    if ask_peer {
+        conn.send_line("PEER")?;
+        let seen = conn.read_line()?;
+        line.push(' ');
+        line.push_str(&seen);
+    }
+    Ok(line)
+}
+
+fn udp_socket(to: SocketAddr, timeout: Duration, connected: bool) -> io::Result<UdpSocket> {
+    let bind: SocketAddr = match to {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.set_write_timeout(Some(timeout))?;
+    if connected {
+        socket.connect(to)?;
+    }
+    Ok(socket)
+}
+
+fn udp_once(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    connected: bool,
+    ask_peer: bool,
+) -> Result<String, Failure> {
+    let msg: &[u8] = if ask_peer { b"PEER" } else { b"hello" };
+    if connected {
+        socket.send(msg)?;
+    } else {
+        socket.send_to(msg, to)?;
+    }
+    let mut buf = [0u8; 2048];
+    let (n, from) = socket.recv_from(&mut buf)?;
+    let reply = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+    let mut words = reply.split_whitespace();
+    let name = words.next().ok_or(Failure::Mismatch)?;
+    let mut line = format!("ok {name} {from}");
+    if ask_peer {
+        let seen = words.next().ok_or(Failure::Mismatch)?;
+        line.push(' ');
+        line.push_str(seen);
+    }
+    Ok(line)
+}
+
+fn udp(
+    to: SocketAddr,
+    count: u32,
+    same_socket: bool,
+    connected: bool,
+    timeout: Duration,
+    ask_peer: bool,
+) -> ExitCode {
+    let mut shared: Option<UdpSocket> = None;
+    for _ in 0..count {
+        let start = Instant::now();
+        let socket = match (same_socket, shared.take()) {
+            (true, Some(s)) => Ok(s),
+            _ => udp_socket(to, timeout, connected),
+        };
+        let result = match socket {
+            Ok(s) => {
+                let r = udp_once(&s, to, connected, ask_peer);
+                if same_socket {
+                    shared = Some(s);
+                }
+                r
+            }
+            Err(e) => Err(Failure::Io(e)),
+        };
+        match result {
+            Ok(line) => say(&line),
+            Err(e) => say(&format!("err {e} {}", elapsed_ms(start))),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn hold(to: SocketAddr, rounds: u32, interval: Duration, timeout: Duration) -> ExitCode {
+    let start = Instant::now();
+    let mut conn = match Conn::open(to, timeout).and_then(|mut c| {
+        let addr = c.stream.peer_addr()?;
+        let name = c.read_line()?;
+        say(&format!("ok {name} {addr}"));
+        Ok(c)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            say(&format!("err {e} {} round 0", elapsed_ms(start)));
+            return ExitCode::FAILURE;
+        }
+    };
+    for k in 1..=rounds {
+        thread::sleep(interval);
+        let round_start = Instant::now();
+        if let Err(e) = conn.ping() {
+            say(&format!("err {e} {} round {k}", elapsed_ms(round_start)));
+            return ExitCode::FAILURE;
+        }
+        say(&format!("round {k} ok"));
+    }
+    ExitCode::SUCCESS
+}
+
+fn crr(to: SocketAddr, duration: Duration, timeout: Duration) -> ExitCode {
+    let start = Instant::now();
+    let (mut conns, mut errs) = (0u64, 0u64);
+    let mut first_err: Option<String> = None;
+    while start.elapsed() < duration {
+        match Conn::open(to, timeout).and_then(|mut c| c.read_line()) {
+            Ok(_) => conns += 1,
+            Err(e) => {
+                errs += 1;
+                first_err.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        eprintln!("probe crr: first error: {e}");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    say(&format!("conns {conns} secs {secs:.3} errs {errs}"));
+    ExitCode::SUCCESS
+}
+
+fn rr(to: SocketAddr, duration: Duration, timeout: Duration) -> ExitCode {
+    let start = Instant::now();
+    let mut conn = match Conn::open(to, timeout).and_then(|mut c| c.read_line().map(|_| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            say(&format!("err {e} {}", elapsed_ms(start)));
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut latencies_us: Vec<u64> = Vec::new();
+    let loop_start = Instant::now();
+    while loop_start.elapsed() < duration {
+        let t = Instant::now();
+        if let Err(e) = conn.ping() {
+            say(&format!("err {e} {}", elapsed_ms(start)));
+            return ExitCode::FAILURE;
+        }
+        latencies_us.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+    }
+    let secs = loop_start.elapsed().as_secs_f64();
+    latencies_us.sort_unstable();
+    let pct = |p: usize| -> u64 {
+        if latencies_us.is_empty() {
+            return 0;
+        }
+        let idx = (latencies_us.len() * p / 100).min(latencies_us.len() - 1);
+        latencies_us.get(idx).copied().unwrap_or(0)
+    };
+    say(&format!(
+        "rrs {} secs {secs:.3} p50_us {} p99_us {}",
+        latencies_us.len(),
+        pct(50),
+        pct(99)
+    ));
+    ExitCode::SUCCESS
+}

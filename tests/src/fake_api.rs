@@ -1,0 +1,358 @@
+//! A fake Kubernetes API server on 127.0.0.1 that speaks just enough list and watch
+//! for the agent's real kube-rs client: namespaced and cluster-wide lists (with
+//! `resourceVersion`), chunked watch streams with ADDED/MODIFIED/DELETED events, and the
+//! failure modes that matter: dropped watches, "410 Gone" (expired resource versions,
+//! which force a relist) and a server that is down.
+//!
+//! No kube-apiserver can be installed on the test machines; this is the one stand-in.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A resource the fake serves: its URL collection and list kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Resource {
+    /// `/api/v1/services`
+    Services,
+    /// `/apis/discovery.k8s.io/v1/endpointslices`
+    EndpointSlices,
+    /// `/api/v1/nodes`
+    Nodes,
+}
+
+impl Resource {
+    fn from_path(path: &str) -> Option<(Resource, Option<String>)> {
+        // /api/v1/services, /api/v1/namespaces/NS/services, /api/v1/nodes,
+        // /apis/discovery.k8s.io/v1/[namespaces/NS/]endpointslices
+        let path = path
+            .strip_prefix("/api/v1/")
+            .or_else(|| path.strip_prefix("/apis/discovery.k8s.io/v1/"))?;
+        let (ns, rest) = match path.strip_prefix("namespaces/") {
+            Some(p) => {
+                let (ns, rest) = p.split_once('/')?;
+                (Some(ns.to_owned()), rest)
+            }
+            None => (None, path),
+        };
+        let r = match rest {
+            "services" => Resource::Services,
+            "endpointslices" => Resource::EndpointSlices,
+            "nodes" => Resource::Nodes,
+            _ => return None,
+        };
+        Some((r, ns))
+    }
+
+    fn list_kind(self) -> (&'static str, &'static str) {
+        match self {
+            Resource::Services => ("v1", "ServiceList"),
+            Resource::EndpointSlices => ("discovery.k8s.io/v1", "EndpointSliceList"),
+            Resource::Nodes => ("v1", "NodeList"),
+        }
+    }
+
+    /// The resource an object of this `kind` belongs to.
+    pub fn of_kind(kind: &str) -> Option<Resource> {
+        match kind {
+            "Service" => Some(Resource::Services),
+            "EndpointSlice" => Some(Resource::EndpointSlices),
+            "Node" => Some(Resource::Nodes),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Event {
+    rv: u64,
+    kind: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    /// (resource, namespace, name) -> object
+    objects: BTreeMap<(Resource, String, String), Value>,
+    events: Vec<(Resource, Event)>,
+    /// Watches started from a version at or below this get 410 Gone.
+    expired_below: u64,
+    /// Bumped to end every open watch stream.
+    generation: u64,
+    down: bool,
+    requests: Vec<String>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    stop: AtomicBool,
+}
+
+/// The running fake; stops when dropped.
+pub struct FakeApiServer {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl FakeApiServer {
+    /// Starts serving on an ephemeral port of 127.0.0.1.
+    pub fn start() -> FakeApiServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake API server");
+        let addr = listener.local_addr().expect("local_addr");
+        listener.set_nonblocking(true).expect("nonblocking listener");
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                rv: 1000,
+                ..State::default()
+            }),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let s = Arc::clone(&shared);
+        thread::spawn(move || {
+            while !s.stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let s = Arc::clone(&s);
+                        thread::spawn(move || {
+                            let _ = serve_connection(&s, stream);
+                        });
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        FakeApiServer { shared, addr }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Writes a kubeconfig pointing at this server into `path`.
+    pub fn write_kubeconfig(&self, path: &std::path::Path) {
+        let cfg = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n",
+            self.url()
+        );
+        std::fs::write(path, cfg).expect("writing the kubeconfig");
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f(&mut st);
+        self.shared.changed.notify_all();
+        r
+    }
+
+    /// Creates or replaces an object (a JSON value with `kind` and `metadata`).
+    pub fn apply(&self, mut object: Value) {
+        let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+        let res = Resource::of_kind(&kind).unwrap_or_else(|| panic!("fake API: unknown kind {kind:?}"));
+        let ns = object["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("fake API: object without a name: {object}"))
+            .to_owned();
+        self.with_state(|st| {
+            st.rv += 1;
+            object["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+            let key = (res, ns, name);
+            let kind = if st.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
+            st.objects.insert(key, object.clone());
+            let rv = st.rv;
+            st.events.push((res, Event { rv, kind, object }));
+        });
+    }
+
+    /// Deletes an object.
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
+        let res = Resource::of_kind(kind).unwrap_or_else(|| panic!("fake API: unknown kind {kind:?}"));
+        self.with_state(|st| {
+            if let Some(mut object) = st.objects.remove(&(res, namespace.to_owned(), name.to_owned())) {
+                st.rv += 1;
+                object["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+                let rv = st.rv;
+                st.events.push((res, Event { rv, kind: "DELETED", object }));
+            }
+        });
+    }
+
+    /// Ends every open watch stream (clients re-watch from their last version).
+    pub fn drop_watches(&self) {
+        self.with_state(|st| st.generation += 1);
+    }
+
+    /// Makes every version seen so far too old: open watches end, and re-watching
+    /// gets "410 Gone", so clients must relist.
+    pub fn expire_history(&self) {
+        self.with_state(|st| {
+            st.expired_below = st.rv;
+            st.generation += 1;
+        });
+    }
+
+    /// Takes the server down (connections are closed at once, open watches end) or
+    /// brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.with_state(|st| {
+            st.down = down;
+            st.generation += 1;
+        });
+    }
+
+    /// The request lines served so far ("GET /api/v1/services?...").
+    pub fn requests(&self) -> Vec<String> {
+        self.with_state(|st| st.requests.clone())
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.with_state(|st| st.generation += 1);
+    }
+}
+
+fn serve_connection(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        // Headers (ignored) up to the blank line.
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+                break;
+            }
+        }
+        let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        {
+            let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.requests.push(request_line.trim().to_owned());
+            if st.down {
+                return Ok(()); // close without answering
+            }
+        }
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let params: BTreeMap<&str, &str> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let Some((res, ns)) = Resource::from_path(path) else {
+            respond(&mut out, 404, &status_body(404, "NotFound", "no such resource"))?;
+            continue;
+        };
+        if params.get("watch").is_some_and(|w| *w == "true" || *w == "1") {
+            let from: u64 = params
+                .get("resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            return watch(shared, &mut out, res, ns.as_deref(), from);
+        }
+        let body = {
+            let st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            let items: Vec<Value> = st
+                .objects
+                .iter()
+                .filter(|((r, n, _), _)| *r == res && ns.as_ref().is_none_or(|ns| ns == n))
+                .map(|(_, o)| o.clone())
+                .collect();
+            let (api_version, kind) = res.list_kind();
+            json!({
+                "apiVersion": api_version,
+                "kind": kind,
+                "metadata": {"resourceVersion": st.rv.to_string()},
+                "items": items,
+            })
+        };
+        respond(&mut out, 200, &body)?;
+    }
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+           "code": code, "reason": reason, "message": message, "metadata": {}})
+}
+
+fn respond(out: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
+    let body = body.to_string();
+    let reason = if code == 200 { "OK" } else { "Error" };
+    write!(
+        out,
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    out.flush()
+}
+
+fn chunk(out: &mut TcpStream, line: &str) -> std::io::Result<()> {
+    write!(out, "{:x}\r\n{line}\n\r\n", line.len() + 1)?;
+    out.flush()
+}
+
+/// Streams events after `from` until the stream is ended (drop/expire/down/stop) or
+/// the client goes away; ends with a clean last chunk.
+fn watch(shared: &Shared, out: &mut TcpStream, res: Resource, ns: Option<&str>, from: u64) -> std::io::Result<()> {
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )?;
+    let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    if from != 0 && from < st.expired_below {
+        let e = json!({"type": "ERROR", "object": status_body(410, "Expired", "too old resource version")});
+        drop(st);
+        chunk(out, &e.to_string())?;
+        return write!(out, "0\r\n\r\n");
+    }
+    let generation = st.generation;
+    let mut sent = if from == 0 { st.rv } else { from };
+    let deadline = Instant::now() + Duration::from_secs(290);
+    loop {
+        let pending: Vec<Event> = st
+            .events
+            .iter()
+            .filter(|(r, e)| {
+                *r == res
+                    && e.rv > sent
+                    && ns.is_none_or(|ns| e.object["metadata"]["namespace"].as_str() == Some(ns))
+            })
+            .map(|(_, e)| e.clone())
+            .collect();
+        if let Some(last) = st.events.last() {
+            sent = sent.max(last.1.rv);
+        }
+        drop(st);
+        for e in pending {
+            chunk(out, &json!({"type": e.kind, "object": e.object}).to_string())?;
+        }
+        st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.generation != generation || shared.stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+            drop(st);
+            return write!(out, "0\r\n\r\n");
+        }
+        let (guard, _) = shared
+            .changed
+            .wait_timeout(st, Duration::from_millis(200))
+            .unwrap_or_else(|e| e.into_inner());
+        st = guard;
+    }
+}

@@ -1,0 +1,381 @@
+//! ClusterIP served at the socket layer, on the real kernel.
+//!
+//! Each test builds its own node (a namespace with a bridge), a client pod whose
+//! processes live in a cgroup made for the test, and backend pods running `probe
+//! serve`; it runs the real agent on a private bpffs with a manifest directory, and
+//! sends real traffic. Everything is removed on drop, also when a test fails.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tests::{
+    Agent, BpfFs, ChildGuard, ClusterTopology, ManifestDir, PortSpec, ProbeReply, probe_bin,
+    service, start_probe_server,
+};
+
+const VIP4: &str = "10.96.0.10";
+const VIP6: &str = "fd00:96::10";
+const SYNC: Duration = Duration::from_secs(10);
+
+/// Field order is drop order: the agent and servers go before the namespaces.
+struct Env {
+    agent: Option<Agent>,
+    _servers: Vec<ChildGuard>,
+    topo: ClusterTopology,
+    dir: ManifestDir,
+    bpffs: BpfFs,
+}
+
+impl Env {
+    /// A topology with `n` backends, each serving `tcp`/`udp` ports, and an agent
+    /// running on the manifests in `files`.
+    fn new(tag: &str, n: usize, tcp: &[u16], udp: &[u16], files: &[(&str, String)]) -> Env {
+        let topo = ClusterTopology::new(tag, n);
+        let servers = topo.serve_backends(tcp, udp);
+        let dir = ManifestDir::new(tag);
+        for (name, content) in files {
+            dir.write(name, content);
+        }
+        let bpffs = BpfFs::new(tag);
+        let agent = Agent::start(bpffs.path(), topo.client_cgroup.path(), dir.path(), &[]);
+        Env {
+            agent: Some(agent),
+            _servers: servers,
+            topo,
+            dir,
+            bpffs,
+        }
+    }
+
+    fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("agent running")
+    }
+
+    fn v4(&self) -> Vec<IpAddr> {
+        self.topo.backends.iter().map(|p| IpAddr::V4(p.ipv4)).collect()
+    }
+
+    fn v6(&self) -> Vec<IpAddr> {
+        self.topo.backends.iter().map(|p| IpAddr::V6(p.ipv6)).collect()
+    }
+
+    /// Runs `probe <args>` in the client pod and parses its replies.
+    fn probe(&self, args: &[&str]) -> Vec<ProbeReply> {
+        let out = self.topo.client_probe(args);
+        assert!(
+            out.status.success(),
+            "probe {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ProbeReply::parse_all(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+/// The backend names of `replies`, counted; panics on any error reply.
+fn spread(replies: &[ProbeReply]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for r in replies {
+        match r.name() {
+            Some(n) => *m.entry(n.to_owned()).or_insert(0) += 1,
+            None => panic!("error reply in {replies:?}"),
+        }
+    }
+    m
+}
+
+fn addrs(replies: &[ProbeReply]) -> Vec<SocketAddr> {
+    replies
+        .iter()
+        .map(|r| match r {
+            ProbeReply::Ok { addr, .. } => *addr,
+            ProbeReply::Err { reason, .. } => panic!("error reply {reason}"),
+        })
+        .collect()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("test socket address")
+}
+
+fn backends(ips: &[IpAddr], port: u16) -> Vec<SocketAddr> {
+    ips.iter().map(|i| SocketAddr::new(*i, port)).collect()
+}
+
+const WEB_PORTS: &[PortSpec<'static>] = &[("http", 80, "TCP", 8080), ("dns", 53, "UDP", 5353)];
+
+fn web(env_ips: &[IpAddr], vip: &str, affinity: Option<u32>) -> String {
+    service("web", ip(vip), WEB_PORTS, env_ips, affinity)
+}
+
+fn assert_spread(m: &BTreeMap<String, usize>, backends: usize, at_least: usize) {
+    assert_eq!(m.len(), backends, "not every backend was reached: {m:?}");
+    for (name, n) in m {
+        assert!(*n >= at_least, "{name} got only {n} of the requests: {m:?}");
+    }
+}
+
+#[test]
+fn tcp_and_udp_through_the_vip_reach_every_backend_and_report_the_vip() {
+    let ips = ["10.244.0.11", "10.244.0.12", "10.244.0.13"].map(ip);
+    let env = Env::new("spread", 3, &[8080], &[5353], &[("web.yaml", web(&ips, VIP4, None))]);
+    env.agent()
+        .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
+
+    // 90 connections over 3 backends: ~30 each; 12 is more than 4 sigma below.
+    let tcp = env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "90"]);
+    assert_spread(&spread(&tcp), 3, 12);
+    assert!(
+        addrs(&tcp).iter().all(|a| *a == sa("10.96.0.10:80")),
+        "getpeername() must return the VIP: {tcp:?}"
+    );
+
+    let udp = env.probe(&["udp", "--to", "10.96.0.10:53", "--count", "90"]);
+    assert_spread(&spread(&udp), 3, 12);
+    assert!(
+        addrs(&udp).iter().all(|a| *a == sa("10.96.0.10:53")),
+        "UDP replies must appear to come from the VIP: {udp:?}"
+    );
+
+    // One unconnected UDP socket keeps talking to one backend; a connected one too.
+    for mode in [&["--same-socket"][..], &["--same-socket", "--connected"]] {
+        let mut args = vec!["udp", "--to", "10.96.0.10:53", "--count", "10"];
+        args.extend_from_slice(mode);
+        let r = env.probe(&args);
+        assert_eq!(spread(&r).len(), 1, "{mode:?}: {r:?}");
+        assert!(addrs(&r).iter().all(|a| *a == sa("10.96.0.10:53")), "{mode:?}: {r:?}");
+    }
+}
+
+#[test]
+fn ipv6_vips_balance_tcp_and_udp() {
+    let ips = ["fd00:244::11", "fd00:244::12", "fd00:244::13"].map(ip);
+    let env = Env::new("ipv6", 3, &[8080], &[5353], &[("web6.yaml", web(&ips, VIP6, None))]);
+    env.agent()
+        .wait_for("[fd00:96::10]:80/TCP", &backends(&env.v6(), 8080), SYNC);
+
+    let tcp = env.probe(&["tcp", "--to", "[fd00:96::10]:80", "--count", "60"]);
+    assert_spread(&spread(&tcp), 3, 6);
+    assert!(addrs(&tcp).iter().all(|a| *a == sa("[fd00:96::10]:80")), "{tcp:?}");
+
+    let udp = env.probe(&["udp", "--to", "[fd00:96::10]:53", "--count", "60"]);
+    assert_spread(&spread(&udp), 3, 6);
+    assert!(addrs(&udp).iter().all(|a| *a == sa("[fd00:96::10]:53")), "{udp:?}");
+}
+
+#[test]
+fn client_ip_affinity_holds_while_used_and_expires_after_its_timeout() {
+    let ips = ["10.244.0.11", "10.244.0.12", "10.244.0.13"].map(ip);
+    let env = Env::new("affinity", 3, &[8080], &[5353], &[("web.yaml", web(&ips, VIP4, Some(1)))]);
+    let view = env
+        .agent()
+        .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
+    assert_eq!(view.affinity_timeout_s, Some(1));
+
+    let first = spread(&env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "30"]));
+    assert_eq!(first.len(), 1, "affinity must pin the client: {first:?}");
+    let pinned = first.keys().next().cloned().unwrap_or_default();
+
+    // Used every 300 ms for 2.4 s (more than twice the timeout): each use refreshes it.
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(300));
+        let r = spread(&env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "1"]));
+        assert!(r.contains_key(&pinned), "affinity lost while in use: {r:?}");
+    }
+
+    // Idle for longer than the timeout: the next connection is a fresh random choice.
+    // Each round has a 2/3 chance to land elsewhere; 15 rounds all on `pinned` would
+    // happen with probability 7e-8.
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_millis(1300));
+        let r = spread(&env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "1"]));
+        if !r.contains_key(&pinned) {
+            return;
+        }
+    }
+    panic!("affinity to {pinned} never expired");
+}
+
+#[test]
+fn a_service_without_endpoints_refuses_connections_at_once() {
+    let env = Env::new("noep", 1, &[8080], &[5353], &[("web.yaml", web(&[], VIP4, None))]);
+    let view = env.agent().wait_for("10.96.0.10:80/TCP", &[], SYNC);
+    assert!(view.backends.is_empty());
+
+    let start = Instant::now();
+    let tcp = env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "3", "--timeout-ms", "5000"]);
+    for r in &tcp {
+        match r {
+            ProbeReply::Err { reason, ms } => {
+                assert_eq!(reason, "ECONNREFUSED", "{tcp:?}");
+                assert!(*ms < 100, "refusal took {ms} ms");
+            }
+            ok => panic!("connected to a service without endpoints: {ok:?}"),
+        }
+    }
+    let udp = env.probe(&["udp", "--to", "10.96.0.10:53", "--count", "1", "--timeout-ms", "5000"]);
+    assert_eq!(udp[0].error(), Some("ECONNREFUSED"), "{udp:?}");
+    assert!(start.elapsed() < Duration::from_secs(3), "refusals must not wait for a timeout");
+}
+
+#[test]
+fn removing_a_backend_stops_new_connections_to_it_while_established_ones_keep_working() {
+    let ips = ["10.244.0.11", "10.244.0.12", "10.244.0.13"].map(ip);
+    let env = Env::new("remove", 3, &[8080], &[], &[("web.yaml", web(&ips, VIP4, None))]);
+    env.agent()
+        .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
+
+    let mut hold = env
+        .topo
+        .spawn_client_probe(&["hold", "--to", "10.96.0.10:80", "--rounds", "40", "--interval-ms", "100"]);
+    let greeting = hold.expect_line(Duration::from_secs(5));
+    let victim = ProbeReply::parse(&greeting)
+        .and_then(|r| r.name().map(str::to_owned))
+        .unwrap_or_else(|| panic!("bad greeting {greeting:?}"));
+    let victim_ip = env
+        .topo
+        .backend(&victim)
+        .map(|p| IpAddr::V4(p.ipv4))
+        .expect("victim is a backend");
+
+    let rest: Vec<IpAddr> = ips.iter().copied().filter(|i| *i != victim_ip).collect();
+    env.dir.write("web.yaml", &web(&rest, VIP4, None));
+    env.agent()
+        .wait_for("10.96.0.10:80/TCP", &backends(&rest, 8080), SYNC);
+
+    let after = spread(&env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "40"]));
+    assert!(!after.contains_key(&victim), "{victim} still gets new connections: {after:?}");
+    assert_eq!(after.len(), 2, "{after:?}");
+
+    let status = hold.wait(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "the established connection to {victim} broke: {:?}",
+        hold.seen_lines()
+    );
+}
+
+#[test]
+fn multi_port_services_and_the_same_port_on_tcp_and_udp() {
+    let topo = ClusterTopology::new("multiport", 2);
+    // One server per target port, each naming its port, so a wrong mapping shows.
+    let mut servers = Vec::new();
+    for pod in &topo.backends {
+        for (port, tcp) in [(8080, true), (9090, true), (5353, false), (5354, true)] {
+            let addr = [SocketAddr::new(IpAddr::V4(pod.ipv4), port)];
+            let name = format!("{}-{port}", pod.name);
+            let (t, u): (&[SocketAddr], &[SocketAddr]) = if tcp { (&addr, &[]) } else { (&[], &addr) };
+            servers.push(start_probe_server(&pod.netns, &name, t, u));
+        }
+    }
+    let ips: Vec<IpAddr> = topo.backends.iter().map(|p| IpAddr::V4(p.ipv4)).collect();
+    let ports: &[PortSpec<'_>] = &[
+        ("http", 80, "TCP", 8080),
+        ("metrics", 81, "TCP", 9090),
+        ("dns-udp", 53, "UDP", 5353),
+        ("dns-tcp", 53, "TCP", 5354),
+    ];
+    let dir = ManifestDir::new("multiport");
+    dir.write("svc.yaml", &service("multi", ip(VIP4), ports, &ips, None));
+    let bpffs = BpfFs::new("multiport");
+    let agent = Agent::start(bpffs.path(), topo.client_cgroup.path(), dir.path(), &[]);
+    agent.wait_for("10.96.0.10:53/TCP", &backends(&ips, 5354), SYNC);
+    agent.wait_for("10.96.0.10:53/UDP", &backends(&ips, 5353), SYNC);
+
+    for (proto, port, suffix) in [("tcp", 80, "-8080"), ("tcp", 81, "-9090"), ("udp", 53, "-5353"), ("tcp", 53, "-5354")] {
+        let to = format!("10.96.0.10:{port}");
+        let out = topo.client_probe(&[proto, "--to", &to, "--count", "20"]);
+        let replies = ProbeReply::parse_all(&String::from_utf8_lossy(&out.stdout));
+        let names = spread(&replies);
+        assert_eq!(names.len(), 2, "{proto} {port}: {names:?}");
+        assert!(names.keys().all(|n| n.ends_with(suffix)), "{proto} {port} reached {names:?}");
+    }
+    drop(agent);
+}
+
+#[test]
+fn restarting_the_agent_neither_breaks_open_connections_nor_refuses_new_ones() {
+    let ips = ["10.244.0.11", "10.244.0.12", "10.244.0.13"].map(ip);
+    let mut env = Env::new("restart", 3, &[8080], &[], &[("web.yaml", web(&ips, VIP4, None))]);
+    env.agent()
+        .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
+    let before = env.agent().programmed();
+
+    let mut hold = env
+        .topo
+        .spawn_client_probe(&["hold", "--to", "10.96.0.10:80", "--rounds", "50", "--interval-ms", "100"]);
+    hold.expect_line(Duration::from_secs(5));
+
+    env.agent.take().expect("agent").stop();
+    // No agent: the pinned programs and maps keep serving.
+    let down = env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "20"]);
+    assert_spread(&spread(&down), 3, 1);
+
+    let agent = Agent::start(env.bpffs.path(), env.topo.client_cgroup.path(), env.dir.path(), &[]);
+    assert!(agent.log().contains("adopted=2"), "the new agent must adopt the maps:\n{}", agent.log());
+    let mid = env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "20"]);
+    assert_spread(&spread(&mid), 3, 1);
+    let after = agent.programmed();
+    assert_eq!(
+        format!("{before:?}"),
+        format!("{after:?}"),
+        "the restart must not change what is programmed"
+    );
+    env.agent = Some(agent);
+
+    let status = hold.wait(Duration::from_secs(20));
+    assert!(status.success(), "the open connection broke: {:?}", hold.seen_lines());
+}
+
+#[test]
+fn a_process_outside_the_attached_cgroup_is_not_balanced() {
+    // The programs act only on the cgroup they are attached to, never machine-wide.
+    let ips = ["10.244.0.11"].map(ip);
+    let env = Env::new("scope", 1, &[8080], &[], &[("web.yaml", web(&ips, VIP4, None))]);
+    env.agent()
+        .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
+    let mut cmd = Command::new(probe_bin());
+    cmd.args(["tcp", "--to", "10.96.0.10:80", "--count", "1", "--timeout-ms", "500"]);
+    let out = tests::run(&env.topo.client.netns, None, &mut cmd, Duration::from_secs(10));
+    let r = ProbeReply::parse_all(&String::from_utf8_lossy(&out.stdout));
+    assert!(r[0].error().is_some(), "outside the cgroup the VIP must not answer: {r:?}");
+}
+
+#[test]
+fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
+    let ips = ["10.244.0.11"].map(ip);
+    let mut files = vec![("web.yaml", web(&ips, VIP4, None))];
+    files.push(("empty.yaml", service("empty", ip("10.96.0.11"), WEB_PORTS, &[], None)));
+    let env = Env::new("metrics", 1, &[8080], &[], &files);
+    env.agent()
+        .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
+    env.agent().wait_for("10.96.0.11:80/TCP", &[], SYNC);
+    let (metrics, health) = env.agent().http_addrs();
+
+    let (code, body) = tests::http_get(health, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("healthz JSON");
+    assert!(v["lastUpdated"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+    assert_eq!(v["nodeEligible"], true, "{body}");
+    assert_eq!(tests::http_get(health, "/livez").0, 200);
+    assert_eq!(tests::http_get(metrics, "/proxyMode"), (200, "ebpf".to_owned()));
+
+    env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "5"]);
+    env.probe(&["tcp", "--to", "10.96.0.11:80", "--count", "3"]);
+    let (code, text) = tests::http_get(metrics, "/metrics");
+    assert_eq!(code, 200);
+    let value = |m: &str, l: &str| {
+        tests::metric_value(&text, m, l).unwrap_or_else(|| panic!("no {m}{l} in\n{text}"))
+    };
+    assert_eq!(value("proxy_agent_services", ""), 4.0);
+    assert_eq!(value("proxy_agent_backends", ""), 2.0);
+    assert!(value("proxy_agent_datapath_events_total", "{event=\"lb_translated\"}") >= 5.0);
+    assert!(value("proxy_agent_datapath_events_total", "{event=\"lb_no_backend\"}") >= 3.0);
+    assert!(value("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "") > 0.0);
+    assert!(text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket"), "{text}");
+}

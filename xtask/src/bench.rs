@@ -1,0 +1,39 @@
+//! `cargo xtask bench <name>`: benchmarks that report ratios against a baseline
+//! measured in the same run (this machine is shared and noisy; absolute figures do not
+//! carry over).
+
+mod clusterip;
+
+use anyhow::{Result, bail};
+
+/// Runs the benchmark `name`.
+pub fn run(name: &str) -> Result<()> {
+    match name {
+        "clusterip" => clusterip::run(),
+        other => bail!("unknown benchmark {other:?}; available: clusterip"),
+    }
+}
+
+/// The median of `xs` (which must not be empty).
+pub(crate) fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// The value after `key` in a probe summary line (`conns 123 secs 2.0 ...`).
+pub(crate) fn field(line: &str, key: &str) -> Result<f64> {
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == key {
+            if let Some(v) = words.next() {
+                return Ok(v.parse()?);
+            }
+        }
+    }
+    bail!("no {key:?} in probe output {line:?}")
+}
