@@ -4,18 +4,18 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use tracing::{info, info_span, warn};
 
 use crate::dataplane::ebpf::{EbpfConfig, EbpfDataplane, MapSizes};
-use crate::reconcile::Reconciler;
 use crate::http::Health;
 use crate::metrics::{Metrics, Reason};
+use crate::reconcile::Reconciler;
 use crate::source::Snapshot;
-use crate::source::kubernetes::KubeSource;
+use crate::source::kubernetes::{Changes, KubeSource};
 use crate::source::manifests::ManifestSource;
 use crate::translate::{self, NodeContext};
 
@@ -23,7 +23,11 @@ pub use crate::dataplane::ebpf::DEFAULT_BPFFS;
 
 /// `proxy-agent` command line.
 #[derive(Debug, clap::Parser)]
-#[command(name = "proxy-agent", version, about = "eBPF Kubernetes service proxy (node agent)")]
+#[command(
+    name = "proxy-agent",
+    version,
+    about = "eBPF Kubernetes service proxy (node agent)"
+)]
 pub struct Config {
     /// Read Services and EndpointSlices from YAML/JSON manifests in this directory
     /// (watched for changes) instead of a Kubernetes API server.
@@ -223,13 +227,14 @@ impl Source {
         }
     }
 
-    /// The world now (None until a Kubernetes source has listed everything once), and
-    /// the input problems seen.
-    fn snapshot(&mut self) -> (Option<Snapshot>, Vec<String>) {
+    /// The world now (None until a Kubernetes source has listed everything once), the
+    /// input problems seen, and the changes since the last call.
+    fn snapshot(&mut self) -> (Option<Snapshot>, Vec<String>, Changes) {
         match self {
             Source::Manifests(m) => {
                 let (snap, errors) = m.load();
-                (Some(snap), errors.iter().map(ToString::to_string).collect())
+                let errors = errors.iter().map(ToString::to_string).collect();
+                (Some(snap), errors, Changes::default())
             }
             Source::Kube(k) => k.snapshot(),
         }
@@ -260,9 +265,13 @@ fn sync(
 ) {
     let _span = info_span!("sync", full).entered();
     let started = Instant::now();
-    let (snapshot, errors) = source.snapshot();
-    let reason = |r: &str| Reason { reason: r.to_owned() };
-    metrics.skipped.get_or_create(&reason("input")).inc_by(errors.len() as u64);
+    let (snapshot, errors, changes) = source.snapshot();
+    metrics.service_changes.inc_by(changes.services);
+    metrics.endpoint_changes.inc_by(changes.endpoint_slices);
+    let reason = |r: &str| Reason {
+        reason: r.to_owned(),
+    };
+    metrics.input_errors.inc_by(errors.len() as u64);
     for e in &errors {
         warn!("{e}");
     }
@@ -277,24 +286,32 @@ fn sync(
     metrics
         .skipped
         .get_or_create(&reason("translation"))
-        .inc_by(translation.skipped.len() as u64);
+        .set(translation.skipped.len() as i64);
     let report = if full {
         reconciler.resync(&translation.desired)
     } else {
         reconciler.apply(&translation.desired)
     };
     for (_, e) in &report.failed {
-        metrics.programming_failures.get_or_create(&reason(e.metric_label())).inc();
+        metrics
+            .programming_failures
+            .get_or_create(&reason(e.metric_label()))
+            .inc();
     }
     let applied = reconciler.applied();
     metrics.services.set(applied.len() as i64);
     metrics
         .backends
         .set(applied.values().map(|s| s.backends.len() as i64).sum());
-    metrics.sync_duration.observe(started.elapsed().as_secs_f64());
+    metrics
+        .sync_duration
+        .observe(started.elapsed().as_secs_f64());
     metrics.last_sync.set(unix_now());
     health.updated();
+    // From the first change of this batch reaching the agent to the maps holding it.
+    let latency_us = changes.since.map(|t| t.elapsed().as_micros()).unwrap_or(0);
     info!(
+        latency_us,
         services = translation.desired.services.len(),
         upserted = report.upserted,
         removed = report.removed,

@@ -136,9 +136,21 @@ async fn livez(State(s): State<Shared>) -> impl IntoResponse {
 }
 
 fn answer(s: &Shared, ok: bool, body: String, healthz: bool) -> impl IntoResponse + use<> {
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let family = if healthz { &s.metrics.healthz } else { &s.metrics.livez };
-    family.get_or_create(&Code { code: code.as_u16() }).inc();
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let family = if healthz {
+        &s.metrics.healthz
+    } else {
+        &s.metrics.livez
+    };
+    family
+        .get_or_create(&Code {
+            code: code.as_u16(),
+        })
+        .inc();
     (code, [(header::CONTENT_TYPE, "application/json")], body)
 }
 

@@ -10,7 +10,7 @@
 //! ```
 #![deny(missing_docs)]
 
-// pub mod agent; (enabled once translate/manifests land)
+pub mod agent;
 pub mod ctl;
 pub mod dataplane;
 pub mod http;

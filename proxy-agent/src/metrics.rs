@@ -50,8 +50,12 @@ pub struct Metrics {
     pub service_changes: Counter,
     /// EndpointSlice objects seen changing.
     pub endpoint_changes: Counter,
-    /// Objects or ports skipped by validation or translation, by reason.
-    pub skipped: Family<Reason, Counter>,
+    /// Input problems reported (an invalid object or file, a failed watch); the
+    /// object is skipped and its last good version, if any, kept.
+    pub input_errors: Counter,
+    /// Services, ports or families the translation skipped in the last sync
+    /// (conflicting VIPs, unsupported protocols or families).
+    pub skipped: Family<Reason, Gauge>,
     /// Services the data plane refused (full map, ...), by reason.
     pub programming_failures: Family<Reason, Counter>,
     /// Frontends currently programmed.
@@ -78,6 +82,7 @@ impl Metrics {
             network_programming: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
             service_changes: Counter::default(),
             endpoint_changes: Counter::default(),
+            input_errors: Counter::default(),
             skipped: Family::default(),
             programming_failures: Family::default(),
             services: Gauge::default(),
@@ -123,11 +128,20 @@ impl Metrics {
             "Services with a Local traffic policy and no local endpoint",
             m.no_local_endpoints.clone(),
         );
-        r.register("kubeproxy_proxy_healthz", "/healthz answers", m.healthz.clone());
+        r.register(
+            "kubeproxy_proxy_healthz",
+            "/healthz answers",
+            m.healthz.clone(),
+        );
         r.register("kubeproxy_proxy_livez", "/livez answers", m.livez.clone());
         r.register(
+            "proxy_agent_input_errors",
+            "Input problems reported (invalid objects or files, failed watches)",
+            m.input_errors.clone(),
+        );
+        r.register(
             "proxy_agent_skipped",
-            "Objects, ports or families skipped (invalid input, conflicts, unsupported)",
+            "Services, ports or families skipped by the last translation",
             m.skipped.clone(),
         );
         r.register(
@@ -172,16 +186,17 @@ impl Collector for DatapathCounters {
         let Ok(values) = crate::inspect::counters(&self.bpffs) else {
             return Ok(());
         };
-        let mut me = encoder.encode_descriptor(
-            "proxy_agent_datapath_events",
-            "What the socket programs did, by event (translations, refusals, misses)",
-            None,
-            ConstCounter::new(0u64).metric_type(),
-        )?;
-        for (event, value) in values {
-            ConstCounter::new(value).encode(me.encode_family(&[("event", event)])?)?;
+        {
+            let mut me = encoder.encode_descriptor(
+                "proxy_agent_datapath_events",
+                "What the socket programs did, by event (translations, refusals, misses)",
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for (event, value) in values {
+                ConstCounter::new(value).encode(me.encode_family(&[("event", event)])?)?;
+            }
         }
-        drop(me);
         let up = ConstGauge::new(1i64);
         up.encode(encoder.encode_descriptor(
             "proxy_agent_datapath_loaded",

@@ -57,7 +57,11 @@ impl<D: Dataplane> Reconciler<D> {
     /// Re-reads what the kernel holds, then makes it match `desired`: entries changed
     /// or deleted behind the agent's back are rewritten (the periodic full resync).
     pub fn resync(&mut self, desired: &DesiredState) -> SyncReport {
-        match self.dataplane.refresh().and_then(|()| self.dataplane.programmed()) {
+        match self
+            .dataplane
+            .refresh()
+            .and_then(|()| self.dataplane.programmed())
+        {
             Ok(held) => self.applied = held.into_iter().map(|s| (s.frontend, s)).collect(),
             Err(e) => warn!(error = %e, "re-reading the data plane failed; applying the diff only"),
         }

@@ -378,7 +378,9 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<(), FieldError> {
                 };
                 return Err(FieldError::new(
                     field,
-                    format!("{address:?} is not {what} (the slice's addressType is {address_type})"),
+                    format!(
+                        "{address:?} is not {what} (the slice's addressType is {address_type})"
+                    ),
                 ));
             }
         }
@@ -418,9 +420,7 @@ fn metadata(meta: &ObjectMeta, rule: NameRule) -> Result<(), FieldError> {
         NameRule::Dns1035Label => {
             dns1123_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase())
         }
-        NameRule::Dns1123Subdomain => {
-            name.len() <= 253 && name.split('.').all(dns1123_label)
-        }
+        NameRule::Dns1123Subdomain => name.len() <= 253 && name.split('.').all(dns1123_label),
     };
     if !name_ok {
         let rule = match rule {
@@ -604,7 +604,10 @@ mod tests {
     #[test]
     fn field_errors_display_as_field_colon_message() {
         let e = FieldError::new("spec.ports[1].port", "70000 is not in 1..=65535");
-        assert_eq!(e.to_string(), "spec.ports[1].port: 70000 is not in 1..=65535");
+        assert_eq!(
+            e.to_string(),
+            "spec.ports[1].port: 70000 is not in 1..=65535"
+        );
     }
 
     #[test]
@@ -618,7 +621,14 @@ mod tests {
 
     #[test]
     fn a_service_name_must_be_a_dns_label() {
-        for bad in ["Web", "9web", "web-", "we_b", "web.example", &"a".repeat(64)] {
+        for bad in [
+            "Web",
+            "9web",
+            "web-",
+            "we_b",
+            "web.example",
+            &"a".repeat(64),
+        ] {
             let mut s = svc();
             s.metadata.name = Some(bad.to_string());
             assert!(
@@ -835,7 +845,13 @@ mod tests {
 
     #[test]
     fn port_numbers_must_be_in_range() {
-        for (n, ok) in [(0, false), (1, true), (65535, true), (65536, false), (-1, false)] {
+        for (n, ok) in [
+            (0, false),
+            (1, true),
+            (65535, true),
+            (65536, false),
+            (-1, false),
+        ] {
             let s = with(|spec| spec.ports = Some(vec![port("http", n)]));
             if ok {
                 assert_eq!(service(&s), Ok(()));
@@ -897,8 +913,7 @@ mod tests {
         }
         for bad in ["a-very-long-port-name", "-http", "http-", "ht--tp"] {
             let s = with(|spec| {
-                spec.ports.as_mut().unwrap()[0].target_port =
-                    Some(IntOrString::String(bad.into()));
+                spec.ports.as_mut().unwrap()[0].target_port = Some(IntOrString::String(bad.into()));
             });
             assert!(
                 err(service(&s)).starts_with("spec.ports[0].targetPort: "),
@@ -984,7 +999,13 @@ mod tests {
 
     #[test]
     fn affinity_timeout_must_be_between_one_second_and_one_day() {
-        for (t, ok) in [(0, false), (1, true), (10800, true), (86400, true), (86401, false)] {
+        for (t, ok) in [
+            (0, false),
+            (1, true),
+            (10800, true),
+            (86400, true),
+            (86401, false),
+        ] {
             let s = with(|spec| {
                 spec.session_affinity = Some("ClientIP".into());
                 spec.session_affinity_config = Some(SessionAffinityConfig {
@@ -1037,7 +1058,10 @@ mod tests {
     fn ips_parse_like_kube_proxy() {
         assert_eq!(parse_ip("10.0.0.1"), Some("10.0.0.1".parse().unwrap()));
         assert_eq!(parse_ip("010.000.0.01"), Some("10.0.0.1".parse().unwrap()));
-        assert_eq!(parse_ip("::ffff:10.0.0.1"), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            parse_ip("::ffff:10.0.0.1"),
+            Some("10.0.0.1".parse().unwrap())
+        );
         assert_eq!(parse_ip("fd00::1"), Some("fd00::1".parse().unwrap()));
         for bad in ["", "10.0.0", "10.0.0.1.2", "10.0.0.256", "1.2.3.0004", "x"] {
             assert_eq!(parse_ip(bad), None, "{bad}");
@@ -1055,7 +1079,9 @@ mod tests {
         let s = slice_with(|s| s.metadata.name = Some("web.abc-1".into()));
         assert_eq!(endpoint_slice(&s), Ok(()));
         let s = slice_with(|s| s.metadata.name = Some("web..abc".into()));
-        assert!(err(endpoint_slice(&s)).starts_with("metadata.name: \"web..abc\" is not a valid name"));
+        assert!(
+            err(endpoint_slice(&s)).starts_with("metadata.name: \"web..abc\" is not a valid name")
+        );
     }
 
     #[test]
@@ -1106,9 +1132,8 @@ mod tests {
                 assert_eq!(endpoint_slice(&s), Ok(()), "{family} {address}");
             } else {
                 assert!(
-                    err(endpoint_slice(&s)).starts_with(&format!(
-                        "endpoints[0].addresses[0]: {address:?} is not "
-                    )),
+                    err(endpoint_slice(&s))
+                        .starts_with(&format!("endpoints[0].addresses[0]: {address:?} is not ")),
                     "{family} {address}"
                 );
             }

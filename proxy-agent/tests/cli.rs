@@ -4,7 +4,10 @@
 use std::process::Command;
 
 fn run(bin: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin).args(args).output().expect("running the binary");
+    let out = Command::new(bin)
+        .args(args)
+        .output()
+        .expect("running the binary");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -17,7 +20,12 @@ fn the_agent_explains_a_missing_source() {
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env("KUBECONFIG", "/nonexistent/kubeconfig")
         .output()
-        .map(|o| (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned()))
+        .map(|o| {
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
         .expect("running the agent");
     assert!(!ok);
     assert!(err.contains("no Kubernetes configuration"), "{err}");

@@ -1,8 +1,10 @@
 //! The eBPF data plane. One module per hook family:
 //! - [`sock`]: cgroup socket-address hooks that balance ClusterIP traffic when the
 //!   application calls connect()/sendmsg(), so it is never NATed per packet.
-#![no_std]
-#![no_main]
+// For the host (`cargo build --workspace`, clippy) this is an ordinary program with an
+// empty `main`, so that workspace-wide commands work; the programs are for BPF.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 mod maps;
 mod sock;
@@ -17,3 +19,7 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "license")]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+/// Host builds only: the programs exist for the BPF target.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

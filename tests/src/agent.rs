@@ -26,6 +26,14 @@ pub struct ServiceView {
 /// integration tests of its own); a binary older than the sources it is built from is
 /// refused rather than silently tested.
 pub fn agent_binary(name: &str) -> PathBuf {
+    // The benchmarks run a release build: KPT_AGENT_BIN / KPT_PROXYCTL_BIN.
+    let var = format!(
+        "KPT_{}_BIN",
+        name.replace("proxy-", "").to_ascii_uppercase()
+    );
+    if let Some(p) = std::env::var_os(var) {
+        return p.into();
+    }
     let exe = std::env::current_exe().expect("current_exe");
     let Some(path) = exe
         .ancestors()
@@ -66,7 +74,11 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
     let mut newest = None;
     for e in std::fs::read_dir(dir).ok()?.flatten() {
         let p = e.path();
-        let t = if p.is_dir() { newest_mtime(&p) } else { Some(mtime(&p)) };
+        let t = if p.is_dir() {
+            newest_mtime(&p)
+        } else {
+            Some(mtime(&p))
+        };
         newest = newest.max(t);
     }
     newest
@@ -134,10 +146,16 @@ impl Agent {
                 return;
             }
             if let Some(status) = self.guard.try_wait() {
-                panic!("agent exited with {status} before sync {n}:\n{}", self.log());
+                panic!(
+                    "agent exited with {status} before sync {n}:\n{}",
+                    self.log()
+                );
             }
             if Instant::now() >= deadline {
-                panic!("agent did not complete sync {n} within {timeout:?}:\n{}", self.log());
+                panic!(
+                    "agent did not complete sync {n} within {timeout:?}:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -159,6 +177,27 @@ impl Agent {
         (pick("metrics="), pick("health="))
     }
 
+    /// The "synced" log lines so far.
+    pub fn sync_lines(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(" synced"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The agent's peak resident set size (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.guard.id()))
+            .expect("reading the agent's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in {status}"))
+    }
+
     /// Number of syncs logged so far.
     pub fn syncs(&self) -> usize {
         self.log().lines().filter(|l| l.contains(" synced")).count()
@@ -167,7 +206,8 @@ impl Agent {
     /// What the kernel maps hold, read by `proxyctl list --json`.
     pub fn programmed(&self) -> Vec<ServiceView> {
         let out = self.proxyctl(&["list", "--json"]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("proxyctl printed bad JSON ({e}):\n{out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("proxyctl printed bad JSON ({e}):\n{out}"))
     }
 
     /// Runs `proxyctl --bpffs <ours> ARGS` and returns its stdout; panics on failure.
@@ -188,7 +228,12 @@ impl Agent {
 
     /// Waits until the kernel holds `frontend` ("10.96.0.10:80/TCP") with exactly
     /// `backends` (any order), and returns the view.
-    pub fn wait_for(&self, frontend: &str, backends: &[SocketAddr], timeout: Duration) -> ServiceView {
+    pub fn wait_for(
+        &self,
+        frontend: &str,
+        backends: &[SocketAddr],
+        timeout: Duration,
+    ) -> ServiceView {
         let mut want: Vec<SocketAddr> = backends.to_vec();
         want.sort();
         let deadline = Instant::now() + timeout;
@@ -220,7 +265,10 @@ impl Agent {
         let deadline = Instant::now() + timeout;
         while self.programmed().iter().any(|v| v.frontend == frontend) {
             if Instant::now() >= deadline {
-                panic!("{frontend} still programmed after {timeout:?}\n{}", self.log());
+                panic!(
+                    "{frontend} still programmed after {timeout:?}\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -229,6 +277,10 @@ impl Agent {
     /// SIGTERM, and waits for a clean exit (pins stay behind, as in production).
     pub fn stop(mut self) {
         let status = self.guard.terminate(Duration::from_secs(10));
-        assert!(status.success(), "agent exited with {status}:\n{}", self.log());
+        assert!(
+            status.success(),
+            "agent exited with {status}:\n{}",
+            self.log()
+        );
     }
 }

@@ -107,7 +107,9 @@ impl FakeApiServer {
     pub fn start() -> FakeApiServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake API server");
         let addr = listener.local_addr().expect("local_addr");
-        listener.set_nonblocking(true).expect("nonblocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 rv: 1000,
@@ -162,8 +164,12 @@ impl FakeApiServer {
     /// Creates or replaces an object (a JSON value with `kind` and `metadata`).
     pub fn apply(&self, mut object: Value) {
         let kind = object["kind"].as_str().unwrap_or_default().to_owned();
-        let res = Resource::of_kind(&kind).unwrap_or_else(|| panic!("fake API: unknown kind {kind:?}"));
-        let ns = object["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+        let res =
+            Resource::of_kind(&kind).unwrap_or_else(|| panic!("fake API: unknown kind {kind:?}"));
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let name = object["metadata"]["name"]
             .as_str()
             .unwrap_or_else(|| panic!("fake API: object without a name: {object}"))
@@ -172,7 +178,11 @@ impl FakeApiServer {
             st.rv += 1;
             object["metadata"]["resourceVersion"] = json!(st.rv.to_string());
             let key = (res, ns, name);
-            let kind = if st.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
+            let kind = if st.objects.contains_key(&key) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
             st.objects.insert(key, object.clone());
             let rv = st.rv;
             st.events.push((res, Event { rv, kind, object }));
@@ -181,13 +191,24 @@ impl FakeApiServer {
 
     /// Deletes an object.
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
-        let res = Resource::of_kind(kind).unwrap_or_else(|| panic!("fake API: unknown kind {kind:?}"));
+        let res =
+            Resource::of_kind(kind).unwrap_or_else(|| panic!("fake API: unknown kind {kind:?}"));
         self.with_state(|st| {
-            if let Some(mut object) = st.objects.remove(&(res, namespace.to_owned(), name.to_owned())) {
+            if let Some(mut object) =
+                st.objects
+                    .remove(&(res, namespace.to_owned(), name.to_owned()))
+            {
                 st.rv += 1;
                 object["metadata"]["resourceVersion"] = json!(st.rv.to_string());
                 let rv = st.rv;
-                st.events.push((res, Event { rv, kind: "DELETED", object }));
+                st.events.push((
+                    res,
+                    Event {
+                        rv,
+                        kind: "DELETED",
+                        object,
+                    },
+                ));
             }
         });
     }
@@ -244,7 +265,11 @@ fn serve_connection(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
                 break;
             }
         }
-        let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let target = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .to_owned();
         {
             let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             st.requests.push(request_line.trim().to_owned());
@@ -258,10 +283,17 @@ fn serve_connection(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
             .filter_map(|kv| kv.split_once('='))
             .collect();
         let Some((res, ns)) = Resource::from_path(path) else {
-            respond(&mut out, 404, &status_body(404, "NotFound", "no such resource"))?;
+            respond(
+                &mut out,
+                404,
+                &status_body(404, "NotFound", "no such resource"),
+            )?;
             continue;
         };
-        if params.get("watch").is_some_and(|w| *w == "true" || *w == "1") {
+        if params
+            .get("watch")
+            .is_some_and(|w| *w == "true" || *w == "1")
+        {
             let from: u64 = params
                 .get("resourceVersion")
                 .and_then(|v| v.parse().ok())
@@ -311,13 +343,19 @@ fn chunk(out: &mut TcpStream, line: &str) -> std::io::Result<()> {
 
 /// Streams events after `from` until the stream is ended (drop/expire/down/stop) or
 /// the client goes away; ends with a clean last chunk.
-fn watch(shared: &Shared, out: &mut TcpStream, res: Resource, ns: Option<&str>, from: u64) -> std::io::Result<()> {
+fn watch(
+    shared: &Shared,
+    out: &mut TcpStream,
+    res: Resource,
+    ns: Option<&str>,
+    from: u64,
+) -> std::io::Result<()> {
     write!(
         out,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     )?;
     let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-    if from != 0 && from < st.expired_below {
+    if from != 0 && from <= st.expired_below {
         let e = json!({"type": "ERROR", "object": status_body(410, "Expired", "too old resource version")});
         drop(st);
         chunk(out, &e.to_string())?;
@@ -342,10 +380,16 @@ fn watch(shared: &Shared, out: &mut TcpStream, res: Resource, ns: Option<&str>, 
         }
         drop(st);
         for e in pending {
-            chunk(out, &json!({"type": e.kind, "object": e.object}).to_string())?;
+            chunk(
+                out,
+                &json!({"type": e.kind, "object": e.object}).to_string(),
+            )?;
         }
         st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        if st.generation != generation || shared.stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+        if st.generation != generation
+            || shared.stop.load(Ordering::Relaxed)
+            || Instant::now() > deadline
+        {
             drop(st);
             return write!(out, "0\r\n\r\n");
         }

@@ -53,12 +53,24 @@ impl Env {
         self.agent.as_ref().expect("agent running")
     }
 
+    fn agent_mut(&mut self) -> &mut Agent {
+        self.agent.as_mut().expect("agent running")
+    }
+
     fn v4(&self) -> Vec<IpAddr> {
-        self.topo.backends.iter().map(|p| IpAddr::V4(p.ipv4)).collect()
+        self.topo
+            .backends
+            .iter()
+            .map(|p| IpAddr::V4(p.ipv4))
+            .collect()
     }
 
     fn v6(&self) -> Vec<IpAddr> {
-        self.topo.backends.iter().map(|p| IpAddr::V6(p.ipv6)).collect()
+        self.topo
+            .backends
+            .iter()
+            .map(|p| IpAddr::V6(p.ipv6))
+            .collect()
     }
 
     /// Runs `probe <args>` in the client pod and parses its replies.
@@ -123,7 +135,13 @@ fn assert_spread(m: &BTreeMap<String, usize>, backends: usize, at_least: usize) 
 #[test]
 fn tcp_and_udp_through_the_vip_reach_every_backend_and_report_the_vip() {
     let ips = ["10.244.0.11", "10.244.0.12", "10.244.0.13"].map(ip);
-    let env = Env::new("spread", 3, &[8080], &[5353], &[("web.yaml", web(&ips, VIP4, None))]);
+    let env = Env::new(
+        "spread",
+        3,
+        &[8080],
+        &[5353],
+        &[("web.yaml", web(&ips, VIP4, None))],
+    );
     env.agent()
         .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
 
@@ -148,30 +166,51 @@ fn tcp_and_udp_through_the_vip_reach_every_backend_and_report_the_vip() {
         args.extend_from_slice(mode);
         let r = env.probe(&args);
         assert_eq!(spread(&r).len(), 1, "{mode:?}: {r:?}");
-        assert!(addrs(&r).iter().all(|a| *a == sa("10.96.0.10:53")), "{mode:?}: {r:?}");
+        assert!(
+            addrs(&r).iter().all(|a| *a == sa("10.96.0.10:53")),
+            "{mode:?}: {r:?}"
+        );
     }
 }
 
 #[test]
 fn ipv6_vips_balance_tcp_and_udp() {
     let ips = ["fd00:244::11", "fd00:244::12", "fd00:244::13"].map(ip);
-    let env = Env::new("ipv6", 3, &[8080], &[5353], &[("web6.yaml", web(&ips, VIP6, None))]);
+    let env = Env::new(
+        "ipv6",
+        3,
+        &[8080],
+        &[5353],
+        &[("web6.yaml", web(&ips, VIP6, None))],
+    );
     env.agent()
         .wait_for("[fd00:96::10]:80/TCP", &backends(&env.v6(), 8080), SYNC);
 
     let tcp = env.probe(&["tcp", "--to", "[fd00:96::10]:80", "--count", "60"]);
     assert_spread(&spread(&tcp), 3, 6);
-    assert!(addrs(&tcp).iter().all(|a| *a == sa("[fd00:96::10]:80")), "{tcp:?}");
+    assert!(
+        addrs(&tcp).iter().all(|a| *a == sa("[fd00:96::10]:80")),
+        "{tcp:?}"
+    );
 
     let udp = env.probe(&["udp", "--to", "[fd00:96::10]:53", "--count", "60"]);
     assert_spread(&spread(&udp), 3, 6);
-    assert!(addrs(&udp).iter().all(|a| *a == sa("[fd00:96::10]:53")), "{udp:?}");
+    assert!(
+        addrs(&udp).iter().all(|a| *a == sa("[fd00:96::10]:53")),
+        "{udp:?}"
+    );
 }
 
 #[test]
 fn client_ip_affinity_holds_while_used_and_expires_after_its_timeout() {
     let ips = ["10.244.0.11", "10.244.0.12", "10.244.0.13"].map(ip);
-    let env = Env::new("affinity", 3, &[8080], &[5353], &[("web.yaml", web(&ips, VIP4, Some(1)))]);
+    let env = Env::new(
+        "affinity",
+        3,
+        &[8080],
+        &[5353],
+        &[("web.yaml", web(&ips, VIP4, Some(1)))],
+    );
     let view = env
         .agent()
         .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
@@ -203,12 +242,26 @@ fn client_ip_affinity_holds_while_used_and_expires_after_its_timeout() {
 
 #[test]
 fn a_service_without_endpoints_refuses_connections_at_once() {
-    let env = Env::new("noep", 1, &[8080], &[5353], &[("web.yaml", web(&[], VIP4, None))]);
+    let env = Env::new(
+        "noep",
+        1,
+        &[8080],
+        &[5353],
+        &[("web.yaml", web(&[], VIP4, None))],
+    );
     let view = env.agent().wait_for("10.96.0.10:80/TCP", &[], SYNC);
     assert!(view.backends.is_empty());
 
     let start = Instant::now();
-    let tcp = env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "3", "--timeout-ms", "5000"]);
+    let tcp = env.probe(&[
+        "tcp",
+        "--to",
+        "10.96.0.10:80",
+        "--count",
+        "3",
+        "--timeout-ms",
+        "5000",
+    ]);
     for r in &tcp {
         match r {
             ProbeReply::Err { reason, ms } => {
@@ -218,21 +271,44 @@ fn a_service_without_endpoints_refuses_connections_at_once() {
             ok => panic!("connected to a service without endpoints: {ok:?}"),
         }
     }
-    let udp = env.probe(&["udp", "--to", "10.96.0.10:53", "--count", "1", "--timeout-ms", "5000"]);
+    let udp = env.probe(&[
+        "udp",
+        "--to",
+        "10.96.0.10:53",
+        "--count",
+        "1",
+        "--timeout-ms",
+        "5000",
+    ]);
     assert_eq!(udp[0].error(), Some("ECONNREFUSED"), "{udp:?}");
-    assert!(start.elapsed() < Duration::from_secs(3), "refusals must not wait for a timeout");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "refusals must not wait for a timeout"
+    );
 }
 
 #[test]
 fn removing_a_backend_stops_new_connections_to_it_while_established_ones_keep_working() {
     let ips = ["10.244.0.11", "10.244.0.12", "10.244.0.13"].map(ip);
-    let env = Env::new("remove", 3, &[8080], &[], &[("web.yaml", web(&ips, VIP4, None))]);
+    let env = Env::new(
+        "remove",
+        3,
+        &[8080],
+        &[],
+        &[("web.yaml", web(&ips, VIP4, None))],
+    );
     env.agent()
         .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
 
-    let mut hold = env
-        .topo
-        .spawn_client_probe(&["hold", "--to", "10.96.0.10:80", "--rounds", "40", "--interval-ms", "100"]);
+    let mut hold = env.topo.spawn_client_probe(&[
+        "hold",
+        "--to",
+        "10.96.0.10:80",
+        "--rounds",
+        "40",
+        "--interval-ms",
+        "100",
+    ]);
     let greeting = hold.expect_line(Duration::from_secs(5));
     let victim = ProbeReply::parse(&greeting)
         .and_then(|r| r.name().map(str::to_owned))
@@ -249,7 +325,10 @@ fn removing_a_backend_stops_new_connections_to_it_while_established_ones_keep_wo
         .wait_for("10.96.0.10:80/TCP", &backends(&rest, 8080), SYNC);
 
     let after = spread(&env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "40"]));
-    assert!(!after.contains_key(&victim), "{victim} still gets new connections: {after:?}");
+    assert!(
+        !after.contains_key(&victim),
+        "{victim} still gets new connections: {after:?}"
+    );
     assert_eq!(after.len(), 2, "{after:?}");
 
     let status = hold.wait(Duration::from_secs(20));
@@ -269,7 +348,8 @@ fn multi_port_services_and_the_same_port_on_tcp_and_udp() {
         for (port, tcp) in [(8080, true), (9090, true), (5353, false), (5354, true)] {
             let addr = [SocketAddr::new(IpAddr::V4(pod.ipv4), port)];
             let name = format!("{}-{port}", pod.name);
-            let (t, u): (&[SocketAddr], &[SocketAddr]) = if tcp { (&addr, &[]) } else { (&[], &addr) };
+            let (t, u): (&[SocketAddr], &[SocketAddr]) =
+                if tcp { (&addr, &[]) } else { (&[], &addr) };
             servers.push(start_probe_server(&pod.netns, &name, t, u));
         }
     }
@@ -287,13 +367,21 @@ fn multi_port_services_and_the_same_port_on_tcp_and_udp() {
     agent.wait_for("10.96.0.10:53/TCP", &backends(&ips, 5354), SYNC);
     agent.wait_for("10.96.0.10:53/UDP", &backends(&ips, 5353), SYNC);
 
-    for (proto, port, suffix) in [("tcp", 80, "-8080"), ("tcp", 81, "-9090"), ("udp", 53, "-5353"), ("tcp", 53, "-5354")] {
+    for (proto, port, suffix) in [
+        ("tcp", 80, "-8080"),
+        ("tcp", 81, "-9090"),
+        ("udp", 53, "-5353"),
+        ("tcp", 53, "-5354"),
+    ] {
         let to = format!("10.96.0.10:{port}");
         let out = topo.client_probe(&[proto, "--to", &to, "--count", "20"]);
         let replies = ProbeReply::parse_all(&String::from_utf8_lossy(&out.stdout));
         let names = spread(&replies);
         assert_eq!(names.len(), 2, "{proto} {port}: {names:?}");
-        assert!(names.keys().all(|n| n.ends_with(suffix)), "{proto} {port} reached {names:?}");
+        assert!(
+            names.keys().all(|n| n.ends_with(suffix)),
+            "{proto} {port} reached {names:?}"
+        );
     }
     drop(agent);
 }
@@ -301,14 +389,26 @@ fn multi_port_services_and_the_same_port_on_tcp_and_udp() {
 #[test]
 fn restarting_the_agent_neither_breaks_open_connections_nor_refuses_new_ones() {
     let ips = ["10.244.0.11", "10.244.0.12", "10.244.0.13"].map(ip);
-    let mut env = Env::new("restart", 3, &[8080], &[], &[("web.yaml", web(&ips, VIP4, None))]);
+    let mut env = Env::new(
+        "restart",
+        3,
+        &[8080],
+        &[],
+        &[("web.yaml", web(&ips, VIP4, None))],
+    );
     env.agent()
         .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
     let before = env.agent().programmed();
 
-    let mut hold = env
-        .topo
-        .spawn_client_probe(&["hold", "--to", "10.96.0.10:80", "--rounds", "50", "--interval-ms", "100"]);
+    let mut hold = env.topo.spawn_client_probe(&[
+        "hold",
+        "--to",
+        "10.96.0.10:80",
+        "--rounds",
+        "50",
+        "--interval-ms",
+        "100",
+    ]);
     hold.expect_line(Duration::from_secs(5));
 
     env.agent.take().expect("agent").stop();
@@ -316,8 +416,17 @@ fn restarting_the_agent_neither_breaks_open_connections_nor_refuses_new_ones() {
     let down = env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "20"]);
     assert_spread(&spread(&down), 3, 1);
 
-    let agent = Agent::start(env.bpffs.path(), env.topo.client_cgroup.path(), env.dir.path(), &[]);
-    assert!(agent.log().contains("adopted=2"), "the new agent must adopt the maps:\n{}", agent.log());
+    let agent = Agent::start(
+        env.bpffs.path(),
+        env.topo.client_cgroup.path(),
+        env.dir.path(),
+        &[],
+    );
+    assert!(
+        agent.log().contains("adopted=2"),
+        "the new agent must adopt the maps:\n{}",
+        agent.log()
+    );
     let mid = env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "20"]);
     assert_spread(&spread(&mid), 3, 1);
     let after = agent.programmed();
@@ -329,28 +438,57 @@ fn restarting_the_agent_neither_breaks_open_connections_nor_refuses_new_ones() {
     env.agent = Some(agent);
 
     let status = hold.wait(Duration::from_secs(20));
-    assert!(status.success(), "the open connection broke: {:?}", hold.seen_lines());
+    assert!(
+        status.success(),
+        "the open connection broke: {:?}",
+        hold.seen_lines()
+    );
 }
 
 #[test]
 fn a_process_outside_the_attached_cgroup_is_not_balanced() {
     // The programs act only on the cgroup they are attached to, never machine-wide.
     let ips = ["10.244.0.11"].map(ip);
-    let env = Env::new("scope", 1, &[8080], &[], &[("web.yaml", web(&ips, VIP4, None))]);
+    let env = Env::new(
+        "scope",
+        1,
+        &[8080],
+        &[],
+        &[("web.yaml", web(&ips, VIP4, None))],
+    );
     env.agent()
         .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
     let mut cmd = Command::new(probe_bin());
-    cmd.args(["tcp", "--to", "10.96.0.10:80", "--count", "1", "--timeout-ms", "500"]);
-    let out = tests::run(&env.topo.client.netns, None, &mut cmd, Duration::from_secs(10));
+    cmd.args([
+        "tcp",
+        "--to",
+        "10.96.0.10:80",
+        "--count",
+        "1",
+        "--timeout-ms",
+        "500",
+    ]);
+    let out = tests::run(
+        &env.topo.client.netns,
+        None,
+        &mut cmd,
+        Duration::from_secs(10),
+    );
     let r = ProbeReply::parse_all(&String::from_utf8_lossy(&out.stdout));
-    assert!(r[0].error().is_some(), "outside the cgroup the VIP must not answer: {r:?}");
+    assert!(
+        r[0].error().is_some(),
+        "outside the cgroup the VIP must not answer: {r:?}"
+    );
 }
 
 #[test]
 fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
     let ips = ["10.244.0.11"].map(ip);
     let mut files = vec![("web.yaml", web(&ips, VIP4, None))];
-    files.push(("empty.yaml", service("empty", ip("10.96.0.11"), WEB_PORTS, &[], None)));
+    files.push((
+        "empty.yaml",
+        service("empty", ip("10.96.0.11"), WEB_PORTS, &[], None),
+    ));
     let env = Env::new("metrics", 1, &[8080], &[], &files);
     env.agent()
         .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
@@ -360,10 +498,16 @@ fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
     let (code, body) = tests::http_get(health, "/healthz");
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("healthz JSON");
-    assert!(v["lastUpdated"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+    assert!(
+        v["lastUpdated"].as_str().is_some_and(|s| !s.is_empty()),
+        "{body}"
+    );
     assert_eq!(v["nodeEligible"], true, "{body}");
     assert_eq!(tests::http_get(health, "/livez").0, 200);
-    assert_eq!(tests::http_get(metrics, "/proxyMode"), (200, "ebpf".to_owned()));
+    assert_eq!(
+        tests::http_get(metrics, "/proxyMode"),
+        (200, "ebpf".to_owned())
+    );
 
     env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "5"]);
     env.probe(&["tcp", "--to", "10.96.0.11:80", "--count", "3"]);
@@ -374,8 +518,90 @@ fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
     };
     assert_eq!(value("proxy_agent_services", ""), 4.0);
     assert_eq!(value("proxy_agent_backends", ""), 2.0);
-    assert!(value("proxy_agent_datapath_events_total", "{event=\"lb_translated\"}") >= 5.0);
-    assert!(value("proxy_agent_datapath_events_total", "{event=\"lb_no_backend\"}") >= 3.0);
+    assert!(
+        value(
+            "proxy_agent_datapath_events_total",
+            "{event=\"lb_translated\"}"
+        ) >= 5.0
+    );
+    assert!(
+        value(
+            "proxy_agent_datapath_events_total",
+            "{event=\"lb_no_backend\"}"
+        ) >= 3.0
+    );
     assert!(value("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "") > 0.0);
-    assert!(text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_manifests_are_reported_by_file_object_and_field_and_everything_else_keeps_working() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let read = |f: &str| std::fs::read_to_string(root.join(f)).expect("reading an example");
+    let ips = ["10.244.0.11"].map(ip);
+    let mut env = Env::new(
+        "bad",
+        1,
+        &[8080],
+        &[],
+        &[
+            ("clusterip.yaml", read("clusterip.yaml")),
+            ("bad.yaml", read("bad.yaml")),
+            (
+                "web.yaml",
+                service("web", ip("10.96.2.10"), WEB_PORTS, &ips, None),
+            ),
+        ],
+    );
+    env.agent()
+        .wait_for("10.96.2.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
+    let log = env.agent().log();
+    for expected in [
+        "bad.yaml: Service default/web: spec.ports[0].port: 70000 is not in 1..=65535",
+        "bad.yaml: Service bad-examples/zero-port: spec.ports[0].port: 0 is not in 1..=65535",
+        "bad.yaml: Service bad-examples/bad-ip: spec.clusterIP: \"10.96.1.300\" is not an IP address",
+        "spec.ports: at least one port is required",
+        "spec.ports[0].protocol: unknown protocol \"ICMP\"",
+        "did not parse",
+    ] {
+        assert!(
+            log.contains(expected),
+            "missing {expected:?} in the agent log:\n{log}"
+        );
+    }
+    // The good objects next to the bad ones are served.
+    let r = spread(&env.probe(&["tcp", "--to", "10.96.2.10:80", "--count", "3"]));
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert!(
+        env.agent()
+            .programmed()
+            .iter()
+            .any(|v| v.frontend == "10.96.0.10:80/TCP"),
+        "examples/clusterip.yaml must still be programmed"
+    );
+
+    // A typo in a working service keeps its last good version.
+    env.dir.write(
+        "web.yaml",
+        &service("web", ip("10.96.2.10"), WEB_PORTS, &ips, None)
+            .replace("port: 80\n", "port: 80000\n"),
+    );
+    let before = env.agent().syncs();
+    env.agent_mut().wait_syncs(before + 1, SYNC);
+    assert!(
+        env.agent()
+            .log()
+            .contains("spec.ports[0].port: 80000 is not in 1..=65535"),
+        "{}",
+        env.agent().log()
+    );
+    let r = spread(&env.probe(&["tcp", "--to", "10.96.2.10:80", "--count", "3"]));
+    assert_eq!(
+        r.len(),
+        1,
+        "the last good version must stay programmed: {r:?}"
+    );
 }

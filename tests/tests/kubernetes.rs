@@ -7,7 +7,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::json;
-use tests::{Agent, BpfFs, ClusterTopology, FakeApiServer, ManifestDir, PortSpec, ProbeReply, service, yaml_objects};
+use tests::{
+    Agent, BpfFs, ClusterTopology, FakeApiServer, ManifestDir, PortSpec, ProbeReply, service,
+    yaml_objects,
+};
 
 const SYNC: Duration = Duration::from_secs(15);
 const PORTS: &[PortSpec<'static>] = &[("http", 80, "TCP", 8080)];
@@ -26,7 +29,11 @@ fn reached(topo: &ClusterTopology, n: usize) -> std::collections::BTreeSet<Strin
     let out = topo.client_probe(&["tcp", "--to", "10.96.0.10:80", "--count", &n.to_string()]);
     ProbeReply::parse_all(&String::from_utf8_lossy(&out.stdout))
         .iter()
-        .map(|r| r.name().unwrap_or_else(|| panic!("request failed: {r:?}")).to_owned())
+        .map(|r| {
+            r.name()
+                .unwrap_or_else(|| panic!("request failed: {r:?}"))
+                .to_owned()
+        })
         .collect()
 }
 
@@ -35,7 +42,9 @@ fn services_and_endpoint_slices_follow_the_api_server_through_relists_and_outage
     let topo = ClusterTopology::new("kube", 3);
     let _servers = topo.serve_backends(&[8080], &[]);
     let ips: Vec<IpAddr> = topo.backends.iter().map(|p| IpAddr::V4(p.ipv4)).collect();
-    let addrs = |ips: &[IpAddr]| -> Vec<SocketAddr> { ips.iter().map(|i| SocketAddr::new(*i, 8080)).collect() };
+    let addrs = |ips: &[IpAddr]| -> Vec<SocketAddr> {
+        ips.iter().map(|i| SocketAddr::new(*i, 8080)).collect()
+    };
 
     let api = FakeApiServer::start();
     api.apply(json!({"apiVersion": "v1", "kind": "Node",
@@ -61,17 +70,42 @@ fn services_and_endpoint_slices_follow_the_api_server_through_relists_and_outage
     agent.wait_for("10.96.0.10:80/TCP", &addrs(&ips[1..]), SYNC);
 
     // "410 Gone": the agent relists; nothing is withdrawn while it does.
-    let lists_before = api.requests().iter().filter(|r| !r.contains("watch=")).count();
+    let lists_before = api
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch="))
+        .count();
     api.expire_history();
     apply_all(&api, &web(&ips[..1]));
     agent.wait_for("10.96.0.10:80/TCP", &addrs(&ips[..1]), SYNC);
-    let lists_after = api.requests().iter().filter(|r| !r.contains("watch=")).count();
-    assert!(lists_after > lists_before, "a 410 must cause a relist: {:?}", api.requests());
+    let deadline = std::time::Instant::now() + SYNC;
+    while api
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch="))
+        .count()
+        <= lists_before
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a 410 must cause a relist: {:?}",
+            api.requests()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The relist completes and the world is the same: still programmed, still served.
+    std::thread::sleep(Duration::from_millis(500));
+    agent.wait_for("10.96.0.10:80/TCP", &addrs(&ips[..1]), SYNC);
+    assert_eq!(reached(&topo, 5).len(), 1);
 
     // The API server goes away: traffic keeps flowing, nothing is withdrawn.
     api.set_down(true);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(agent.programmed().len(), 1, "services withdrawn during an outage");
+    assert_eq!(
+        agent.programmed().len(),
+        1,
+        "services withdrawn during an outage"
+    );
     assert_eq!(reached(&topo, 5).len(), 1);
     api.set_down(false);
 

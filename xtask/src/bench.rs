@@ -3,6 +3,7 @@
 //! carry over).
 
 mod clusterip;
+mod sync;
 
 use anyhow::{Result, bail};
 
@@ -10,7 +11,8 @@ use anyhow::{Result, bail};
 pub fn run(name: &str) -> Result<()> {
     match name {
         "clusterip" => clusterip::run(),
-        other => bail!("unknown benchmark {other:?}; available: clusterip"),
+        "sync" => sync::run(),
+        other => bail!("unknown benchmark {other:?}; available: clusterip, sync"),
     }
 }
 
@@ -29,11 +31,18 @@ pub(crate) fn median(xs: &mut [f64]) -> f64 {
 pub(crate) fn field(line: &str, key: &str) -> Result<f64> {
     let mut words = line.split_whitespace();
     while let Some(w) = words.next() {
-        if w == key {
-            if let Some(v) = words.next() {
-                return Ok(v.parse()?);
-            }
+        if w == key
+            && let Some(v) = words.next()
+        {
+            return Ok(v.parse()?);
         }
     }
     bail!("no {key:?} in probe output {line:?}")
+}
+
+/// The `q`-quantile (0..=1) of `xs` (which must not be empty), nearest rank.
+pub(crate) fn quantile(xs: &mut [f64], q: f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let rank = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
+    xs[rank - 1]
 }

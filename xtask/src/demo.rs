@@ -29,9 +29,16 @@ pub fn run() -> Result<()> {
     let topo = ClusterTopology::new("demo", 3);
     let _servers = topo.serve_backends(&[8080], &[5353]);
     for pod in &topo.backends {
-        println!("  {:<10} {:<14} serves its name on tcp/8080 and udp/5353", pod.name, pod.ipv4);
+        println!(
+            "  {:<10} {:<14} serves its name on tcp/8080 and udp/5353",
+            pod.name, pod.ipv4
+        );
     }
-    println!("  client     {:<14} in cgroup {}", topo.client.ipv4, topo.client_cgroup.path().display());
+    println!(
+        "  client     {:<14} in cgroup {}",
+        topo.client.ipv4,
+        topo.client_cgroup.path().display()
+    );
 
     step(&format!("Starting proxy-agent on {}", example.display()));
     let dir = ManifestDir::new("demo");
@@ -45,24 +52,36 @@ pub fn run() -> Result<()> {
 
     step("Turning on sessionAffinity: ClientIP (rewriting the manifest)");
     let sticky = manifest.replacen(
-        "sessionAffinity: None",
-        "sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 10800",
+        "\n  sessionAffinity: None\n",
+        "\n  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 10800\n",
         1,
     );
     if sticky == manifest {
-        bail!("{} has no `sessionAffinity: None` to replace", example.display());
+        bail!(
+            "{} has no `sessionAffinity: None` to replace",
+            example.display()
+        );
     }
     dir.write("clusterip.yaml", &sticky);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !agent.programmed().iter().any(|v| v.affinity_timeout_s.is_some()) {
+    while !agent
+        .programmed()
+        .iter()
+        .any(|v| v.affinity_timeout_s.is_some())
+    {
         if Instant::now() > deadline {
-            bail!("the agent did not apply the affinity change:\n{}", agent.log());
+            bail!(
+                "the agent did not apply the affinity change:\n{}",
+                agent.log()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     println!("\n$ proxyctl list\n{}", agent.proxyctl(&["list"]));
 
-    step(&format!("12 more requests to {VIP}: all pinned to one backend"));
+    step(&format!(
+        "12 more requests to {VIP}: all pinned to one backend"
+    ));
     show(&requests(&topo, 12)?);
 
     step("Cleaning up: agent, pods, namespaces, cgroup, bpffs");
@@ -80,7 +99,9 @@ fn requests(topo: &ClusterTopology, n: usize) -> Result<Vec<String>> {
     ProbeReply::parse_all(&String::from_utf8_lossy(&out.stdout))
         .into_iter()
         .map(|r| match r {
-            ProbeReply::Ok { name, addr, .. } => Ok(format!("{name} (the socket's peer is {addr})")),
+            ProbeReply::Ok { name, addr, .. } => {
+                Ok(format!("{name} (the socket's peer is {addr})"))
+            }
             ProbeReply::Err { reason, .. } => bail!("request failed: {reason}"),
         })
         .collect()

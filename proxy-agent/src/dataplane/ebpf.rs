@@ -582,7 +582,8 @@ impl Dataplane for EbpfDataplane {
         self.next_backend_id = 1;
         self.next_service_id = 1;
         self.slots_used = 0;
-        self.adopt().map_err(|e| DataplaneError::Read(e.to_string()))?;
+        self.adopt()
+            .map_err(|e| DataplaneError::Read(e.to_string()))?;
         for (f, name) in names {
             if let Some(p) = self.services.get_mut(&f) {
                 p.name = name;

@@ -9,12 +9,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -116,6 +117,20 @@ struct Stores {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     node: Store<Node>,
+    /// When the oldest change not yet taken by [`KubeSource::snapshot`] arrived.
+    first_pending: Option<Instant>,
+    changes: Changes,
+}
+
+/// Object changes seen since the last snapshot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Changes {
+    /// Service add/update/delete events.
+    pub services: u64,
+    /// EndpointSlice add/update/delete events.
+    pub endpoint_slices: u64,
+    /// When the oldest of them arrived.
+    pub since: Option<Instant>,
 }
 
 /// What the watchers currently know about this node.
@@ -127,11 +142,17 @@ pub struct NodeInfo {
     pub deleting: bool,
 }
 
+/// What the watcher tasks and the source share.
+#[derive(Default)]
+struct Shared {
+    stores: Mutex<Stores>,
+    notify: Notify,
+    errors: Mutex<Vec<String>>,
+}
+
 /// Watches the API server; see the module docs.
 pub struct KubeSource {
-    stores: Arc<Mutex<Stores>>,
-    notify: Arc<Notify>,
-    errors: Arc<Mutex<Vec<String>>>,
+    shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -142,73 +163,67 @@ const NOT_OURS: &str = "!service.kubernetes.io/service-proxy-name";
 impl KubeSource {
     /// Starts the watchers on `client`; `node_name` selects this node's object.
     pub fn start(client: Client, node_name: &str) -> KubeSource {
-        let stores = Arc::new(Mutex::new(Stores::default()));
-        let notify = Arc::new(Notify::new());
-        let errors = Arc::new(Mutex::new(Vec::new()));
+        let shared = Arc::new(Shared::default());
         let selector = watcher::Config::default().labels(NOT_OURS);
-        let node_selector = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+        let node_selector =
+            watcher::Config::default().fields(&format!("metadata.name={node_name}"));
         let tasks = vec![
             spawn_watch(
                 Api::<Service>::all(client.clone()),
                 selector.clone(),
-                Arc::clone(&stores),
-                Arc::clone(&notify),
-                Arc::clone(&errors),
+                Arc::clone(&shared),
                 |s| &mut s.services,
+                |c| &mut c.services,
                 crate::validate::service,
             ),
             spawn_watch(
                 Api::<EndpointSlice>::all(client.clone()),
                 selector,
-                Arc::clone(&stores),
-                Arc::clone(&notify),
-                Arc::clone(&errors),
+                Arc::clone(&shared),
                 |s| &mut s.slices,
+                |c| &mut c.endpoint_slices,
                 crate::validate::endpoint_slice,
             ),
             spawn_watch(
                 Api::<Node>::all(client),
                 node_selector,
-                Arc::clone(&stores),
-                Arc::clone(&notify),
-                Arc::clone(&errors),
+                Arc::clone(&shared),
                 |s| &mut s.node,
+                |c| &mut c.services,
                 |_| Ok(()),
             ),
         ];
-        KubeSource {
-            stores,
-            notify,
-            errors,
-            tasks,
-        }
+        KubeSource { shared, tasks }
     }
 
     /// Waits until something changed (or a watch error was recorded).
     pub async fn changed(&self) {
-        self.notify.notified().await;
+        self.shared.notify.notified().await;
     }
 
-    /// The current world, once Services and EndpointSlices have each been listed; and
-    /// the watch errors since the last call.
-    pub fn snapshot(&self) -> (Option<Snapshot>, Vec<String>) {
-        let errors = std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()));
-        let st = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+    /// The current world, once Services and EndpointSlices have each been listed; the
+    /// watch errors and the changes since the last call.
+    pub fn snapshot(&self) -> (Option<Snapshot>, Vec<String>, Changes) {
+        let errors = std::mem::take(&mut *lock(&self.shared.errors));
+        let mut st = lock(&self.shared.stores);
         if !(st.services.ready && st.slices.ready) {
-            return (None, errors);
+            return (None, errors, Changes::default());
         }
+        let mut changes = std::mem::take(&mut st.changes);
+        changes.since = st.first_pending.take();
         (
             Some(Snapshot {
                 services: st.services.live.clone(),
                 slices: st.slices.live.clone(),
             }),
             errors,
+            changes,
         )
     }
 
     /// This node as last seen.
     pub fn node(&self) -> NodeInfo {
-        let st = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        let st = lock(&self.shared.stores);
         st.node
             .live
             .values()
@@ -229,13 +244,17 @@ impl Drop for KubeSource {
     }
 }
 
+/// Locks, ignoring poisoning (a panicked holder cannot leave these half-updated).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn spawn_watch<K>(
     api: Api<K>,
     config: watcher::Config,
-    stores: Arc<Mutex<Stores>>,
-    notify: Arc<Notify>,
-    errors: Arc<Mutex<Vec<String>>>,
+    shared: Arc<Shared>,
     pick: fn(&mut Stores) -> &mut Store<K>,
+    count: fn(&mut Changes) -> &mut u64,
     check: Check<K>,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -249,26 +268,28 @@ where
             match item {
                 Ok(event) => {
                     let (changed, problem) = {
-                        let mut st = stores.lock().unwrap_or_else(|e| e.into_inner());
-                        pick(&mut st).apply(event, check)
+                        let mut st = lock(&shared.stores);
+                        let r = pick(&mut st).apply(event, check);
+                        if r.0 {
+                            *count(&mut st.changes) += 1;
+                            st.first_pending.get_or_insert_with(Instant::now);
+                        }
+                        r
                     };
                     if let Some(p) = problem {
                         warn!("{p}");
-                        errors.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+                        lock(&shared.errors).push(p);
                     }
                     if changed {
-                        notify.notify_one();
+                        shared.notify.notify_one();
                     }
                 }
                 Err(e) => {
                     // The watcher retries with backoff; the store keeps its contents.
                     warn!(%kind, error = %e, "watch failed; keeping the last known state");
                     debug!(?e);
-                    errors
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(format!("{kind} watch: {e}"));
-                    notify.notify_one();
+                    lock(&shared.errors).push(format!("{kind} watch: {e}"));
+                    shared.notify.notify_one();
                 }
             }
         }
@@ -324,7 +345,10 @@ mod tests {
         let _ = s.apply(Event::InitDone, ok);
         assert!(s.apply(Event::Apply(svc("a")), ok).0);
         assert!(s.apply(Event::Delete(svc("a")), ok).0);
-        assert!(!s.apply(Event::Delete(svc("a")), ok).0, "deleting twice changes nothing");
+        assert!(
+            !s.apply(Event::Delete(svc("a")), ok).0,
+            "deleting twice changes nothing"
+        );
         assert!(names(&s).is_empty());
     }
 }

@@ -40,7 +40,10 @@ pub fn run() -> Result<()> {
     let _server = topo.serve_backends(&[8080], &[]);
     let backend = topo.backends[0].addr_v4(8080).to_string();
     let dir = ManifestDir::new("bench");
-    dir.write("bench.yaml", &bench_service(&topo.backends[0].ipv4.to_string()));
+    dir.write(
+        "bench.yaml",
+        &bench_service(&topo.backends[0].ipv4.to_string()),
+    );
     let bpffs = BpfFs::new("bench");
     let agent = Agent::start(bpffs.path(), topo.client_cgroup.path(), dir.path(), &[]);
 
@@ -59,22 +62,45 @@ pub fn run() -> Result<()> {
         }
         let (direct, vip) = measure(&topo, &backend)?;
         let rows = [
-            ("new connections/s", direct.crr, vip.crr, vip.crr / direct.crr),
-            ("RR latency p50 (us)", direct.rr_p50_us, vip.rr_p50_us, direct.rr_p50_us / vip.rr_p50_us),
-            ("RR latency p99 (us)", direct.rr_p99_us, vip.rr_p99_us, direct.rr_p99_us / vip.rr_p99_us),
+            (
+                "new connections/s",
+                direct.crr,
+                vip.crr,
+                vip.crr / direct.crr,
+            ),
+            (
+                "RR latency p50 (us)",
+                direct.rr_p50_us,
+                vip.rr_p50_us,
+                direct.rr_p50_us / vip.rr_p50_us,
+            ),
+            (
+                "RR latency p99 (us)",
+                direct.rr_p99_us,
+                vip.rr_p99_us,
+                direct.rr_p99_us / vip.rr_p99_us,
+            ),
         ];
         for (metric, d, v, ratio) in rows {
-            let _ = writeln!(table, "{services:>8}  {metric:<22} {d:>10.0} {v:>10.0} {ratio:>7.3}");
+            let _ = writeln!(
+                table,
+                "{services:>8}  {metric:<22} {d:>10.0} {v:>10.0} {ratio:>7.3}"
+            );
         }
     }
-    println!("\nclusterip: VIP vs direct (ratio >= 1 means the VIP is as fast; latency ratio = direct/VIP)\n{table}");
+    println!(
+        "\nclusterip: VIP vs direct (ratio >= 1 means the VIP is as fast; latency ratio = direct/VIP)\n{table}"
+    );
     drop(agent);
     Ok(())
 }
 
 /// Alternating direct/VIP rounds; medians of each.
 fn measure(topo: &ClusterTopology, backend: &str) -> Result<(Figures, Figures)> {
-    let mut samples = [[Vec::new(), Vec::new(), Vec::new()], [Vec::new(), Vec::new(), Vec::new()]];
+    let mut samples = [
+        [Vec::new(), Vec::new(), Vec::new()],
+        [Vec::new(), Vec::new(), Vec::new()],
+    ];
     for round in 0..ROUNDS {
         for (side, to) in [backend, VIP].into_iter().enumerate() {
             let crr = probe_line(topo, &["crr", "--to", to, "--duration-ms", ROUND_MS])?;
@@ -149,7 +175,11 @@ fn other_services(n: usize) -> String {
              addressType: IPv4\nendpoints:\n"
         );
         for e in 0..10 {
-            let _ = writeln!(y, "- addresses: [\"10.245.{a}.{}\"]", (b + e * 25) % 250 + 1);
+            let _ = writeln!(
+                y,
+                "- addresses: [\"10.245.{a}.{}\"]",
+                (b + e * 25) % 250 + 1
+            );
         }
         let _ = writeln!(
             y,

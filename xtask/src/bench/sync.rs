@@ -1,0 +1,134 @@
+//! `cargo xtask bench sync`: how fast the agent programs what the API server says.
+//!
+//! A fake API server holds 10,000 Services x 10 endpoints (100,000 endpoints). The
+//! (release-built) agent starts against it: cold start is the time from starting the
+//! agent until all 10,000 services are in the maps. Then a stream of single-endpoint
+//! changes, one at a time: the agent reports, per sync, the time from the change
+//! reaching it to the map write (p50, p99). Peak RSS is the agent's VmHWM.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
+use tests::{Agent, BpfFs, Cgroup, FakeApiServer, ManifestDir};
+
+use super::quantile;
+use crate::{cargo, run_streamed, workspace_root};
+
+const SERVICES: usize = 10_000;
+const ENDPOINTS: usize = 10;
+const CHANGES: usize = 300;
+
+/// Runs the benchmark.
+pub fn run() -> Result<()> {
+    crate::setup::run()?;
+    run_streamed(cargo().args(["build", "--release", "-p", "proxy-agent", "--bins"]))?;
+    let release = workspace_root().join("target/release");
+    // SAFETY: single-threaded at this point; the harness reads these when spawning.
+    unsafe {
+        std::env::set_var("KPT_AGENT_BIN", release.join("proxy-agent"));
+        std::env::set_var("KPT_PROXYCTL_BIN", release.join("proxyctl"));
+    }
+
+    let api = FakeApiServer::start();
+    let t = Instant::now();
+    for i in 0..SERVICES {
+        let (svc, slice) = objects(i, 0);
+        api.apply(svc);
+        api.apply(slice);
+    }
+    println!(
+        "fake API server loaded {SERVICES} services x {ENDPOINTS} endpoints in {:?}",
+        t.elapsed()
+    );
+
+    let dir = ManifestDir::new("bench-sync");
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let bpffs = BpfFs::new("bench-sync");
+    let cgroup = Cgroup::new("bench-sync");
+    let started = Instant::now();
+    let mut agent = Agent::start_kube(
+        bpffs.path(),
+        cgroup.path(),
+        &kubeconfig,
+        &["--min-sync-period", "0"],
+    );
+    let cold = started.elapsed();
+    let first = agent.sync_lines();
+    let services = first.last().map(|l| field(l, "services=")).unwrap_or(0.0);
+    if services < SERVICES as f64 {
+        bail!(
+            "the first sync held {services} frontends, not {SERVICES}:\n{}",
+            agent.log()
+        );
+    }
+
+    let mut latencies = Vec::with_capacity(CHANGES);
+    for n in 0..CHANGES {
+        let before = agent.syncs();
+        let (_, slice) = objects(n * 37 % SERVICES, n + 1);
+        api.apply(slice);
+        agent.wait_syncs(before + 1, Duration::from_secs(10));
+        let line = agent.sync_lines().pop().unwrap_or_default();
+        latencies.push(field(&line, "latency_us="));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let rss_mb = agent.peak_rss_kib() as f64 / 1024.0;
+    let (p50, p99) = (
+        quantile(&mut latencies, 0.5),
+        quantile(&mut latencies, 0.99),
+    );
+    println!(
+        "\nsync: {SERVICES} services x {ENDPOINTS} endpoints\n\
+         {:<44} {:>10.0} ms   (target < 2000)\n\
+         {:<44} {:>10.2} ms   (target p99 < 10)\n\
+         {:<44} {:>10.2} ms\n\
+         {:<44} {:>10.0} MB   (target < 200)",
+        "cold start (agent start -> all in the maps)",
+        cold.as_secs_f64() * 1000.0,
+        "single-endpoint change -> map write, p99",
+        p99 / 1000.0,
+        "single-endpoint change -> map write, p50",
+        p50 / 1000.0,
+        "agent peak RSS",
+        rss_mb,
+    );
+    drop(agent);
+    Ok(())
+}
+
+fn field(line: &str, key: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Service `i` and its slice; `version` shifts one endpoint so that each change moves
+/// exactly one endpoint.
+fn objects(i: usize, version: usize) -> (Value, Value) {
+    let (a, b) = (i / 250, i % 250 + 1);
+    let svc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": format!("s{i}"), "namespace": "load", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"clusterIP": format!("10.97.{a}.{b}"), "clusterIPs": [format!("10.97.{a}.{b}")],
+                 "ipFamilies": ["IPv4"], "type": "ClusterIP",
+                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
+    });
+    let endpoints: Vec<Value> = (0..ENDPOINTS)
+        .map(|e| {
+            let host = if e == 0 { 100 + version % 100 } else { e };
+            json!({"addresses": [format!("10.{}.{}.{}", 128 + a, b, host)], "conditions": {"ready": true}})
+        })
+        .collect();
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("s{i}-1"), "namespace": "load",
+                     "labels": {"kubernetes.io/service-name": format!("s{i}")}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    });
+    (svc, slice)
+}
