@@ -14,10 +14,10 @@ use crate::dataplane::ebpf::{EbpfConfig, EbpfDataplane, MapSizes};
 use crate::http::Health;
 use crate::metrics::{Metrics, Reason};
 use crate::reconcile::Reconciler;
-use crate::source::Snapshot;
 use crate::source::kubernetes::{Changes, KubeSource};
 use crate::source::manifests::ManifestSource;
-use crate::translate::{self, NodeContext};
+use crate::source::{Update, World};
+use crate::translate::{NodeContext, Translator};
 
 pub use crate::dataplane::ebpf::DEFAULT_BPFFS;
 
@@ -142,7 +142,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         sizes: cfg.map_sizes(),
     })
     .context("loading the eBPF data plane")?;
-    let mut reconciler = Reconciler::new(dataplane).context("reading the programmed state")?;
+    let reconciler = Reconciler::new(dataplane).context("reading the programmed state")?;
     let metrics = Metrics::new(Some(cfg.bpffs.clone()));
     let health = Health::new(cfg.sync_period * 2);
     crate::http::serve(
@@ -154,6 +154,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .await
     .context("starting the metrics and health servers")?;
 
+    let mut pipeline = Pipeline {
+        world: World::default(),
+        translator: Translator::default(),
+        reconciler,
+        node: None,
+        metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
+    };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     info!(source = %source.describe(), node = %node_name, "agent running");
@@ -167,7 +175,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             ipv6: true,
         };
         last_sync = Instant::now();
-        sync(&mut source, &node, &mut reconciler, &metrics, &health, full);
+        pipeline.sync(&mut source, node, full);
         full = false;
         tokio::select! {
             _ = source.changed() => {
@@ -227,16 +235,16 @@ impl Source {
         }
     }
 
-    /// The world now (None until a Kubernetes source has listed everything once), the
-    /// input problems seen, and the changes since the last call.
-    fn snapshot(&mut self) -> (Option<Snapshot>, Vec<String>, Changes) {
+    /// What changed (None until a Kubernetes source has listed everything once), the
+    /// input problems seen, and the change counts since the last call.
+    fn take(&mut self) -> (Option<Update>, Vec<String>, Changes) {
         match self {
             Source::Manifests(m) => {
                 let (snap, errors) = m.load();
                 let errors = errors.iter().map(ToString::to_string).collect();
-                (Some(snap), errors, Changes::default())
+                (Some(Update::Reset(snap)), errors, Changes::default())
             }
-            Source::Kube(k) => k.snapshot(),
+            Source::Kube(k) => k.take(),
         }
     }
 
@@ -255,72 +263,90 @@ fn unix_now() -> f64 {
         .unwrap_or_default()
 }
 
-fn sync(
-    source: &mut Source,
-    node: &NodeContext,
-    reconciler: &mut Reconciler<EbpfDataplane>,
-    metrics: &Metrics,
-    health: &Health,
-    full: bool,
-) {
-    let _span = info_span!("sync", full).entered();
-    let started = Instant::now();
-    let (snapshot, errors, changes) = source.snapshot();
-    metrics.service_changes.inc_by(changes.services);
-    metrics.endpoint_changes.inc_by(changes.endpoint_slices);
-    let reason = |r: &str| Reason {
-        reason: r.to_owned(),
-    };
-    metrics.input_errors.inc_by(errors.len() as u64);
-    for e in &errors {
-        warn!("{e}");
+/// Sources -> world -> translation -> reconciler, one sync at a time.
+struct Pipeline {
+    world: World,
+    translator: Translator,
+    reconciler: Reconciler<EbpfDataplane>,
+    /// The node context of the last translation (None before the first).
+    node: Option<NodeContext>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+impl Pipeline {
+    /// Takes what the source has and applies it. `full` re-translates everything and
+    /// re-reads the kernel state (the periodic resync that repairs drift).
+    fn sync(&mut self, source: &mut Source, node: NodeContext, full: bool) {
+        let _span = info_span!("sync", full).entered();
+        let started = Instant::now();
+        let (update, errors, changes) = source.take();
+        let m = &self.metrics;
+        m.service_changes.inc_by(changes.services);
+        m.endpoint_changes.inc_by(changes.endpoint_slices);
+        m.input_errors.inc_by(errors.len() as u64);
+        for e in &errors {
+            warn!("{e}");
+        }
+        let Some(update) = update else {
+            info!("waiting for the initial lists; the data plane keeps its current state");
+            return;
+        };
+        let dirty = match update {
+            Update::Reset(snapshot) => {
+                self.world.reset(snapshot);
+                None
+            }
+            Update::Changes { services, slices } => Some(self.world.apply(services, slices)),
+        };
+        let rebuild = full || self.node.as_ref() != Some(&node);
+        let changed = match dirty {
+            Some(dirty) if !rebuild => self.translator.update(&self.world, dirty, &node),
+            _ => self.translator.rebuild(&self.world, &node),
+        };
+        self.node = Some(node);
+        for s in self.translator.last_skipped() {
+            warn!(object = %s.object, reason = %s.reason, "skipped");
+        }
+        let desired = self.translator.desired();
+        let report = if full {
+            self.reconciler.resync(desired)
+        } else {
+            self.reconciler.apply_changed(desired, &changed)
+        };
+        let reason = |r: &str| Reason {
+            reason: r.to_owned(),
+        };
+        for (_, e) in &report.failed {
+            m.programming_failures
+                .get_or_create(&reason(e.metric_label()))
+                .inc();
+        }
+        m.skipped
+            .get_or_create(&reason("translation"))
+            .set(self.translator.skipped_count() as i64);
+        let applied = self.reconciler.applied();
+        m.services.set(applied.len() as i64);
+        m.backends
+            .set(applied.values().map(|s| s.backends.len() as i64).sum());
+        m.sync_duration.observe(started.elapsed().as_secs_f64());
+        m.last_sync.set(unix_now());
+        self.health.updated();
+        // From the first change of this batch reaching the agent to the maps holding it.
+        let latency_us = changes.since.map(|t| t.elapsed().as_micros()).unwrap_or(0);
+        info!(
+            latency_us,
+            services = desired.services.len(),
+            changed = changed.len(),
+            upserted = report.upserted,
+            removed = report.removed,
+            unchanged = report.unchanged,
+            failed = report.failed.len(),
+            input_errors = errors.len(),
+            skipped = self.translator.skipped_count(),
+            "synced"
+        );
     }
-    let Some(snapshot) = snapshot else {
-        info!("waiting for the initial lists; the data plane keeps its current state");
-        return;
-    };
-    let translation = translate::translate(&snapshot, node);
-    for s in &translation.skipped {
-        warn!(object = %s.object, reason = %s.reason, "skipped");
-    }
-    metrics
-        .skipped
-        .get_or_create(&reason("translation"))
-        .set(translation.skipped.len() as i64);
-    let report = if full {
-        reconciler.resync(&translation.desired)
-    } else {
-        reconciler.apply(&translation.desired)
-    };
-    for (_, e) in &report.failed {
-        metrics
-            .programming_failures
-            .get_or_create(&reason(e.metric_label()))
-            .inc();
-    }
-    let applied = reconciler.applied();
-    metrics.services.set(applied.len() as i64);
-    metrics
-        .backends
-        .set(applied.values().map(|s| s.backends.len() as i64).sum());
-    metrics
-        .sync_duration
-        .observe(started.elapsed().as_secs_f64());
-    metrics.last_sync.set(unix_now());
-    health.updated();
-    // From the first change of this batch reaching the agent to the maps holding it.
-    let latency_us = changes.since.map(|t| t.elapsed().as_micros()).unwrap_or(0);
-    info!(
-        latency_us,
-        services = translation.desired.services.len(),
-        upserted = report.upserted,
-        removed = report.removed,
-        unchanged = report.unchanged,
-        failed = report.failed.len(),
-        input_errors = errors.len(),
-        skipped = translation.skipped.len(),
-        "synced"
-    );
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

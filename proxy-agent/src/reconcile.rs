@@ -5,7 +5,7 @@
 //! service is applied on its own: one that fails keeps its previous state and is
 //! retried on the next sync, and every other service is still applied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::{info_span, warn};
 
@@ -54,6 +54,59 @@ impl<D: Dataplane> Reconciler<D> {
         &self.applied
     }
 
+    /// Makes the data plane match `desired` for the `changed` frontends only (the
+    /// incremental path: the cost follows the change, not the number of services).
+    pub fn apply_changed(
+        &mut self,
+        desired: &DesiredState,
+        changed: &BTreeSet<Frontend>,
+    ) -> SyncReport {
+        let _span = info_span!("apply_changed", frontends = changed.len()).entered();
+        let mut report = SyncReport::default();
+        for frontend in changed.iter().filter(|f| !desired.services.contains_key(f)) {
+            self.remove_one(*frontend, &mut report);
+        }
+        for svc in changed.iter().filter_map(|f| desired.services.get(f)) {
+            self.upsert_one(svc, &mut report);
+        }
+        report
+    }
+
+    fn remove_one(&mut self, frontend: Frontend, report: &mut SyncReport) {
+        if !self.applied.contains_key(&frontend) {
+            return;
+        }
+        match self.dataplane.remove(&frontend) {
+            Ok(()) => {
+                self.applied.remove(&frontend);
+                report.removed += 1;
+            }
+            Err(e) => {
+                warn!(%frontend, error = %e, "removing service failed; will retry");
+                if let Some(svc) = self.applied.get(&frontend) {
+                    report.failed.push((svc.clone(), e));
+                }
+            }
+        }
+    }
+
+    fn upsert_one(&mut self, svc: &VirtualService, report: &mut SyncReport) {
+        if self.applied.get(&svc.frontend) == Some(svc) {
+            report.unchanged += 1;
+            return;
+        }
+        match self.dataplane.upsert(svc) {
+            Ok(()) => {
+                self.applied.insert(svc.frontend, svc.clone());
+                report.upserted += 1;
+            }
+            Err(e) => {
+                warn!(service = %svc.name, frontend = %svc.frontend, error = %e, "programming service failed; previous state kept");
+                report.failed.push((svc.clone(), e));
+            }
+        }
+    }
+
     /// Re-reads what the kernel holds, then makes it match `desired`: entries changed
     /// or deleted behind the agent's back are rewritten (the periodic full resync).
     pub fn resync(&mut self, desired: &DesiredState) -> SyncReport {
@@ -79,34 +132,10 @@ impl<D: Dataplane> Reconciler<D> {
             .copied()
             .collect();
         for frontend in gone {
-            match self.dataplane.remove(&frontend) {
-                Ok(()) => {
-                    self.applied.remove(&frontend);
-                    report.removed += 1;
-                }
-                Err(e) => {
-                    warn!(%frontend, error = %e, "removing service failed; will retry");
-                    if let Some(svc) = self.applied.get(&frontend) {
-                        report.failed.push((svc.clone(), e));
-                    }
-                }
-            }
+            self.remove_one(frontend, &mut report);
         }
-        for (frontend, svc) in &desired.services {
-            if self.applied.get(frontend) == Some(svc) {
-                report.unchanged += 1;
-                continue;
-            }
-            match self.dataplane.upsert(svc) {
-                Ok(()) => {
-                    self.applied.insert(*frontend, svc.clone());
-                    report.upserted += 1;
-                }
-                Err(e) => {
-                    warn!(service = %svc.name, %frontend, error = %e, "programming service failed; previous state kept");
-                    report.failed.push((svc.clone(), e));
-                }
-            }
+        for svc in desired.services.values() {
+            self.upsert_one(svc, &mut report);
         }
         report
     }

@@ -7,7 +7,7 @@
 //! retry with backoff), so services are never withdrawn for that reason. No snapshot
 //! is offered before both Services and EndpointSlices have been listed once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,16 +21,20 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::{ObjectKey, Snapshot};
+use super::{ObjectKey, Snapshot, Update};
 
 /// Objects of one kind, as last listed and watched.
 #[derive(Debug)]
 struct Store<K> {
-    live: BTreeMap<ObjectKey, K>,
+    live: BTreeMap<ObjectKey, Arc<K>>,
     /// A relist in progress.
-    pending: Option<BTreeMap<ObjectKey, K>>,
+    pending: Option<BTreeMap<ObjectKey, Arc<K>>>,
     /// Listed completely at least once.
     ready: bool,
+    /// Keys changed since the last [`KubeSource::take`].
+    dirty: BTreeSet<ObjectKey>,
+    /// Swapped in whole since the last take.
+    reset: bool,
 }
 
 impl<K> Default for Store<K> {
@@ -39,6 +43,8 @@ impl<K> Default for Store<K> {
             live: BTreeMap::new(),
             pending: None,
             ready: false,
+            dirty: BTreeSet::new(),
+            reset: false,
         }
     }
 }
@@ -62,7 +68,7 @@ where
                 let k = key(&obj);
                 let problem = check(&obj).err();
                 let keep = match &problem {
-                    None => Some(obj),
+                    None => Some(Arc::new(obj)),
                     Some(_) => self.live.get(&k).cloned(),
                 };
                 if let (Some(p), Some(obj)) = (self.pending.as_mut(), keep) {
@@ -75,20 +81,41 @@ where
                     self.live = p;
                 }
                 self.ready = true;
+                self.reset = true;
+                self.dirty.clear();
                 (true, None)
             }
             Event::Apply(obj) => {
                 let k = key(&obj);
                 match check(&obj) {
                     Ok(()) => {
-                        self.live.insert(k, obj);
+                        self.live.insert(k.clone(), Arc::new(obj));
+                        self.dirty.insert(k);
                         (true, None)
                     }
                     Err(e) => (false, Some(describe::<K>(&k, &e))),
                 }
             }
-            Event::Delete(obj) => (self.live.remove(&key(&obj)).is_some(), None),
+            Event::Delete(obj) => {
+                let k = key(&obj);
+                let changed = self.live.remove(&k).is_some();
+                if changed {
+                    self.dirty.insert(k);
+                }
+                (changed, None)
+            }
         }
+    }
+
+    /// The changes since the last call: the keys with their current objects.
+    fn take_changes(&mut self) -> Vec<(ObjectKey, Option<Arc<K>>)> {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|k| {
+                let v = self.live.get(&k).cloned();
+                (k, v)
+            })
+            .collect()
     }
 }
 
@@ -201,9 +228,10 @@ impl KubeSource {
         self.shared.notify.notified().await;
     }
 
-    /// The current world, once Services and EndpointSlices have each been listed; the
-    /// watch errors and the changes since the last call.
-    pub fn snapshot(&self) -> (Option<Snapshot>, Vec<String>, Changes) {
+    /// What changed since the last call, once Services and EndpointSlices have each
+    /// been listed (the whole world after a (re)list, else the changed objects); the
+    /// watch errors and change counts since the last call.
+    pub fn take(&self) -> (Option<Update>, Vec<String>, Changes) {
         let errors = std::mem::take(&mut *lock(&self.shared.errors));
         let mut st = lock(&self.shared.stores);
         if !(st.services.ready && st.slices.ready) {
@@ -211,14 +239,22 @@ impl KubeSource {
         }
         let mut changes = std::mem::take(&mut st.changes);
         changes.since = st.first_pending.take();
-        (
-            Some(Snapshot {
+        let update = if st.services.reset || st.slices.reset {
+            st.services.reset = false;
+            st.slices.reset = false;
+            st.services.dirty.clear();
+            st.slices.dirty.clear();
+            Update::Reset(Snapshot {
                 services: st.services.live.clone(),
                 slices: st.slices.live.clone(),
-            }),
-            errors,
-            changes,
-        )
+            })
+        } else {
+            Update::Changes {
+                services: st.services.take_changes(),
+                slices: st.slices.take_changes(),
+            }
+        };
+        (Some(update), errors, changes)
     }
 
     /// This node as last seen.

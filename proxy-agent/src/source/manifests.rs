@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
@@ -163,8 +164,8 @@ fn label(id: &ObjectId) -> String {
 
 #[derive(Clone, Debug)]
 enum Object {
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
 }
 
 /// A good object and the file it came from.
@@ -401,10 +402,10 @@ fn snapshot(objects: &BTreeMap<ObjectId, Known>) -> Snapshot {
         let key = (namespace.clone(), name.clone());
         match &known.object {
             Object::Service(svc) => {
-                snapshot.services.insert(key, (**svc).clone());
+                snapshot.services.insert(key, Arc::clone(svc));
             }
             Object::EndpointSlice(slice) => {
-                snapshot.slices.insert(key, (**slice).clone());
+                snapshot.slices.insert(key, Arc::clone(slice));
             }
         }
     }
@@ -713,12 +714,12 @@ fn object(context: &Context<'_>, value: &Value, source: Source<'_>) -> Outcome {
         Kind::Service => source.parse::<Service>().map(|mut svc| {
             default_namespace(&mut svc.metadata);
             let checked = validate::service(&svc);
-            (Object::Service(Box::new(svc)), checked)
+            (Object::Service(Arc::new(svc)), checked)
         }),
         Kind::EndpointSlice => source.parse::<EndpointSlice>().map(|mut slice| {
             default_namespace(&mut slice.metadata);
             let checked = validate::endpoint_slice(&slice);
-            (Object::EndpointSlice(Box::new(slice)), checked)
+            (Object::EndpointSlice(Arc::new(slice)), checked)
         }),
     };
     match parsed {
