@@ -300,6 +300,7 @@ impl Pipeline {
             Update::Changes { services, slices } => Some(self.world.apply(services, slices)),
         };
         let rebuild = full || self.node.as_ref() != Some(&node);
+        let translate_started = Instant::now();
         let changed = match dirty {
             Some(dirty) if !rebuild => self.translator.update(&self.world, dirty, &node),
             _ => self.translator.rebuild(&self.world, &node),
@@ -309,11 +310,14 @@ impl Pipeline {
             warn!(object = %s.object, reason = %s.reason, "skipped");
         }
         let desired = self.translator.desired();
+        let translate_us = translate_started.elapsed().as_micros();
+        let apply_started = Instant::now();
         let report = if full {
             self.reconciler.resync(desired)
         } else {
             self.reconciler.apply_changed(desired, &changed)
         };
+        let apply_us = apply_started.elapsed().as_micros();
         let reason = |r: &str| Reason {
             reason: r.to_owned(),
         };
@@ -336,6 +340,8 @@ impl Pipeline {
         let latency_us = changes.since.map(|t| t.elapsed().as_micros()).unwrap_or(0);
         info!(
             latency_us,
+            translate_us,
+            apply_us,
             services = desired.services.len(),
             changed = changed.len(),
             upserted = report.upserted,

@@ -88,6 +88,10 @@ struct State {
     generation: u64,
     down: bool,
     requests: Vec<String>,
+    /// Serialized cluster-wide lists, valid while `rv` is unchanged (a real API server
+    /// serves lists from its watch cache; this keeps the fake's own cost out of the
+    /// agent's timings).
+    list_cache: BTreeMap<Resource, (u64, Arc<String>)>,
 }
 
 struct Shared {
@@ -258,12 +262,14 @@ fn serve_connection(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
         if reader.read_line(&mut request_line)? == 0 {
             return Ok(());
         }
-        // Headers (ignored) up to the blank line.
+        // Headers up to the blank line; only `Connection: close` matters.
+        let mut close = false;
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
                 break;
             }
+            close |= h.to_ascii_lowercase().starts_with("connection: close");
         }
         let target = request_line
             .split_whitespace()
@@ -300,23 +306,56 @@ fn serve_connection(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
                 .unwrap_or(0);
             return watch(shared, &mut out, res, ns.as_deref(), from);
         }
-        let body = {
-            let st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            let items: Vec<Value> = st
-                .objects
-                .iter()
-                .filter(|((r, n, _), _)| *r == res && ns.as_ref().is_none_or(|ns| ns == n))
-                .map(|(_, o)| o.clone())
-                .collect();
-            let (api_version, kind) = res.list_kind();
-            json!({
-                "apiVersion": api_version,
-                "kind": kind,
-                "metadata": {"resourceVersion": st.rv.to_string()},
-                "items": items,
-            })
-        };
-        respond(&mut out, 200, &body)?;
+        let body = list_body(shared, res, ns.as_deref());
+        respond_raw(&mut out, 200, &body)?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// The JSON of a list, from the cache when nothing changed since it was made.
+fn list_body(shared: &Shared, res: Resource, ns: Option<&str>) -> Arc<String> {
+    let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    if ns.is_none()
+        && let Some((rv, body)) = st.list_cache.get(&res)
+        && *rv == st.rv
+    {
+        return Arc::clone(body);
+    }
+    let items: Vec<&Value> = st
+        .objects
+        .iter()
+        .filter(|((r, n, _), _)| *r == res && ns.is_none_or(|ns| ns == n))
+        .map(|(_, o)| o)
+        .collect();
+    let (api_version, kind) = res.list_kind();
+    let body = Arc::new(
+        json!({
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {"resourceVersion": st.rv.to_string()},
+            "items": items,
+        })
+        .to_string(),
+    );
+    if ns.is_none() {
+        let rv = st.rv;
+        st.list_cache.insert(res, (rv, Arc::clone(&body)));
+    }
+    body
+}
+
+impl FakeApiServer {
+    /// Serializes every list once, so that later lists come from the cache.
+    pub fn warm_list_cache(&self) {
+        for res in [
+            Resource::Services,
+            Resource::EndpointSlices,
+            Resource::Nodes,
+        ] {
+            list_body(&self.shared, res, None);
+        }
     }
 }
 
@@ -326,7 +365,10 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
 }
 
 fn respond(out: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
-    let body = body.to_string();
+    respond_raw(out, code, &body.to_string())
+}
+
+fn respond_raw(out: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()> {
     let reason = if code == 200 { "OK" } else { "Error" };
     write!(
         out,

@@ -42,6 +42,8 @@ pub fn run() -> Result<()> {
         t.elapsed()
     );
 
+    // A real API server lists from its watch cache; so does the fake, once warmed.
+    api.warm_list_cache();
     let dir = ManifestDir::new("bench-sync");
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig);
