@@ -14,7 +14,7 @@ use crate::dataplane::ebpf::{EbpfConfig, EbpfDataplane, MapSizes};
 use crate::http::Health;
 use crate::metrics::{Metrics, Reason};
 use crate::reconcile::Reconciler;
-use crate::source::kubernetes::{Changes, KubeSource};
+use crate::source::kubernetes::{Changes, KubeSource, NodeInfo};
 use crate::source::manifests::ManifestSource;
 use crate::source::{Update, World};
 use crate::translate::{NodeContext, Translator};
@@ -168,12 +168,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut full = false;
     let mut last_sync;
     loop {
-        let node = NodeContext {
-            name: node_name.clone(),
-            zone: source.zone(),
-            ipv4: true,
-            ipv6: true,
-        };
+        let (node, deleting) = source.node(&node_name);
+        health
+            .node_deleting
+            .store(deleting, std::sync::atomic::Ordering::Relaxed);
         last_sync = Instant::now();
         pipeline.sync(&mut source, node, full);
         full = false;
@@ -248,12 +246,36 @@ impl Source {
         }
     }
 
-    fn zone(&self) -> Option<String> {
-        match self {
-            Source::Manifests(_) => None,
-            Source::Kube(k) => k.node().zone,
-        }
+    /// This node as the source knows it. Without a Node object (manifest mode, or
+    /// before it is seen) both families are assumed.
+    fn node(&self, name: &str) -> (NodeContext, bool) {
+        let info = match self {
+            Source::Manifests(_) => NodeInfo::default(),
+            Source::Kube(k) => k.node(),
+        };
+        let (ipv4, ipv6) = info.families.unwrap_or((true, true));
+        let ctx = NodeContext {
+            name: name.to_owned(),
+            zone: info.zone,
+            ipv4,
+            ipv6,
+        };
+        (ctx, info.deleting)
     }
+}
+
+/// When the change behind an EndpointSlice was triggered (the EndpointSlice
+/// controller's `endpoints.kubernetes.io/last-change-trigger-time` annotation).
+fn trigger_time(
+    slice: &k8s_openapi::api::discovery::v1::EndpointSlice,
+) -> Option<std::time::SystemTime> {
+    let value = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get("endpoints.kubernetes.io/last-change-trigger-time")?;
+    let ts: jiff::Timestamp = value.parse().ok()?;
+    Some(std::time::SystemTime::from(ts))
 }
 
 fn unix_now() -> f64 {
@@ -292,12 +314,20 @@ impl Pipeline {
             info!("waiting for the initial lists; the data plane keeps its current state");
             return;
         };
+        let mut triggers = Vec::new();
         let dirty = match update {
             Update::Reset(snapshot) => {
                 self.world.reset(snapshot);
                 None
             }
-            Update::Changes { services, slices } => Some(self.world.apply(services, slices)),
+            Update::Changes { services, slices } => {
+                triggers.extend(
+                    slices
+                        .iter()
+                        .filter_map(|(_, s)| trigger_time(s.as_deref()?)),
+                );
+                Some(self.world.apply(services, slices))
+            }
         };
         let rebuild = full || self.node.as_ref() != Some(&node);
         let translate_started = Instant::now();
@@ -318,6 +348,12 @@ impl Pipeline {
             self.reconciler.apply_changed(desired, &changed)
         };
         let apply_us = apply_started.elapsed().as_micros();
+        let now = std::time::SystemTime::now();
+        for t in triggers {
+            if let Ok(d) = now.duration_since(t) {
+                m.network_programming.observe(d.as_secs_f64());
+            }
+        }
         let reason = |r: &str| Reason {
             reason: r.to_owned(),
         };

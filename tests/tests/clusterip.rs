@@ -605,3 +605,67 @@ fn bad_manifests_are_reported_by_file_object_and_field_and_everything_else_keeps
         "the last good version must stay programmed: {r:?}"
     );
 }
+
+#[test]
+fn entries_deleted_behind_the_agents_back_are_repaired_by_the_periodic_resync() {
+    use aya::maps::{HashMap, Map, MapData};
+    use proxy_common::{Frontend, FrontendKey, SlotKey};
+
+    let ips = ["10.244.0.11", "10.244.0.12"].map(ip);
+    let topo = ClusterTopology::new("drift", 2);
+    let _servers = topo.serve_backends(&[8080], &[]);
+    let dir = ManifestDir::new("drift");
+    dir.write("web.yaml", &web(&ips, VIP4, None));
+    let bpffs = BpfFs::new("drift");
+    let agent = Agent::start(
+        bpffs.path(),
+        topo.client_cgroup.path(),
+        dir.path(),
+        &["--sync-period", "1"],
+    );
+    let want = backends(&ips, 8080);
+    agent.wait_for("10.96.0.10:80/TCP", &want, SYNC);
+
+    let open = |name: &str| {
+        MapData::from_pin(agent.bpffs.join("maps").join(name)).expect("opening a pinned map")
+    };
+    let mut frontends: HashMap<_, FrontendKey, Frontend> =
+        HashMap::try_from(Map::HashMap(open("FRONTENDS"))).expect("FRONTENDS");
+    let mut slots: HashMap<_, SlotKey, u32> =
+        HashMap::try_from(Map::HashMap(open("SLOTS"))).expect("SLOTS");
+    let key = frontends
+        .keys()
+        .map(|k| k.expect("key"))
+        .find(|k| u16::from_be(k.port_be) == 80)
+        .expect("the frontend is in the map");
+    let fe = frontends.get(&key, 0).expect("frontend value");
+
+    // A deleted slot: the service would silently lose a backend.
+    slots
+        .remove(&SlotKey {
+            service_id: fe.service_id,
+            slot: 1,
+        })
+        .expect("deleting a slot");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        slots
+            .get(
+                &SlotKey {
+                    service_id: fe.service_id,
+                    slot: 1
+                },
+                0
+            )
+            .is_ok(),
+        "the slot was not restored:\n{}",
+        agent.log()
+    );
+
+    // A deleted frontend: the service would vanish.
+    frontends.remove(&key).expect("deleting the frontend");
+    agent.wait_for("10.96.0.10:80/TCP", &want, Duration::from_secs(5));
+    let r = topo.client_probe(&["tcp", "--to", "10.96.0.10:80", "--count", "20"]);
+    let names = spread(&ProbeReply::parse_all(&String::from_utf8_lossy(&r.stdout)));
+    assert_eq!(names.len(), 2, "both backends serve again: {names:?}");
+}

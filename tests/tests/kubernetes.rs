@@ -114,3 +114,123 @@ fn services_and_endpoint_slices_follow_the_api_server_through_relists_and_outage
     api.delete("Service", "test", "web");
     agent.wait_gone("10.96.0.10:80/TCP", SYNC);
 }
+
+#[test]
+fn bad_objects_conflicts_and_missing_families_are_skipped_with_a_reason_and_the_last_good_state_stays()
+ {
+    let topo = ClusterTopology::new("kubebad", 2);
+    let _servers = topo.serve_backends(&[8080], &[]);
+    let ips: Vec<IpAddr> = topo.backends.iter().map(|p| IpAddr::V4(p.ipv4)).collect();
+    let addrs: Vec<SocketAddr> = ips.iter().map(|i| SocketAddr::new(*i, 8080)).collect();
+
+    let api = FakeApiServer::start();
+    // An IPv4-only node.
+    api.apply(
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.10"}]}}),
+    );
+    apply_all(&api, &web(&ips));
+    // A dual-stack service: its IPv6 frontend cannot be served on this node.
+    let mut dual = yaml_objects(&service(
+        "dual",
+        "10.96.0.20".parse().expect("ip"),
+        PORTS,
+        &ips,
+        None,
+    ));
+    dual[0]["spec"]["clusterIPs"] = json!(["10.96.0.20", "fd00:96::20"]);
+    dual[0]["spec"]["ipFamilies"] = json!(["IPv4", "IPv6"]);
+    dual[0]["spec"]["ipFamilyPolicy"] = json!("PreferDualStack");
+    for o in dual {
+        api.apply(o);
+    }
+
+    let dir = ManifestDir::new("kubebad");
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let bpffs = BpfFs::new("kubebad");
+    let agent = Agent::start_kube(bpffs.path(), topo.client_cgroup.path(), &kubeconfig, &[]);
+    agent.wait_for("10.96.0.10:80/TCP", &addrs, SYNC);
+    agent.wait_for("10.96.0.20:80/TCP", &addrs, SYNC);
+    assert!(
+        !agent
+            .programmed()
+            .iter()
+            .any(|v| v.frontend.contains("fd00:96::20")),
+        "an IPv6 frontend on an IPv4-only node"
+    );
+    assert!(
+        agent
+            .log()
+            .contains("ClusterIP fd00:96::20 is IPv6, which this node does not have"),
+        "{}",
+        agent.log()
+    );
+
+    // An invalid update: skipped with its field named; the last good version stays.
+    let mut broken = yaml_objects(&web(&ips)).remove(0);
+    broken["spec"]["ports"][0]["port"] = json!(0);
+    api.apply(broken);
+    wait_log(
+        &agent,
+        "Service test/web: spec.ports[0].port: 0 is not in 1..=65535",
+    );
+    assert_eq!(
+        reached(&topo, 10).len(),
+        2,
+        "the last good version must keep serving"
+    );
+
+    // A newer Service claiming the same VIP and port loses, whole, with a reason.
+    let mut thief = yaml_objects(&service(
+        "thief",
+        "10.96.0.10".parse().expect("ip"),
+        PORTS,
+        &ips[..1],
+        None,
+    ));
+    thief[0]["metadata"]["creationTimestamp"] = json!("2026-06-01T00:00:00Z");
+    for o in thief {
+        api.apply(o);
+    }
+    wait_log(
+        &agent,
+        "frontend 10.96.0.10:80/TCP is already served by Service test/web",
+    );
+    agent.wait_for("10.96.0.10:80/TCP", &addrs, SYNC);
+
+    // An endpoint change stamped by the EndpointSlice controller: the time from that
+    // stamp to the map write is the network programming latency.
+    let mut slice = yaml_objects(&web(&ips[..1])).remove(1);
+    slice["metadata"]["annotations"] = json!({"endpoints.kubernetes.io/last-change-trigger-time": jiff::Timestamp::now().to_string()});
+    api.apply(slice);
+    agent.wait_for("10.96.0.10:80/TCP", &addrs[..1], SYNC);
+
+    let (metrics, _) = agent.http_addrs();
+    let text = tests::http_get(metrics, "/metrics").1;
+    let value =
+        |m: &str| tests::metric_value(&text, m, "").unwrap_or_else(|| panic!("no {m} in\n{text}"));
+    assert!(value("proxy_agent_input_errors_total") >= 1.0, "{text}");
+    assert!(
+        tests::metric_value(&text, "proxy_agent_skipped", "{reason=\"translation\"}")
+            .unwrap_or(0.0)
+            >= 2.0,
+        "{text}"
+    );
+    assert!(
+        value("kubeproxy_network_programming_duration_seconds_count") >= 1.0,
+        "{text}"
+    );
+}
+
+fn wait_log(agent: &Agent, needle: &str) {
+    let deadline = std::time::Instant::now() + SYNC;
+    while !agent.log().contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in the log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -156,6 +156,8 @@ pub struct Changes {
     pub services: u64,
     /// EndpointSlice add/update/delete events.
     pub endpoint_slices: u64,
+    /// Node events (this node only).
+    pub nodes: u64,
     /// When the oldest of them arrived.
     pub since: Option<Instant>,
 }
@@ -167,6 +169,9 @@ pub struct NodeInfo {
     pub zone: Option<String>,
     /// Whether the node object is being deleted (health turns unhealthy).
     pub deleting: bool,
+    /// The IP families of the node's InternalIP/ExternalIP addresses: (IPv4, IPv6).
+    /// `None` while the node object or its addresses are unknown.
+    pub families: Option<(bool, bool)>,
 }
 
 /// What the watcher tasks and the source share.
@@ -216,7 +221,7 @@ impl KubeSource {
                 node_selector,
                 Arc::clone(&shared),
                 |s| &mut s.node,
-                |c| &mut c.services,
+                |c| &mut c.nodes,
                 |_| Ok(()),
             ),
         ];
@@ -267,6 +272,7 @@ impl KubeSource {
             .map(|n| NodeInfo {
                 zone: n.labels().get("topology.kubernetes.io/zone").cloned(),
                 deleting: n.metadata.deletion_timestamp.is_some(),
+                families: node_families(n),
             })
             .unwrap_or_default()
     }
@@ -278,6 +284,27 @@ impl Drop for KubeSource {
             t.abort();
         }
     }
+}
+
+/// The families of a node's cluster-facing addresses, as kube-proxy derives the
+/// families it serves.
+fn node_families(node: &Node) -> Option<(bool, bool)> {
+    let ips: Vec<std::net::IpAddr> = node
+        .status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| crate::validate::parse_ip(&a.address))
+        .collect();
+    if ips.is_empty() {
+        return None;
+    }
+    Some((
+        ips.iter().any(|i| i.is_ipv4()),
+        ips.iter().any(|i| i.is_ipv6()),
+    ))
 }
 
 /// Locks, ignoring poisoning (a panicked holder cannot leave these half-updated).
