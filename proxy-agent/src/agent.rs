@@ -331,6 +331,7 @@ impl Pipeline {
         };
         let rebuild = full || self.node.as_ref() != Some(&node);
         let translate_started = Instant::now();
+        let incremental = dirty.is_some() && !rebuild;
         let changed = match dirty {
             Some(dirty) if !rebuild => self.translator.update(&self.world, dirty, &node),
             _ => self.translator.rebuild(&self.world, &node),
@@ -342,10 +343,14 @@ impl Pipeline {
         let desired = self.translator.desired();
         let translate_us = translate_started.elapsed().as_micros();
         let apply_started = Instant::now();
+        // After a reset the translator's previous state says nothing about what the
+        // maps hold (a restarted agent adopted them): compare everything.
         let report = if full {
             self.reconciler.resync(desired)
-        } else {
+        } else if incremental {
             self.reconciler.apply_changed(desired, &changed)
+        } else {
+            self.reconciler.apply(desired)
         };
         let apply_us = apply_started.elapsed().as_micros();
         let now = std::time::SystemTime::now();

@@ -389,15 +389,13 @@ fn multi_port_services_and_the_same_port_on_tcp_and_udp() {
 #[test]
 fn restarting_the_agent_neither_breaks_open_connections_nor_refuses_new_ones() {
     let ips = ["10.244.0.11", "10.244.0.12", "10.244.0.13"].map(ip);
-    let mut env = Env::new(
-        "restart",
-        3,
-        &[8080],
-        &[],
-        &[("web.yaml", web(&ips, VIP4, None))],
-    );
+    let old = service("old", ip("10.96.0.99"), WEB_PORTS, &ips, None);
+    let files = [("web.yaml", web(&ips, VIP4, None)), ("old.yaml", old)];
+    let mut env = Env::new("restart", 3, &[8080], &[], &files);
     env.agent()
         .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
+    env.agent()
+        .wait_for("10.96.0.99:80/TCP", &backends(&env.v4(), 8080), SYNC);
     let before = env.agent().programmed();
 
     let mut hold = env.topo.spawn_client_probe(&[
@@ -412,6 +410,8 @@ fn restarting_the_agent_neither_breaks_open_connections_nor_refuses_new_ones() {
     hold.expect_line(Duration::from_secs(5));
 
     env.agent.take().expect("agent").stop();
+    // Deleted while no agent runs: the next agent must remove it.
+    env.dir.remove("old.yaml");
     // No agent: the pinned programs and maps keep serving.
     let down = env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "20"]);
     assert_spread(&spread(&down), 3, 1);
@@ -423,12 +423,17 @@ fn restarting_the_agent_neither_breaks_open_connections_nor_refuses_new_ones() {
         &[],
     );
     assert!(
-        agent.log().contains("adopted=2"),
+        agent.log().contains("adopted=4"),
         "the new agent must adopt the maps:\n{}",
         agent.log()
     );
     let mid = env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "20"]);
     assert_spread(&spread(&mid), 3, 1);
+    agent.wait_gone("10.96.0.99:80/TCP", SYNC);
+    let before: Vec<_> = before
+        .into_iter()
+        .filter(|v| !v.frontend.starts_with("10.96.0.99"))
+        .collect();
     let after = agent.programmed();
     assert_eq!(
         format!("{before:?}"),
