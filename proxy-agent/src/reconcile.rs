@@ -66,9 +66,10 @@ impl<D: Dataplane> Reconciler<D> {
         for frontend in changed.iter().filter(|f| !desired.services.contains_key(f)) {
             self.remove_one(*frontend, &mut report);
         }
-        for svc in changed.iter().filter_map(|f| desired.services.get(f)) {
-            self.upsert_one(svc, &mut report);
-        }
+        self.upsert_all(
+            changed.iter().filter_map(|f| desired.services.get(f)),
+            &mut report,
+        );
         report
     }
 
@@ -90,20 +91,64 @@ impl<D: Dataplane> Reconciler<D> {
         }
     }
 
-    fn upsert_one(&mut self, svc: &VirtualService, report: &mut SyncReport) {
-        if self.applied.get(&svc.frontend) == Some(svc) {
-            report.unchanged += 1;
-            return;
+    /// Programs the frontends of one Service together: if one fails, those already
+    /// written go back to their previous state, so a Service is never half-programmed.
+    fn upsert_service(&mut self, frontends: &[&VirtualService], report: &mut SyncReport) {
+        let mut done: Vec<(Frontend, Option<VirtualService>)> = Vec::new();
+        for svc in frontends {
+            if self.applied.get(&svc.frontend) == Some(*svc) {
+                report.unchanged += 1;
+                continue;
+            }
+            match self.dataplane.upsert(svc) {
+                Ok(()) => {
+                    let previous = self.applied.insert(svc.frontend, (*svc).clone());
+                    done.push((svc.frontend, previous));
+                    report.upserted += 1;
+                }
+                Err(e) => {
+                    warn!(service = %svc.name, frontend = %svc.frontend, error = %e,
+                        "programming service failed; its previous state is kept");
+                    for (frontend, previous) in done.into_iter().rev() {
+                        let undo = match &previous {
+                            Some(p) => self.dataplane.upsert(p),
+                            None => self.dataplane.remove(&frontend),
+                        };
+                        match undo {
+                            Ok(()) => {
+                                match previous {
+                                    Some(p) => self.applied.insert(frontend, p),
+                                    None => self.applied.remove(&frontend),
+                                };
+                                report.upserted -= 1;
+                            }
+                            Err(e) => {
+                                warn!(%frontend, error = %e, "undoing a partial update failed")
+                            }
+                        }
+                    }
+                    report.failed.push(((*svc).clone(), e));
+                    return;
+                }
+            }
         }
-        match self.dataplane.upsert(svc) {
-            Ok(()) => {
-                self.applied.insert(svc.frontend, svc.clone());
-                report.upserted += 1;
-            }
-            Err(e) => {
-                warn!(service = %svc.name, frontend = %svc.frontend, error = %e, "programming service failed; previous state kept");
-                report.failed.push((svc.clone(), e));
-            }
+    }
+
+    /// Upserts `frontends` grouped by Service.
+    fn upsert_all<'a>(
+        &mut self,
+        frontends: impl Iterator<Item = &'a VirtualService>,
+        report: &mut SyncReport,
+    ) {
+        let mut by_service: BTreeMap<(&str, &str), Vec<&VirtualService>> = BTreeMap::new();
+        for vs in frontends {
+            by_service
+                .entry((&vs.name.namespace, &vs.name.name))
+                .or_default()
+                .push(vs);
+        }
+        for group in by_service.values() {
+            self.upsert_service(group, report);
         }
     }
 
@@ -134,9 +179,7 @@ impl<D: Dataplane> Reconciler<D> {
         for frontend in gone {
             self.remove_one(frontend, &mut report);
         }
-        for svc in desired.services.values() {
-            self.upsert_one(svc, &mut report);
-        }
+        self.upsert_all(desired.services.values(), &mut report);
         report
     }
 }
@@ -237,6 +280,20 @@ mod tests {
         let report = r.apply(&d);
         assert_eq!(report.failed.len(), 1, "retried on the next sync");
         assert_eq!(report.unchanged, 1);
+    }
+
+    #[test]
+    fn a_service_is_programmed_whole_or_not_at_all() {
+        let mut r = Reconciler::new(Recorder::default()).unwrap();
+        // One Service, two ports; the second cannot be programmed.
+        let mut bad = svc(666, &[]);
+        bad.name = svc(80, &[]).name;
+        let d = state(&[svc(80, &["10.0.0.1:8080"]), bad]);
+        let report = r.apply(&d);
+        assert_eq!(report.failed.len(), 1);
+        assert_eq!(report.upserted, 0);
+        assert!(r.applied().is_empty(), "the first port was rolled back");
+        assert!(r.dataplane().held.is_empty());
     }
 
     #[test]

@@ -674,3 +674,55 @@ fn entries_deleted_behind_the_agents_back_are_repaired_by_the_periodic_resync() 
     let names = spread(&ProbeReply::parse_all(&String::from_utf8_lossy(&r.stdout)));
     assert_eq!(names.len(), 2, "both backends serve again: {names:?}");
 }
+
+#[test]
+fn a_full_map_refuses_a_whole_service_keeps_the_rest_and_retries_when_room_appears() {
+    let ips = ["10.244.0.11"].map(ip);
+    let topo = ClusterTopology::new("full", 1);
+    let _servers = topo.serve_backends(&[8080], &[5353]);
+    let dir = ManifestDir::new("full");
+    dir.write(
+        "other.yaml",
+        &service("other", ip("10.96.0.20"), WEB_PORTS, &ips, None),
+    );
+    dir.write("web.yaml", &web(&ips, VIP4, None));
+    let bpffs = BpfFs::new("full");
+    // Room for three frontends; the two services need four.
+    let agent = Agent::start(
+        bpffs.path(),
+        topo.client_cgroup.path(),
+        dir.path(),
+        &["--max-frontends", "3"],
+    );
+    agent.wait_for("10.96.0.20:80/TCP", &backends(&ips, 8080), SYNC);
+    let programmed = agent.programmed();
+    assert_eq!(
+        programmed.len(),
+        2,
+        "only the service that fits whole: {programmed:?}"
+    );
+    assert!(
+        agent
+            .log()
+            .contains("map FRONTENDS is full (3 entries) while programming test/web"),
+        "{}",
+        agent.log()
+    );
+    let (metrics, _) = agent.http_addrs();
+    let text = tests::http_get(metrics, "/metrics").1;
+    assert!(
+        tests::metric_value(
+            &text,
+            "proxy_agent_programming_failures_total",
+            "{reason=\"map_full\"}"
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+
+    // Room appears: the refused service is programmed on the next sync.
+    dir.remove("other.yaml");
+    agent.wait_for("10.96.0.10:80/TCP", &backends(&ips, 8080), SYNC);
+    agent.wait_for("10.96.0.10:53/UDP", &backends(&ips, 5353), SYNC);
+    agent.wait_gone("10.96.0.20:80/TCP", SYNC);
+}

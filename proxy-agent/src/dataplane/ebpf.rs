@@ -387,10 +387,10 @@ impl EbpfDataplane {
             self.release_backend(be);
         }
     }
-}
 
-impl Dataplane for EbpfDataplane {
-    fn upsert(&mut self, svc: &VirtualService) -> Result<(), DataplaneError> {
+    /// Programs one service: backends, memberships and slots first, the frontend with
+    /// its new count last, surplus entries afterwards; a failure rolls back.
+    fn upsert_service(&mut self, svc: &VirtualService) -> Result<(), DataplaneError> {
         let key = frontend_key(&svc.frontend);
         let proto = svc.frontend.protocol.number();
         let existing = self.services.get(&svc.frontend).cloned();
@@ -526,7 +526,9 @@ impl Dataplane for EbpfDataplane {
         Ok(())
     }
 
-    fn remove(&mut self, frontend: &model::Frontend) -> Result<(), DataplaneError> {
+    /// Removes one frontend: the frontend first (new connections stop matching), then
+    /// its slots, memberships and unreferenced backends.
+    fn remove_service(&mut self, frontend: &model::Frontend) -> Result<(), DataplaneError> {
         let key = frontend_key(frontend);
         let Some(p) = self.services.get(frontend).cloned() else {
             return Ok(());
@@ -566,6 +568,16 @@ impl Dataplane for EbpfDataplane {
         self.services.remove(frontend);
         self.free_service_ids.push(sid);
         Ok(())
+    }
+}
+
+impl Dataplane for EbpfDataplane {
+    fn upsert(&mut self, svc: &VirtualService) -> Result<(), DataplaneError> {
+        self.upsert_service(svc).map_err(|e| e.about(&svc.name))
+    }
+
+    fn remove(&mut self, frontend: &model::Frontend) -> Result<(), DataplaneError> {
+        self.remove_service(frontend)
     }
 
     fn refresh(&mut self) -> Result<(), DataplaneError> {

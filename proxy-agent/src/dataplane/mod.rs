@@ -38,6 +38,22 @@ pub enum DataplaneError {
 }
 
 impl DataplaneError {
+    /// Names the service being programmed in a map-full error.
+    pub fn about(self, service: &impl std::fmt::Display) -> Self {
+        match self {
+            DataplaneError::MapFull {
+                map,
+                capacity,
+                what,
+            } if what.is_empty() => DataplaneError::MapFull {
+                map,
+                capacity,
+                what: service.to_string(),
+            },
+            other => other,
+        }
+    }
+
     /// A short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
