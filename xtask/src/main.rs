@@ -113,8 +113,52 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
     if !selects_packages(cargo_test_args) {
         test.arg("--workspace");
     }
-    run_streamed(test.args(cargo_test_args))?;
+    run_tests(test.args(cargo_test_args))
+}
+
+/// Runs `cargo test`, streaming its output, and ends with one summary line over every
+/// test binary (`tests: N passed, N failed`), so the total is not lost among the
+/// per-binary results (the last of which is often an empty doc-test run).
+fn run_tests(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let shown = display(cmd);
+    println!("xtask: $ {shown}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting `{shown}`"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                passed += count(rest, "passed");
+                failed += count(rest, "failed");
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{shown}`"))?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
     Ok(())
+}
+
+/// The number before `word` in a `test result:` line ("ok. 3 passed; 0 failed; ...").
+fn count(result: &str, word: &str) -> u64 {
+    let words: Vec<&str> = result.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[1].trim_end_matches(';') == word)
+        .and_then(|w| w[0].parse().ok())
+        .unwrap_or(0)
 }
 
 /// Whether cargo arguments (before a `--`) pick packages with `-p`/`--package`, which
@@ -131,6 +175,14 @@ mod tests {
 
     fn strings(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn test_result_lines_are_counted() {
+        let line =
+            "ok. 136 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.76s";
+        assert_eq!(count(line, "passed"), 136);
+        assert_eq!(count(line, "failed"), 2);
     }
 
     #[test]
