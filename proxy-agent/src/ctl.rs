@@ -26,6 +26,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the data plane's event counters (translations, refusals, affinity hits).
+    Stats,
 }
 
 /// The `proxyctl` binary.
@@ -39,6 +41,12 @@ pub fn main() -> anyhow::Result<()> {
             } else {
                 print!("{}", crate::inspect::render_table(&services));
             }
+        }
+        Command::Stats => {
+            print!(
+                "{}",
+                crate::inspect::render_counters(&crate::inspect::counters(&cli.bpffs)?)
+            );
         }
     }
     Ok(())

@@ -7,13 +7,15 @@ use std::path::Path;
 
 use anyhow::Context;
 use aya::maps::{HashMap, Map, MapData};
-use proxy_common::{Backend, FrontendKey, SlotKey, maps};
+use proxy_common::{Backend, FrontendKey, ServiceName, SlotKey, maps};
 
 use crate::dataplane::ebpf::model_frontend;
 
 /// One programmed frontend as the kernel holds it.
 #[derive(Debug, serde::Serialize)]
 pub struct ServiceView {
+    /// `namespace/name:port` as the agent recorded it ("" if unknown).
+    pub service: String,
     /// VIP:port/protocol.
     pub frontend: String,
     /// The service id in the maps.
@@ -44,6 +46,7 @@ pub fn list(bpffs: &Path) -> anyhow::Result<Vec<ServiceView>> {
         open_hash(bpffs, maps::FRONTENDS)?;
     let slots: HashMap<_, SlotKey, u32> = open_hash(bpffs, maps::SLOTS)?;
     let backends: HashMap<_, u32, Backend> = open_hash(bpffs, maps::BACKENDS)?;
+    let names: Option<HashMap<_, u32, ServiceName>> = open_hash(bpffs, maps::SVC_NAMES).ok();
     let mut out = Vec::new();
     for item in frontends.iter() {
         let (key, fe) = item.context("reading FRONTENDS")?;
@@ -65,6 +68,11 @@ pub fn list(bpffs: &Path) -> anyhow::Result<Vec<ServiceView>> {
         out.push((
             f,
             ServiceView {
+                service: names
+                    .as_ref()
+                    .and_then(|n| n.get(&fe.service_id, 0).ok())
+                    .map(|n| n.as_str().to_owned())
+                    .unwrap_or_default(),
                 frontend: f.to_string(),
                 service_id: fe.service_id,
                 affinity_timeout_s: (fe.flags & proxy_common::FRONTEND_F_AFFINITY != 0)
@@ -82,8 +90,8 @@ pub fn render_table(services: &[ServiceView]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<44} {:>4}  {:<16} BACKENDS",
-        "FRONTEND", "ID", "AFFINITY"
+        "{:<44} {:>4}  {:<16} {:<8} SERVICE",
+        "FRONTEND", "ID", "AFFINITY", "BACKENDS"
     );
     for v in services {
         let aff = v
@@ -92,11 +100,12 @@ pub fn render_table(services: &[ServiceView]) -> String {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             s,
-            "{:<44} {:>4}  {:<16} {}",
+            "{:<44} {:>4}  {:<16} {:<8} {}",
             v.frontend,
             v.service_id,
             aff,
-            v.backends.len()
+            v.backends.len(),
+            v.service
         );
         if v.backends.is_empty() {
             let _ = writeln!(s, "  -> (none: connections are refused)");
@@ -120,4 +129,13 @@ pub fn counters(bpffs: &Path) -> anyhow::Result<Vec<(&'static str, u64)>> {
         out.push((*name, per_cpu.iter().sum()));
     }
     Ok(out)
+}
+
+/// `proxyctl stats`: the data plane's counters as a table.
+pub fn render_counters(counters: &[(&str, u64)]) -> String {
+    let mut s = String::new();
+    for (name, value) in counters {
+        let _ = writeln!(s, "{name:<24} {value}");
+    }
+    s
 }

@@ -47,8 +47,11 @@ pub mod maps {
     pub const REV_SOCK: &str = "REV_SOCK";
     /// Per-CPU `u64` counters indexed by [`super::counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// Service id -> [`super::ServiceName`]; written by the agent for operators
+    /// (`proxyctl`), never read by the programs.
+    pub const SVC_NAMES: &str = "SVC_NAMES";
     /// Every map the socket-layer programs use, in the order the agent lists them.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         FRONTENDS,
         SLOTS,
         BACKENDS,
@@ -56,6 +59,7 @@ pub mod maps {
         AFFINITY,
         REV_SOCK,
         COUNTERS,
+        SVC_NAMES,
     ];
 }
 
@@ -319,7 +323,48 @@ pub struct RevSockValue {
     pub service_id: u32,
 }
 
+/// Value of `SVC_NAMES`: `namespace/name:port`, UTF-8, NUL-padded (truncated to fit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceName {
+    /// The bytes.
+    pub name: [u8; 128],
+}
+
+impl Default for ServiceName {
+    fn default() -> Self {
+        ServiceName { name: [0; 128] }
+    }
+}
+
+impl ServiceName {
+    /// Stores `s`, cut at a character boundary to at most 128 bytes.
+    pub fn new(s: &str) -> Self {
+        let mut n = ServiceName::default();
+        let mut end = s.len().min(n.name.len());
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        n.name[..end].copy_from_slice(&s.as_bytes()[..end]);
+        n
+    }
+
+    /// The stored text (up to the first NUL; invalid UTF-8 is cut off).
+    pub fn as_str(&self) -> &str {
+        let len = self
+            .name
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(self.name.len());
+        match core::str::from_utf8(&self.name[..len]) {
+            Ok(s) => s,
+            Err(e) => core::str::from_utf8(&self.name[..e.valid_up_to()]).unwrap_or(""),
+        }
+    }
+}
+
 const _: () = {
+    assert!(core::mem::size_of::<ServiceName>() == 128);
     assert!(core::mem::size_of::<Addr>() == 16);
     assert!(core::mem::size_of::<FrontendKey>() == 20);
     assert!(core::mem::size_of::<Frontend>() == 16);
@@ -347,6 +392,7 @@ mod pod {
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for RevSockKey {}
     unsafe impl aya::Pod for RevSockValue {}
+    unsafe impl aya::Pod for ServiceName {}
 }
 
 #[cfg(test)]
@@ -359,6 +405,18 @@ mod tests {
         let a = Addr::from(ip);
         assert_eq!(a.v4_be(), Some(u32::from_be_bytes([10, 96, 0, 10]).to_be()));
         assert_eq!(a.ip(), ip);
+    }
+
+    #[test]
+    fn service_names_are_truncated_at_a_character_boundary() {
+        assert_eq!(
+            ServiceName::new("default/web:http").as_str(),
+            "default/web:http"
+        );
+        let long = "é".repeat(100);
+        let n = ServiceName::new(&long);
+        assert_eq!(n.as_str().len(), 128);
+        assert!(long.starts_with(n.as_str()));
     }
 
     #[test]

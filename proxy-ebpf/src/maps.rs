@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use proxy_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, Frontend, FrontendKey, RevSockKey,
-    RevSockValue, SlotKey, counter, sizes,
+    RevSockValue, ServiceName, SlotKey, counter, sizes,
 };
 
 // The service maps are updated while programs read them: BPF_F_NO_PREALLOC makes a
@@ -37,6 +37,12 @@ pub static REV_SOCK: LruHashMap<RevSockKey, RevSockValue> = LruHashMap::pinned(s
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+
+/// For operators only (`proxyctl`): no program reads it, but it lives with the other
+/// pinned state so that names survive agent restarts.
+#[map]
+pub static SVC_NAMES: HashMap<u32, ServiceName> =
+    HashMap::pinned(sizes::FRONTENDS, BPF_F_NO_PREALLOC);
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]

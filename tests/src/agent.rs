@@ -11,6 +11,8 @@ use crate::ChildGuard;
 /// One programmed frontend, as `proxyctl list --json` prints it.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
 pub struct ServiceView {
+    /// `namespace/name:port` as the agent recorded it.
+    pub service: String,
     /// VIP:port/protocol.
     pub frontend: String,
     /// The service id in the maps.

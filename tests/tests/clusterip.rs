@@ -146,6 +146,14 @@ fn tcp_and_udp_through_the_vip_reach_every_backend_and_report_the_vip() {
         .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
 
     // 90 connections over 3 backends: ~30 each; 12 is more than 4 sigma below.
+    let views = env.agent().programmed();
+    let http = views.iter().find(|v| v.frontend == "10.96.0.10:80/TCP");
+    assert_eq!(
+        http.map(|v| v.service.as_str()),
+        Some("test/web:http"),
+        "{views:?}"
+    );
+
     let tcp = env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "90"]);
     assert_spread(&spread(&tcp), 3, 12);
     assert!(
@@ -543,6 +551,11 @@ fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
     assert!(
         text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket"),
         "{text}"
+    );
+    let stats = env.agent().proxyctl(&["stats"]);
+    assert!(
+        stats.contains("lb_translated") && stats.contains("lb_no_backend"),
+        "{stats}"
     );
 }
 

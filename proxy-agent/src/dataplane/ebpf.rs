@@ -14,7 +14,9 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
 use proxy_common as pc;
-use proxy_common::{Addr, AffinityMatchKey, Backend, FrontendKey, SlotKey, maps, sizes};
+use proxy_common::{
+    Addr, AffinityMatchKey, Backend, FrontendKey, ServiceName, SlotKey, maps, sizes,
+};
 use tracing::{debug, info};
 
 use super::{Dataplane, DataplaneError};
@@ -130,6 +132,7 @@ pub struct EbpfDataplane {
     slots: HashMap<MapData, SlotKey, u32>,
     backends: HashMap<MapData, u32, Backend>,
     affinity_match: HashMap<MapData, AffinityMatchKey, u32>,
+    names: HashMap<MapData, u32, ServiceName>,
     sizes: MapSizes,
     services: BTreeMap<model::Frontend, Programmed>,
     /// Backend -> (id, number of slots referencing it).
@@ -168,6 +171,7 @@ impl EbpfDataplane {
             .map_max_entries(maps::BACKENDS, s.backends)
             .map_max_entries(maps::AFFINITY, s.affinity)
             .map_max_entries(maps::REV_SOCK, s.rev_sock)
+            .map_max_entries(maps::SVC_NAMES, s.frontends)
             .load(PROGRAMS)?;
 
         let cgroup = File::open(&cfg.cgroup).map_err(|source| LoadError::Io {
@@ -183,12 +187,14 @@ impl EbpfDataplane {
         let slots = take_hash(&mut ebpf, maps::SLOTS)?;
         let backends = take_hash(&mut ebpf, maps::BACKENDS)?;
         let affinity_match = take_hash(&mut ebpf, maps::AFFINITY_MATCH)?;
+        let names = take_hash(&mut ebpf, maps::SVC_NAMES)?;
         let mut dp = EbpfDataplane {
             _ebpf: ebpf,
             frontends,
             slots,
             backends,
             affinity_match,
+            names,
             sizes: s,
             services: BTreeMap::new(),
             backend_ids: StdHashMap::new(),
@@ -261,11 +267,11 @@ impl EbpfDataplane {
             self.services.insert(
                 frontend,
                 Programmed {
-                    name: ServicePortName {
-                        namespace: String::new(),
-                        name: String::new(),
-                        port: String::new(),
-                    },
+                    name: self
+                        .names
+                        .get(&value.service_id, 0)
+                        .map(|n| parse_name(n.as_str()))
+                        .unwrap_or_else(|_| parse_name("")),
                     frontend,
                     value,
                     slots,
@@ -495,6 +501,15 @@ impl EbpfDataplane {
             return Err(err);
         }
 
+        // For operators only; a failure here does not fail the service.
+        if existing.as_ref().map(|p| &p.name) != Some(&svc.name)
+            && let Err(e) =
+                self.names
+                    .insert(service_id, ServiceName::new(&svc.name.to_string()), 0)
+        {
+            debug!(service = %svc.name, error = %e, "recording the service name");
+        }
+
         // 5. Shrink: slots past the new count, memberships and backends that left.
         for slot in new_slots.len()..old_slots.len() {
             self.delete_slot(service_id, slot as u32);
@@ -565,6 +580,7 @@ impl EbpfDataplane {
             }
         }
         self.slots_used -= p.slots.len() as u32;
+        let _ = self.names.remove(&sid);
         self.services.remove(frontend);
         self.free_service_ids.push(sid);
         Ok(())
@@ -774,6 +790,17 @@ pub fn model_frontend(k: &FrontendKey) -> Option<model::Frontend> {
     })
 }
 
+/// `namespace/name[:port]` back into its parts (as `ServicePortName` displays it).
+pub fn parse_name(s: &str) -> ServicePortName {
+    let (namespace, rest) = s.split_once('/').unwrap_or(("", s));
+    let (name, port) = rest.split_once(':').unwrap_or((rest, ""));
+    ServicePortName {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        port: port.to_owned(),
+    }
+}
+
 fn backend(addr: &SocketAddr, proto: u8) -> Backend {
     Backend {
         addr: Addr::from(addr.ip()),
@@ -804,6 +831,14 @@ fn map_error(op: &'static str, map: &'static str, capacity: u32, e: MapError) ->
 #[cfg(test)]
 mod tests {
     use super::place;
+
+    #[test]
+    fn names_round_trip_through_their_display_form() {
+        use super::parse_name;
+        for s in ["default/web:http", "default/web", "ns/a-b"] {
+            assert_eq!(parse_name(s).to_string(), s);
+        }
+    }
 
     #[test]
     fn kept_backends_keep_their_slots() {
