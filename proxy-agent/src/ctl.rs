@@ -28,6 +28,12 @@ enum Command {
     },
     /// Show the data plane's event counters (translations, refusals, affinity hits).
     Stats,
+    /// List the remembered ClientIP affinities (client pod -> backend).
+    Affinity {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The `proxyctl` binary.
@@ -40,6 +46,14 @@ pub fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&services)?);
             } else {
                 print!("{}", crate::inspect::render_table(&services));
+            }
+        }
+        Command::Affinity { json } => {
+            let list = crate::inspect::affinities(&cli.bpffs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", crate::inspect::render_affinities(&list));
             }
         }
         Command::Stats => {

@@ -139,3 +139,79 @@ pub fn render_counters(counters: &[(&str, u64)]) -> String {
     }
     s
 }
+
+/// One remembered ClientIP affinity.
+#[derive(Debug, serde::Serialize)]
+pub struct AffinityView {
+    /// The client's network-namespace cookie (one per pod).
+    pub client_netns_cookie: u64,
+    /// `namespace/name:port` of the service ("" if unknown).
+    pub service: String,
+    /// The backend the client is pinned to ("" if the backend is gone).
+    pub backend: String,
+    /// Seconds since the client last used it.
+    pub idle_s: u64,
+}
+
+/// The remembered ClientIP affinities (an LRU map: entries outlive their timeout until
+/// evicted, and are ignored once stale).
+pub fn affinities(bpffs: &Path) -> anyhow::Result<Vec<AffinityView>> {
+    use proxy_common::{AffinityKey, AffinityValue};
+    let path = bpffs.join("maps").join(maps::AFFINITY);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let map: HashMap<_, AffinityKey, AffinityValue> =
+        HashMap::try_from(Map::LruHashMap(data)).context("map AFFINITY")?;
+    let backends: HashMap<_, u32, Backend> = open_hash(bpffs, maps::BACKENDS)?;
+    let names: Option<HashMap<_, u32, ServiceName>> = open_hash(bpffs, maps::SVC_NAMES).ok();
+    let now = monotonic_ns();
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (k, v) = item.context("reading AFFINITY")?;
+        out.push(AffinityView {
+            client_netns_cookie: k.netns_cookie,
+            service: names
+                .as_ref()
+                .and_then(|n| n.get(&k.service_id, 0).ok())
+                .map(|n| n.as_str().to_owned())
+                .unwrap_or_default(),
+            backend: backends
+                .get(&v.backend_id, 0)
+                .map(|b| SocketAddr::new(b.addr.ip(), u16::from_be(b.port_be)).to_string())
+                .unwrap_or_default(),
+            idle_s: now.saturating_sub(v.last_used_ns) / 1_000_000_000,
+        });
+    }
+    out.sort_by(|a, b| {
+        (&a.service, a.client_netns_cookie).cmp(&(&b.service, b.client_netns_cookie))
+    });
+    Ok(out)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns()`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// `proxyctl affinity` as a table.
+pub fn render_affinities(list: &[AffinityView]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<28} {:>20} {:<44} {:>8}",
+        "SERVICE", "CLIENT NETNS", "BACKEND", "IDLE (s)"
+    );
+    for a in list {
+        let _ = writeln!(
+            s,
+            "{:<28} {:>20} {:<44} {:>8}",
+            a.service, a.client_netns_cookie, a.backend, a.idle_s
+        );
+    }
+    s
+}

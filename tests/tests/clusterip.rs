@@ -227,6 +227,20 @@ fn client_ip_affinity_holds_while_used_and_expires_after_its_timeout() {
     let first = spread(&env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "30"]));
     assert_eq!(first.len(), 1, "affinity must pin the client: {first:?}");
     let pinned = first.keys().next().cloned().unwrap_or_default();
+    // proxyctl shows the remembered choice: this client pod -> the pinned backend.
+    let pinned_ip = env
+        .topo
+        .backend(&pinned)
+        .map(|p| p.ipv4.to_string())
+        .unwrap_or_default();
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.agent().proxyctl(&["affinity", "--json"])).expect("JSON");
+    let entries = listed.as_array().cloned().unwrap_or_default();
+    assert!(
+        entries.iter().any(|e| e["service"] == "test/web:http"
+            && e["backend"] == format!("{pinned_ip}:8080")),
+        "proxyctl affinity: {listed}"
+    );
 
     // Used every ~300 ms for 3 s (longer than the 2 s timeout): each use refreshes it.
     // (Starting a probe takes time too; the 2 s timeout leaves room for a loaded machine.)
