@@ -29,6 +29,7 @@ mod fake_api;
 mod http;
 mod manifests;
 mod netns;
+mod nodes;
 mod probe;
 mod process;
 mod stale;
@@ -41,6 +42,7 @@ pub use fake_api::{FakeApiServer, Resource};
 pub use http::{http_get, metric_value};
 pub use manifests::{ManifestDir, PortSpec, service, yaml_objects};
 pub use netns::Netns;
+pub use nodes::{Node, NodesTopology, install_kube_proxy_nodeport, kube_proxy_nodeport_rules};
 pub use probe::{ProbeReply, probe_bin, start_probe_server};
 pub use process::{
     ChildGuard, RunTimedOut, run, spawn, spawn_guarded, stdout_lines, tool, try_run,

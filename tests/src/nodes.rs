@@ -1,0 +1,541 @@
+//! A two-node "cluster" with an external client, for the NodePort / tc data plane.
+//!
+//! ```text
+//!  lan netns:  bridge lan0 (192.0.2.0/24, 2001:db8::/64: the external network)
+//!    |-- v-client <-> eth0 in client   192.0.2.100  2001:db8::100
+//!    |-- v-node-a <-> eth0 in node-a   192.0.2.1    2001:db8::1
+//!    |-- v-node-b <-> eth0 in node-b   192.0.2.2    2001:db8::2
+//!
+//!  node-a:  cbr0 10.244.1.1/24 fd00:244:1::1/64, forwarding on
+//!             |-- vp0 <-> eth0 in a-pod-0   10.244.1.11  fd00:244:1::11
+//!             |-- vp1 <-> eth0 in a-pod-1   10.244.1.12  fd00:244:1::12 ...
+//!           route 10.244.2.0/24 via 192.0.2.2, fd00:244:2::/64 via 2001:db8::2
+//!  node-b:  cbr0 10.244.2.1/24 fd00:244:2::1/64, pods b-pod-0 (10.244.2.11), ...
+//!           route 10.244.1.0/24 via 192.0.2.1, fd00:244:1::/64 via 2001:db8::1
+//! ```
+//!
+//! Pods reach pods of the other node without NAT. The external network exists only
+//! inside these namespaces (documentation ranges). Every veth is created directly inside
+//! the namespaces (`ip -n A link add X type veth peer name Y netns B`), so no name is
+//! ever used in the root namespace.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::{ChildGuard, Netns, Pod, probe_bin, run, tool, unique_name};
+
+/// How long [`NodesTopology::client_probe`] lets a probe run.
+const PROBE_RUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long each connectivity check of a new topology may take.
+const CONNECTIVITY_TIMEOUT: Duration = Duration::from_secs(10);
+/// IPv4 last octet of the first pod of a node.
+const FIRST_POD_HOST: u8 = 11;
+/// Sysctls that turn duplicate address detection off; set before adding addresses.
+const NO_DAD: [(&str, &str); 2] = [
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+];
+
+/// A node namespace: `eth0` on the external network, `cbr0` with its pods.
+#[derive(Debug)]
+pub struct Node {
+    /// The node's pods (`a-pod-0`, ... on node-a; `b-pod-0`, ... on node-b); their
+    /// `host_veth` (`vp<n>`) is in the node namespace, enslaved to `cbr0`.
+    pub pods: Vec<Pod>,
+    /// The node's namespace.
+    pub netns: Netns,
+    /// `node-a` or `node-b`.
+    pub name: String,
+    /// Address of `eth0` on the external network.
+    pub ipv4: Ipv4Addr,
+    /// Address of `eth0` on the external network.
+    pub ipv6: Ipv6Addr,
+    /// Address of `cbr0`, the pods' IPv4 gateway.
+    pub gateway_v4: Ipv4Addr,
+    /// Address of `cbr0`, the pods' IPv6 gateway.
+    pub gateway_v6: Ipv6Addr,
+}
+
+impl Node {
+    /// The pod called `name`.
+    pub fn pod(&self, name: &str) -> Option<&Pod> {
+        self.pods.iter().find(|p| p.name == name)
+    }
+}
+
+/// Two nodes, an external client and the LAN joining them; see the module docs for
+/// addresses. Everything is removed on drop (pods, nodes, client, then the LAN).
+#[derive(Debug)]
+pub struct NodesTopology {
+    /// `node-a` (192.0.2.1) and `node-b` (192.0.2.2).
+    pub nodes: [Node; 2],
+    /// The external client's namespace (`eth0` on the LAN).
+    pub client: Netns,
+    /// The client's address.
+    pub client_v4: Ipv4Addr,
+    /// The client's address.
+    pub client_v6: Ipv6Addr,
+    /// The LAN namespace holding bridge `lan0`.
+    pub lan: Netns,
+}
+
+impl NodesTopology {
+    /// Name of the LAN bridge in [`lan`](Self::lan).
+    pub const LAN_BRIDGE: &'static str = "lan0";
+    /// Name of the pod bridge in each node.
+    pub const POD_BRIDGE: &'static str = "cbr0";
+    /// The client's IPv4 address.
+    pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+    /// The client's IPv6 address.
+    pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+
+    /// Builds the LAN, the client, both nodes and `pods_per_node` pods on each, and checks
+    /// (TCP handshakes, bounded) that the client reaches each node over IPv4 and IPv6 and
+    /// that node-a reaches a pod of node-b, before returning.
+    ///
+    /// # Panics
+    /// If any step fails (what was made so far is removed), or `pods_per_node` > 200.
+    pub fn new(tag: &str, pods_per_node: usize) -> Self {
+        assert!(
+            pods_per_node <= 200,
+            "too many pods per node ({pods_per_node})"
+        );
+        let lan = Netns::new(&format!("{tag}-lan"));
+        lan.sysctls(&NO_DAD);
+        lan.ip(&["link", "add", Self::LAN_BRIDGE, "type", "bridge"]);
+        lan.ip(&["link", "set", Self::LAN_BRIDGE, "up"]);
+
+        let client = Netns::new(&format!("{tag}-client"));
+        client.sysctls(&NO_DAD);
+        attach_to_lan(&lan, &client, "v-client");
+        add_addrs(
+            &client,
+            "eth0",
+            &format!("{}/24", Self::CLIENT_V4),
+            &format!("{}/64", Self::CLIENT_V6),
+        );
+        client.ip(&["link", "set", "eth0", "up"]);
+
+        let node_a = make_node(&lan, tag, 0, pods_per_node);
+        let node_b = make_node(&lan, tag, 1, pods_per_node);
+        route_pods_via(&node_a, &node_b);
+        route_pods_via(&node_b, &node_a);
+
+        let topo = Self {
+            nodes: [node_a, node_b],
+            client,
+            client_v4: Self::CLIENT_V4,
+            client_v6: Self::CLIENT_V6,
+            lan,
+        };
+        for node in &topo.nodes {
+            check_reaches(
+                &topo.client,
+                "client",
+                &node.netns,
+                &node.name,
+                &[IpAddr::V4(node.ipv4), IpAddr::V6(node.ipv6)],
+            );
+        }
+        let [a, b] = &topo.nodes;
+        if let Some(pod) = b.pods.first() {
+            check_reaches(
+                &a.netns,
+                &a.name,
+                &pod.netns,
+                &pod.name,
+                &[IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)],
+            );
+        }
+        topo
+    }
+
+    /// node-a.
+    pub fn node_a(&self) -> &Node {
+        &self.nodes[0]
+    }
+
+    /// node-b.
+    pub fn node_b(&self) -> &Node {
+        &self.nodes[1]
+    }
+
+    /// Every pod of both nodes, node-a's first.
+    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+        self.nodes.iter().flat_map(|n| n.pods.iter())
+    }
+
+    /// Runs a probe server on every pod of both nodes ([`Pod::serve`]), each answering
+    /// with its pod name.
+    pub fn serve_pods(&self, tcp_ports: &[u16], udp_ports: &[u16]) -> Vec<ChildGuard> {
+        self.pods().map(|p| p.serve(tcp_ports, udp_ports)).collect()
+    }
+
+    /// Runs `probe <args>` in the client namespace (no cgroup) and returns its output
+    /// (check `status` yourself). Parse the lines with
+    /// [`ProbeReply::parse_all`](crate::ProbeReply::parse_all).
+    ///
+    /// # Panics
+    /// If it does not finish within 120 s.
+    pub fn client_probe(&self, args: &[&str]) -> Output {
+        run(
+            &self.client,
+            None,
+            Command::new(probe_bin()).args(args),
+            PROBE_RUN_TIMEOUT,
+        )
+    }
+
+    /// Names of every namespace of the topology, for checks that they are gone.
+    pub fn netns_names(&self) -> Vec<String> {
+        let mut names = vec![self.lan.name().to_owned(), self.client.name().to_owned()];
+        for node in &self.nodes {
+            names.push(node.netns.name().to_owned());
+            names.extend(node.pods.iter().map(|p| p.netns.name().to_owned()));
+        }
+        names
+    }
+}
+
+/// Creates veth `lan_veth` in `lan` (enslaved to `lan0`, up) with peer `eth0` in `ns`.
+fn attach_to_lan(lan: &Netns, ns: &Netns, lan_veth: &str) {
+    lan.ip(&[
+        "link",
+        "add",
+        lan_veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ]);
+    lan.ip(&[
+        "link",
+        "set",
+        lan_veth,
+        "master",
+        NodesTopology::LAN_BRIDGE,
+        "up",
+    ]);
+}
+
+fn add_addrs(ns: &Netns, dev: &str, v4: &str, v6: &str) {
+    ns.ip(&["addr", "add", v4, "dev", dev]);
+    ns.ip(&["-6", "addr", "add", v6, "dev", dev, "nodad"]);
+}
+
+/// IPv6 address `prefix::<host>` whose last group spells `host` in decimal digits.
+fn ipv6_spelled(prefix: [u16; 3], host: u8) -> Ipv6Addr {
+    let last = u16::from_str_radix(&host.to_string(), 16).expect("decimal digits are hex");
+    Ipv6Addr::new(prefix[0], prefix[1], prefix[2], 0, 0, 0, 0, last)
+}
+
+/// Node `index` (0: node-a, 1: node-b) with its pods.
+fn make_node(lan: &Netns, tag: &str, index: u8, pods_per_node: usize) -> Node {
+    let letter = if index == 0 { 'a' } else { 'b' };
+    let name = format!("node-{letter}");
+    let host = index + 1;
+    let subnet = index + 1;
+    let ipv4 = Ipv4Addr::new(192, 0, 2, host);
+    let ipv6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(host));
+    let gateway_v4 = Ipv4Addr::new(10, 244, subnet, 1);
+    let gateway_v6 = Ipv6Addr::new(0xfd00, 0x244, u16::from(subnet), 0, 0, 0, 0, 1);
+    let netns = Netns::new(&format!("{tag}-{name}"));
+    netns.sysctls(&[
+        NO_DAD[0],
+        NO_DAD[1],
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+    ]);
+    let mut node = Node {
+        pods: Vec::new(),
+        netns,
+        name,
+        ipv4,
+        ipv6,
+        gateway_v4,
+        gateway_v6,
+    };
+    attach_to_lan(lan, &node.netns, &format!("v-node-{letter}"));
+    let ns = &node.netns;
+    add_addrs(ns, "eth0", &format!("{ipv4}/24"), &format!("{ipv6}/64"));
+    ns.ip(&["link", "set", "eth0", "up"]);
+    let br = NodesTopology::POD_BRIDGE;
+    ns.ip(&["link", "add", br, "type", "bridge"]);
+    add_addrs(
+        ns,
+        br,
+        &format!("{gateway_v4}/24"),
+        &format!("{gateway_v6}/64"),
+    );
+    ns.ip(&["link", "set", br, "up"]);
+    for i in 0..pods_per_node {
+        let host = FIRST_POD_HOST + u8::try_from(i).expect("at most 200 pods");
+        let pod = make_pod(&node, tag, &format!("{letter}-pod-{i}"), i, host);
+        node.pods.push(pod);
+    }
+    node
+}
+
+fn make_pod(node: &Node, tag: &str, name: &str, index: usize, host: u8) -> Pod {
+    let subnet = node.gateway_v4.octets()[2];
+    let ipv4 = Ipv4Addr::new(10, 244, subnet, host);
+    let ipv6 = ipv6_spelled([0xfd00, 0x244, u16::from(subnet)], host);
+    let host_veth = format!("vp{index}");
+    let netns = Netns::new(&format!("{tag}-{name}"));
+    netns.sysctls(&NO_DAD);
+    node.netns.ip(&[
+        "link",
+        "add",
+        &host_veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        netns.name(),
+    ]);
+    // From here on the pod owns the veth: deleting its namespace deletes the pair.
+    let pod = Pod {
+        netns,
+        name: name.to_owned(),
+        ipv4,
+        ipv6,
+        host_veth,
+    };
+    node.netns.ip(&[
+        "link",
+        "set",
+        &pod.host_veth,
+        "master",
+        NodesTopology::POD_BRIDGE,
+        "up",
+    ]);
+    let ns = &pod.netns;
+    add_addrs(ns, "eth0", &format!("{ipv4}/24"), &format!("{ipv6}/64"));
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        &node.gateway_v4.to_string(),
+    ]);
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &node.gateway_v6.to_string(),
+    ]);
+    pod
+}
+
+/// Routes `other`'s pod CIDRs from `node` via `other`'s LAN addresses.
+fn route_pods_via(node: &Node, other: &Node) {
+    let subnet = other.gateway_v4.octets()[2];
+    node.netns.ip(&[
+        "route",
+        "add",
+        &format!("10.244.{subnet}.0/24"),
+        "via",
+        &other.ipv4.to_string(),
+    ]);
+    node.netns.ip(&[
+        "-6",
+        "route",
+        "add",
+        &format!("fd00:244:{subnet}::/64"),
+        "via",
+        &other.ipv6.to_string(),
+    ]);
+}
+
+/// Checks that `from` completes a TCP handshake with a listener in `to` at each target.
+fn check_reaches(from: &Netns, from_name: &str, to: &Netns, to_name: &str, targets: &[IpAddr]) {
+    // A dual-stack listener; the kernel completes handshakes without accept().
+    let listener = to
+        .run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)))
+        .unwrap_or_else(|e| panic!("binding a check listener in {to_name}: {e}"));
+    let port = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("check listener address: {e}"))
+        .port();
+    for ip in targets {
+        let target = SocketAddr::new(*ip, port);
+        let result = from.run(|| {
+            let deadline = Instant::now() + CONNECTIVITY_TIMEOUT;
+            loop {
+                match TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
+                    Ok(_) => return Ok(()),
+                    Err(e) if Instant::now() >= deadline => return Err(e),
+                    Err(_) => thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        if let Err(e) = result {
+            panic!(
+                "{from_name} cannot reach {to_name} at {target} within {CONNECTIVITY_TIMEOUT:?}: {e}"
+            );
+        }
+    }
+}
+
+/// The kube-proxy-style ruleset of [`install_kube_proxy_nodeport`], in
+/// `iptables-restore` format.
+pub fn kube_proxy_nodeport_rules(
+    node_ip: Ipv4Addr,
+    port: u16,
+    backends: &[SocketAddrV4],
+) -> String {
+    let svc = format!("KUBE-SVC-NP{port}");
+    let ext = format!("KUBE-EXT-NP{port}");
+    let seps: Vec<String> = (0..backends.len())
+        .map(|i| format!("KUBE-SEP-NP{port}-E{i}"))
+        .collect();
+    let comment = format!("\"default/np-{port}:tcp\"");
+    let mut r = String::from("*nat\n");
+    for chain in [
+        "KUBE-SERVICES",
+        "KUBE-NODEPORTS",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+        &ext,
+        &svc,
+    ]
+    .into_iter()
+    .chain(seps.iter().map(String::as_str))
+    {
+        let _ = writeln!(r, ":{chain} - [0:0]");
+    }
+    r.push_str(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
+         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n\
+         -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n",
+    );
+    let _ = writeln!(
+        r,
+        "-A KUBE-NODEPORTS -p tcp -m comment --comment {comment} -m tcp --dport {port} -j {ext}"
+    );
+    let _ = writeln!(
+        r,
+        "-A {ext} -m comment --comment \"masquerade traffic for default/np-{port}:tcp external destinations\" -j KUBE-MARK-MASQ"
+    );
+    let _ = writeln!(r, "-A {ext} -j {svc}");
+    let n = backends.len();
+    for (i, (be, sep)) in backends.iter().zip(&seps).enumerate() {
+        let left = n - i;
+        if left > 1 {
+            // Lossless enough for a handful of endpoints; kube-proxy prints 11 digits.
+            #[allow(clippy::cast_precision_loss)]
+            let p = 1.0 / left as f64;
+            let _ = writeln!(
+                r,
+                "-A {svc} -m comment --comment \"default/np-{port}:tcp -> {be}\" -m statistic --mode random --probability {p:.11} -j {sep}"
+            );
+        } else {
+            let _ = writeln!(
+                r,
+                "-A {svc} -m comment --comment \"default/np-{port}:tcp -> {be}\" -j {sep}"
+            );
+        }
+        let _ = writeln!(
+            r,
+            "-A {sep} -s {}/32 -m comment --comment {comment} -j KUBE-MARK-MASQ",
+            be.ip()
+        );
+        let _ = writeln!(
+            r,
+            "-A {sep} -p tcp -m comment --comment {comment} -m tcp -j DNAT --to-destination {be}"
+        );
+    }
+    // kube-proxy matches NodePorts on every local address (`--nodeport-addresses` unset);
+    // node_ip only documents which address the test uses.
+    let _ = writeln!(
+        r,
+        "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain; node {node_ip}\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
+    );
+    r.push_str("COMMIT\n");
+    r
+}
+
+/// Programs, inside `node` only, a NodePort `port`/TCP the way kube-proxy's iptables mode
+/// does for `externalTrafficPolicy: Cluster`: nat chains `KUBE-SERVICES`,
+/// `KUBE-NODEPORTS`, `KUBE-EXT-*`, `KUBE-SVC-*` (random `statistic` spread) and
+/// `KUBE-SEP-*` (DNAT), jumps from `PREROUTING` and `OUTPUT`, and `KUBE-MARK-MASQ`
+/// (mark 0x4000) with `KUBE-POSTROUTING` MASQUERADE. Deliberately *without* the
+/// `--ctstate INVALID -j DROP` rule. Replaces the namespace's nat table.
+///
+/// # Panics
+/// If `backends` is empty or `iptables-restore` fails.
+pub fn install_kube_proxy_nodeport(
+    node: &Netns,
+    node_ip: Ipv4Addr,
+    port: u16,
+    backends: &[SocketAddrV4],
+) {
+    assert!(
+        !backends.is_empty(),
+        "a NodePort needs at least one backend"
+    );
+    let rules = kube_proxy_nodeport_rules(node_ip, port, backends);
+    let file = TempFile::new(&rules);
+    let restore = tool("iptables-restore").to_string_lossy().into_owned();
+    let path = file.0.to_string_lossy().into_owned();
+    node.exec(&[&restore, "-w", "5", &path]);
+}
+
+/// A file in the temp directory, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(contents: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{}.rules", unique_name("iptables")));
+        std::fs::write(&path, contents)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_host_part_spells_the_ipv4_octet() {
+        assert_eq!(
+            ipv6_spelled([0xfd00, 0x244, 1], 11).to_string(),
+            "fd00:244:1::11"
+        );
+    }
+
+    #[test]
+    fn rules_spread_over_every_backend() {
+        let bes: Vec<SocketAddrV4> = ["10.244.1.11:8080", "10.244.2.11:8080"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let r = kube_proxy_nodeport_rules(Ipv4Addr::new(192, 0, 2, 1), 30080, &bes);
+        assert!(r.contains("--probability 0.50000000000 -j KUBE-SEP-NP30080-E0"));
+        assert!(r.contains("-j DNAT --to-destination 10.244.2.11:8080"));
+        assert!(!r.contains("INVALID"));
+    }
+}
