@@ -30,6 +30,7 @@ mod http;
 mod manifests;
 mod netns;
 mod nodes;
+pub mod packet;
 mod probe;
 mod process;
 mod stale;

@@ -757,3 +757,73 @@ fn a_full_map_refuses_a_whole_service_keeps_the_rest_and_retries_when_room_appea
     agent.wait_for("10.96.0.10:53/UDP", &backends(&ips, 5353), SYNC);
     agent.wait_gone("10.96.0.20:80/TCP", SYNC);
 }
+
+/// The ClusterIP half of kubernetes issue 74839 (see `iptables_baseline.rs` for the
+/// bug itself): the same out-of-window segment injected from the backend pod. The
+/// socket layer chose the backend at connect(), so the connection carries the backend's
+/// real address end to end and no translation exists that conntrack could skip: the
+/// client answers the segment with an ACK, never a RST, and the connection lives on.
+#[test]
+fn an_out_of_window_segment_from_the_backend_does_not_reset_a_clusterip_connection() {
+    use tests::packet::{
+        Segment, TCP_ACK, TCP_PSH, TCP_RST, capture_socket, capture_until, inject,
+    };
+
+    let ips = ["10.244.0.11"].map(ip);
+    let env = Env::new(
+        "invalid",
+        1,
+        &[8080],
+        &[],
+        &[("web.yaml", web(&ips, VIP4, None))],
+    );
+    env.agent()
+        .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
+    let pod = &env.topo.backends[0];
+    let capture = pod.netns.run(capture_socket);
+    let at_client = env.topo.client.netns.run(capture_socket);
+    let mut hold = env.topo.spawn_client_probe(&[
+        "hold",
+        "--to",
+        "10.96.0.10:80",
+        "--rounds",
+        "6",
+        "--interval-ms",
+        "1000",
+    ]);
+    hold.expect_line(Duration::from_secs(5));
+
+    let from_pod = |s: &Segment| s.src == pod.ipv4 && s.sport == 8080 && s.payload_len > 0;
+    let mut echo = capture_until(&capture, Duration::from_secs(5), from_pod)
+        .expect("no data segment from the backend captured");
+    while let Some(newer) = capture_until(&capture, Duration::from_millis(50), from_pod) {
+        echo = newer;
+    }
+    let bogus = Segment {
+        seq: echo
+            .seq
+            .wrapping_add(echo.payload_len)
+            .wrapping_add(0x4000_0000),
+        flags: TCP_ACK | TCP_PSH,
+        ..echo
+    };
+    pod.netns.run(|| inject(&bogus, b"bogus\n"));
+    // It reaches the client with the addresses of the connection.
+    let delivered = capture_until(&at_client, Duration::from_secs(2), |s| {
+        s.seq == bogus.seq && s.src == pod.ipv4 && s.sport == 8080
+    });
+    assert!(
+        delivered.is_some(),
+        "the injected segment never reached the client"
+    );
+    let rst = capture_until(&capture, Duration::from_secs(2), |s| {
+        s.dst == pod.ipv4 && s.dport == 8080 && s.flags & TCP_RST != 0
+    });
+    assert!(rst.is_none(), "the client reset the connection: {rst:?}");
+    let status = hold.wait(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "the connection broke: {:?}",
+        hold.seen_lines()
+    );
+}
