@@ -12,7 +12,7 @@ use tracing::{info, info_span, warn};
 
 use crate::dataplane::ebpf::{EbpfConfig, EbpfDataplane, MapSizes};
 use crate::http::Health;
-use crate::metrics::{Metrics, Reason};
+use crate::metrics::{Metrics, Reason, TrafficPolicy};
 use crate::reconcile::Reconciler;
 use crate::source::kubernetes::{Changes, KubeSource, NodeInfo};
 use crate::source::manifests::ManifestSource;
@@ -370,6 +370,11 @@ impl Pipeline {
         m.skipped
             .get_or_create(&reason("translation"))
             .set(self.translator.skipped_count() as i64);
+        m.no_local_endpoints
+            .get_or_create(&TrafficPolicy {
+                traffic_policy: "internal".into(),
+            })
+            .set(self.translator.no_local_endpoints() as i64);
         let applied = self.reconciler.applied();
         m.services.set(applied.len() as i64);
         m.backends

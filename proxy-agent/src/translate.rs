@@ -124,6 +124,8 @@ pub struct Translator {
     last_skipped: Vec<Skipped>,
     /// Skipped entries over all Services.
     skipped_count: usize,
+    /// Local-policy frontends without a local endpoint, over all Services.
+    no_local_endpoints: usize,
 }
 
 impl Translator {
@@ -149,6 +151,12 @@ impl Translator {
         &self.last_skipped
     }
 
+    /// Frontends with `internalTrafficPolicy: Local` that have endpoints, none of them
+    /// on this node (their connections are refused).
+    pub fn no_local_endpoints(&self) -> usize {
+        self.no_local_endpoints
+    }
+
     /// How many entries [`Translator::skipped`] would return.
     pub fn skipped_count(&self) -> usize {
         self.skipped_count
@@ -162,6 +170,7 @@ impl Translator {
         self.owner.clear();
         self.losers.clear();
         self.skipped_count = 0;
+        self.no_local_endpoints = 0;
         let keys: Vec<ObjectKey> = world.snapshot().services.keys().cloned().collect();
         let mut changed = self.update(world, keys, node);
         for (f, vs) in &before.services {
@@ -199,14 +208,17 @@ impl Translator {
             }
             self.last_skipped.extend(skipped.iter().cloned());
             self.skipped_count += skipped.len();
+            self.no_local_endpoints += candidate.as_ref().map_or(0, |c| c.no_local_endpoints);
             // The frontends this Service held before are released (and maybe retaken).
             let old = if world.snapshot().services.contains_key(&key) {
                 self.services.insert(key.clone(), (candidate, skipped))
             } else {
                 self.services.remove(&key)
             };
-            if let Some((_, old_skipped)) = &old {
+            if let Some((old_candidate, old_skipped)) = &old {
                 self.skipped_count -= old_skipped.len().min(self.skipped_count);
+                let n = old_candidate.as_ref().map_or(0, |c| c.no_local_endpoints);
+                self.no_local_endpoints -= n.min(self.no_local_endpoints);
             }
             if let Some((Some(old), _)) = old {
                 for vs in &old.services {
@@ -327,6 +339,9 @@ struct Candidate {
     id: String,
     created: Option<Timestamp>,
     services: Vec<VirtualService>,
+    /// Frontends with `internalTrafficPolicy: Local` that have endpoints, but none on
+    /// this node (kube-proxy's `sync_proxy_rules_no_local_endpoints_total`).
+    no_local_endpoints: usize,
 }
 
 /// Valid IP slices grouped by (namespace, service name), in slice-name order.
@@ -463,6 +478,7 @@ fn service(
     let local_policy = spec.internal_traffic_policy.as_deref() == Some("Local");
 
     let mut services = Vec::new();
+    let mut no_local_endpoints = 0;
     for port in spec.ports.iter().flatten() {
         let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
             "TCP" => Protocol::Tcp,
@@ -487,6 +503,9 @@ fn service(
             } else {
                 cluster_endpoints(&endpoints, node)
             };
+            if local_policy && backends.is_empty() && !endpoints.is_empty() {
+                no_local_endpoints += 1;
+            }
             services.push(VirtualService {
                 name: ServicePortName {
                     namespace: namespace.to_string(),
@@ -507,6 +526,7 @@ fn service(
         id,
         created: svc.metadata.creation_timestamp.as_ref().map(|t| t.0),
         services,
+        no_local_endpoints,
     })
 }
 
@@ -1414,6 +1434,30 @@ mod tests {
         );
         assert_eq!(backends(&t, WEB), Vec::<String>::new());
         assert!(t.skipped.is_empty());
+    }
+
+    #[test]
+    fn local_policy_frontends_without_a_local_endpoint_are_counted() {
+        let mut world = World::default();
+        world.reset(snapshot(
+            vec![local_web()],
+            vec![web_slice("web-1", vec![on(ep("10.244.1.5"), "node-b")])],
+        ));
+        let mut t = Translator::default();
+        t.rebuild(&world, &node());
+        assert_eq!(t.no_local_endpoints(), 1);
+        let dirty = world.apply(
+            vec![],
+            vec![(
+                ("demo".into(), "web-1".into()),
+                Some(Arc::new(web_slice(
+                    "web-1",
+                    vec![on(ep("10.244.0.5"), "node-a")],
+                ))),
+            )],
+        );
+        t.update(&world, dirty, &node());
+        assert_eq!(t.no_local_endpoints(), 0);
     }
 
     #[test]

@@ -221,6 +221,27 @@ fn bad_objects_conflicts_and_missing_families_are_skipped_with_a_reason_and_the_
         value("kubeproxy_network_programming_duration_seconds_count") >= 1.0,
         "{text}"
     );
+    // The node is being deleted: /healthz says so (503, nodeEligible false), as
+    // kube-proxy's does, so that load balancers drain it; /livez stays 200.
+    api.apply(json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-a", "deletionTimestamp": "2026-01-01T00:00:00Z",
+                     "finalizers": ["test"]},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.10"}]}}));
+    let (_, health) = agent.http_addrs();
+    let deadline = std::time::Instant::now() + SYNC;
+    loop {
+        let (code, body) = tests::http_get(health, "/healthz");
+        if code == 503 {
+            assert!(body.contains("\"nodeEligible\":false"), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "healthz stayed {code}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(tests::http_get(health, "/livez").0, 200);
 }
 
 fn wait_log(agent: &Agent, needle: &str) {
