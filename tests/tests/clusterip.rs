@@ -827,3 +827,50 @@ fn an_out_of_window_segment_from_the_backend_does_not_reset_a_clusterip_connecti
         hold.seen_lines()
     );
 }
+
+#[test]
+fn cleanup_detaches_the_programs_and_removes_every_pin() {
+    let ips = ["10.244.0.11"].map(ip);
+    let mut env = Env::new(
+        "cleanup",
+        1,
+        &[8080],
+        &[],
+        &[("web.yaml", web(&ips, VIP4, None))],
+    );
+    env.agent()
+        .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
+    let pins = env.agent().bpffs.clone();
+    env.agent.take().expect("agent").stop();
+    // Stopped, the pinned data plane still serves.
+    assert_eq!(
+        spread(&env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "3"])).len(),
+        1
+    );
+
+    let out = Command::new(tests::agent_binary("proxy-agent"))
+        .arg("--cleanup")
+        .arg("--bpffs")
+        .arg(&pins)
+        .output()
+        .expect("running proxy-agent --cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pins.exists(), "{} still exists", pins.display());
+    let r = env.probe(&[
+        "tcp",
+        "--to",
+        "10.96.0.10:80",
+        "--count",
+        "1",
+        "--timeout-ms",
+        "300",
+    ]);
+    assert!(
+        r[0].error().is_some(),
+        "the VIP still answers after cleanup: {r:?}"
+    );
+}
