@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::ChildGuard;
 
-/// One programmed frontend, as `proxyctl list --json` prints it.
+/// One programmed frontend, as `proxyctl list --json` prints it. (A copy of
+/// `proxy_agent::inspect::ServiceView`'s shape: this crate does not depend on
+/// `proxy-agent`, so that `cargo xtask setup` builds before bpf-linker exists.)
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
 pub struct ServiceView {
     /// `namespace/name:port` as the agent recorded it.

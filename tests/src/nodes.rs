@@ -26,6 +26,7 @@ use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::topology::{PodLink, attach_pod};
 use crate::{ChildGuard, Netns, Pod, probe_bin, run, tool, unique_name};
 
 /// How long [`NodesTopology::client_probe`] lets a probe run.
@@ -285,58 +286,19 @@ fn make_node(lan: &Netns, tag: &str, index: u8, pods_per_node: usize) -> Node {
 
 fn make_pod(node: &Node, tag: &str, name: &str, index: usize, host: u8) -> Pod {
     let subnet = node.gateway_v4.octets()[2];
-    let ipv4 = Ipv4Addr::new(10, 244, subnet, host);
-    let ipv6 = ipv6_spelled([0xfd00, 0x244, u16::from(subnet)], host);
-    let host_veth = format!("vp{index}");
-    let netns = Netns::new(&format!("{tag}-{name}"));
-    netns.sysctls(&NO_DAD);
-    node.netns.ip(&[
-        "link",
-        "add",
-        &host_veth,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        netns.name(),
-    ]);
-    // From here on the pod owns the veth: deleting its namespace deletes the pair.
-    let pod = Pod {
-        netns,
-        name: name.to_owned(),
-        ipv4,
-        ipv6,
-        host_veth,
-    };
-    node.netns.ip(&[
-        "link",
-        "set",
-        &pod.host_veth,
-        "master",
-        NodesTopology::POD_BRIDGE,
-        "up",
-    ]);
-    let ns = &pod.netns;
-    add_addrs(ns, "eth0", &format!("{ipv4}/24"), &format!("{ipv6}/64"));
-    ns.ip(&["link", "set", "eth0", "up"]);
-    ns.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        &node.gateway_v4.to_string(),
-    ]);
-    ns.ip(&[
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        &node.gateway_v6.to_string(),
-    ]);
-    pod
+    attach_pod(
+        tag,
+        name,
+        &PodLink {
+            node: &node.netns,
+            bridge: NodesTopology::POD_BRIDGE,
+            host_veth: &format!("vp{index}"),
+            ipv4: Ipv4Addr::new(10, 244, subnet, host),
+            ipv6: ipv6_spelled([0xfd00, 0x244, u16::from(subnet)], host),
+            gateway_v4: node.gateway_v4,
+            gateway_v6: node.gateway_v6,
+        },
+    )
 }
 
 /// Routes `other`'s pod CIDRs from `node` via `other`'s LAN addresses.

@@ -227,18 +227,36 @@ fn ipv6_for_host(host: u8) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, last)
 }
 
-fn make_pod(node: &Netns, tag: &str, name: &str, host_veth: &str, host: u8) -> Pod {
-    let ipv4 = Ipv4Addr::new(10, 244, 0, host);
-    let ipv6 = ipv6_for_host(host);
+/// Where a pod plugs in: a bridge in a node namespace, and its addresses.
+pub(crate) struct PodLink<'a> {
+    /// The node namespace.
+    pub node: &'a Netns,
+    /// The bridge in it.
+    pub bridge: &'a str,
+    /// The node-side veth name.
+    pub host_veth: &'a str,
+    /// The pod's IPv4 address (/24).
+    pub ipv4: Ipv4Addr,
+    /// The pod's IPv6 address (/64).
+    pub ipv6: Ipv6Addr,
+    /// The default gateways (the bridge's addresses).
+    pub gateway_v4: Ipv4Addr,
+    /// See `gateway_v4`.
+    pub gateway_v6: Ipv6Addr,
+}
+
+/// Creates the pod namespace `name`, joins it to the bridge with a veth pair (the pod
+/// end is `eth0`), and sets its addresses and default routes.
+pub(crate) fn attach_pod(tag: &str, name: &str, link: &PodLink<'_>) -> Pod {
     let netns = Netns::new(&format!("{tag}-{name}"));
     netns.sysctls(&[
         ("net.ipv6.conf.all.accept_dad", "0"),
         ("net.ipv6.conf.default.accept_dad", "0"),
     ]);
-    node.ip(&[
+    link.node.ip(&[
         "link",
         "add",
-        host_veth,
+        link.host_veth,
         "type",
         "veth",
         "peer",
@@ -251,25 +269,19 @@ fn make_pod(node: &Netns, tag: &str, name: &str, host_veth: &str, host: u8) -> P
     let pod = Pod {
         netns,
         name: name.to_owned(),
-        ipv4,
-        ipv6,
-        host_veth: host_veth.to_owned(),
+        ipv4: link.ipv4,
+        ipv6: link.ipv6,
+        host_veth: link.host_veth.to_owned(),
     };
-    node.ip(&[
-        "link",
-        "set",
-        host_veth,
-        "master",
-        ClusterTopology::BRIDGE,
-        "up",
-    ]);
+    link.node
+        .ip(&["link", "set", link.host_veth, "master", link.bridge, "up"]);
     let ns = &pod.netns;
-    ns.ip(&["addr", "add", &format!("{ipv4}/24"), "dev", "eth0"]);
+    ns.ip(&["addr", "add", &format!("{}/24", link.ipv4), "dev", "eth0"]);
     ns.ip(&[
         "-6",
         "addr",
         "add",
-        &format!("{ipv6}/64"),
+        &format!("{}/64", link.ipv6),
         "dev",
         "eth0",
         "nodad",
@@ -280,7 +292,7 @@ fn make_pod(node: &Netns, tag: &str, name: &str, host_veth: &str, host: u8) -> P
         "add",
         "default",
         "via",
-        &ClusterTopology::GATEWAY_V4.to_string(),
+        &link.gateway_v4.to_string(),
     ]);
     ns.ip(&[
         "-6",
@@ -288,9 +300,25 @@ fn make_pod(node: &Netns, tag: &str, name: &str, host_veth: &str, host: u8) -> P
         "add",
         "default",
         "via",
-        &ClusterTopology::GATEWAY_V6.to_string(),
+        &link.gateway_v6.to_string(),
     ]);
     pod
+}
+
+fn make_pod(node: &Netns, tag: &str, name: &str, host_veth: &str, host: u8) -> Pod {
+    attach_pod(
+        tag,
+        name,
+        &PodLink {
+            node,
+            bridge: ClusterTopology::BRIDGE,
+            host_veth,
+            ipv4: Ipv4Addr::new(10, 244, 0, host),
+            ipv6: ipv6_for_host(host),
+            gateway_v4: ClusterTopology::GATEWAY_V4,
+            gateway_v6: ClusterTopology::GATEWAY_V6,
+        },
+    )
 }
 
 /// Checks that `from` completes a TCP handshake with `to` over IPv4 and IPv6.
