@@ -59,7 +59,7 @@ pub struct Config {
     pub healthz_bind_address: SocketAddr,
     /// Full resync interval (also repairs drift); a change left unapplied for twice
     /// this long makes /healthz answer 503.
-    #[arg(long, value_parser = humantime_secs, default_value = "30")]
+    #[arg(long, value_parser = positive_secs, default_value = "30")]
     pub sync_period: Duration,
     /// Minimum time between the starts of two syncs; changes arriving meanwhile are
     /// coalesced into one sync.
@@ -91,6 +91,14 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is out of range (0..=3600 s)"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn positive_secs(s: &str) -> Result<Duration, String> {
+    let d = humantime_secs(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s:?} is too short (at least 0.1 s)"));
+    }
+    Ok(d)
 }
 
 impl Config {
@@ -167,6 +175,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     info!(source = %source.describe(), node = %node_name, "agent running");
     let mut full = false;
     let mut last_sync;
+    // A fixed schedule, not a quiet-period timer: a busy cluster still gets its full
+    // resyncs (and drift repair).
+    let mut resync = tokio::time::interval(cfg.sync_period);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.tick().await;
     loop {
         let (node, deleting) = source.node(&node_name);
         health
@@ -180,7 +193,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 health.queued();
                 metrics.last_queued.set(unix_now());
             }
-            _ = tokio::time::sleep(cfg.sync_period) => full = true,
+            _ = resync.tick() => full = true,
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }

@@ -54,3 +54,13 @@ fn proxyctl_explains_a_missing_agent() {
         "{err}"
     );
 }
+
+#[test]
+fn the_agent_rejects_a_zero_resync_period() {
+    let (ok, err) = run(
+        env!("CARGO_BIN_EXE_proxy-agent"),
+        &["--manifests", "/nonexistent", "--sync-period", "0"],
+    );
+    assert!(!ok);
+    assert!(err.contains("\"0\" is too short (at least 0.1 s)"), "{err}");
+}
