@@ -20,19 +20,16 @@
 //! ever used in the root namespace.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::topology::{PodLink, attach_pod};
+use crate::topology::{PodLink, attach_pod, check_handshakes};
 use crate::{ChildGuard, Netns, Pod, probe_bin, run, tool, unique_name};
 
 /// How long [`NodesTopology::client_probe`] lets a probe run.
 const PROBE_RUN_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long each connectivity check of a new topology may take.
-const CONNECTIVITY_TIMEOUT: Duration = Duration::from_secs(10);
 /// IPv4 last octet of the first pod of a node.
 const FIRST_POD_HOST: u8 = 11;
 /// Sysctls that turn duplicate address detection off; set before adding addresses.
@@ -134,7 +131,7 @@ impl NodesTopology {
             lan,
         };
         for node in &topo.nodes {
-            check_reaches(
+            check_handshakes(
                 &topo.client,
                 "client",
                 &node.netns,
@@ -144,7 +141,7 @@ impl NodesTopology {
         }
         let [a, b] = &topo.nodes;
         if let Some(pod) = b.pods.first() {
-            check_reaches(
+            check_handshakes(
                 &a.netns,
                 &a.name,
                 &pod.netns,
@@ -319,36 +316,6 @@ fn route_pods_via(node: &Node, other: &Node) {
         "via",
         &other.ipv6.to_string(),
     ]);
-}
-
-/// Checks that `from` completes a TCP handshake with a listener in `to` at each target.
-fn check_reaches(from: &Netns, from_name: &str, to: &Netns, to_name: &str, targets: &[IpAddr]) {
-    // A dual-stack listener; the kernel completes handshakes without accept().
-    let listener = to
-        .run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)))
-        .unwrap_or_else(|e| panic!("binding a check listener in {to_name}: {e}"));
-    let port = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("check listener address: {e}"))
-        .port();
-    for ip in targets {
-        let target = SocketAddr::new(*ip, port);
-        let result = from.run(|| {
-            let deadline = Instant::now() + CONNECTIVITY_TIMEOUT;
-            loop {
-                match TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
-                    Ok(_) => return Ok(()),
-                    Err(e) if Instant::now() >= deadline => return Err(e),
-                    Err(_) => thread::sleep(Duration::from_millis(50)),
-                }
-            }
-        });
-        if let Err(e) = result {
-            panic!(
-                "{from_name} cannot reach {to_name} at {target} within {CONNECTIVITY_TIMEOUT:?}: {e}"
-            );
-        }
-    }
 }
 
 /// The kube-proxy-style ruleset of [`install_kube_proxy_nodeport`], in

@@ -203,3 +203,35 @@ pub fn inject(seg: &Segment, payload: &[u8]) {
         io::Error::last_os_error()
     );
 }
+
+/// The newest data segment `src:sport` sent that `capture` has seen (waiting up to 5 s
+/// for the first). Its `seq + payload_len` is the sender's next sequence number and its
+/// `ack` the sender's next expected one.
+///
+/// # Panics
+/// If none is captured.
+pub fn newest_data_segment(capture: &OwnedFd, src: Ipv4Addr, sport: u16) -> Segment {
+    let from = |s: &Segment| s.src == src && s.sport == sport && s.payload_len > 0;
+    let mut newest = capture_until(capture, Duration::from_secs(5), from)
+        .unwrap_or_else(|| panic!("no data segment from {src}:{sport} captured"));
+    // Take the newest one queued, should the test have been slow.
+    while let Some(newer) = capture_until(capture, Duration::from_millis(50), from) {
+        newest = newer;
+    }
+    newest
+}
+
+impl Segment {
+    /// The next segment of this flow from the same sender, but a quarter of the sequence
+    /// space past its window: what netfilter conntrack classifies INVALID.
+    pub fn out_of_window(&self) -> Segment {
+        Segment {
+            seq: self
+                .seq
+                .wrapping_add(self.payload_len)
+                .wrapping_add(0x4000_0000),
+            flags: TCP_ACK | TCP_PSH,
+            ..*self
+        }
+    }
+}

@@ -323,18 +323,33 @@ fn make_pod(node: &Netns, tag: &str, name: &str, host_veth: &str, host: u8) -> P
 
 /// Checks that `from` completes a TCP handshake with `to` over IPv4 and IPv6.
 fn check_reaches(from: &Pod, to: &Pod) {
-    // A dual-stack listener in `to`; the kernel completes handshakes without accept().
+    let targets = [IpAddr::V4(to.ipv4), IpAddr::V6(to.ipv6)];
+    check_handshakes(&from.netns, &from.name, &to.netns, &to.name, &targets);
+}
+
+/// Checks that `from` completes a TCP handshake with a listener in `to` at each of
+/// `targets`, retrying for up to [`CONNECTIVITY_TIMEOUT`].
+///
+/// # Panics
+/// If one does not.
+pub(crate) fn check_handshakes(
+    from: &Netns,
+    from_name: &str,
+    to: &Netns,
+    to_name: &str,
+    targets: &[IpAddr],
+) {
+    // A dual-stack listener; the kernel completes handshakes without accept().
     let listener = to
-        .netns
-        .run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)));
-    let listener =
-        listener.unwrap_or_else(|e| panic!("binding a check listener in {}: {e}", to.name));
+        .run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)))
+        .unwrap_or_else(|e| panic!("binding a check listener in {to_name}: {e}"));
     let port = listener
         .local_addr()
         .unwrap_or_else(|e| panic!("check listener address: {e}"))
         .port();
-    for target in [to.addr_v4(port), to.addr_v6(port)] {
-        let result = from.netns.run(|| {
+    for ip in targets {
+        let target = SocketAddr::new(*ip, port);
+        let result = from.run(|| {
             let deadline = Instant::now() + CONNECTIVITY_TIMEOUT;
             loop {
                 match TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
@@ -346,8 +361,7 @@ fn check_reaches(from: &Pod, to: &Pod) {
         });
         if let Err(e) = result {
             panic!(
-                "{} cannot reach {} at {target} within {CONNECTIVITY_TIMEOUT:?}: {e}",
-                from.name, to.name
+                "{from_name} cannot reach {to_name} at {target} within {CONNECTIVITY_TIMEOUT:?}: {e}"
             );
         }
     }

@@ -765,9 +765,7 @@ fn a_full_map_refuses_a_whole_service_keeps_the_rest_and_retries_when_room_appea
 /// client answers the segment with an ACK, never a RST, and the connection lives on.
 #[test]
 fn an_out_of_window_segment_from_the_backend_does_not_reset_a_clusterip_connection() {
-    use tests::packet::{
-        Segment, TCP_ACK, TCP_PSH, TCP_RST, capture_socket, capture_until, inject,
-    };
+    use tests::packet::{TCP_RST, capture_socket, capture_until, inject, newest_data_segment};
 
     let ips = ["10.244.0.11"].map(ip);
     let env = Env::new(
@@ -793,20 +791,7 @@ fn an_out_of_window_segment_from_the_backend_does_not_reset_a_clusterip_connecti
     ]);
     hold.expect_line(Duration::from_secs(5));
 
-    let from_pod = |s: &Segment| s.src == pod.ipv4 && s.sport == 8080 && s.payload_len > 0;
-    let mut echo = capture_until(&capture, Duration::from_secs(5), from_pod)
-        .expect("no data segment from the backend captured");
-    while let Some(newer) = capture_until(&capture, Duration::from_millis(50), from_pod) {
-        echo = newer;
-    }
-    let bogus = Segment {
-        seq: echo
-            .seq
-            .wrapping_add(echo.payload_len)
-            .wrapping_add(0x4000_0000),
-        flags: TCP_ACK | TCP_PSH,
-        ..echo
-    };
+    let bogus = newest_data_segment(&capture, pod.ipv4, 8080).out_of_window();
     pod.netns.run(|| inject(&bogus, b"bogus\n"));
     // It reaches the client with the addresses of the connection.
     let delivered = capture_until(&at_client, Duration::from_secs(2), |s| {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use std::net::SocketAddrV4;
 use tests::packet::{
-    Segment, TCP_ACK, TCP_PSH, TCP_RST, capture_socket, capture_until, conntrack_invalid, inject,
+    TCP_RST, capture_socket, capture_until, conntrack_invalid, inject, newest_data_segment,
 };
 use tests::{
     NodesTopology, ProbeReply, install_kube_proxy_nodeport, probe_bin, spawn_guarded, tool,
@@ -136,25 +136,12 @@ fn invalid_segment_resets_a_nodeport_connection() {
     let pod = &node_a.pods[i];
     let capture = &captures[i];
 
-    // The pod's echo of a ping: its seq + len is the pod's snd_nxt, its ack the pod's
-    // rcv_nxt; the client then stays quiet for the rest of the 1 s interval.
-    let from_pod = |s: &Segment| s.src == pod.ipv4 && s.sport == POD_PORT && s.payload_len > 0;
-    let mut echo = capture_until(capture, Duration::from_secs(5), from_pod)
-        .expect("no data segment from the pod captured");
-    // Take the newest one queued, should the test have been slow.
-    while let Some(newer) = capture_until(capture, Duration::from_millis(50), from_pod) {
-        echo = newer;
-    }
+    // The pod's echo of a ping; the client then stays quiet for the rest of the 1 s
+    // interval.
+    let echo = newest_data_segment(capture, pod.ipv4, POD_PORT);
     eprintln!("captured {echo:?}");
     let before = conntrack_invalid(&node_a.netns);
-    let bogus = Segment {
-        seq: echo
-            .seq
-            .wrapping_add(echo.payload_len)
-            .wrapping_add(0x4000_0000),
-        flags: TCP_ACK | TCP_PSH,
-        ..echo
-    };
+    let bogus = echo.out_of_window();
     pod.netns.run(|| inject(&bogus, b"bogus\n"));
     let rst = capture_until(capture, Duration::from_secs(2), |s| {
         s.dst == pod.ipv4 && s.dport == POD_PORT && s.flags & TCP_RST != 0
