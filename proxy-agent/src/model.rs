@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use ipnetwork::IpNetwork;
+
 /// A transport protocol the data plane balances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Protocol {
@@ -42,25 +44,92 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// What a client addresses: a VIP, a port and a protocol. The data plane's key.
+/// Which clients a frontend serves; a service reached both ways has one frontend per
+/// scope, each with its own backend set.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize,
+)]
+pub enum Scope {
+    /// Clients on this node: the socket programs, and ClusterIP traffic on the tc path.
+    /// Uses `internalTrafficPolicy` for ClusterIPs and the cluster-wide endpoints for
+    /// the other kinds (kube-proxy short-circuits in-cluster traffic to external
+    /// addresses the same way).
+    #[default]
+    Internal,
+    /// Clients outside the node (tc programs), with `externalTrafficPolicy` applied.
+    External,
+}
+
+/// What kind of address a frontend is.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize,
+)]
+pub enum FrontendKind {
+    /// `spec.clusterIPs`.
+    #[default]
+    ClusterIp,
+    /// `spec.ports[].nodePort` on every NodePort address of the node; the frontend's
+    /// `ip` is the unspecified address of its family.
+    NodePort,
+    /// `spec.externalIPs`.
+    ExternalIp,
+    /// `status.loadBalancer.ingress[].ip`.
+    LoadBalancer,
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::NodePort => "NodePort",
+            FrontendKind::ExternalIp => "ExternalIP",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+        })
+    }
+}
+
+/// What a client addresses: an address, a port, a protocol and the scope of clients.
+/// The data plane's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct Frontend {
-    /// The virtual IP (ClusterIP).
+    /// The virtual IP; unspecified (`0.0.0.0`, `::`) for a NodePort.
     pub ip: IpAddr,
-    /// The service port.
+    /// The service port, or the NodePort.
     pub port: u16,
     /// The protocol.
     pub protocol: Protocol,
+    /// Which clients.
+    pub scope: Scope,
+}
+
+impl Frontend {
+    /// An internal-scope frontend (what a ClusterIP has).
+    pub fn internal(ip: IpAddr, port: u16, protocol: Protocol) -> Self {
+        Frontend {
+            ip,
+            port,
+            protocol,
+            scope: Scope::Internal,
+        }
+    }
 }
 
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}",
-            SocketAddr::new(self.ip, self.port),
-            self.protocol
-        )
+        if self.ip.is_unspecified() {
+            write!(f, "*:{}/{}", self.port, self.protocol)?;
+        } else {
+            write!(
+                f,
+                "{}/{}",
+                SocketAddr::new(self.ip, self.port),
+                self.protocol
+            )?;
+        }
+        if self.scope == Scope::External {
+            f.write_str(" (external)")?;
+        }
+        Ok(())
     }
 }
 
@@ -97,6 +166,26 @@ pub struct VirtualService {
     pub backends: Vec<SocketAddr>,
     /// ClientIP session affinity timeout in seconds; `None` when affinity is off.
     pub affinity_timeout_s: Option<u32>,
+    /// What kind of address the frontend is.
+    pub kind: FrontendKind,
+    /// `loadBalancerSourceRanges` of the frontend's family, for external LoadBalancer
+    /// frontends; empty means every source is allowed.
+    pub source_ranges: Vec<IpNetwork>,
+}
+
+/// A `healthCheckNodePort` of an `externalTrafficPolicy: Local` Service, answered with
+/// the number of this node's endpoints (kube-proxy's service health server).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HealthCheck {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+    /// The port to listen on.
+    pub port: u16,
+    /// Usable endpoints of the Service on this node (over all its ports, counted once
+    /// per address).
+    pub local_endpoints: usize,
 }
 
 /// Everything the data plane should serve, keyed by frontend.

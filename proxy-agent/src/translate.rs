@@ -37,7 +37,9 @@ use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::model::{DesiredState, Frontend, Protocol, ServicePortName, VirtualService};
+use crate::model::{
+    DesiredState, Frontend, FrontendKind, Protocol, ServicePortName, VirtualService,
+};
 use crate::source::{ObjectKey, Snapshot, World};
 use crate::validate::{self, LABEL_SERVICE_NAME, family_name, namespace_of, parse_ip};
 
@@ -512,13 +514,11 @@ fn service(
                     name: name.to_string(),
                     port: port.name.clone().unwrap_or_default(),
                 },
-                frontend: Frontend {
-                    ip: vip,
-                    port: port_number,
-                    protocol,
-                },
+                frontend: Frontend::internal(vip, port_number, protocol),
                 backends,
                 affinity_timeout_s,
+                kind: FrontendKind::ClusterIp,
+                source_ranges: Vec::new(),
             });
         }
     }

@@ -50,8 +50,20 @@ pub mod maps {
     /// Service id -> [`super::ServiceName`]; written by the agent for operators
     /// (`proxyctl`), never read by the programs.
     pub const SVC_NAMES: &str = "SVC_NAMES";
-    /// Every map the socket-layer programs use, in the order the agent lists them.
-    pub const ALL: [&str; 8] = [
+    /// Node addresses NodePorts are served on: [`super::Addr`] -> [`super::NodeAddr`].
+    pub const NODE_ADDRS: &str = "NODE_ADDRS";
+    /// Interface index -> [`super::SnatAddrs`], the source a remote backend sees.
+    pub const SNAT_ADDRS: &str = "SNAT_ADDRS";
+    /// `loadBalancerSourceRanges`: LPM trie of [`super::SourceRangeKey`].
+    pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
+    /// ClientIP affinity of the tc path: [`super::ClientAffinityKey`] -> [`super::AffinityValue`].
+    pub const CLIENT_AFFINITY: &str = "CLIENT_AFFINITY";
+    /// Connection tracking of the tc path: [`super::CtKey`] -> [`super::CtEntry`].
+    pub const CONNTRACK: &str = "CONNTRACK";
+    /// One [`super::TcConfig`] at index 0.
+    pub const TC_CONFIG: &str = "TC_CONFIG";
+    /// Every map, in the order the agent lists them.
+    pub const ALL: [&str; 14] = [
         FRONTENDS,
         SLOTS,
         BACKENDS,
@@ -60,6 +72,12 @@ pub mod maps {
         REV_SOCK,
         COUNTERS,
         SVC_NAMES,
+        NODE_ADDRS,
+        SNAT_ADDRS,
+        SOURCE_RANGES,
+        CLIENT_AFFINITY,
+        CONNTRACK,
+        TC_CONFIG,
     ];
 }
 
@@ -77,6 +95,16 @@ pub mod sizes {
     pub const AFFINITY: u32 = 65_536;
     /// Sockets whose peer was rewritten.
     pub const REV_SOCK: u32 = 262_144;
+    /// Node addresses.
+    pub const NODE_ADDRS: u32 = 256;
+    /// Interfaces with programs.
+    pub const SNAT_ADDRS: u32 = 256;
+    /// Source range prefixes over all services.
+    pub const SOURCE_RANGES: u32 = 16_384;
+    /// Remembered ClientIP affinities of external clients.
+    pub const CLIENT_AFFINITY: u32 = 65_536;
+    /// Connection-tracking entries: two per flow (one per direction).
+    pub const CONNTRACK: u32 = 262_144;
 }
 
 /// The socket programs' names; also the names of their pinned links.
@@ -97,7 +125,11 @@ pub mod programs {
     pub const GETPEERNAME4: &str = "getpeername4";
     /// `cgroup/getpeername6`.
     pub const GETPEERNAME6: &str = "getpeername6";
-    /// All of them.
+    /// tc ingress on external and pod-facing interfaces: new flows, both legs.
+    pub const TC_INGRESS: &str = "tc_ingress";
+    /// tc egress on external interfaces: replies of node-local backends.
+    pub const TC_EGRESS: &str = "tc_egress";
+    /// All socket programs.
     pub const ALL: [&str; 8] = [
         CONNECT4,
         CONNECT6,
@@ -125,8 +157,26 @@ pub mod counter {
     pub const REV_TRANSLATED: u32 = 4;
     /// The reverse-socket map was full; the update failed (replies show the backend).
     pub const REV_UPDATE_FAILED: u32 = 5;
+    /// tc: a new flow was tracked and translated.
+    pub const CT_NEW: u32 = 6;
+    /// tc: a packet of a tracked flow was translated.
+    pub const CT_TRANSLATED: u32 = 7;
+    /// tc: a new flow was dropped because the connection table is full.
+    pub const CT_FULL: u32 = 8;
+    /// tc: a new flow to a frontend without a usable backend was dropped.
+    pub const NAT_NO_BACKEND: u32 = 9;
+    /// tc: a new flow from outside `loadBalancerSourceRanges` was dropped.
+    pub const NAT_SOURCE_DENIED: u32 = 10;
+    /// tc: no free SNAT port for a new flow to a remote backend; dropped.
+    pub const NAT_SNAT_EXHAUSTED: u32 = 11;
+    /// tc: the FIB had no usable route or neighbour; the packet went to the stack.
+    pub const FIB_PASS: u32 = 12;
+    /// tc: no SNAT address is known for the interface a remote backend is behind.
+    pub const NAT_NO_SNAT_ADDR: u32 = 13;
+    /// tc: a ClientIP affinity entry chose the backend.
+    pub const CLIENT_AFFINITY_HIT: u32 = 14;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 15;
     /// Prometheus-style names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
         "lb_translated",
@@ -135,6 +185,15 @@ pub mod counter {
         "affinity_hit",
         "rev_translated",
         "rev_update_failed",
+        "ct_new",
+        "ct_translated",
+        "ct_full",
+        "nat_no_backend",
+        "nat_source_denied",
+        "nat_snat_exhausted",
+        "fib_pass",
+        "nat_no_snat_addr",
+        "client_affinity_hit",
     ];
 }
 
@@ -213,12 +272,41 @@ pub struct FrontendKey {
     pub port_be: u16,
     /// [`proto::TCP`] or [`proto::UDP`].
     pub proto: u8,
-    /// Always 0 for now; reserved for scoped frontends (node-local backend sets).
+    /// [`scope::INTERNAL`] or [`scope::EXTERNAL`].
     pub scope: u8,
+}
+
+/// `FrontendKey::scope`: which clients a frontend serves. A service reached from inside
+/// and from outside has one frontend per scope, each with its own backend set.
+pub mod scope {
+    /// Clients on this node (socket programs; per-packet ClusterIP traffic).
+    pub const INTERNAL: u8 = 0;
+    /// Clients outside the node (tc programs): NodePorts, ExternalIPs and
+    /// LoadBalancer IPs, with `externalTrafficPolicy` applied.
+    pub const EXTERNAL: u8 = 1;
 }
 
 /// `Frontend::flags`: ClientIP session affinity is on.
 pub const FRONTEND_F_AFFINITY: u32 = 1;
+/// `Frontend::flags`: only sources in `SOURCE_RANGES` for this service may connect.
+pub const FRONTEND_F_SOURCE_RANGES: u32 = 2;
+/// `Frontend::flags`: bits holding the [`kind`] (for operators; programs ignore it).
+pub const FRONTEND_KIND_MASK: u32 = 0xf00;
+/// Shift of [`FRONTEND_KIND_MASK`].
+pub const FRONTEND_KIND_SHIFT: u32 = 8;
+
+/// What kind of address a frontend is, as stored in `Frontend::flags`.
+pub mod kind {
+    /// A ClusterIP.
+    pub const CLUSTER_IP: u32 = 0;
+    /// A NodePort: the key's address is unspecified and stands for every address in
+    /// `NODE_ADDRS`.
+    pub const NODE_PORT: u32 = 1;
+    /// A Service's `externalIPs` entry.
+    pub const EXTERNAL_IP: u32 = 2;
+    /// A `status.loadBalancer.ingress` IP.
+    pub const LOAD_BALANCER: u32 = 3;
+}
 
 /// Value of `FRONTENDS`.
 #[repr(C)]
@@ -323,6 +411,168 @@ pub struct RevSockValue {
     pub service_id: u32,
 }
 
+/// Value of `NODE_ADDRS` (keyed by [`Addr`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeAddr {
+    /// Reserved, 0.
+    pub flags: u32,
+}
+
+/// Value of `SNAT_ADDRS` (keyed by a `u32` interface index): the node's addresses on
+/// that interface, used as the source toward remote backends. Zero: none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatAddrs {
+    /// An IPv4 address (IPv4-mapped), or all zero.
+    pub v4: Addr,
+    /// An IPv6 address, or all zero.
+    pub v6: Addr,
+}
+
+/// The data of a `SOURCE_RANGES` LPM key: the prefix length counts from the start of
+/// `service_id` (always matched whole: 32 + the address prefix, where IPv4 prefixes
+/// are IPv4-mapped and so 96 bits longer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey {
+    /// The frontend's service id, big-endian so that it is the leading bits.
+    pub service_id_be: u32,
+    /// The range's address.
+    pub addr: Addr,
+}
+
+/// Key of `CLIENT_AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClientAffinityKey {
+    /// The client's source address.
+    pub client: Addr,
+    /// The service id.
+    pub service_id: u32,
+    /// Explicit padding, 0.
+    pub _pad: u32,
+}
+
+/// Key of `CONNTRACK`: a packet's tuple as the tc programs see it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// Source address.
+    pub saddr: Addr,
+    /// Destination address.
+    pub daddr: Addr,
+    /// Source port, network byte order.
+    pub sport_be: u16,
+    /// Destination port, network byte order.
+    pub dport_be: u16,
+    /// [`proto::TCP`] or [`proto::UDP`].
+    pub proto: u8,
+    /// Explicit padding, 0.
+    pub _pad: [u8; 3],
+}
+
+impl CtKey {
+    /// The tuple of a packet going the other way.
+    #[inline(always)]
+    pub const fn reversed(&self) -> Self {
+        CtKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// `CtEntry::flags`: this entry is the reply leg (backend -> client).
+pub const CT_F_REPLY: u8 = 1;
+/// `CtEntry::flags`: the flow is source-NATed to a node address (remote backend).
+pub const CT_F_SNAT: u8 = 2;
+
+/// `CtEntry::state`: connection states with their own timeouts.
+pub mod ct_state {
+    /// TCP handshake not finished.
+    pub const OPENING: u8 = 0;
+    /// TCP established; UDP always.
+    pub const ESTABLISHED: u8 = 1;
+    /// TCP FIN or RST seen.
+    pub const CLOSING: u8 = 2;
+}
+
+/// Value of `CONNTRACK`. Each flow has two entries, one per direction; each holds the
+/// tuple its packets are rewritten to, so both legs are one lookup and one rewrite.
+/// The other leg's key is `CtKey { nat tuple }.reversed()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// Rewritten source address.
+    pub nat_saddr: Addr,
+    /// Rewritten destination address.
+    pub nat_daddr: Addr,
+    /// Rewritten source port, network byte order.
+    pub nat_sport_be: u16,
+    /// Rewritten destination port, network byte order.
+    pub nat_dport_be: u16,
+    /// `CT_F_*` bits.
+    pub flags: u8,
+    /// A [`ct_state`] value.
+    pub state: u8,
+    /// Explicit padding, 0.
+    pub _pad: [u8; 2],
+    /// The backend chosen for the flow.
+    pub backend_id: u32,
+    /// The frontend's service id.
+    pub service_id: u32,
+    /// `bpf_ktime_get_ns()` when the flow was created.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last packet on this leg.
+    pub last_seen_ns: u64,
+    /// Packets on this leg (approximate: updated without atomics).
+    pub packets: u64,
+    /// Bytes on this leg (approximate).
+    pub bytes: u64,
+}
+
+/// Value of `TC_CONFIG` at index 0: the agent's settings for the tc programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcConfig {
+    /// Idle timeout of a TCP flow whose handshake has not finished, in seconds.
+    pub tcp_opening_s: u32,
+    /// Idle timeout of an established TCP flow.
+    pub tcp_established_s: u32,
+    /// Idle timeout of a TCP flow after FIN or RST.
+    pub tcp_closing_s: u32,
+    /// Idle timeout of a UDP flow.
+    pub udp_s: u32,
+    /// First port used when the client's port is taken for SNAT.
+    pub snat_port_min: u16,
+    /// Last such port.
+    pub snat_port_max: u16,
+    /// Reserved, 0.
+    pub flags: u32,
+}
+
+impl TcConfig {
+    /// The idle timeout, in nanoseconds, of a flow of `proto` in `state`.
+    #[inline(always)]
+    pub const fn timeout_ns(&self, proto: u8, state: u8) -> u64 {
+        let s = if proto == proto::UDP {
+            self.udp_s
+        } else if state == ct_state::OPENING {
+            self.tcp_opening_s
+        } else if state == ct_state::ESTABLISHED {
+            self.tcp_established_s
+        } else {
+            self.tcp_closing_s
+        };
+        s as u64 * 1_000_000_000
+    }
+}
+
 /// Value of `SVC_NAMES`: `namespace/name:port`, UTF-8, NUL-padded (truncated to fit).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -375,6 +625,13 @@ const _: () = {
     assert!(core::mem::size_of::<AffinityValue>() == 16);
     assert!(core::mem::size_of::<RevSockKey>() == 32);
     assert!(core::mem::size_of::<RevSockValue>() == 24);
+    assert!(core::mem::size_of::<NodeAddr>() == 4);
+    assert!(core::mem::size_of::<SnatAddrs>() == 32);
+    assert!(core::mem::size_of::<SourceRangeKey>() == 20);
+    assert!(core::mem::size_of::<ClientAffinityKey>() == 24);
+    assert!(core::mem::size_of::<CtKey>() == 40);
+    assert!(core::mem::size_of::<CtEntry>() == 80);
+    assert!(core::mem::size_of::<TcConfig>() == 24);
 };
 
 #[cfg(feature = "user")]
@@ -393,6 +650,13 @@ mod pod {
     unsafe impl aya::Pod for RevSockKey {}
     unsafe impl aya::Pod for RevSockValue {}
     unsafe impl aya::Pod for ServiceName {}
+    unsafe impl aya::Pod for NodeAddr {}
+    unsafe impl aya::Pod for SnatAddrs {}
+    unsafe impl aya::Pod for SourceRangeKey {}
+    unsafe impl aya::Pod for ClientAffinityKey {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for TcConfig {}
 }
 
 #[cfg(test)]

@@ -9,18 +9,21 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
 use proxy_common as pc;
 use proxy_common::{
-    Addr, AffinityMatchKey, Backend, FrontendKey, ServiceName, SlotKey, maps, sizes,
+    Addr, AffinityMatchKey, Backend, FrontendKey, ServiceName, SlotKey, SourceRangeKey, maps,
+    sizes,
 };
+use ipnetwork::IpNetwork;
 use tracing::{debug, info};
 
 use super::{Dataplane, DataplaneError};
-use crate::model::{self, Protocol, ServicePortName, VirtualService};
+use crate::model::{self, FrontendKind, Protocol, Scope, ServicePortName, VirtualService};
 
 /// Default pin directory (on the bpffs at /sys/fs/bpf).
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/proxy-agent";
@@ -121,6 +124,8 @@ struct Programmed {
     value: pc::Frontend,
     /// Backend id per slot.
     slots: Vec<u32>,
+    /// The source ranges written to `SOURCE_RANGES` for this frontend.
+    source_ranges: Vec<IpNetwork>,
 }
 
 /// The eBPF data plane.
@@ -133,6 +138,7 @@ pub struct EbpfDataplane {
     backends: HashMap<MapData, u32, Backend>,
     affinity_match: HashMap<MapData, AffinityMatchKey, u32>,
     names: HashMap<MapData, u32, ServiceName>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
     sizes: MapSizes,
     services: BTreeMap<model::Frontend, Programmed>,
     /// Backend -> (id, number of slots referencing it).
@@ -188,6 +194,7 @@ impl EbpfDataplane {
         let backends = take_hash(&mut ebpf, maps::BACKENDS)?;
         let affinity_match = take_hash(&mut ebpf, maps::AFFINITY_MATCH)?;
         let names = take_hash(&mut ebpf, maps::SVC_NAMES)?;
+        let source_ranges = take_map(&mut ebpf, maps::SOURCE_RANGES, LpmTrie::try_from)?;
         let mut dp = EbpfDataplane {
             _ebpf: ebpf,
             frontends,
@@ -195,6 +202,7 @@ impl EbpfDataplane {
             backends,
             affinity_match,
             names,
+            source_ranges,
             sizes: s,
             services: BTreeMap::new(),
             backend_ids: StdHashMap::new(),
@@ -229,6 +237,13 @@ impl EbpfDataplane {
             self.backend_by_id.insert(id, be);
             self.backend_ids.insert(be, (id, 0));
             self.next_backend_id = self.next_backend_id.max(id.saturating_add(1));
+        }
+        let mut ranges: StdHashMap<u32, Vec<IpNetwork>> = StdHashMap::new();
+        for item in self.source_ranges.keys() {
+            let key = item.map_err(map_err(maps::SOURCE_RANGES))?;
+            if let Some((sid, net)) = source_range_of(&key) {
+                ranges.entry(sid).or_default().push(net);
+            }
         }
         let mut fronts = Vec::new();
         for item in self.frontends.iter() {
@@ -275,6 +290,11 @@ impl EbpfDataplane {
                     frontend,
                     value,
                     slots,
+                    source_ranges: {
+                        let mut r = ranges.remove(&value.service_id).unwrap_or_default();
+                        r.sort();
+                        r
+                    },
                 },
             );
         }
@@ -479,27 +499,62 @@ impl EbpfDataplane {
             written.push(slot as u32);
         }
 
-        // 4. The frontend, with the new count: from here on the new set is served.
+        // 4. Source ranges that are new, before the frontend starts checking them.
+        let old_ranges = existing
+            .as_ref()
+            .map(|p| p.source_ranges.clone())
+            .unwrap_or_default();
+        let mut ranges_added = Vec::new();
+        for net in &svc.source_ranges {
+            if old_ranges.contains(net) {
+                continue;
+            }
+            if let Err(e) = self
+                .source_ranges
+                .insert(&source_range_key(service_id, net), 1, 0)
+            {
+                let err = map_error("insert", maps::SOURCE_RANGES, sizes::SOURCE_RANGES, e);
+                self.remove_ranges(service_id, &ranges_added);
+                self.roll_back(service_id, &old_slots, &written, &new_matches, &created);
+                if existing.is_none() {
+                    self.free_service_ids.push(service_id);
+                }
+                return Err(err);
+            }
+            ranges_added.push(*net);
+        }
+
+        // 5. The frontend, with the new count: from here on the new set is served.
+        let mut flags = kind_flags(svc.kind);
+        if svc.affinity_timeout_s.is_some() {
+            flags |= pc::FRONTEND_F_AFFINITY;
+        }
+        if !svc.source_ranges.is_empty() {
+            flags |= pc::FRONTEND_F_SOURCE_RANGES;
+        }
         let value = pc::Frontend {
             service_id,
             backend_count: new_slots.len() as u32,
-            flags: if svc.affinity_timeout_s.is_some() {
-                pc::FRONTEND_F_AFFINITY
-            } else {
-                0
-            },
+            flags,
             affinity_timeout_s: svc.affinity_timeout_s.unwrap_or(0),
         };
         if existing.as_ref().map(|p| p.value) != Some(value)
             && let Err(e) = self.frontends.insert(key, value, 0)
         {
             let err = map_error("insert", maps::FRONTENDS, self.sizes.frontends, e);
+            self.remove_ranges(service_id, &ranges_added);
             self.roll_back(service_id, &old_slots, &written, &new_matches, &created);
             if existing.is_none() {
                 self.free_service_ids.push(service_id);
             }
             return Err(err);
         }
+        let gone: Vec<IpNetwork> = old_ranges
+            .iter()
+            .filter(|n| !svc.source_ranges.contains(n))
+            .copied()
+            .collect();
+        self.remove_ranges(service_id, &gone);
 
         // For operators only; a failure here does not fail the service.
         if existing.as_ref().map(|p| &p.name) != Some(&svc.name)
@@ -510,7 +565,7 @@ impl EbpfDataplane {
             debug!(service = %svc.name, error = %e, "recording the service name");
         }
 
-        // 5. Shrink: slots past the new count, memberships and backends that left.
+        // 6. Shrink: slots past the new count, memberships and backends that left.
         for slot in new_slots.len()..old_slots.len() {
             self.delete_slot(service_id, slot as u32);
         }
@@ -536,9 +591,21 @@ impl EbpfDataplane {
                 frontend: svc.frontend,
                 value,
                 slots: new_slots,
+                source_ranges: svc.source_ranges.clone(),
             },
         );
         Ok(())
+    }
+
+    /// Deletes source ranges of a frontend (absent ones are fine).
+    fn remove_ranges(&mut self, service_id: u32, nets: &[IpNetwork]) {
+        for net in nets {
+            if let Err(e) = self.source_ranges.remove(&source_range_key(service_id, net))
+                && !is_not_found(&e)
+            {
+                debug!(%net, error = %e, "removing a source range");
+            }
+        }
     }
 
     /// Removes one frontend: the frontend first (new connections stop matching), then
@@ -580,6 +647,7 @@ impl EbpfDataplane {
             }
         }
         self.slots_used -= p.slots.len() as u32;
+        self.remove_ranges(sid, &p.source_ranges);
         let _ = self.names.remove(&sid);
         self.services.remove(frontend);
         self.free_service_ids.push(sid);
@@ -639,6 +707,8 @@ impl Dataplane for EbpfDataplane {
                     backends,
                     affinity_timeout_s: (p.value.flags & pc::FRONTEND_F_AFFINITY != 0)
                         .then_some(p.value.affinity_timeout_s),
+                    kind: kind_of(p.value.flags),
+                    source_ranges: p.source_ranges.clone(),
                 }
             })
             .collect())
@@ -740,14 +810,46 @@ fn take_hash<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<HashMap<MapData, K, V>, LoadError> {
+    take_map(ebpf, name, HashMap::try_from)
+}
+
+/// Takes map `name` out of the object as the typed map `convert` makes of it.
+pub(crate) fn take_map<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(Map) -> Result<T, MapError>,
+) -> Result<T, LoadError> {
     let map: Map = ebpf.take_map(name).ok_or_else(|| LoadError::Map {
         name,
         message: "missing from the object".into(),
     })?;
-    HashMap::try_from(map).map_err(|e| LoadError::Map {
+    convert(map).map_err(|e| LoadError::Map {
         name,
         message: e.to_string(),
     })
+}
+
+/// The `SOURCE_RANGES` key of one range of a frontend. The service id is matched
+/// whole; an IPv4 range is stored IPv4-mapped, so its prefix is 96 bits longer.
+pub fn source_range_key(service_id: u32, net: &IpNetwork) -> LpmKey<SourceRangeKey> {
+    let mapped = if net.is_ipv4() { 96 } else { 0 };
+    LpmKey::new(
+        32 + mapped + u32::from(net.prefix()),
+        SourceRangeKey {
+            service_id_be: service_id.to_be(),
+            addr: Addr::from(net.network()),
+        },
+    )
+}
+
+/// The service id and range of a `SOURCE_RANGES` key (None if malformed).
+pub fn source_range_of(key: &LpmKey<SourceRangeKey>) -> Option<(u32, IpNetwork)> {
+    let data = key.data();
+    let ip = data.addr.ip();
+    let mapped = if ip.is_ipv4() { 96 } else { 0 };
+    let prefix = key.prefix_len().checked_sub(32 + mapped)?;
+    let net = IpNetwork::new(ip, u8::try_from(prefix).ok()?).ok()?;
+    Some((u32::from_be(data.service_id_be), net))
 }
 
 /// Removes every pin this agent made (detaching the programs) and the directory.
@@ -777,7 +879,31 @@ pub fn frontend_key(f: &model::Frontend) -> FrontendKey {
         addr: Addr::from(f.ip),
         port_be: f.port.to_be(),
         proto: f.protocol.number(),
-        scope: 0,
+        scope: match f.scope {
+            Scope::Internal => pc::scope::INTERNAL,
+            Scope::External => pc::scope::EXTERNAL,
+        },
+    }
+}
+
+/// The `Frontend::flags` bits of a frontend kind.
+pub fn kind_flags(kind: FrontendKind) -> u32 {
+    let k = match kind {
+        FrontendKind::ClusterIp => pc::kind::CLUSTER_IP,
+        FrontendKind::NodePort => pc::kind::NODE_PORT,
+        FrontendKind::ExternalIp => pc::kind::EXTERNAL_IP,
+        FrontendKind::LoadBalancer => pc::kind::LOAD_BALANCER,
+    };
+    k << pc::FRONTEND_KIND_SHIFT
+}
+
+/// The frontend kind stored in `Frontend::flags`.
+pub fn kind_of(flags: u32) -> FrontendKind {
+    match (flags & pc::FRONTEND_KIND_MASK) >> pc::FRONTEND_KIND_SHIFT {
+        pc::kind::NODE_PORT => FrontendKind::NodePort,
+        pc::kind::EXTERNAL_IP => FrontendKind::ExternalIp,
+        pc::kind::LOAD_BALANCER => FrontendKind::LoadBalancer,
+        _ => FrontendKind::ClusterIp,
     }
 }
 
@@ -787,6 +913,11 @@ pub fn model_frontend(k: &FrontendKey) -> Option<model::Frontend> {
         ip: k.addr.ip(),
         port: u16::from_be(k.port_be),
         protocol: Protocol::from_number(k.proto)?,
+        scope: match k.scope {
+            pc::scope::INTERNAL => Scope::Internal,
+            pc::scope::EXTERNAL => Scope::External,
+            _ => return None,
+        },
     })
 }
 
