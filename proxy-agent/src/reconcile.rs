@@ -188,7 +188,7 @@ impl<D: Dataplane> Reconciler<D> {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
-    use crate::model::{Protocol, ServicePortName};
+    use crate::model::{FrontendKind, Protocol, ServicePortName};
 
     /// Records every call; fails upserts of frontends on port 666.
     #[derive(Default)]
@@ -227,13 +227,11 @@ mod tests {
                 name: format!("s{port}"),
                 port: String::new(),
             },
-            frontend: Frontend {
-                ip: "10.96.0.1".parse().unwrap(),
-                port,
-                protocol: Protocol::Tcp,
-            },
+            frontend: Frontend::internal("10.96.0.1".parse().unwrap(), port, Protocol::Tcp),
             backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
             affinity_timeout_s: None,
+            kind: FrontendKind::ClusterIp,
+            source_ranges: Vec::new(),
         }
     }
 

@@ -915,15 +915,15 @@ mod tests {
     fn frontend(s: &str) -> Frontend {
         let (addr, proto) = s.rsplit_once('/').unwrap();
         let addr: SocketAddr = addr.parse().unwrap();
-        Frontend {
-            ip: addr.ip(),
-            port: addr.port(),
-            protocol: match proto {
+        Frontend::internal(
+            addr.ip(),
+            addr.port(),
+            match proto {
                 "TCP" => Protocol::Tcp,
                 "UDP" => Protocol::Udp,
                 other => panic!("bad protocol {other}"),
             },
-        }
+        )
     }
 
     /// The virtual service on `frontend` ("10.96.0.10:80/TCP"); panics if absent.
@@ -978,6 +978,8 @@ mod tests {
                     "10.244.1.13:8080".parse().unwrap(),
                 ],
                 affinity_timeout_s: None,
+                kind: FrontendKind::ClusterIp,
+                source_ranges: Vec::new(),
             }
         );
         assert_eq!(frontends(&t), [WEB]);
