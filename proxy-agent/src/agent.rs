@@ -13,6 +13,7 @@ use tracing::{info, info_span, warn};
 use crate::dataplane::ebpf::{EbpfConfig, EbpfDataplane, MapSizes};
 use crate::http::Health;
 use crate::metrics::{Metrics, Reason, TrafficPolicy};
+use crate::netdev::{self, NodePortAddresses};
 use crate::reconcile::Reconciler;
 use crate::source::kubernetes::{Changes, KubeSource, NodeInfo};
 use crate::source::manifests::ManifestSource;
@@ -80,6 +81,70 @@ pub struct Config {
     /// Capacity of the reverse socket map (LRU).
     #[arg(long, default_value_t = proxy_common::sizes::REV_SOCK)]
     pub max_rev_sock: u32,
+    /// Where NodePorts are served: comma-separated CIDRs (every local address inside
+    /// them), or `primary` (the node's primary address of each family). Loopback
+    /// addresses only when a range names them.
+    #[arg(long, default_value = "primary")]
+    pub nodeport_addresses: NodePortAddresses,
+    /// Pod-facing interfaces that also get the tc ingress program (hairpin, pods
+    /// outside the cgroup, replies of local backends); names, or prefixes ending in
+    /// `*`, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub pod_interfaces: Vec<String>,
+    /// Capacity of the tc path's connection table (two entries per flow). When full,
+    /// new flows are dropped and counted; existing ones are unaffected.
+    #[arg(long, default_value_t = proxy_common::sizes::CONNTRACK)]
+    pub conntrack_max: u32,
+    /// Idle timeout of an established TCP flow on the tc path.
+    #[arg(long, value_parser = duration, default_value = "24h")]
+    pub conntrack_tcp_timeout_established: Duration,
+    /// Idle timeout of a TCP flow whose handshake has not completed.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    pub conntrack_tcp_timeout_opening: Duration,
+    /// Idle timeout of a TCP flow after FIN or RST.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub conntrack_tcp_timeout_closing: Duration,
+    /// Idle timeout of a UDP flow on the tc path.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    pub conntrack_udp_timeout: Duration,
+    /// How often expired connection-tracking entries are removed.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub conntrack_gc_interval: Duration,
+    /// Source ports for SNAT when the client's own port is taken (`MIN-MAX`); keep it
+    /// outside net.ipv4.ip_local_port_range.
+    #[arg(long, value_parser = port_range, default_value = "61000-65535")]
+    pub snat_port_range: (u16, u16),
+}
+
+/// A Go-style duration (`24h`, `1h30m`, `90s`) or a number of seconds.
+fn duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 90s, 10m or 24h: {e}"))?;
+    let d = Duration::try_from(d).map_err(|_| format!("{s:?} is negative"))?;
+    if d.as_secs() == 0 || d.as_secs() > u64::from(u32::MAX) {
+        return Err(format!("{s:?} is out of range (1 s to 136 years)"));
+    }
+    Ok(d)
+}
+
+fn port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not MIN-MAX"))?;
+    let parse = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|e| format!("{p:?} is not a port: {e}"))
+    };
+    let (a, b) = (parse(a)?, parse(b)?);
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: need 1 <= MIN <= MAX"));
+    }
+    Ok((a, b))
 }
 
 fn humantime_secs(s: &str) -> Result<Duration, String> {
@@ -109,6 +174,19 @@ impl Config {
             backends: self.max_backends,
             affinity: self.max_affinity,
             rev_sock: self.max_rev_sock,
+        }
+    }
+
+    fn tc_config(&self) -> proxy_common::TcConfig {
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1);
+        proxy_common::TcConfig {
+            tcp_opening_s: secs(self.conntrack_tcp_timeout_opening),
+            tcp_established_s: secs(self.conntrack_tcp_timeout_established),
+            tcp_closing_s: secs(self.conntrack_tcp_timeout_closing),
+            udp_s: secs(self.conntrack_udp_timeout),
+            snat_port_min: self.snat_port_range.0,
+            snat_port_max: self.snat_port_range.1,
+            flags: 0,
         }
     }
 
@@ -148,9 +226,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         bpffs: cfg.bpffs.clone(),
         cgroup,
         sizes: cfg.map_sizes(),
+        tc: cfg.tc_config(),
+        conntrack_max: cfg.conntrack_max,
     })
     .context("loading the eBPF data plane")?;
-    let reconciler = Reconciler::new(dataplane).context("reading the programmed state")?;
+    let mut reconciler = Reconciler::new(dataplane).context("reading the programmed state")?;
+    let devices = Devices {
+        selection: cfg.nodeport_addresses.clone(),
+        pod_patterns: cfg.pod_interfaces.clone(),
+    };
+    devices.apply(reconciler.dataplane_mut(), &[]);
     let metrics = Metrics::new(Some(cfg.bpffs.clone()));
     let health = Health::new(cfg.sync_period * 2);
     crate::http::serve(
@@ -163,6 +248,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .context("starting the metrics and health servers")?;
 
     let mut pipeline = Pipeline {
+        devices,
+        node_ips: Vec::new(),
         world: World::default(),
         translator: Translator::default(),
         reconciler,
@@ -181,12 +268,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
     loop {
-        let (node, deleting) = source.node(&node_name);
+        let (node, deleting, node_ips) = source.node(&node_name);
         health
             .node_deleting
             .store(deleting, std::sync::atomic::Ordering::Relaxed);
         last_sync = Instant::now();
-        pipeline.sync(&mut source, node, full);
+        pipeline.sync(&mut source, node, node_ips, full);
         full = false;
         tokio::select! {
             _ = source.changed() => {
@@ -259,9 +346,10 @@ impl Source {
         }
     }
 
-    /// This node as the source knows it. Without a Node object (manifest mode, or
-    /// before it is seen) both families are assumed.
-    fn node(&self, name: &str) -> (NodeContext, bool) {
+    /// This node as the source knows it, whether it is being deleted, and its
+    /// InternalIPs. Without a Node object (manifest mode, or before it is seen) both
+    /// families are assumed.
+    fn node(&self, name: &str) -> (NodeContext, bool, Vec<std::net::IpAddr>) {
         let info = match self {
             Source::Manifests(_) => NodeInfo::default(),
             Source::Kube(k) => k.node(),
@@ -273,7 +361,7 @@ impl Source {
             ipv4,
             ipv6,
         };
-        (ctx, info.deleting)
+        (ctx, info.deleting, info.internal_ips)
     }
 }
 
@@ -298,8 +386,47 @@ fn unix_now() -> f64 {
         .unwrap_or_default()
 }
 
+/// The NodePort addresses and tc interfaces, re-planned at every full resync.
+struct Devices {
+    selection: NodePortAddresses,
+    pod_patterns: Vec<String>,
+}
+
+impl Devices {
+    /// Plans from the current interfaces and attaches accordingly. A failure is logged
+    /// and leaves the previous attachment in place; ClusterIPs keep working.
+    fn apply(&self, dp: &mut EbpfDataplane, primary_ips: &[std::net::IpAddr]) {
+        let ifaces = match netdev::discover() {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(error = %e, "listing network interfaces; NodePorts unchanged");
+                return;
+            }
+        };
+        let plan = match netdev::plan(
+            &ifaces,
+            &self.selection,
+            primary_ips,
+            &netdev::default_route_interfaces(),
+            &self.pod_patterns,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(nodeport_addresses = %self.selection, "{e}; NodePorts are not served");
+                return;
+            }
+        };
+        if let Err(e) = dp.set_devices(&plan) {
+            warn!(error = %e, "attaching the tc programs; NodePorts may not be served");
+        }
+    }
+}
+
 /// Sources -> world -> translation -> reconciler, one sync at a time.
 struct Pipeline {
+    devices: Devices,
+    /// The Node's InternalIPs the devices were last planned with.
+    node_ips: Vec<std::net::IpAddr>,
     world: World,
     translator: Translator,
     reconciler: Reconciler<EbpfDataplane>,
@@ -312,7 +439,13 @@ struct Pipeline {
 impl Pipeline {
     /// Takes what the source has and applies it. `full` re-translates everything and
     /// re-reads the kernel state (the periodic resync that repairs drift).
-    fn sync(&mut self, source: &mut Source, node: NodeContext, full: bool) {
+    fn sync(
+        &mut self,
+        source: &mut Source,
+        node: NodeContext,
+        node_ips: Vec<std::net::IpAddr>,
+        full: bool,
+    ) {
         let _span = info_span!("sync", full).entered();
         let started = Instant::now();
         let (update, errors, changes) = source.take();
@@ -342,6 +475,11 @@ impl Pipeline {
                 Some(self.world.apply(services, slices))
             }
         };
+        if full || self.node.is_none() || self.node_ips != node_ips {
+            self.devices
+                .apply(self.reconciler.dataplane_mut(), &node_ips);
+            self.node_ips = node_ips;
+        }
         let rebuild = full || self.node.as_ref() != Some(&node);
         let translate_started = Instant::now();
         let incremental = dirty.is_some() && !rebuild;

@@ -11,12 +11,15 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod conntrack;
 pub mod ctl;
 pub mod dataplane;
+pub mod healthcheck;
 pub mod http;
 pub mod inspect;
 pub mod metrics;
 pub mod model;
+pub mod netdev;
 pub mod reconcile;
 pub mod source;
 pub mod translate;

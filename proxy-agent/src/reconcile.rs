@@ -49,6 +49,11 @@ impl<D: Dataplane> Reconciler<D> {
         &self.dataplane
     }
 
+    /// The data plane, for settings outside the desired state (devices).
+    pub fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dataplane
+    }
+
     /// What is applied.
     pub fn applied(&self) -> &BTreeMap<Frontend, VirtualService> {
         &self.applied

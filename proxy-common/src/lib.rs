@@ -52,8 +52,8 @@ pub mod maps {
     pub const SVC_NAMES: &str = "SVC_NAMES";
     /// Node addresses NodePorts are served on: [`super::Addr`] -> [`super::NodeAddr`].
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
-    /// Interface index -> [`super::SnatAddrs`], the source a remote backend sees.
-    pub const SNAT_ADDRS: &str = "SNAT_ADDRS";
+    /// Interface index -> [`super::Iface`]: the interfaces with tc programs.
+    pub const IFACES: &str = "IFACES";
     /// `loadBalancerSourceRanges`: LPM trie of [`super::SourceRangeKey`].
     pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
     /// ClientIP affinity of the tc path: [`super::ClientAffinityKey`] -> [`super::AffinityValue`].
@@ -73,7 +73,7 @@ pub mod maps {
         COUNTERS,
         SVC_NAMES,
         NODE_ADDRS,
-        SNAT_ADDRS,
+        IFACES,
         SOURCE_RANGES,
         CLIENT_AFFINITY,
         CONNTRACK,
@@ -98,7 +98,7 @@ pub mod sizes {
     /// Node addresses.
     pub const NODE_ADDRS: u32 = 256;
     /// Interfaces with programs.
-    pub const SNAT_ADDRS: u32 = 256;
+    pub const IFACES: u32 = 256;
     /// Source range prefixes over all services.
     pub const SOURCE_RANGES: u32 = 16_384;
     /// Remembered ClientIP affinities of external clients.
@@ -171,7 +171,7 @@ pub mod counter {
     pub const NAT_SNAT_EXHAUSTED: u32 = 11;
     /// tc: the FIB had no usable route or neighbour; the packet went to the stack.
     pub const FIB_PASS: u32 = 12;
-    /// tc: no SNAT address is known for the interface a remote backend is behind.
+    /// tc: no node address is known for the interface a backend is behind (SNAT).
     pub const NAT_NO_SNAT_ADDR: u32 = 13;
     /// tc: a ClientIP affinity entry chose the backend.
     pub const CLIENT_AFFINITY_HIT: u32 = 14;
@@ -419,15 +419,26 @@ pub struct NodeAddr {
     pub flags: u32,
 }
 
-/// Value of `SNAT_ADDRS` (keyed by a `u32` interface index): the node's addresses on
-/// that interface, used as the source toward remote backends. Zero: none.
+/// `Iface::flags`: an external interface (holds NodePort addresses): new flows look
+/// up external-scope frontends first.
+pub const IFACE_F_EXTERNAL: u32 = 1;
+/// `Iface::flags`: a pod-facing interface: new flows use internal-scope frontends.
+pub const IFACE_F_POD: u32 = 2;
+
+/// Value of `IFACES` (keyed by a `u32` interface index): an interface with tc
+/// programs, and the node's addresses on it, used as the source toward backends
+/// reached back through the interface a flow came in on. Zero: none.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SnatAddrs {
+pub struct Iface {
     /// An IPv4 address (IPv4-mapped), or all zero.
     pub v4: Addr,
     /// An IPv6 address, or all zero.
     pub v6: Addr,
+    /// `IFACE_F_*` bits.
+    pub flags: u32,
+    /// Explicit padding, 0.
+    pub _pad: u32,
 }
 
 /// The data of a `SOURCE_RANGES` LPM key: the prefix length counts from the start of
@@ -626,7 +637,7 @@ const _: () = {
     assert!(core::mem::size_of::<RevSockKey>() == 32);
     assert!(core::mem::size_of::<RevSockValue>() == 24);
     assert!(core::mem::size_of::<NodeAddr>() == 4);
-    assert!(core::mem::size_of::<SnatAddrs>() == 32);
+    assert!(core::mem::size_of::<Iface>() == 40);
     assert!(core::mem::size_of::<SourceRangeKey>() == 20);
     assert!(core::mem::size_of::<ClientAffinityKey>() == 24);
     assert!(core::mem::size_of::<CtKey>() == 40);
@@ -651,7 +662,7 @@ mod pod {
     unsafe impl aya::Pod for RevSockValue {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for NodeAddr {}
-    unsafe impl aya::Pod for SnatAddrs {}
+    unsafe impl aya::Pod for Iface {}
     unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for ClientAffinityKey {}
     unsafe impl aya::Pod for CtKey {}

@@ -1,13 +1,23 @@
 //! The eBPF data plane. One module per hook family:
 //! - [`sock`]: cgroup socket-address hooks that balance ClusterIP traffic when the
 //!   application calls connect()/sendmsg(), so it is never NATed per packet.
+//! - [`tc`]: tc ingress/egress programs that translate NodePort, ExternalIP,
+//!   LoadBalancer and routed-in ClusterIP traffic per packet, with their own
+//!   connection tracking ([`ct`]).
+//!
+//! Shared helpers: [`lb`] (service lookup, backend choice), [`packet`] (parsing,
+//! rewriting, checksums), [`maps`].
 // For the host (`cargo build --workspace`, clippy) this is an ordinary program with an
 // empty `main`, so that workspace-wide commands work; the programs are for BPF.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod ct;
+mod lb;
 mod maps;
+mod packet;
 mod sock;
+mod tc;
 
 #[cfg(all(not(test), target_arch = "bpf"))]
 #[panic_handler]

@@ -4,11 +4,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Frontend, FrontendKey, RevSockKey,
-    RevSockValue, ServiceName, SlotKey, counter, sizes,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, ClientAffinityKey, CtEntry, CtKey,
+    Frontend, FrontendKey, Iface, NodeAddr, RevSockKey, RevSockValue, ServiceName, SlotKey,
+    SourceRangeKey, TcConfig, counter, sizes,
 };
 
 // The service maps are updated while programs read them: BPF_F_NO_PREALLOC makes a
@@ -43,6 +44,50 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 #[map]
 pub static SVC_NAMES: HashMap<u32, ServiceName> =
     HashMap::pinned(sizes::FRONTENDS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static NODE_ADDRS: HashMap<proxy_common::Addr, NodeAddr> =
+    HashMap::pinned(sizes::NODE_ADDRS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static IFACES: HashMap<u32, Iface> = HashMap::pinned(sizes::IFACES, BPF_F_NO_PREALLOC);
+
+// LPM tries require BPF_F_NO_PREALLOC.
+#[map]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
+    LpmTrie::pinned(sizes::SOURCE_RANGES, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static CLIENT_AFFINITY: LruHashMap<ClientAffinityKey, AffinityValue> =
+    LruHashMap::pinned(sizes::CLIENT_AFFINITY, 0);
+
+// A plain, preallocated hash rather than an LRU: an LRU would evict live flows when the
+// table fills, and a flow that loses its entry mid-stream would leak replies with the
+// backend's address (the very failure this table exists to prevent). Full means new
+// flows are refused (counted); the agent deletes expired entries.
+#[map]
+pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::pinned(sizes::CONNTRACK, 0);
+
+#[map]
+pub static TC_CONFIG: Array<TcConfig> = Array::pinned(1, 0);
+
+/// Per-CPU scratch space for the tc programs' large values: BPF stacks are 512 bytes.
+pub struct Scratch {
+    pub fwd: CtEntry,
+    pub rev: CtEntry,
+    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch space.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: per-CPU and programs do not nest on a CPU, so nothing else uses it while
+    // this program runs.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]

@@ -22,11 +22,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use proxy_common::{
-    Addr, AffinityKey, AffinityMatchKey, AffinityValue, Backend, FRONTEND_F_AFFINITY, FrontendKey,
-    RevSockKey, RevSockValue, SlotKey, counter, proto,
+    Addr, AffinityKey, AffinityValue, Backend, FRONTEND_F_AFFINITY, RevSockKey, RevSockValue,
+    counter, proto, scope,
 };
 
-use crate::maps::{AFFINITY, AFFINITY_MATCH, BACKENDS, FRONTENDS, REV_SOCK, SLOTS, count};
+use crate::lb;
+use crate::maps::{AFFINITY, REV_SOCK, count};
 
 /// sock_addr hooks: 1 lets the call proceed, 0 fails it (with the errno set through
 /// bpf_set_retval, EPERM otherwise).
@@ -163,14 +164,7 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
         17 => proto::UDP,
         _ => return Verdict::Pass,
     };
-    let key = FrontendKey {
-        addr: vip,
-        port_be,
-        proto,
-        scope: 0,
-    };
-    // SAFETY: the value is copied out at once (see the note on BPF_F_NO_PREALLOC).
-    let Some(fe) = (unsafe { FRONTENDS.get(key) }).copied() else {
+    let Some(fe) = lb::frontend(vip, port_be, proto, scope::INTERNAL) else {
         return Verdict::Pass;
     };
     if fe.backend_count == 0 {
@@ -194,16 +188,17 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
 
-    let mut chosen: Option<(u32, Backend)> = None;
-    if affinity
-        && let Some(id) = affinity_backend(&aff_key, fe.affinity_timeout_s, now)
-        && let Some(be) = backend(id)
-    {
-        count(counter::AFFINITY_HIT);
-        chosen = Some((id, be));
-    }
-    let (backend_id, be) = match chosen {
-        Some(c) => c,
+    let remembered = if affinity {
+        // SAFETY: the value is only read.
+        lb::remembered(unsafe { AFFINITY.get(aff_key) }, &fe, now)
+    } else {
+        None
+    };
+    let (backend_id, be) = match remembered {
+        Some(c) => {
+            count(counter::AFFINITY_HIT);
+            c
+        }
         None => {
             // TCP: a random slot per connection. UDP: the socket's cookie, so that an
             // unconnected socket keeps talking to one backend.
@@ -213,20 +208,10 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
                 // SAFETY: helper without preconditions.
                 unsafe { bpf_get_prandom_u32() }
             };
-            let slot = SlotKey {
-                service_id: fe.service_id,
-                slot: seed % fe.backend_count,
-            };
-            // SAFETY: copied out at once.
-            let Some(id) = (unsafe { SLOTS.get(slot) }).copied() else {
-                count(counter::LB_BACKEND_MISSING);
-                return Verdict::Pass;
-            };
-            let Some(be) = backend(id) else {
-                count(counter::LB_BACKEND_MISSING);
-                return Verdict::Pass;
-            };
-            (id, be)
+            match lb::pick(&fe, seed) {
+                Some(c) => c,
+                None => return Verdict::Pass,
+            }
         }
     };
 
@@ -258,30 +243,6 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
     }
     count(counter::LB_TRANSLATED);
     Verdict::Rewrite(be)
-}
-
-/// The remembered backend of a ClientIP affinity, if it is fresh and still belongs to
-/// the service.
-#[inline(always)]
-fn affinity_backend(key: &AffinityKey, timeout_s: u32, now: u64) -> Option<u32> {
-    // SAFETY: copied out at once.
-    let v = unsafe { AFFINITY.get(key) }.copied()?;
-    if now.wrapping_sub(v.last_used_ns) > u64::from(timeout_s) * 1_000_000_000 {
-        return None;
-    }
-    let m = AffinityMatchKey {
-        service_id: key.service_id,
-        backend_id: v.backend_id,
-    };
-    // SAFETY: only presence is checked.
-    unsafe { AFFINITY_MATCH.get(m) }?;
-    Some(v.backend_id)
-}
-
-#[inline(always)]
-fn backend(id: u32) -> Option<Backend> {
-    // SAFETY: copied out at once.
-    unsafe { BACKENDS.get(id) }.copied()
 }
 
 /// A cheap 64 -> 32 bit mix (Fibonacci hashing): socket cookies are sequential, so a
@@ -341,14 +302,7 @@ fn reverse(ctx: &SockAddrContext, addr: Addr, port_be: u16) -> Option<RevSockVal
     };
     // SAFETY: copied out at once.
     let v = unsafe { REV_SOCK.get(key) }.copied()?;
-    let fk = FrontendKey {
-        addr: v.addr,
-        port_be: v.port_be,
-        proto: v.proto,
-        scope: 0,
-    };
-    // SAFETY: copied out at once.
-    let fe = unsafe { FRONTENDS.get(fk) }.copied()?;
+    let fe = lb::frontend(v.addr, v.port_be, v.proto, scope::INTERNAL)?;
     if fe.service_id != v.service_id {
         return None;
     }

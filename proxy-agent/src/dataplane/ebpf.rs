@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::maps::Array;
+use aya::programs::tc::SchedClassifierLink;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use proxy_common as pc;
 use proxy_common::{
@@ -20,13 +22,17 @@ use proxy_common::{
     sizes,
 };
 use ipnetwork::IpNetwork;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Dataplane, DataplaneError};
+use crate::netdev::{Device, DevicePlan};
 use crate::model::{self, FrontendKind, Protocol, Scope, ServicePortName, VirtualService};
 
 /// Default pin directory (on the bpffs at /sys/fs/bpf).
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/proxy-agent";
+
+/// Pins of tc links start with this (`tc-in-<ifindex>-<name>`, `tc-out-...`).
+const TC_PIN_PREFIX: &str = "tc-";
 
 /// The compiled programs, built by build.rs.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
@@ -67,6 +73,10 @@ pub struct EbpfConfig {
     pub cgroup: PathBuf,
     /// Map capacities.
     pub sizes: MapSizes,
+    /// Connection tracking of the tc programs.
+    pub tc: pc::TcConfig,
+    /// Capacity of the connection table (two entries per flow).
+    pub conntrack_max: u32,
 }
 
 /// Why the data plane could not be set up.
@@ -139,6 +149,11 @@ pub struct EbpfDataplane {
     affinity_match: HashMap<MapData, AffinityMatchKey, u32>,
     names: HashMap<MapData, u32, ServiceName>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
+    ifaces: HashMap<MapData, u32, pc::Iface>,
+    node_addrs: HashMap<MapData, Addr, pc::NodeAddr>,
+    links_dir: PathBuf,
+    /// The device plan last applied (None: none yet in this process).
+    devices: Option<DevicePlan>,
     sizes: MapSizes,
     services: BTreeMap<model::Frontend, Programmed>,
     /// Backend -> (id, number of slots referencing it).
@@ -178,8 +193,31 @@ impl EbpfDataplane {
             .map_max_entries(maps::AFFINITY, s.affinity)
             .map_max_entries(maps::REV_SOCK, s.rev_sock)
             .map_max_entries(maps::SVC_NAMES, s.frontends)
+            .map_max_entries(maps::CONNTRACK, cfg.conntrack_max)
             .load(PROGRAMS)?;
+        for name in [pc::programs::TC_INGRESS, pc::programs::TC_EGRESS] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| LoadError::Link {
+                    name,
+                    message: "program missing from the object".into(),
+                })?
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
+        let mut tc_config: Array<MapData, pc::TcConfig> =
+            take_map(&mut ebpf, maps::TC_CONFIG, Array::try_from)?;
+        tc_config
+            .set(0, cfg.tc, 0)
+            .map_err(|e| LoadError::Map {
+                name: maps::TC_CONFIG,
+                message: e.to_string(),
+            })?;
 
+        let links_dir_owned = links_dir.clone();
         let cgroup = File::open(&cfg.cgroup).map_err(|source| LoadError::Io {
             what: "opening cgroup",
             path: cfg.cgroup.clone(),
@@ -195,6 +233,8 @@ impl EbpfDataplane {
         let affinity_match = take_hash(&mut ebpf, maps::AFFINITY_MATCH)?;
         let names = take_hash(&mut ebpf, maps::SVC_NAMES)?;
         let source_ranges = take_map(&mut ebpf, maps::SOURCE_RANGES, LpmTrie::try_from)?;
+        let ifaces = take_hash(&mut ebpf, maps::IFACES)?;
+        let node_addrs = take_hash(&mut ebpf, maps::NODE_ADDRS)?;
         let mut dp = EbpfDataplane {
             _ebpf: ebpf,
             frontends,
@@ -203,6 +243,10 @@ impl EbpfDataplane {
             affinity_match,
             names,
             source_ranges,
+            ifaces,
+            node_addrs,
+            links_dir: links_dir_owned,
+            devices: None,
             sizes: s,
             services: BTreeMap::new(),
             backend_ids: StdHashMap::new(),
@@ -309,6 +353,166 @@ impl EbpfDataplane {
             self.release_backend(&be);
         }
         Ok(())
+    }
+
+    /// Attaches the tc programs to the planned interfaces (replacing a previous agent's
+    /// links atomically, detaching from interfaces no longer planned) and writes the
+    /// interface and NodePort address maps. Nothing changes when the plan is the same
+    /// as last time.
+    pub fn set_devices(&mut self, plan: &DevicePlan) -> Result<(), LoadError> {
+        if self.devices.as_ref() == Some(plan) {
+            return Ok(());
+        }
+        let map_err = |name: &'static str| {
+            move |e: MapError| LoadError::Map {
+                name,
+                message: e.to_string(),
+            }
+        };
+        // Maps first, so that the programs find their interface when they start.
+        let mut want_ifaces = StdHashMap::new();
+        for (dev, flags) in plan
+            .external
+            .iter()
+            .map(|d| (d, pc::IFACE_F_EXTERNAL))
+            .chain(plan.pod.iter().map(|d| (d, pc::IFACE_F_POD)))
+        {
+            let value = pc::Iface {
+                v4: dev.v4.map(Addr::from).unwrap_or_default(),
+                v6: dev.v6.map(Addr::from).unwrap_or_default(),
+                flags,
+                _pad: 0,
+            };
+            self.ifaces
+                .insert(dev.index, value, 0)
+                .map_err(map_err(maps::IFACES))?;
+            want_ifaces.insert(dev.index, ());
+        }
+        let want_addrs: Vec<Addr> = plan.nodeport_addrs.iter().map(|ip| Addr::from(*ip)).collect();
+        for a in &want_addrs {
+            self.node_addrs
+                .insert(a, pc::NodeAddr { flags: 0 }, 0)
+                .map_err(map_err(maps::NODE_ADDRS))?;
+        }
+
+        let mut wanted_pins = Vec::new();
+        for dev in &plan.external {
+            for (name, kind) in [
+                (pc::programs::TC_INGRESS, TcAttachType::Ingress),
+                (pc::programs::TC_EGRESS, TcAttachType::Egress),
+            ] {
+                wanted_pins.push(self.attach_tc(name, kind, dev)?);
+            }
+        }
+        for dev in &plan.pod {
+            wanted_pins.push(self.attach_tc(pc::programs::TC_INGRESS, TcAttachType::Ingress, dev)?);
+        }
+        // Links on interfaces no longer planned: removing the pin detaches them.
+        if let Ok(entries) = std::fs::read_dir(&self.links_dir) {
+            for e in entries.flatten() {
+                let path = e.path();
+                let is_tc = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(TC_PIN_PREFIX));
+                if is_tc && !wanted_pins.contains(&path) {
+                    info!(pin = %path.display(), "detaching tc program");
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        warn!(pin = %path.display(), error = %e, "removing a tc link pin");
+                    }
+                }
+            }
+        }
+        let stale_ifaces: Vec<u32> = self
+            .ifaces
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|i| !want_ifaces.contains_key(i))
+            .collect();
+        for i in stale_ifaces {
+            let _ = self.ifaces.remove(&i);
+        }
+        let stale_addrs: Vec<Addr> = self
+            .node_addrs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|a| !want_addrs.contains(a))
+            .collect();
+        for a in stale_addrs {
+            let _ = self.node_addrs.remove(&a);
+        }
+        info!(
+            external = ?plan.external.iter().map(|d| &d.name).collect::<Vec<_>>(),
+            pod = ?plan.pod.iter().map(|d| &d.name).collect::<Vec<_>>(),
+            nodeport_addresses = ?plan.nodeport_addrs,
+            "tc programs attached"
+        );
+        self.devices = Some(plan.clone());
+        Ok(())
+    }
+
+    /// Attaches program `name` to `dev` in direction `kind` and pins the link,
+    /// replacing a previous link pinned for the same interface in one step.
+    fn attach_tc(
+        &mut self,
+        name: &'static str,
+        kind: TcAttachType,
+        dev: &Device,
+    ) -> Result<PathBuf, LoadError> {
+        let dir = if matches!(kind, TcAttachType::Ingress) {
+            "in"
+        } else {
+            "out"
+        };
+        let pin = self
+            .links_dir
+            .join(format!("{TC_PIN_PREFIX}{dir}-{}-{}", dev.index, dev.name));
+        let link_err = |message: String| LoadError::Link { name, message };
+        let program: &mut SchedClassifier = self
+            ._ebpf
+            .program_mut(name)
+            .ok_or_else(|| link_err("program missing from the object".into()))?
+            .try_into()
+            .map_err(|source| LoadError::Program { name, source })?;
+        let mut id = None;
+        if pin.exists() {
+            // Atomic replacement of the previous agent's program on this interface.
+            match PinnedLink::from_pin(&pin) {
+                Ok(old) => {
+                    let old = FdLink::from(old);
+                    match SchedClassifierLink::try_from(old) {
+                        Ok(link) => match program.attach_to_link(link) {
+                            Ok(i) => id = Some(i),
+                            Err(e) => debug!(pin = %pin.display(), error = %e, "replacing a tc link"),
+                        },
+                        Err(e) => debug!(pin = %pin.display(), error = %e, "adopting a tc link"),
+                    }
+                }
+                Err(e) => debug!(pin = %pin.display(), error = %e, "opening a tc link pin"),
+            }
+            if id.is_none() {
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+        let id = match id {
+            Some(id) => id,
+            None => program
+                .attach(&dev.name, kind)
+                .map_err(|source| LoadError::Program { name, source })?,
+        };
+        let link = program
+            .take_link(id)
+            .map_err(|source| LoadError::Program { name, source })?;
+        let link: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| link_err(e.to_string()))?;
+        if pin.exists() {
+            // Already pinned (the link we replaced the program of).
+            return Ok(pin);
+        }
+        link.pin(&pin)
+            .map_err(|e| link_err(format!("pinning {}: {e}", pin.display())))?;
+        Ok(pin)
     }
 
     fn alloc_service_id(&mut self) -> u32 {

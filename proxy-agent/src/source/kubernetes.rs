@@ -172,6 +172,8 @@ pub struct NodeInfo {
     /// The IP families of the node's InternalIP/ExternalIP addresses: (IPv4, IPv6).
     /// `None` while the node object or its addresses are unknown.
     pub families: Option<(bool, bool)>,
+    /// The node's InternalIP addresses (its "primary" NodePort addresses).
+    pub internal_ips: Vec<std::net::IpAddr>,
 }
 
 /// What the watcher tasks and the source share.
@@ -273,6 +275,15 @@ impl KubeSource {
                 zone: n.labels().get("topology.kubernetes.io/zone").cloned(),
                 deleting: n.metadata.deletion_timestamp.is_some(),
                 families: node_families(n),
+                internal_ips: n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.addresses.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| a.type_ == "InternalIP")
+                    .filter_map(|a| crate::validate::parse_ip(&a.address))
+                    .collect(),
             })
             .unwrap_or_default()
     }
