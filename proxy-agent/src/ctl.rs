@@ -20,14 +20,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List the programmed services (frontends) and their backends.
+    /// List the programmed frontends (kind, scope, source ranges) and their backends.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Show the data plane's event counters (translations, refusals, affinity hits).
+    /// Show the data plane's event counters (translations, refusals, drops, affinity hits).
     Stats,
+    /// List the flows tracked by the tc path (NodePort, ExternalIP, LoadBalancer).
+    Conntrack {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the remembered ClientIP affinities (client pod -> backend).
     Affinity {
         /// Print JSON instead of a table.
@@ -54,6 +60,14 @@ pub fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 print!("{}", crate::inspect::render_affinities(&list));
+            }
+        }
+        Command::Conntrack { json } => {
+            let flows = crate::inspect::conntrack(&cli.bpffs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&flows)?);
+            } else {
+                print!("{}", crate::inspect::render_conntrack(&flows));
             }
         }
         Command::Stats => {

@@ -68,6 +68,18 @@ pub struct Metrics {
     pub healthz: Family<Code, Counter>,
     /// /livez answers by code.
     pub livez: Family<Code, Counter>,
+    /// Connection-tracking entries (two per flow) left after the last collection.
+    pub conntrack_entries: Gauge,
+    /// Connection-tracking entries deleted by the collector.
+    pub conntrack_gc_deleted: Counter,
+    /// Completed collections.
+    pub conntrack_gc_runs: Counter,
+    /// Collections that failed (map errors); retried at the next interval.
+    pub conntrack_gc_errors: Counter,
+    /// How long a collection took.
+    pub conntrack_gc_duration: Histogram,
+    /// `healthCheckNodePort`s that could not be listened on (retried at each sync).
+    pub health_check_bind_errors: Counter,
 }
 
 impl Metrics {
@@ -90,6 +102,13 @@ impl Metrics {
             no_local_endpoints: Family::default(),
             healthz: Family::default(),
             livez: Family::default(),
+            conntrack_entries: Gauge::default(),
+            conntrack_gc_deleted: Counter::default(),
+            conntrack_gc_runs: Counter::default(),
+            conntrack_gc_errors: Counter::default(),
+            // 1 ms .. ~16 s: a full table of 262,144 entries is read in well under that.
+            conntrack_gc_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            health_check_bind_errors: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -159,6 +178,36 @@ impl Metrics {
             "Backends programmed, summed over frontends",
             m.backends.clone(),
         );
+        r.register(
+            "proxy_agent_conntrack_entries",
+            "Connection-tracking entries of the tc path (two per flow) after the last collection",
+            m.conntrack_entries.clone(),
+        );
+        r.register(
+            "proxy_agent_conntrack_gc_deleted",
+            "Connection-tracking entries deleted because their flow was idle past its timeout",
+            m.conntrack_gc_deleted.clone(),
+        );
+        r.register(
+            "proxy_agent_conntrack_gc_runs",
+            "Completed connection-tracking collections",
+            m.conntrack_gc_runs.clone(),
+        );
+        r.register(
+            "proxy_agent_conntrack_gc_errors",
+            "Connection-tracking collections that failed",
+            m.conntrack_gc_errors.clone(),
+        );
+        r.register(
+            "proxy_agent_conntrack_gc_duration_seconds",
+            "Time one connection-tracking collection took",
+            m.conntrack_gc_duration.clone(),
+        );
+        r.register(
+            "proxy_agent_health_check_bind_errors",
+            "healthCheckNodePorts that could not be listened on (retried at each sync)",
+            m.health_check_bind_errors.clone(),
+        );
         if let Some(bpffs) = bpffs {
             r.register_collector(Box::new(DatapathCounters { bpffs }));
         }
@@ -189,7 +238,7 @@ impl Collector for DatapathCounters {
         {
             let mut me = encoder.encode_descriptor(
                 "proxy_agent_datapath_events",
-                "What the socket programs did, by event (translations, refusals, misses)",
+                "What the data plane programs did, by event (translations, refusals, drops, misses)",
                 None,
                 ConstCounter::new(0u64).metric_type(),
             )?;
@@ -204,5 +253,31 @@ impl Collector for DatapathCounters {
             None,
             up.metric_type(),
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_and_health_check_metrics_are_exported_under_their_names() {
+        let m = Metrics::new(None);
+        m.conntrack_entries.set(4);
+        m.conntrack_gc_deleted.inc_by(2);
+        m.conntrack_gc_runs.inc();
+        m.conntrack_gc_duration.observe(0.002);
+        m.health_check_bind_errors.inc();
+        let text = m.encode();
+        for line in [
+            "proxy_agent_conntrack_entries 4",
+            "proxy_agent_conntrack_gc_deleted_total 2",
+            "proxy_agent_conntrack_gc_runs_total 1",
+            "proxy_agent_conntrack_gc_errors_total 0",
+            "proxy_agent_conntrack_gc_duration_seconds_count 1",
+            "proxy_agent_health_check_bind_errors_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 }
