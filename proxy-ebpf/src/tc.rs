@@ -10,7 +10,8 @@
 //!   is reached back through the interface the packet came in on (a remote backend, or
 //!   a pod reaching itself): only then would its replies bypass us.
 //! - `tc_egress` runs on the external interfaces and rewrites replies of node-local
-//!   backends that the stack routed out (when the pod-facing side has no program).
+//!   backends that the stack routed out (when the pod-facing side has no program). It
+//!   also balances services for node processes outside the attached cgroup.
 //!
 //! No window tracking: any segment of a tracked flow is translated, so a segment
 //! netfilter would call INVALID never leaves with the backend's address.
@@ -89,7 +90,7 @@ fn ingress(ctx: &mut TcContext) -> i32 {
         lb::frontend(p.key.daddr, p.key.dport_be, p.key.proto, scope::INTERNAL)
     };
     match fe {
-        Some(fe) => open(ctx, &p, &fe, &cfg, ifindex, now),
+        Some(fe) => open(ctx, &p, &fe, &cfg, ifindex, now, true),
         None => TC_ACT_OK as i32,
     }
 }
@@ -100,22 +101,49 @@ fn egress(ctx: &mut TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
     let Some(e) = CONNTRACK.get_ptr_mut(&p.key) else {
-        return TC_ACT_OK as i32;
+        return egress_open(ctx, &p);
     };
     // SAFETY: copied out; the pointer stays valid for this program run.
     let entry = unsafe { *e };
-    // Only replies: the stack already routed them toward the client.
-    if entry.flags & CT_F_REPLY == 0 {
-        return TC_ACT_OK as i32;
-    }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     ct::touch(e, p.key.proto, p.tcp_flags, ctx.len(), now);
     count(counter::CT_TRANSLATED);
-    if packet::rewrite(ctx, &p, &nat_tuple(&entry, p.key.proto)).is_err() {
+    let to = nat_tuple(&entry, p.key.proto);
+    if entry.flags & CT_F_REPLY == 0 {
+        // A node process's flow (see `egress_open`): the backend may be elsewhere.
+        return translate_and_forward(ctx, &p, &to);
+    }
+    // A reply the stack already routed toward the client.
+    if packet::rewrite(ctx, &p, &to).is_err() {
         return TC_ACT_SHOT as i32;
     }
     TC_ACT_OK as i32
+}
+
+/// A node process outside the attached cgroup reaching a service: its packet leaves
+/// with the node's own address, so replies come back to us without SNAT.
+#[inline(always)]
+fn egress_open(ctx: &mut TcContext, p: &Packet) -> i32 {
+    if !p.may_open() {
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: reading a field of the context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: copied out at once.
+    let Some(iface) = (unsafe { IFACES.get(ifindex) }).copied() else {
+        return TC_ACT_OK as i32;
+    };
+    let own = if p.key.saddr.is_v4() { iface.v4 } else { iface.v6 };
+    if own != p.key.saddr {
+        return TC_ACT_OK as i32;
+    }
+    let Some(fe) = lb::frontend(p.key.daddr, p.key.dport_be, p.key.proto, scope::INTERNAL) else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    open(ctx, p, &fe, &ct::config(), ifindex, now, false)
 }
 
 /// Whether a packet hitting the forward leg `e` starts a new flow instead: a SYN or
@@ -149,8 +177,8 @@ fn nat_tuple(e: &CtEntry, l4proto: u8) -> CtKey {
     }
 }
 
-/// Opens a flow from `p` to frontend `fe`: picks the backend, decides on SNAT, writes
-/// both conntrack legs, then translates and forwards the packet.
+/// Opens a flow from `p` to frontend `fe`: picks the backend, decides on SNAT (when
+/// `may_snat`), writes both conntrack legs, then translates and forwards the packet.
 #[inline(always)]
 fn open(
     ctx: &mut TcContext,
@@ -159,6 +187,7 @@ fn open(
     cfg: &TcConfig,
     ifindex: u32,
     now: u64,
+    may_snat: bool,
 ) -> i32 {
     if fe.backend_count == 0 {
         count(counter::NAT_NO_BACKEND);
@@ -218,7 +247,7 @@ fn open(
     // of ours brings them back to us (remote backend; a pod reaching itself).
     let rc = fib_lookup(ctx, &mut s.fib, &fwd, ifindex);
     let routed = rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64;
-    let snat = routed && s.fib.ifindex == ifindex;
+    let snat = may_snat && routed && s.fib.ifindex == ifindex;
     if snat {
         // SAFETY: copied out at once.
         let out = unsafe { IFACES.get(ifindex) }.copied().unwrap_or_default();
