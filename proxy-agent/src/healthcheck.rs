@@ -154,10 +154,9 @@ impl HealthCheckServers {
             }
             let addr = SocketAddr::new(self.bind, port);
             let bound = match &runtime {
-                Ok(rt) => {
-                    let _guard = rt.enter();
-                    listen(addr).map(|l| (rt.clone(), l))
-                }
+                // try_current succeeded: we are inside the runtime, which registering
+                // the listener needs.
+                Ok(rt) => listen(addr).map(|l| (rt.clone(), l)),
                 Err(e) => Err(io::Error::other(format!("no Tokio runtime: {e}"))),
             };
             match bound {
