@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use tracing::{info, info_span, warn};
 
 use crate::dataplane::ebpf::{EbpfConfig, EbpfDataplane, MapSizes};
+use crate::healthcheck::HealthCheckServers;
 use crate::http::Health;
 use crate::metrics::{Metrics, Reason, TrafficPolicy};
 use crate::netdev::{self, NodePortAddresses};
@@ -247,8 +248,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .await
     .context("starting the metrics and health servers")?;
 
+    // kube-proxy serves health check ports on every address; so do we (dual-stack).
+    let health_checks = {
+        let health = Arc::clone(&health);
+        HealthCheckServers::new(
+            std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            move || health.is_healthy(),
+        )
+    };
+    let _gc = crate::conntrack::spawn_gc(
+        cfg.bpffs.clone(),
+        cfg.conntrack_gc_interval,
+        Arc::clone(&metrics),
+    );
+
     let mut pipeline = Pipeline {
         devices,
+        health_checks,
         node_ips: Vec::new(),
         world: World::default(),
         translator: Translator::default(),
@@ -425,6 +441,7 @@ impl Devices {
 /// Sources -> world -> translation -> reconciler, one sync at a time.
 struct Pipeline {
     devices: Devices,
+    health_checks: HealthCheckServers,
     /// The Node's InternalIPs the devices were last planned with.
     node_ips: Vec<std::net::IpAddr>,
     world: World,
@@ -526,6 +543,13 @@ impl Pipeline {
                 traffic_policy: "internal".into(),
             })
             .set(self.translator.no_local_endpoints() as i64);
+        m.no_local_endpoints
+            .get_or_create(&TrafficPolicy {
+                traffic_policy: "external".into(),
+            })
+            .set(self.translator.no_local_endpoints_external() as i64);
+        let bind_errors = self.health_checks.sync(&self.translator.health_checks());
+        m.health_check_bind_errors.inc_by(bind_errors.len() as u64);
         let applied = self.reconciler.applied();
         m.services.set(applied.len() as i64);
         m.backends

@@ -51,6 +51,12 @@ impl Health {
         *self.queued.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
+    /// kube-proxy's `Healthy()`: no change has waited too long (what `/livez` and the
+    /// service health checks report).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy(SystemTime::now())
+    }
+
     fn healthy(&self, now: SystemTime) -> bool {
         let queued = *self.queued.lock().unwrap_or_else(|e| e.into_inner());
         let updated = *self.updated.lock().unwrap_or_else(|e| e.into_inner());

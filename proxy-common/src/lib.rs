@@ -568,6 +568,17 @@ pub struct TcConfig {
 }
 
 impl TcConfig {
+    /// The programs' settings until the agent writes its own.
+    pub const DEFAULT: TcConfig = TcConfig {
+        tcp_opening_s: 60,
+        tcp_established_s: 86_400,
+        tcp_closing_s: 30,
+        udp_s: 60,
+        snat_port_min: 61_000,
+        snat_port_max: 65_535,
+        flags: 0,
+    };
+
     /// The idle timeout, in nanoseconds, of a flow of `proto` in `state`.
     #[inline(always)]
     pub const fn timeout_ns(&self, proto: u8, state: u8) -> u64 {

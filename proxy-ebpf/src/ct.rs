@@ -7,23 +7,13 @@ use proxy_common::{CtEntry, TcConfig, ct_state, proto};
 use crate::maps::TC_CONFIG;
 use crate::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
-/// Used until the agent writes `TC_CONFIG`.
-const DEFAULT_CONFIG: TcConfig = TcConfig {
-    tcp_opening_s: 60,
-    tcp_established_s: 86_400,
-    tcp_closing_s: 30,
-    udp_s: 60,
-    snat_port_min: 61_000,
-    snat_port_max: 65_535,
-    flags: 0,
-};
-
 /// The agent's settings.
 #[inline(always)]
 pub fn config() -> TcConfig {
     match TC_CONFIG.get(0) {
         Some(c) if c.udp_s != 0 => *c,
-        _ => DEFAULT_CONFIG,
+        // Not written yet by the agent.
+        _ => TcConfig::DEFAULT,
     }
 }
 
