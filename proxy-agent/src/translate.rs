@@ -2,8 +2,9 @@
 //! No I/O; this is where kube-proxy's Service semantics live.
 //!
 //! For every Service, every port and every ClusterIP (one per family) becomes one
-//! [`VirtualService`]. The rules, after kube-proxy (`pkg/proxy`: `endpointslicecache.go`,
-//! `topology.go`, `servicechangetracker.go`):
+//! [`VirtualService`] per frontend. The rules, after kube-proxy (`pkg/proxy`:
+//! `endpointslicecache.go`, `topology.go`, `servicechangetracker.go`, `serviceport.go`,
+//! the iptables proxier and `healthcheck`):
 //!
 //! - Skipped silently: Services labelled `service.kubernetes.io/service-proxy-name`
 //!   (another proxy owns them), `ExternalName` Services and headless Services
@@ -18,9 +19,10 @@
 //!   the non-terminating copy winning. Invalid slices are reported and ignored; FQDN
 //!   slices are ignored.
 //! - Usable endpoints are the ready ones (`ready` unset counts as ready); when none is,
-//!   the ones that are serving and terminating. `internalTrafficPolicy: Local` narrows
-//!   this to endpoints on this node, with its own terminating fallback, and no local
-//!   endpoint means no backends (connections refused).
+//!   the ones that are serving and terminating. The *cluster* set is that, topology
+//!   filtered; the *local* set is this node's ready endpoints, else this node's serving
+//!   and terminating ones, never topology-filtered. No local endpoint means no backends
+//!   (connections refused or dropped).
 //! - Topology, as kube-proxy 1.33+ decides it (`topologyModeFromHints`): when every
 //!   ready endpoint has a node hint and one is for this node, only endpoints hinted for
 //!   this node are used; else when every ready endpoint has a zone hint and one is for
@@ -29,19 +31,67 @@
 //!   controller writes hints only for Services that ask for them, and kube-proxy trusts
 //!   the hints. Topology never applies to the terminating fallback or to a `Local`
 //!   policy.
+//!
+//! Frontends ([`FrontendKind`], [`Scope`]):
+//!
+//! - ClusterIP: internal scope only, backends per `internalTrafficPolicy` (`Local`: the
+//!   local set; `Cluster`, the default: the cluster set).
+//! - NodePort: for each port with a `nodePort` (types NodePort and LoadBalancer; 0 or
+//!   absent is none) and each ClusterIP family served here, a frontend on the
+//!   unspecified address of the family (`0.0.0.0`, `::`: the data plane matches it on
+//!   every NodePort address of the node) at the node port.
+//! - ExternalIP: each `spec.externalIPs` entry of a family the Service has a ClusterIP
+//!   of (others are reported, and not served, as kube-proxy ignores them), at the
+//!   service port.
+//! - LoadBalancer (type LoadBalancer only): each `status.loadBalancer.ingress[].ip` of
+//!   such a family, at the service port. Hostname-only entries and `ipMode: Proxy`
+//!   entries (the load balancer delivers to node addresses) are not served; an
+//!   unspecified address is reported.
+//! - NodePorts, externalIPs and load balancer IPs have a frontend in both scopes. The
+//!   external one (clients outside the node) gets backends per
+//!   `externalTrafficPolicy`: `Local`, the local set (no local endpoint: outside
+//!   clients are dropped); `Cluster`, the default, the cluster set. The internal one
+//!   (clients on this node) always gets the cluster set: kube-proxy short-circuits
+//!   in-cluster traffic to external addresses to every endpoint.
+//! - `loadBalancerSourceRanges`: the external frontend of a load balancer IP carries the
+//!   ranges of its family (an address without prefix is one host; ranges normalized,
+//!   sorted, deduplicated). Internal frontends carry none: clients on this node (pods,
+//!   host processes) are not range-filtered at the socket layer. NodePorts and
+//!   externalIPs are never filtered, as in kube-proxy. When the Service lists ranges but
+//!   none of the IP's family, nobody outside may connect: that external frontend is
+//!   left out (reported as [`Skipped`]) rather than programmed without ranges, which
+//!   would admit everybody. An entry that does not parse rejects the Service whole (see
+//!   [`validate`]). The `service.beta.kubernetes.io/load-balancer-source-ranges`
+//!   annotation is not read, as in kube-proxy.
+//! - A frontend a Service produces twice (an externalIP equal to its own ClusterIP or
+//!   load balancer IP) is served once, by the first of ClusterIP, LoadBalancer,
+//!   ExternalIP: an externalIP never lifts a load balancer IP's source ranges.
+//! - ClientIP session affinity applies to every frontend of the Service.
+//! - Frontend conflicts between Services (the same NodePort, an externalIP on another
+//!   Service's ClusterIP and port, ...) are settled as for ClusterIPs: the older Service
+//!   wins, the loser is left out whole.
+//!
+//! Health checks: a LoadBalancer Service with `externalTrafficPolicy: Local` and a
+//! `healthCheckNodePort`, served on this node (some ClusterIP family here, not a
+//! conflict loser), gets a [`HealthCheck`] whose count is the number of distinct
+//! addresses of this node's ready endpoints over its TCP and UDP ports and served
+//! families (kube-proxy's `LocalReadyEndpoints`). Ports are not deduplicated across
+//! Services (the API server allocates each once).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::model::{
-    DesiredState, Frontend, FrontendKind, Protocol, ServicePortName, VirtualService,
+    DesiredState, Frontend, FrontendKind, HealthCheck, Protocol, Scope, ServicePortName,
+    VirtualService,
 };
 use crate::source::{ObjectKey, Snapshot, World};
-use crate::validate::{self, LABEL_SERVICE_NAME, family_name, namespace_of, parse_ip};
+use crate::validate::{self, LABEL_SERVICE_NAME, family_name, namespace_of, parse_cidr, parse_ip};
 
 /// Services with this label belong to another service proxy.
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -82,6 +132,8 @@ pub struct Translation {
     pub desired: DesiredState,
     /// What was left out, in a stable order.
     pub skipped: Vec<Skipped>,
+    /// The `healthCheckNodePort`s to answer, sorted by port (then namespace and name).
+    pub health_checks: Vec<HealthCheck>,
 }
 
 /// Translates a snapshot into the data plane's desired state for `node`.
@@ -104,8 +156,23 @@ pub fn translate(snapshot: &Snapshot, node: &NodeContext) -> Translation {
     }
 
     let (desired, losers) = settle(candidates.iter());
+    let mut health_checks: Vec<HealthCheck> = candidates
+        .iter()
+        .filter(|c| !losers.contains_key(&c.id))
+        .filter_map(|c| c.health_check.clone())
+        .collect();
+    sort_health_checks(&mut health_checks);
     skipped.extend(losers.into_values());
-    Translation { desired, skipped }
+    Translation {
+        desired,
+        skipped,
+        health_checks,
+    }
+}
+
+/// Orders health checks by port, then namespace and name.
+fn sort_health_checks(checks: &mut [HealthCheck]) {
+    checks.sort_by(|a, b| (a.port, &a.namespace, &a.name).cmp(&(b.port, &b.namespace, &b.name)));
 }
 
 /// Incremental translation, with the same results as [`translate`]: it keeps each
@@ -126,8 +193,9 @@ pub struct Translator {
     last_skipped: Vec<Skipped>,
     /// Skipped entries over all Services.
     skipped_count: usize,
-    /// Local-policy frontends without a local endpoint, over all Services.
-    no_local_endpoints: usize,
+    /// The Services whose candidate has a health check or frontends without a local
+    /// endpoint (few), so that those queries need not visit every Service.
+    noted: BTreeSet<ObjectKey>,
 }
 
 impl Translator {
@@ -153,10 +221,42 @@ impl Translator {
         &self.last_skipped
     }
 
-    /// Frontends with `internalTrafficPolicy: Local` that have endpoints, none of them
-    /// on this node (their connections are refused).
+    /// Frontends with `internalTrafficPolicy: Local` that have usable endpoints, none of
+    /// them on this node (their connections are refused); kube-proxy's
+    /// `sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal"}`. Services
+    /// not served (frontend conflict losers) do not count.
     pub fn no_local_endpoints(&self) -> usize {
-        self.no_local_endpoints
+        self.noted_served().map(|c| c.no_local_endpoints).sum()
+    }
+
+    /// Services with `externalTrafficPolicy: Local` whose external frontends (NodePorts,
+    /// externalIPs, load balancer IPs) have no endpoint on this node while the Service
+    /// has usable endpoints elsewhere (outside clients are dropped here), each counted
+    /// once; kube-proxy's
+    /// `sync_proxy_rules_no_local_endpoints_total{traffic_policy="external"}`.
+    pub fn no_local_endpoints_external(&self) -> usize {
+        self.noted_served()
+            .filter(|c| c.no_local_endpoints_external)
+            .count()
+    }
+
+    /// The `healthCheckNodePort`s to answer, as [`Translation::health_checks`]: sorted by
+    /// port, none for a Service that is not served.
+    pub fn health_checks(&self) -> Vec<HealthCheck> {
+        let mut out: Vec<HealthCheck> = self
+            .noted_served()
+            .filter_map(|c| c.health_check.clone())
+            .collect();
+        sort_health_checks(&mut out);
+        out
+    }
+
+    /// The candidates of [`Translator::noted`] Services that are served.
+    fn noted_served(&self) -> impl Iterator<Item = &Candidate> {
+        self.noted
+            .iter()
+            .filter_map(|k| self.services.get(k)?.0.as_ref())
+            .filter(|c| !self.losers.contains_key(&c.id))
     }
 
     /// How many entries [`Translator::skipped`] would return.
@@ -172,7 +272,7 @@ impl Translator {
         self.owner.clear();
         self.losers.clear();
         self.skipped_count = 0;
-        self.no_local_endpoints = 0;
+        self.noted.clear();
         let keys: Vec<ObjectKey> = world.snapshot().services.keys().cloned().collect();
         let mut changed = self.update(world, keys, node);
         for (f, vs) in &before.services {
@@ -210,17 +310,19 @@ impl Translator {
             }
             self.last_skipped.extend(skipped.iter().cloned());
             self.skipped_count += skipped.len();
-            self.no_local_endpoints += candidate.as_ref().map_or(0, |c| c.no_local_endpoints);
+            if candidate.as_ref().is_some_and(Candidate::noteworthy) {
+                self.noted.insert(key.clone());
+            } else {
+                self.noted.remove(&key);
+            }
             // The frontends this Service held before are released (and maybe retaken).
             let old = if world.snapshot().services.contains_key(&key) {
                 self.services.insert(key.clone(), (candidate, skipped))
             } else {
                 self.services.remove(&key)
             };
-            if let Some((old_candidate, old_skipped)) = &old {
+            if let Some((_, old_skipped)) = &old {
                 self.skipped_count -= old_skipped.len().min(self.skipped_count);
-                let n = old_candidate.as_ref().map_or(0, |c| c.no_local_endpoints);
-                self.no_local_endpoints -= n.min(self.no_local_endpoints);
             }
             if let Some((Some(old), _)) = old {
                 for vs in &old.services {
@@ -341,9 +443,23 @@ struct Candidate {
     id: String,
     created: Option<Timestamp>,
     services: Vec<VirtualService>,
-    /// Frontends with `internalTrafficPolicy: Local` that have endpoints, but none on
-    /// this node (kube-proxy's `sync_proxy_rules_no_local_endpoints_total`).
+    /// Frontends with `internalTrafficPolicy: Local` that have usable endpoints, but
+    /// none on this node (kube-proxy's `sync_proxy_rules_no_local_endpoints_total`).
     no_local_endpoints: usize,
+    /// `externalTrafficPolicy: Local`, and some external frontend has no local endpoint
+    /// while the Service has usable endpoints.
+    no_local_endpoints_external: bool,
+    /// The Service's `healthCheckNodePort`, if it has one to answer.
+    health_check: Option<HealthCheck>,
+}
+
+impl Candidate {
+    /// Whether [`Translator::noted`] tracks it.
+    fn noteworthy(&self) -> bool {
+        self.no_local_endpoints > 0
+            || self.no_local_endpoints_external
+            || self.health_check.is_some()
+    }
 }
 
 /// Valid IP slices grouped by (namespace, service name), in slice-name order.
@@ -451,7 +567,7 @@ fn service(
         return None;
     }
     let mut vips = Vec::with_capacity(cluster_ips.len());
-    for ip in cluster_ips {
+    for &ip in &cluster_ips {
         let has_family = match ip {
             IpAddr::V4(_) => node.ipv4,
             IpAddr::V6(_) => node.ipv6,
@@ -477,10 +593,109 @@ fn service(
         ),
         _ => None,
     };
-    let local_policy = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let load_balancer = service_type == "LoadBalancer";
+    let has_node_ports = matches!(service_type, "NodePort" | "LoadBalancer");
+    let same_family = |a: &IpAddr, b: &IpAddr| a.is_ipv4() == b.is_ipv4();
+    // An external address is served if the Service has a ClusterIP of its family (kube-
+    // proxy programs a family only for Services with a ClusterIP of it) and the node has
+    // the family (else the ClusterIP's own entry explains why nothing is served).
+    let unserved = |ip: &IpAddr, what: &str| -> Option<String> {
+        (!cluster_ips.iter().any(|c| same_family(c, ip))).then(|| {
+            format!(
+                "{what} {ip} is {family}, but the Service has no {family} ClusterIP: it is \
+                 not served (kube-proxy ignores it too)",
+                family = family_name(ip)
+            )
+        })
+    };
+    let served = |ip: &IpAddr| vips.iter().any(|v| same_family(v, ip));
+
+    let mut external_ips: Vec<IpAddr> = Vec::new();
+    for ip in spec
+        .external_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| parse_ip(ip))
+    {
+        if let Some(why) = unserved(&ip, "externalIP") {
+            skip(why);
+        } else if served(&ip) && !external_ips.contains(&ip) {
+            external_ips.push(ip);
+        }
+    }
+    let mut lb_ips: Vec<IpAddr> = Vec::new();
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .filter(|_| load_balancer)
+        .unwrap_or(&[]);
+    for entry in ingress {
+        // Hostname-only entries (some cloud load balancers) name no address; `ipMode:
+        // Proxy` load balancers deliver to the node addresses, not to this IP.
+        if entry.ip_mode.as_deref().is_some_and(|m| m != "VIP") {
+            continue;
+        }
+        let Some(ip) = entry.ip.as_deref().and_then(parse_ip) else {
+            continue;
+        };
+        if ip.is_unspecified() {
+            skip(format!(
+                "load balancer IP {ip} is the unspecified address: it is not served"
+            ));
+        } else if let Some(why) = unserved(&ip, "load balancer IP") {
+            skip(why);
+        } else if served(&ip) && !lb_ips.contains(&ip) {
+            lb_ips.push(ip);
+        }
+    }
+
+    // loadBalancerSourceRanges by family. `None`: the Service lists ranges, none of the
+    // family, so no outside client of the family may connect. An entry that does not
+    // parse (validation rejects those) can only narrow this, never widen it.
+    let range_entries = spec.load_balancer_source_ranges.as_deref().unwrap_or(&[]);
+    let mut ranges: Vec<IpNetwork> = range_entries.iter().filter_map(|r| parse_cidr(r)).collect();
+    ranges.sort();
+    ranges.dedup();
+    let ranges_for = |ip: &IpAddr| -> Option<Vec<IpNetwork>> {
+        let of_family: Vec<IpNetwork> = ranges
+            .iter()
+            .filter(|r| r.is_ipv4() == ip.is_ipv4())
+            .copied()
+            .collect();
+        (range_entries.is_empty() || !of_family.is_empty()).then_some(of_family)
+    };
+    for ip in &lb_ips {
+        if ranges_for(ip).is_none() {
+            skip(format!(
+                "load balancer IP {ip}: spec.loadBalancerSourceRanges lists no {} range, so no \
+                 client outside the node may connect: its external frontends are not \
+                 programmed (clients on this node are still served)",
+                family_name(ip)
+            ));
+        }
+    }
+
+    // kube-proxy's service health server: LoadBalancer + Local only, and only on a node
+    // that serves one of the Service's families.
+    let health_port = spec
+        .health_check_node_port
+        .filter(|_| load_balancer && external_local && !vips.is_empty())
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|&p| p != 0);
 
     let mut services = Vec::new();
+    // Every frontend the Service has produced so far: a second claim to one of them
+    // (an externalIP equal to its own ClusterIP or load balancer IP) is dropped, so the
+    // first in the order ClusterIP, LoadBalancer, ExternalIP wins.
+    let mut claimed = BTreeSet::new();
     let mut no_local_endpoints = 0;
+    let mut no_local_endpoints_external = false;
+    let mut local_ready = BTreeSet::new();
     for port in spec.ports.iter().flatten() {
         let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
             "TCP" => Protocol::Tcp,
@@ -498,35 +713,146 @@ fn service(
         let Ok(port_number) = u16::try_from(port.port) else {
             continue;
         };
+        let node_port = port
+            .node_port
+            .filter(|_| has_node_ports)
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|&n| n != 0);
+        let port_name = ServicePortName {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            port: port.name.clone().unwrap_or_default(),
+        };
         for &vip in &vips {
             let endpoints = endpoints(service_slices, port, protocol, vip, node);
-            let backends = if local_policy {
+            if health_port.is_some() {
+                local_ready.extend(
+                    endpoints
+                        .iter()
+                        .filter(|e| e.local && e.ready)
+                        .map(|e| e.addr.ip()),
+                );
+            }
+            let usable = endpoints.iter().any(|e| e.ready || e.serving_terminating());
+            let cluster = cluster_endpoints(&endpoints, node);
+            let local = if internal_local || external_local {
                 local_endpoints(&endpoints)
             } else {
-                cluster_endpoints(&endpoints, node)
+                Vec::new()
             };
-            if local_policy && backends.is_empty() && !endpoints.is_empty() {
+            if internal_local && local.is_empty() && usable {
                 no_local_endpoints += 1;
             }
-            services.push(VirtualService {
-                name: ServicePortName {
-                    namespace: namespace.to_string(),
-                    name: name.to_string(),
-                    port: port.name.clone().unwrap_or_default(),
-                },
-                frontend: Frontend::internal(vip, port_number, protocol),
-                backends,
-                affinity_timeout_s,
-                kind: FrontendKind::ClusterIp,
-                source_ranges: Vec::new(),
-            });
+            let external_backends = if external_local { &local } else { &cluster };
+            let mut add = |ip: IpAddr,
+                           port: u16,
+                           scope: Scope,
+                           kind: FrontendKind,
+                           backends: &[SocketAddr],
+                           source_ranges: Option<Vec<IpNetwork>>| {
+                let frontend = Frontend {
+                    ip,
+                    port,
+                    protocol,
+                    scope,
+                };
+                if !claimed.insert(frontend) {
+                    return false;
+                }
+                // `None`: nobody may connect; the frontend stays claimed, unprogrammed.
+                let Some(source_ranges) = source_ranges else {
+                    return false;
+                };
+                services.push(VirtualService {
+                    name: port_name.clone(),
+                    frontend,
+                    backends: backends.to_vec(),
+                    affinity_timeout_s,
+                    kind,
+                    source_ranges,
+                });
+                true
+            };
+
+            let clusterip_backends = if internal_local { &local } else { &cluster };
+            add(
+                vip,
+                port_number,
+                Scope::Internal,
+                FrontendKind::ClusterIp,
+                clusterip_backends,
+                Some(Vec::new()),
+            );
+            let mut external = false;
+            let lbs = lb_ips.iter().filter(|ip| same_family(ip, &vip));
+            let eips = external_ips.iter().filter(|ip| same_family(ip, &vip));
+            for (&ip, kind) in lbs
+                .map(|ip| (ip, FrontendKind::LoadBalancer))
+                .chain(eips.map(|ip| (ip, FrontendKind::ExternalIp)))
+            {
+                let ranges = match kind {
+                    FrontendKind::LoadBalancer => ranges_for(&ip),
+                    _ => Some(Vec::new()),
+                };
+                add(
+                    ip,
+                    port_number,
+                    Scope::Internal,
+                    kind,
+                    &cluster,
+                    Some(Vec::new()),
+                );
+                external |= add(
+                    ip,
+                    port_number,
+                    Scope::External,
+                    kind,
+                    external_backends,
+                    ranges,
+                );
+            }
+            if let Some(node_port) = node_port {
+                let any = match vip {
+                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                };
+                let kind = FrontendKind::NodePort;
+                add(
+                    any,
+                    node_port,
+                    Scope::Internal,
+                    kind,
+                    &cluster,
+                    Some(Vec::new()),
+                );
+                external |= add(
+                    any,
+                    node_port,
+                    Scope::External,
+                    kind,
+                    external_backends,
+                    Some(Vec::new()),
+                );
+            }
+            if external_local && external && local.is_empty() && usable {
+                no_local_endpoints_external = true;
+            }
         }
     }
+
+    let health_check = health_port.map(|port| HealthCheck {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        port,
+        local_endpoints: local_ready.len(),
+    });
     Some(Candidate {
         id,
         created: svc.metadata.creation_timestamp.as_ref().map(|t| t.0),
         services,
         no_local_endpoints,
+        no_local_endpoints_external,
+        health_check,
     })
 }
 
@@ -714,7 +1040,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use k8s_openapi::api::core::v1::{
-        ClientIPConfig, ServicePort, ServiceSpec, SessionAffinityConfig,
+        ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec,
+        ServiceStatus, SessionAffinityConfig,
     };
     use k8s_openapi::api::discovery::v1::{
         EndpointConditions, EndpointHints, EndpointPort, ForNode, ForZone,
@@ -912,18 +1239,43 @@ mod tests {
         translate(&snapshot(services, slices), &node())
     }
 
+    /// Parses a frontend as [`show`] writes it: `10.96.0.10:80/TCP`, `*:30080/TCP` (the
+    /// IPv4 NodePort), `[::]:30080/UDP` (the IPv6 one), with ` (external)` for the
+    /// external scope.
     fn frontend(s: &str) -> Frontend {
+        let (s, scope) = match s.strip_suffix(" (external)") {
+            Some(s) => (s, Scope::External),
+            None => (s, Scope::Internal),
+        };
         let (addr, proto) = s.rsplit_once('/').unwrap();
-        let addr: SocketAddr = addr.parse().unwrap();
-        Frontend::internal(
-            addr.ip(),
-            addr.port(),
-            match proto {
+        let addr: SocketAddr = match addr.strip_prefix("*:") {
+            Some(port) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port.parse().unwrap()),
+            None => addr.parse().unwrap(),
+        };
+        Frontend {
+            ip: addr.ip(),
+            port: addr.port(),
+            protocol: match proto {
                 "TCP" => Protocol::Tcp,
                 "UDP" => Protocol::Udp,
                 other => panic!("bad protocol {other}"),
             },
-        )
+            scope,
+        }
+    }
+
+    /// A frontend as [`frontend`] parses it: its `Display`, except that the IPv6
+    /// NodePort is `[::]:port` (both families' NodePorts display as `*:port`).
+    fn show(f: &Frontend) -> String {
+        if f.ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+            let v4 = Frontend {
+                ip: Ipv4Addr::UNSPECIFIED.into(),
+                ..*f
+            };
+            v4.to_string().replacen('*', "[::]", 1)
+        } else {
+            f.to_string()
+        }
     }
 
     /// The virtual service on `frontend` ("10.96.0.10:80/TCP"); panics if absent.
@@ -940,7 +1292,35 @@ mod tests {
     }
 
     fn frontends(t: &Translation) -> Vec<String> {
-        t.desired.services.keys().map(ToString::to_string).collect()
+        t.desired.services.keys().map(show).collect()
+    }
+
+    /// Every virtual service as `frontend kind -> backends`, with ` from ranges` when it
+    /// has source ranges, in frontend order.
+    fn table(t: &Translation) -> Vec<String> {
+        t.desired
+            .services
+            .values()
+            .map(|v| {
+                let backends: Vec<String> = v.backends.iter().map(ToString::to_string).collect();
+                let mut line = format!(
+                    "{} {} -> {}",
+                    show(&v.frontend),
+                    v.kind,
+                    if backends.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        backends.join(" ")
+                    }
+                );
+                if !v.source_ranges.is_empty() {
+                    let ranges: Vec<String> =
+                        v.source_ranges.iter().map(ToString::to_string).collect();
+                    line += &format!(" from {}", ranges.join(" "));
+                }
+                line
+            })
+            .collect()
     }
 
     fn skipped(t: &Translation) -> Vec<String> {
@@ -2094,6 +2474,874 @@ mod tests {
         assert_eq!(t.skipped[0].object, "Service demo/b");
     }
 
+    // ---- NodePorts ------------------------------------------------------------------
+
+    /// `s` as a NodePort service with `node_ports[i]` on its i-th port.
+    fn node_ports(mut s: Service, node_ports: &[i32]) -> Service {
+        spec(&mut s).type_ = Some("NodePort".into());
+        for (p, &n) in spec(&mut s)
+            .ports
+            .as_mut()
+            .unwrap()
+            .iter_mut()
+            .zip(node_ports)
+        {
+            p.node_port = Some(n);
+        }
+        s
+    }
+
+    /// `s` as a LoadBalancer service with these `status.loadBalancer.ingress` IPs.
+    fn load_balancer(mut s: Service, ips: &[&str]) -> Service {
+        spec(&mut s).type_ = Some("LoadBalancer".into());
+        s.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(
+                    ips.iter()
+                        .map(|ip| LoadBalancerIngress {
+                            ip: Some(ip.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        });
+        s
+    }
+
+    fn external_local(s: Service) -> Service {
+        with(s, |s| {
+            spec(s).external_traffic_policy = Some("Local".into())
+        })
+    }
+
+    /// `demo/web` as a NodePort service on 30080.
+    fn web_node_port() -> Service {
+        node_ports(web(), &[30080])
+    }
+
+    /// One endpoint on this node and one on node-b.
+    fn spread() -> Vec<EndpointSlice> {
+        vec![web_slice(
+            "web-1",
+            vec![
+                on(ep("10.244.0.11"), "node-a"),
+                on(ep("10.244.1.12"), "node-b"),
+            ],
+        )]
+    }
+
+    const NP: &str = "*:30080/TCP";
+    const NP_EXT: &str = "*:30080/TCP (external)";
+
+    #[test]
+    fn a_node_port_is_served_on_the_unspecified_address_in_both_scopes() {
+        let t = run(vec![web_node_port()], spread());
+        assert_eq!(
+            table(&t),
+            [
+                "*:30080/TCP NodePort -> 10.244.0.11:8080 10.244.1.12:8080",
+                "*:30080/TCP (external) NodePort -> 10.244.0.11:8080 10.244.1.12:8080",
+                "10.96.0.10:80/TCP ClusterIP -> 10.244.0.11:8080 10.244.1.12:8080",
+            ]
+        );
+        assert_eq!(vs(&t, NP_EXT).name.to_string(), "demo/web:http");
+        assert!(t.skipped.is_empty(), "{:?}", skipped(&t));
+    }
+
+    #[test]
+    fn node_ports_are_served_for_node_port_and_load_balancer_services_when_set() {
+        let lb = load_balancer(node_ports(web(), &[30080]), &[]);
+        assert_eq!(frontends(&run(vec![lb], vec![])), [NP, NP_EXT, WEB]);
+        // allocateLoadBalancerNodePorts: false leaves nodePort 0 (or absent): none.
+        for n in [Some(0), None] {
+            let lb = load_balancer(
+                with(web(), |s| spec(s).ports.as_mut().unwrap()[0].node_port = n),
+                &[],
+            );
+            assert_eq!(frontends(&run(vec![lb], vec![])), [WEB]);
+        }
+        // A multi-port NodePort service: one node port per service port.
+        let s = node_ports(
+            svc(
+                "demo",
+                "dns",
+                "10.96.0.53",
+                &[("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")],
+            ),
+            &[30053, 30054],
+        );
+        assert_eq!(
+            frontends(&run(vec![s], vec![])),
+            [
+                "*:30053/UDP",
+                "*:30053/UDP (external)",
+                "*:30054/TCP",
+                "*:30054/TCP (external)",
+                "10.96.0.53:53/TCP",
+                "10.96.0.53:53/UDP",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_node_port_has_frontends_for_each_family_the_node_serves() {
+        let s = with(web_node_port(), |s| {
+            spec(s).cluster_ips = Some(vec!["10.96.0.10".into(), "fd00::10".into()]);
+        });
+        let v6 = slice(
+            "demo",
+            "web-v6",
+            "web",
+            "IPv6",
+            &[("http", 8080, "TCP")],
+            vec![ep("fd00:244::11")],
+        );
+        let slices = vec![web_slice("web-v4", vec![ep("10.244.0.11")]), v6];
+        let t = run(vec![s.clone()], slices.clone());
+        assert_eq!(
+            table(&t),
+            [
+                "*:30080/TCP NodePort -> 10.244.0.11:8080",
+                "*:30080/TCP (external) NodePort -> 10.244.0.11:8080",
+                "10.96.0.10:80/TCP ClusterIP -> 10.244.0.11:8080",
+                "[::]:30080/TCP NodePort -> [fd00:244::11]:8080",
+                "[::]:30080/TCP (external) NodePort -> [fd00:244::11]:8080",
+                "[fd00::10]:80/TCP ClusterIP -> [fd00:244::11]:8080",
+            ]
+        );
+        let mut n = node();
+        n.ipv6 = false;
+        let t = translate(&snapshot(vec![s], slices), &n);
+        assert_eq!(frontends(&t), [NP, NP_EXT, WEB]);
+    }
+
+    // ---- externalTrafficPolicy ----------------------------------------------------------
+
+    #[test]
+    fn external_policy_local_narrows_only_external_frontends_to_this_node() {
+        let t = run(vec![external_local(web_node_port())], spread());
+        assert_eq!(
+            table(&t),
+            [
+                // In-cluster clients short-circuit to every endpoint, as in kube-proxy.
+                "*:30080/TCP NodePort -> 10.244.0.11:8080 10.244.1.12:8080",
+                "*:30080/TCP (external) NodePort -> 10.244.0.11:8080",
+                "10.96.0.10:80/TCP ClusterIP -> 10.244.0.11:8080 10.244.1.12:8080",
+            ]
+        );
+    }
+
+    #[test]
+    fn external_policy_local_falls_back_to_local_terminating_endpoints() {
+        let t = run(
+            vec![external_local(web_node_port())],
+            vec![web_slice(
+                "web-1",
+                vec![
+                    terminating(on(ep("10.244.0.11"), "node-a")),
+                    on(ep("10.244.1.12"), "node-b"),
+                ],
+            )],
+        );
+        assert_eq!(backends(&t, NP_EXT), ["10.244.0.11:8080"]);
+        assert_eq!(backends(&t, NP), ["10.244.1.12:8080"]);
+    }
+
+    #[test]
+    fn external_policy_local_without_a_local_endpoint_drops_outside_clients() {
+        let t = run(
+            vec![external_local(web_node_port())],
+            vec![web_slice("web-1", vec![on(ep("10.244.1.12"), "node-b")])],
+        );
+        assert_eq!(backends(&t, NP_EXT), Vec::<String>::new());
+        assert_eq!(backends(&t, NP), ["10.244.1.12:8080"]);
+        assert!(t.skipped.is_empty());
+    }
+
+    #[test]
+    fn external_policy_cluster_is_the_default_and_topology_applies_to_it() {
+        let slices = vec![web_slice(
+            "web-1",
+            vec![
+                for_zones(on(ep("10.244.0.11"), "node-a"), &["zone-a"]),
+                for_zones(on(ep("10.244.1.12"), "node-b"), &["zone-b"]),
+            ],
+        )];
+        for policy in [None, Some("Cluster")] {
+            let s = with(web_node_port(), |s| {
+                spec(s).external_traffic_policy = policy.map(Into::into)
+            });
+            let t = run(vec![s], slices.clone());
+            assert_eq!(backends(&t, NP_EXT), ["10.244.0.11:8080"], "{policy:?}");
+            assert_eq!(backends(&t, NP), ["10.244.0.11:8080"], "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn internal_policy_local_applies_to_the_cluster_ip_only() {
+        let s = with(web_node_port(), |s| {
+            spec(s).internal_traffic_policy = Some("Local".into());
+        });
+        let t = run(vec![s], spread());
+        assert_eq!(
+            table(&t),
+            [
+                "*:30080/TCP NodePort -> 10.244.0.11:8080 10.244.1.12:8080",
+                "*:30080/TCP (external) NodePort -> 10.244.0.11:8080 10.244.1.12:8080",
+                "10.96.0.10:80/TCP ClusterIP -> 10.244.0.11:8080",
+            ]
+        );
+    }
+
+    fn translator(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Translator {
+        let mut world = World::default();
+        world.reset(snapshot(services, slices));
+        let mut t = Translator::default();
+        t.rebuild(&world, &node());
+        t
+    }
+
+    #[test]
+    fn external_policy_local_services_without_a_local_endpoint_are_counted_once() {
+        // Two ports, two families, no local endpoint anywhere: one Service.
+        let s = external_local(node_ports(
+            with(
+                svc(
+                    "demo",
+                    "web",
+                    "10.96.0.10",
+                    &[("http", 80, "TCP"), ("https", 443, "TCP")],
+                ),
+                |s| spec(s).cluster_ips = Some(vec!["10.96.0.10".into(), "fd00::10".into()]),
+            ),
+            &[30080, 30443],
+        ));
+        let remote = slice(
+            "demo",
+            "web-1",
+            "web",
+            "IPv4",
+            &[("http", 8080, "TCP"), ("https", 8443, "TCP")],
+            vec![on(ep("10.244.1.12"), "node-b")],
+        );
+        let t = translator(vec![s.clone()], vec![remote.clone()]);
+        assert_eq!(t.no_local_endpoints_external(), 1);
+        assert_eq!(t.no_local_endpoints(), 0);
+        // No usable endpoint at all is not "no local endpoint".
+        let t = translator(vec![s.clone()], vec![]);
+        assert_eq!(t.no_local_endpoints_external(), 0);
+        let t = translator(
+            vec![s.clone()],
+            vec![web_slice(
+                "web-1",
+                vec![not_ready(on(ep("10.244.1.12"), "node-b"))],
+            )],
+        );
+        assert_eq!(t.no_local_endpoints_external(), 0);
+        // A local endpoint for one port but not the other still counts.
+        let partial = slice(
+            "demo",
+            "web-2",
+            "web",
+            "IPv4",
+            &[("http", 8080, "TCP")],
+            vec![on(ep("10.244.0.11"), "node-a")],
+        );
+        let t = translator(vec![s.clone()], vec![remote.clone(), partial]);
+        assert_eq!(t.no_local_endpoints_external(), 1);
+        // Cluster policy, or no external frontend at all, never counts.
+        let cluster = with(s.clone(), |s| spec(s).external_traffic_policy = None);
+        assert_eq!(
+            translator(vec![cluster], vec![remote.clone()]).no_local_endpoints_external(),
+            0
+        );
+        let no_frontend = with(s, |s| {
+            spec(s).type_ = Some("LoadBalancer".into());
+            for p in spec(s).ports.as_mut().unwrap() {
+                p.node_port = None;
+            }
+        });
+        assert_eq!(
+            translator(vec![no_frontend], vec![remote]).no_local_endpoints_external(),
+            0
+        );
+    }
+
+    #[test]
+    fn the_external_no_local_endpoints_count_follows_updates() {
+        let mut world = World::default();
+        world.reset(snapshot(
+            vec![external_local(web_node_port())],
+            vec![web_slice("web-1", vec![on(ep("10.244.1.5"), "node-b")])],
+        ));
+        let mut t = Translator::default();
+        t.rebuild(&world, &node());
+        assert_eq!(t.no_local_endpoints_external(), 1);
+        let dirty = world.apply(
+            vec![],
+            vec![(
+                ("demo".into(), "web-1".into()),
+                Some(Arc::new(web_slice(
+                    "web-1",
+                    vec![on(ep("10.244.0.5"), "node-a")],
+                ))),
+            )],
+        );
+        t.update(&world, dirty, &node());
+        assert_eq!(t.no_local_endpoints_external(), 0);
+        let dirty = world.apply(vec![(("demo".into(), "web".into()), None)], vec![]);
+        t.update(&world, dirty, &node());
+        assert_eq!(t.no_local_endpoints_external(), 0);
+    }
+
+    // ---- externalIPs --------------------------------------------------------------------
+
+    #[test]
+    fn external_ips_are_served_in_both_scopes_with_the_service_port() {
+        let s = external_local(with(web(), |s| {
+            spec(s).external_ips = Some(vec!["192.0.2.10".into(), "192.0.2.11".into()]);
+        }));
+        let t = run(vec![s], spread());
+        assert_eq!(
+            table(&t),
+            [
+                "10.96.0.10:80/TCP ClusterIP -> 10.244.0.11:8080 10.244.1.12:8080",
+                "192.0.2.10:80/TCP ExternalIP -> 10.244.0.11:8080 10.244.1.12:8080",
+                "192.0.2.10:80/TCP (external) ExternalIP -> 10.244.0.11:8080",
+                "192.0.2.11:80/TCP ExternalIP -> 10.244.0.11:8080 10.244.1.12:8080",
+                "192.0.2.11:80/TCP (external) ExternalIP -> 10.244.0.11:8080",
+            ]
+        );
+    }
+
+    #[test]
+    fn external_ips_of_a_family_without_a_cluster_ip_are_reported_and_not_served() {
+        let s = with(web(), |s| {
+            spec(s).external_ips = Some(vec!["2001:db8::10".into(), "192.0.2.10".into()]);
+        });
+        let t = run(vec![s], vec![]);
+        assert_eq!(
+            frontends(&t),
+            [WEB, "192.0.2.10:80/TCP", "192.0.2.10:80/TCP (external)"]
+        );
+        assert_eq!(
+            skipped(&t),
+            [
+                "Service demo/web: externalIP 2001:db8::10 is IPv6, but the Service has no IPv6 ClusterIP: it is not served (kube-proxy ignores it too)"
+            ]
+        );
+        // A family the Service has but this node lacks: the ClusterIP's entry says it.
+        let dual = with(web(), |s| {
+            spec(s).cluster_ips = Some(vec!["10.96.0.10".into(), "fd00::10".into()]);
+            spec(s).external_ips = Some(vec!["2001:db8::10".into()]);
+        });
+        let mut n = node();
+        n.ipv6 = false;
+        let t = translate(&snapshot(vec![dual], vec![]), &n);
+        assert_eq!(frontends(&t), [WEB]);
+        assert_eq!(t.skipped.len(), 1);
+        assert!(
+            t.skipped[0]
+                .reason
+                .starts_with("ClusterIP fd00::10 is IPv6")
+        );
+    }
+
+    #[test]
+    fn an_external_ip_equal_to_the_services_own_cluster_ip_is_served_once() {
+        let s = with(web(), |s| {
+            spec(s).internal_traffic_policy = Some("Local".into());
+            spec(s).external_ips = Some(vec!["10.96.0.10".into(), "10.96.0.10".into()]);
+        });
+        let t = run(vec![s], spread());
+        assert_eq!(
+            table(&t),
+            [
+                "10.96.0.10:80/TCP ClusterIP -> 10.244.0.11:8080",
+                "10.96.0.10:80/TCP (external) ExternalIP -> 10.244.0.11:8080 10.244.1.12:8080",
+            ]
+        );
+        assert!(t.skipped.is_empty(), "{:?}", skipped(&t));
+    }
+
+    #[test]
+    fn an_invalid_external_ip_rejects_the_service_whole() {
+        let s = with(web_node_port(), |s| {
+            spec(s).external_ips = Some(vec!["192.0.2.10".into(), "1.2.3".into()]);
+        });
+        let t = run(vec![s], spread());
+        assert!(t.desired.services.is_empty(), "{:?}", frontends(&t));
+        assert_eq!(
+            skipped(&t),
+            ["Service demo/web: spec.externalIPs[1]: \"1.2.3\" is not an IP address"]
+        );
+    }
+
+    // ---- LoadBalancer -------------------------------------------------------------------
+
+    const LB: &str = "192.0.2.100:80/TCP";
+    const LB_EXT: &str = "192.0.2.100:80/TCP (external)";
+
+    #[test]
+    fn load_balancer_ips_are_served_in_both_scopes() {
+        let s = external_local(load_balancer(web_node_port(), &["192.0.2.100"]));
+        let t = run(vec![s], spread());
+        assert_eq!(
+            table(&t),
+            [
+                "*:30080/TCP NodePort -> 10.244.0.11:8080 10.244.1.12:8080",
+                "*:30080/TCP (external) NodePort -> 10.244.0.11:8080",
+                "10.96.0.10:80/TCP ClusterIP -> 10.244.0.11:8080 10.244.1.12:8080",
+                "192.0.2.100:80/TCP LoadBalancer -> 10.244.0.11:8080 10.244.1.12:8080",
+                "192.0.2.100:80/TCP (external) LoadBalancer -> 10.244.0.11:8080",
+            ]
+        );
+    }
+
+    #[test]
+    fn load_balancer_ingress_without_an_ip_or_in_proxy_mode_is_not_served() {
+        let mut s = load_balancer(web(), &[]);
+        s.status.as_mut().unwrap().load_balancer = Some(LoadBalancerStatus {
+            ingress: Some(vec![
+                LoadBalancerIngress {
+                    hostname: Some("lb.example.com".into()),
+                    ..Default::default()
+                },
+                LoadBalancerIngress {
+                    ip: Some("192.0.2.101".into()),
+                    ip_mode: Some("Proxy".into()),
+                    ..Default::default()
+                },
+                LoadBalancerIngress {
+                    ip: Some("192.0.2.100".into()),
+                    ip_mode: Some("VIP".into()),
+                    ..Default::default()
+                },
+            ]),
+        });
+        let t = run(vec![s], vec![]);
+        assert_eq!(frontends(&t), [WEB, LB, LB_EXT]);
+        assert!(t.skipped.is_empty(), "{:?}", skipped(&t));
+    }
+
+    #[test]
+    fn a_load_balancer_status_is_ignored_unless_the_type_is_load_balancer() {
+        let s = with(load_balancer(web(), &["192.0.2.100"]), |s| {
+            spec(s).type_ = Some("ClusterIP".into());
+        });
+        assert_eq!(frontends(&run(vec![s], vec![])), [WEB]);
+    }
+
+    #[test]
+    fn load_balancer_ips_of_another_family_or_unspecified_are_reported() {
+        let s = load_balancer(web(), &["2001:db8::100", "0.0.0.0", "192.0.2.100"]);
+        let t = run(vec![s], vec![]);
+        assert_eq!(frontends(&t), [WEB, LB, LB_EXT]);
+        assert_eq!(
+            skipped(&t),
+            [
+                "Service demo/web: load balancer IP 2001:db8::100 is IPv6, but the Service has no IPv6 ClusterIP: it is not served (kube-proxy ignores it too)",
+                "Service demo/web: load balancer IP 0.0.0.0 is the unspecified address: it is not served",
+            ]
+        );
+    }
+
+    fn source_ranges(s: Service, ranges: &[&str]) -> Service {
+        with(s, |s| {
+            spec(s).load_balancer_source_ranges =
+                Some(ranges.iter().map(|r| r.to_string()).collect());
+        })
+    }
+
+    #[test]
+    fn source_ranges_restrict_only_external_load_balancer_frontends_of_their_family() {
+        let s = source_ranges(
+            with(
+                load_balancer(web_node_port(), &["192.0.2.100", "2001:db8::100"]),
+                |s| {
+                    spec(s).cluster_ips = Some(vec!["10.96.0.10".into(), "fd00::10".into()]);
+                    spec(s).external_ips = Some(vec!["192.0.2.10".into()]);
+                },
+            ),
+            &[
+                "203.0.113.0/24",
+                " 198.51.100.7 ",
+                "2001:db8:1::/48",
+                "203.0.113.9/24",
+            ],
+        );
+        let t = run(vec![s], vec![]);
+        let with_ranges: Vec<String> = table(&t)
+            .into_iter()
+            .filter(|line| line.contains(" from "))
+            .collect();
+        assert_eq!(
+            with_ranges,
+            [
+                "192.0.2.100:80/TCP (external) LoadBalancer -> (none) from 198.51.100.7/32 203.0.113.0/24",
+                "[2001:db8::100]:80/TCP (external) LoadBalancer -> (none) from 2001:db8:1::/48",
+            ]
+        );
+        // The internal LB frontends, NodePorts and externalIPs are not filtered.
+        assert_eq!(frontends(&t).len(), 12);
+        assert!(t.skipped.is_empty(), "{:?}", skipped(&t));
+    }
+
+    #[test]
+    fn a_load_balancer_ip_without_a_source_range_of_its_family_admits_no_outside_client() {
+        // Ranges of IPv6 only: the IPv4 load balancer IP's external frontend is left out
+        // (nobody outside may connect), never programmed without ranges (everybody).
+        let s = source_ranges(
+            with(load_balancer(web_node_port(), &["192.0.2.100"]), |s| {
+                // The same address as an externalIP must not open it either.
+                spec(s).external_ips = Some(vec!["192.0.2.100".into()]);
+            }),
+            &["2001:db8:1::/48"],
+        );
+        let t = run(vec![s], spread());
+        assert_eq!(
+            table(&t),
+            [
+                "*:30080/TCP NodePort -> 10.244.0.11:8080 10.244.1.12:8080",
+                "*:30080/TCP (external) NodePort -> 10.244.0.11:8080 10.244.1.12:8080",
+                "10.96.0.10:80/TCP ClusterIP -> 10.244.0.11:8080 10.244.1.12:8080",
+                "192.0.2.100:80/TCP LoadBalancer -> 10.244.0.11:8080 10.244.1.12:8080",
+            ]
+        );
+        assert_eq!(
+            skipped(&t),
+            [
+                "Service demo/web: load balancer IP 192.0.2.100: spec.loadBalancerSourceRanges lists no IPv4 range, so no client outside the node may connect: its external frontends are not programmed (clients on this node are still served)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_load_balancer_ip_listed_as_an_external_ip_keeps_its_source_ranges() {
+        let s = source_ranges(
+            with(load_balancer(web(), &["192.0.2.100"]), |s| {
+                spec(s).external_ips = Some(vec!["192.0.2.100".into()]);
+            }),
+            &["203.0.113.0/24"],
+        );
+        let t = run(vec![s], vec![]);
+        assert_eq!(
+            table(&t),
+            [
+                "10.96.0.10:80/TCP ClusterIP -> (none)",
+                "192.0.2.100:80/TCP LoadBalancer -> (none)",
+                "192.0.2.100:80/TCP (external) LoadBalancer -> (none) from 203.0.113.0/24",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_invalid_source_range_rejects_the_service_whole_never_widening_access() {
+        let s = source_ranges(
+            load_balancer(web(), &["192.0.2.100"]),
+            &["203.0.113.0/24", "203.0.113.0/33"],
+        );
+        let t = run(vec![s], spread());
+        assert!(t.desired.services.is_empty(), "{:?}", frontends(&t));
+        assert_eq!(
+            skipped(&t),
+            [
+                "Service demo/web: spec.loadBalancerSourceRanges[1]: \"203.0.113.0/33\" is not a CIDR (address/prefix) or an IP address; the service is not served rather than served to more sources than it allows"
+            ]
+        );
+        let s = with(load_balancer(web(), &["192.0.2.1000"]), |_| {});
+        let t = run(vec![s], vec![]);
+        assert_eq!(
+            skipped(&t),
+            [
+                "Service demo/web: status.loadBalancer.ingress[0].ip: \"192.0.2.1000\" is not an IP address"
+            ]
+        );
+    }
+
+    #[test]
+    fn affinity_applies_to_every_frontend_of_the_service() {
+        let s = with(load_balancer(web_node_port(), &["192.0.2.100"]), |s| {
+            spec(s).external_ips = Some(vec!["192.0.2.10".into()]);
+            spec(s).session_affinity = Some("ClientIP".into());
+            spec(s).session_affinity_config = Some(SessionAffinityConfig {
+                client_ip: Some(ClientIPConfig {
+                    timeout_seconds: Some(60),
+                }),
+            });
+        });
+        let t = run(vec![s], vec![]);
+        assert_eq!(t.desired.services.len(), 7);
+        assert!(
+            t.desired
+                .services
+                .values()
+                .all(|v| v.affinity_timeout_s == Some(60))
+        );
+    }
+
+    // ---- health checks ------------------------------------------------------------------
+
+    /// A LoadBalancer `demo/<name>` with `externalTrafficPolicy: Local` and a health
+    /// check node port.
+    fn local_lb(name: &str, ip: &str, health_port: i32) -> Service {
+        with(
+            external_local(load_balancer(
+                svc("demo", name, ip, &[("http", 80, "TCP")]),
+                &[],
+            )),
+            |s| spec(s).health_check_node_port = Some(health_port),
+        )
+    }
+
+    fn hc(name: &str, port: u16, local_endpoints: usize) -> HealthCheck {
+        HealthCheck {
+            namespace: "demo".into(),
+            name: name.into(),
+            port,
+            local_endpoints,
+        }
+    }
+
+    #[test]
+    fn a_local_load_balancer_counts_its_distinct_local_ready_endpoint_addresses() {
+        let s = with(local_lb("web", "10.96.0.10", 32000), |s| {
+            spec(s).cluster_ips = Some(vec!["10.96.0.10".into(), "fd00::10".into()]);
+            spec(s).ports = Some(vec![
+                ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    ..Default::default()
+                },
+                ServicePort {
+                    name: Some("metrics".into()),
+                    port: 9090,
+                    ..Default::default()
+                },
+            ]);
+        });
+        let slices = vec![
+            slice(
+                "demo",
+                "web-1",
+                "web",
+                "IPv4",
+                &[("http", 8080, "TCP"), ("metrics", 9090, "TCP")],
+                vec![
+                    on(ep("10.244.0.11"), "node-a"), // both ports: counted once
+                    terminating(on(ep("10.244.0.12"), "node-a")),
+                    not_ready(on(ep("10.244.0.13"), "node-a")),
+                    on(ep("10.244.1.14"), "node-b"),
+                ],
+            ),
+            slice(
+                "demo",
+                "web-2",
+                "web",
+                "IPv4",
+                &[("metrics", 9091, "TCP")],
+                vec![on(ep("10.244.0.15"), "node-a")],
+            ),
+            slice(
+                "demo",
+                "web-v6",
+                "web",
+                "IPv6",
+                &[("http", 8080, "TCP")],
+                vec![on(ep("fd00:244::11"), "node-a")],
+            ),
+            // A port the Service does not have.
+            slice(
+                "demo",
+                "web-3",
+                "web",
+                "IPv4",
+                &[("other", 7000, "TCP")],
+                vec![on(ep("10.244.0.16"), "node-a")],
+            ),
+        ];
+        let t = run(vec![s.clone()], slices.clone());
+        assert_eq!(t.health_checks, [hc("web", 32000, 3)]);
+        assert_eq!(translator(vec![s], slices).health_checks(), t.health_checks);
+    }
+
+    #[test]
+    fn a_health_check_needs_a_load_balancer_with_external_policy_local_and_a_port() {
+        let base = local_lb("web", "10.96.0.10", 32000);
+        let t = run(vec![base.clone()], vec![]);
+        assert_eq!(t.health_checks, [hc("web", 32000, 0)]);
+        let cluster = with(base.clone(), |s| spec(s).external_traffic_policy = None);
+        let node_port = with(base.clone(), |s| spec(s).type_ = Some("NodePort".into()));
+        let unset = with(base.clone(), |s| spec(s).health_check_node_port = None);
+        let zero = with(base, |s| spec(s).health_check_node_port = Some(0));
+        for s in [cluster, node_port, unset, zero] {
+            let t = run(vec![s], vec![]);
+            assert!(t.health_checks.is_empty(), "{:?}", t.health_checks);
+        }
+        // Not on a node that serves none of the Service's families.
+        let mut n = node();
+        n.ipv4 = false;
+        let t = translate(
+            &snapshot(vec![local_lb("web", "10.96.0.10", 32000)], vec![]),
+            &n,
+        );
+        assert!(t.health_checks.is_empty());
+    }
+
+    #[test]
+    fn health_checks_are_sorted_by_port() {
+        let t = run(
+            vec![
+                local_lb("a", "10.96.0.1", 32002),
+                local_lb("b", "10.96.0.2", 32000),
+                local_lb("c", "10.96.0.3", 32001),
+            ],
+            vec![],
+        );
+        assert_eq!(
+            t.health_checks,
+            [hc("b", 32000, 0), hc("c", 32001, 0), hc("a", 32002, 0)]
+        );
+    }
+
+    #[test]
+    fn a_service_left_out_by_a_conflict_gets_no_health_check() {
+        let old = created(local_lb("old", "10.96.0.10", 32000), "2024-01-01T00:00:00Z");
+        let new = created(local_lb("new", "10.96.0.10", 32001), "2025-01-01T00:00:00Z");
+        let t = run(vec![new.clone(), old.clone()], vec![]);
+        assert_eq!(t.health_checks, [hc("old", 32000, 0)]);
+        assert_eq!(
+            translator(vec![new, old], vec![]).health_checks(),
+            t.health_checks
+        );
+    }
+
+    #[test]
+    fn health_checks_follow_incremental_updates() {
+        let mut world = World::default();
+        world.reset(snapshot(vec![local_lb("web", "10.96.0.10", 32000)], vec![]));
+        let mut t = Translator::default();
+        t.rebuild(&world, &node());
+        assert_eq!(t.health_checks(), [hc("web", 32000, 0)]);
+        let dirty = world.apply(
+            vec![],
+            vec![(
+                ("demo".into(), "web-1".into()),
+                Some(Arc::new(web_slice(
+                    "web-1",
+                    vec![
+                        on(ep("10.244.0.5"), "node-a"),
+                        on(ep("10.244.0.6"), "node-a"),
+                    ],
+                ))),
+            )],
+        );
+        t.update(&world, dirty, &node());
+        assert_eq!(t.health_checks(), [hc("web", 32000, 2)]);
+        let dirty = world.apply(vec![(("demo".into(), "web".into()), None)], vec![]);
+        t.update(&world, dirty, &node());
+        assert!(t.health_checks().is_empty());
+    }
+
+    // ---- conflicts between external frontends ---------------------------------------------
+
+    #[test]
+    fn of_two_services_on_one_node_port_the_older_wins() {
+        let old = created(
+            node_ports(
+                svc("zzz", "old", "10.96.0.10", &[("http", 80, "TCP")]),
+                &[30080],
+            ),
+            "2024-01-01T00:00:00Z",
+        );
+        let new = created(
+            node_ports(
+                svc("aaa", "new", "10.96.0.20", &[("http", 80, "TCP")]),
+                &[30080],
+            ),
+            "2025-01-01T00:00:00Z",
+        );
+        let t = run(vec![new, old], vec![]);
+        assert_eq!(frontends(&t), [NP, NP_EXT, WEB]);
+        assert_eq!(vs(&t, NP_EXT).name.to_string(), "zzz/old:http");
+        assert_eq!(
+            skipped(&t),
+            [
+                "Service aaa/new: frontend *:30080/TCP is already served by Service zzz/old, which is older (or as old and sorts first); Service aaa/new is not served"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_external_ip_on_another_services_cluster_ip_and_port_is_a_conflict() {
+        let cluster = created(web(), "2024-01-01T00:00:00Z");
+        let external = created(
+            with(
+                svc("demo", "ext", "10.96.0.20", &[("http", 80, "TCP")]),
+                |s| {
+                    spec(s).external_ips = Some(vec!["10.96.0.10".into()]);
+                },
+            ),
+            "2025-01-01T00:00:00Z",
+        );
+        let t = run(vec![external.clone(), cluster.clone()], vec![]);
+        assert_eq!(frontends(&t), [WEB]);
+        assert_eq!(t.skipped.len(), 1);
+        assert_eq!(t.skipped[0].object, "Service demo/ext");
+        // The other way round, the older externalIP holder wins and web is left out.
+        let cluster = created(web(), "2025-01-01T00:00:00Z");
+        let external = created(external, "2024-01-01T00:00:00Z");
+        let t = run(vec![external, cluster], vec![]);
+        assert_eq!(vs(&t, WEB).kind, FrontendKind::ExternalIp);
+        assert_eq!(vs(&t, WEB).name.name, "ext");
+        assert_eq!(t.skipped[0].object, "Service demo/web");
+    }
+
+    #[test]
+    fn two_load_balancers_on_one_ip_and_port_conflict_but_not_on_different_ports() {
+        let a = created(
+            load_balancer(
+                svc("demo", "a", "10.96.0.1", &[("http", 80, "TCP")]),
+                &["192.0.2.100"],
+            ),
+            "2024-01-01T00:00:00Z",
+        );
+        let b = load_balancer(
+            svc("demo", "b", "10.96.0.2", &[("http", 80, "TCP")]),
+            &["192.0.2.100"],
+        );
+        let t = run(vec![a.clone(), b], vec![]);
+        assert_eq!(vs(&t, LB_EXT).name.name, "a");
+        assert_eq!(t.skipped.len(), 1);
+        assert_eq!(t.skipped[0].object, "Service demo/b");
+        // An IP shared by Services on different ports (as MetalLB allows) is fine.
+        let c = load_balancer(
+            svc("demo", "c", "10.96.0.3", &[("dns", 53, "UDP")]),
+            &["192.0.2.100"],
+        );
+        let t = run(vec![a, c], vec![]);
+        assert_eq!(t.desired.services.len(), 6);
+        assert!(t.skipped.is_empty(), "{:?}", skipped(&t));
+    }
+
+    #[test]
+    fn node_ports_of_other_protocols_or_families_do_not_conflict() {
+        let tcp = node_ports(
+            svc("demo", "tcp", "10.96.0.1", &[("p", 80, "TCP")]),
+            &[30080],
+        );
+        let udp = node_ports(
+            svc("demo", "udp", "10.96.0.2", &[("p", 80, "UDP")]),
+            &[30080],
+        );
+        let v6 = node_ports(svc("demo", "v6", "fd00::3", &[("p", 80, "TCP")]), &[30080]);
+        let t = run(vec![tcp, udp, v6], vec![]);
+        assert_eq!(t.desired.services.len(), 9);
+        assert!(t.skipped.is_empty(), "{:?}", skipped(&t));
+    }
+
     // ---- robustness -------------------------------------------------------------------
 
     #[test]
@@ -2183,6 +3431,94 @@ mod tests {
         assert_eq!(t.skipped.len(), 2);
     }
 
+    #[test]
+    fn hostile_external_fields_never_panic_or_widen_source_ranges() {
+        let types = [None, Some("NodePort"), Some("LoadBalancer"), Some("Weird")];
+        let node_ports = [
+            None,
+            Some(i32::MIN),
+            Some(-1),
+            Some(0),
+            Some(30080),
+            Some(65536),
+        ];
+        let external_ips = [
+            "",
+            "x",
+            "0.0.0.0",
+            "192.0.2.1",
+            "::ffff:192.0.2.1",
+            "2001:db8::1",
+        ];
+        let ranges: [&[&str]; 6] = [
+            &[],
+            &[""],
+            &["x"],
+            &["203.0.113.0/24", "10.0.0.0/33"],
+            &["2001:db8::/32"],
+            &["0.0.0.0/0"],
+        ];
+        let ingress = [
+            ("192.0.2.100", None),
+            ("192.0.2.100", Some("Proxy")),
+            ("192.0.2.100", Some("Bogus")),
+            ("0.0.0.0", None),
+            ("", None),
+            ("nope", None),
+        ];
+        let health = [None, Some(-1), Some(0), Some(32000), Some(70000)];
+        let mut count = 0;
+        for type_ in types {
+            for node_port in node_ports {
+                for eip in external_ips {
+                    for range in ranges {
+                        for (ip, mode) in ingress {
+                            for hc_port in health {
+                                let s = with(web(), |s| {
+                                    spec(s).type_ = type_.map(Into::into);
+                                    spec(s).ports.as_mut().unwrap()[0].node_port = node_port;
+                                    spec(s).external_ips = Some(vec![eip.into()]);
+                                    spec(s).load_balancer_source_ranges =
+                                        Some(range.iter().map(|r| r.to_string()).collect());
+                                    spec(s).health_check_node_port = hc_port;
+                                    spec(s).external_traffic_policy = Some("Local".into());
+                                    s.status = Some(ServiceStatus {
+                                        load_balancer: Some(LoadBalancerStatus {
+                                            ingress: Some(vec![LoadBalancerIngress {
+                                                ip: Some(ip.into()),
+                                                ip_mode: mode.map(Into::into),
+                                                ..Default::default()
+                                            }]),
+                                        }),
+                                        ..Default::default()
+                                    });
+                                });
+                                let t = run(vec![s], spread());
+                                for v in t.desired.services.values() {
+                                    assert!(v.frontend.port >= 1);
+                                    // A Service that lists ranges never has an
+                                    // unrestricted external load balancer frontend.
+                                    if !range.is_empty()
+                                        && v.kind == FrontendKind::LoadBalancer
+                                        && v.frontend.scope == Scope::External
+                                    {
+                                        assert!(!v.source_ranges.is_empty(), "{range:?}");
+                                    }
+                                    if v.frontend.scope == Scope::Internal {
+                                        assert!(v.source_ranges.is_empty());
+                                    }
+                                }
+                                assert!(t.health_checks.iter().all(|h| h.port >= 1));
+                                count += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(count, 4 * 6 * 6 * 6 * 6 * 5);
+    }
+
     /// The incremental translator agrees with the full translation after every step
     /// of a long pseudo-random sequence of changes, conflicts included.
     #[test]
@@ -2199,6 +3535,8 @@ mod tests {
         let mut translator = Translator::default();
         let mut applied = BTreeMap::new();
         let vips = ["10.96.0.10", "10.96.0.11", "10.96.0.12"];
+        // Which interesting situations the sequence went through.
+        let mut seen = [false; 6];
         for step in 0..2_000 {
             let n = rand(6);
             let name = format!("s{n}");
@@ -2208,6 +3546,35 @@ mod tests {
                     let vip = vips[rand(3) as usize];
                     let port = 80 + rand(2) as i32;
                     let mut svc = svc("demo", &name, vip, &[("http", port, "TCP")]);
+                    // Every kind of frontend, on few enough addresses and ports that
+                    // Services keep colliding.
+                    let node_port = 30080 + rand(2) as i32;
+                    svc = match rand(4) {
+                        0 => svc,
+                        1 => node_ports(svc, &[node_port]),
+                        2 => {
+                            let ip = ["192.0.2.100", "10.96.0.10"][rand(2) as usize];
+                            let mut lb = load_balancer(node_ports(svc, &[node_port]), &[ip]);
+                            if rand(2) == 0 {
+                                spec(&mut lb).health_check_node_port = Some(32000 + rand(2) as i32);
+                            }
+                            let ranges = [None, Some("203.0.113.0/24"), Some("2001:db8::/32")];
+                            if let Some(r) = ranges[rand(3) as usize] {
+                                lb = source_ranges(lb, &[r]);
+                            }
+                            lb
+                        }
+                        _ => with(svc, |s| {
+                            let ip = ["192.0.2.100", "10.96.0.11"][rand(2) as usize];
+                            spec(s).external_ips = Some(vec![ip.into()]);
+                        }),
+                    };
+                    if rand(2) == 0 {
+                        svc = external_local(svc);
+                    }
+                    if rand(4) == 0 {
+                        spec(&mut svc).internal_traffic_policy = Some("Local".into());
+                    }
                     if rand(2) == 0 {
                         svc.metadata.creation_timestamp =
                             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -2222,7 +3589,11 @@ mod tests {
                     let owner = format!("s{}", rand(6));
                     let slice_name = format!("sl{}", rand(8));
                     let eps = (0..rand(4))
-                        .map(|i| ep(&format!("10.244.0.{}", 10 + i + rand(3))))
+                        .map(|i| {
+                            let e = ep(&format!("10.244.0.{}", 10 + i + rand(3)));
+                            let e = on(e, ["node-a", "node-b"][rand(2) as usize]);
+                            if rand(4) == 0 { terminating(e) } else { e }
+                        })
                         .collect();
                     let sl = slice(
                         "demo",
@@ -2250,6 +3621,47 @@ mod tests {
             };
             let full = translate(world.snapshot(), &node);
             assert_eq!(translator.desired(), &full.desired, "step {step}");
+            assert_eq!(
+                translator.health_checks(),
+                full.health_checks,
+                "step {step}"
+            );
+            seen[0] |= !full.health_checks.is_empty();
+            seen[1] |= translator.no_local_endpoints_external() > 0;
+            seen[2] |= full
+                .skipped
+                .iter()
+                .any(|s| s.reason.contains("already served"));
+            seen[3] |= full
+                .desired
+                .services
+                .values()
+                .any(|v| !v.source_ranges.is_empty());
+            seen[4] |= full
+                .skipped
+                .iter()
+                .any(|s| s.reason.contains("no IPv4 range"));
+            seen[5] |= full
+                .desired
+                .services
+                .values()
+                .any(|v| v.kind == FrontendKind::ExternalIp);
+            // The counters agree with a translator built from scratch.
+            let mut fresh = Translator::default();
+            fresh.rebuild(&world, &node);
+            assert_eq!(
+                (
+                    translator.no_local_endpoints(),
+                    translator.no_local_endpoints_external(),
+                    translator.skipped_count(),
+                ),
+                (
+                    fresh.no_local_endpoints(),
+                    fresh.no_local_endpoints_external(),
+                    fresh.skipped_count(),
+                ),
+                "step {step}"
+            );
             // Applying only the reported frontends keeps a copy in step.
             for f in changed {
                 match translator.desired().services.get(&f) {
@@ -2262,5 +3674,6 @@ mod tests {
                 "step {step}: a change was not reported"
             );
         }
+        assert_eq!(seen, [true; 6], "the sequence missed a situation");
     }
 }

@@ -7,12 +7,18 @@
 //!
 //! Namespace: an object without `metadata.namespace` (or with an empty one) belongs to
 //! the `default` namespace, as `kubectl apply` would put it; see [`namespace_of`].
+//!
+//! Fields that widen who can reach a Service are checked strictly: an entry of
+//! `loadBalancerSourceRanges` that does not parse rejects the Service whole (kube-proxy
+//! drops such an entry, which can leave a load balancer open to every source), so the
+//! sources keep its last good version instead.
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -91,6 +97,70 @@ fn parse_ipv4_leading_zeros(s: &str) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(octets))
 }
 
+/// Parses a `loadBalancerSourceRanges` entry: `address/prefix`, or a bare address
+/// (a single host, `/32` or `/128`). Surrounding spaces are allowed (the API server
+/// accepts them for historical reasons); the address parses like [`parse_ip`], and an
+/// IPv4-mapped IPv6 range of prefix 96 or more is the IPv4 range it maps. The result
+/// is normalized to its network address (`10.1.2.3/8` is `10.0.0.0/8`).
+pub fn parse_cidr(s: &str) -> Option<IpNetwork> {
+    let s = s.trim();
+    let (addr, prefix) = match s.split_once('/') {
+        Some((addr, prefix)) => {
+            if prefix.is_empty() || prefix.len() > 3 || !prefix.bytes().all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            (addr, Some(prefix.parse::<u8>().ok()?))
+        }
+        None => (s, None),
+    };
+    let (ip, prefix) = match addr.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => match (v6.to_ipv4_mapped(), prefix) {
+            (Some(v4), None) => (IpAddr::V4(v4), 32),
+            (Some(v4), Some(p)) if p >= 96 => (IpAddr::V4(v4), p - 96),
+            (_, p) => (IpAddr::V6(v6), p.unwrap_or(128)),
+        },
+        Ok(IpAddr::V4(v4)) => (IpAddr::V4(v4), prefix.unwrap_or(32)),
+        Err(_) => (
+            IpAddr::V4(parse_ipv4_leading_zeros(addr)?),
+            prefix.unwrap_or(32),
+        ),
+    };
+    let net = IpNetwork::new(ip, prefix).ok()?;
+    IpNetwork::new(net.network(), prefix).ok()
+}
+
+/// Why an address cannot be an external IP (the API server's `ValidateNonSpecialIP`),
+/// if it cannot.
+fn special_ip(ip: &IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        return Some("the unspecified address");
+    }
+    if ip.is_loopback() {
+        return Some("a loopback address");
+    }
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    if link_local {
+        return Some("a link-local address");
+    }
+    let link_local_multicast = match ip {
+        IpAddr::V4(v4) => v4.octets()[..3] == [224, 0, 0],
+        IpAddr::V6(v6) => is_link_local_multicast_v6(v6),
+    };
+    if link_local_multicast {
+        return Some("a link-local multicast address");
+    }
+    None
+}
+
+fn is_link_local_multicast_v6(v6: &Ipv6Addr) -> bool {
+    let o = v6.octets();
+    o[0] == 0xff && (o[1] & 0x0f) == 0x02
+}
+
 /// The family name Kubernetes uses for an address.
 pub fn family_name(ip: &IpAddr) -> &'static str {
     match ip {
@@ -137,8 +207,27 @@ pub fn service(svc: &Service) -> Result<(), FieldError> {
     }
     let mut names = BTreeSet::new();
     let mut port_protocols = BTreeSet::new();
+    let mut node_ports = BTreeSet::new();
     for (i, port) in ports.iter().enumerate() {
         let protocol = service_port(port, &format!("spec.ports[{i}]"))?;
+        let node_port = port.node_port.unwrap_or(0);
+        if node_port != 0 {
+            if type_ == "ClusterIP" {
+                return Err(FieldError::new(
+                    format!("spec.ports[{i}].nodePort"),
+                    format!(
+                        "{node_port} is set, but a service of type ClusterIP has no node ports \
+                         (type NodePort or LoadBalancer)"
+                    ),
+                ));
+            }
+            if !node_ports.insert((node_port, protocol)) {
+                return Err(FieldError::new(
+                    format!("spec.ports[{i}].nodePort"),
+                    format!("duplicate node port {node_port}/{protocol}"),
+                ));
+            }
+        }
         let name = port.name.as_deref().unwrap_or("");
         if name.is_empty() && ports.len() > 1 {
             return Err(FieldError::new(
@@ -181,12 +270,27 @@ pub fn service(svc: &Service) -> Result<(), FieldError> {
     }
 
     for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
-        if parse_ip(ip).is_none() {
+        let field = format!("spec.externalIPs[{i}]");
+        let Some(parsed) = parse_ip(ip) else {
             return Err(FieldError::new(
-                format!("spec.externalIPs[{i}]"),
+                field,
                 format!("{ip:?} is not an IP address"),
             ));
+        };
+        if let Some(why) = special_ip(&parsed) {
+            return Err(FieldError::new(
+                field,
+                format!("{ip:?} is {why}, which cannot be an external IP"),
+            ));
         }
+    }
+
+    load_balancer(svc, spec, type_)?;
+
+    if let Some(port) = spec.health_check_node_port
+        && port != 0
+    {
+        port_number(port, "spec.healthCheckNodePort")?;
     }
 
     for (field, policy) in [
@@ -211,18 +315,77 @@ pub fn service(svc: &Service) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Checks `loadBalancerSourceRanges` and `status.loadBalancer.ingress`.
+fn load_balancer(svc: &Service, spec: &ServiceSpec, type_: &str) -> Result<(), FieldError> {
+    let ranges = spec.load_balancer_source_ranges.as_deref().unwrap_or(&[]);
+    if !ranges.is_empty() && type_ != "LoadBalancer" {
+        return Err(FieldError::new(
+            "spec.loadBalancerSourceRanges",
+            format!("may only be set on a service of type LoadBalancer, not {type_}"),
+        ));
+    }
+    for (i, range) in ranges.iter().enumerate() {
+        if parse_cidr(range).is_none() {
+            return Err(FieldError::new(
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                format!(
+                    "{range:?} is not a CIDR (address/prefix) or an IP address; the service is \
+                     not served rather than served to more sources than it allows"
+                ),
+            ));
+        }
+    }
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or(&[]);
+    for (i, entry) in ingress.iter().enumerate() {
+        if let Some(ip) = entry.ip.as_deref()
+            && !ip.is_empty()
+            && parse_ip(ip).is_none()
+        {
+            return Err(FieldError::new(
+                format!("status.loadBalancer.ingress[{i}].ip"),
+                format!("{ip:?} is not an IP address"),
+            ));
+        }
+        if let Some(mode) = entry.ip_mode.as_deref()
+            && !matches!(mode, "VIP" | "Proxy")
+        {
+            return Err(FieldError::new(
+                format!("status.loadBalancer.ingress[{i}].ipMode"),
+                format!("unknown IP mode {mode:?} (VIP or Proxy)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks `clusterIP`, `clusterIPs` and `ipFamilies` together; returns whether the
 /// service is headless.
-fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<bool, FieldError> {
+fn cluster_ips(spec: &ServiceSpec) -> Result<bool, FieldError> {
     let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
     let list = spec.cluster_ips.as_deref().unwrap_or(&[]);
     let headless = cluster_ip == "None" || list.first().is_some_and(|ip| ip == "None");
 
-    if !cluster_ip.is_empty() && cluster_ip != "None" && parse_ip(cluster_ip).is_none() {
-        return Err(FieldError::new(
-            "spec.clusterIP",
-            format!("{cluster_ip:?} is not an IP address, \"None\" or empty"),
-        ));
+    if !cluster_ip.is_empty() && cluster_ip != "None" {
+        match parse_ip(cluster_ip) {
+            None => {
+                return Err(FieldError::new(
+                    "spec.clusterIP",
+                    format!("{cluster_ip:?} is not an IP address, \"None\" or empty"),
+                ));
+            }
+            Some(ip) if ip.is_unspecified() => {
+                return Err(FieldError::new(
+                    "spec.clusterIP",
+                    format!("{cluster_ip:?} is the unspecified address"),
+                ));
+            }
+            Some(_) => {}
+        }
     }
     if list.len() > 2 {
         return Err(FieldError::new(
@@ -248,6 +411,12 @@ fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<bool, F
                 format!("{ip:?} is not an IP address or \"None\""),
             ));
         };
+        if parsed.is_unspecified() {
+            return Err(FieldError::new(
+                field,
+                format!("{ip:?} is the unspecified address"),
+            ));
+        }
         if families.contains(&family_name(&parsed)) {
             return Err(FieldError::new(
                 field,
@@ -308,7 +477,10 @@ fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<bool, F
 /// Checks one service port; returns its protocol.
 fn service_port<'a>(port: &'a ServicePort, at: &str) -> Result<&'a str, FieldError> {
     port_number(port.port, &format!("{at}.port"))?;
-    if let Some(node_port) = port.node_port {
+    // 0 (or absent) means the port has no node port.
+    if let Some(node_port) = port.node_port
+        && node_port != 0
+    {
         port_number(node_port, &format!("{at}.nodePort"))?;
     }
     match &port.target_port {
@@ -516,7 +688,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use k8s_openapi::api::core::v1::{
-        ClientIPConfig, ServicePort, ServiceSpec, SessionAffinityConfig,
+        ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec,
+        ServiceStatus, SessionAffinityConfig,
     };
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort};
 
@@ -924,15 +1097,271 @@ mod tests {
         assert_eq!(service(&absent), Ok(()));
     }
 
+    fn node_port_service(f: impl FnOnce(&mut ServiceSpec)) -> Service {
+        with(|spec| {
+            spec.type_ = Some("NodePort".into());
+            f(spec);
+        })
+    }
+
     #[test]
-    fn node_port_if_set_must_be_in_range() {
-        let s = with(|spec| spec.ports.as_mut().unwrap()[0].node_port = Some(70000));
+    fn node_port_if_set_must_be_in_range_and_zero_means_none() {
+        for (n, expected) in [
+            (Some(0), None),
+            (None, None),
+            (Some(1), None),
+            (Some(30080), None),
+            (Some(65535), None),
+            (
+                Some(70000),
+                Some("spec.ports[0].nodePort: 70000 is not in 1..=65535"),
+            ),
+            (
+                Some(-1),
+                Some("spec.ports[0].nodePort: -1 is not in 1..=65535"),
+            ),
+        ] {
+            let s = node_port_service(|spec| spec.ports.as_mut().unwrap()[0].node_port = n);
+            match expected {
+                None => assert_eq!(service(&s), Ok(()), "{n:?}"),
+                Some(msg) => assert_eq!(err(service(&s)), msg),
+            }
+        }
+    }
+
+    #[test]
+    fn a_cluster_ip_service_may_not_have_node_ports() {
+        let s = with(|spec| spec.ports.as_mut().unwrap()[0].node_port = Some(30080));
         assert_eq!(
             err(service(&s)),
-            "spec.ports[0].nodePort: 70000 is not in 1..=65535"
+            "spec.ports[0].nodePort: 30080 is set, but a service of type ClusterIP has no node ports (type NodePort or LoadBalancer)"
         );
-        let ok = with(|spec| spec.ports.as_mut().unwrap()[0].node_port = Some(30080));
+        let zero = with(|spec| spec.ports.as_mut().unwrap()[0].node_port = Some(0));
+        assert_eq!(service(&zero), Ok(()));
+        let lb = with(|spec| {
+            spec.type_ = Some("LoadBalancer".into());
+            spec.ports.as_mut().unwrap()[0].node_port = Some(30080);
+        });
+        assert_eq!(service(&lb), Ok(()));
+    }
+
+    #[test]
+    fn a_node_port_may_appear_once_per_protocol() {
+        let s = node_port_service(|spec| {
+            let mut a = port("a", 80);
+            a.node_port = Some(30080);
+            let mut b = port("b", 81);
+            b.node_port = Some(30080);
+            spec.ports = Some(vec![a, b]);
+        });
+        assert_eq!(
+            err(service(&s)),
+            "spec.ports[1].nodePort: duplicate node port 30080/TCP"
+        );
+        let s = node_port_service(|spec| {
+            let mut tcp = port("dns-tcp", 53);
+            tcp.node_port = Some(30053);
+            let mut udp = port("dns-udp", 53);
+            udp.protocol = Some("UDP".into());
+            udp.node_port = Some(30053);
+            spec.ports = Some(vec![tcp, udp]);
+        });
+        assert_eq!(service(&s), Ok(()));
+    }
+
+    #[test]
+    fn health_check_node_port_if_set_must_be_in_range() {
+        for (n, ok) in [
+            (0, true),
+            (1, true),
+            (32000, true),
+            (65536, false),
+            (-5, false),
+        ] {
+            let s = with(|spec| {
+                spec.type_ = Some("LoadBalancer".into());
+                spec.external_traffic_policy = Some("Local".into());
+                spec.health_check_node_port = Some(n);
+            });
+            if ok {
+                assert_eq!(service(&s), Ok(()), "{n}");
+            } else {
+                assert_eq!(
+                    err(service(&s)),
+                    format!("spec.healthCheckNodePort: {n} is not in 1..=65535")
+                );
+            }
+        }
+    }
+
+    fn load_balancer_with(f: impl FnOnce(&mut Service)) -> Service {
+        let mut s = with(|spec| spec.type_ = Some("LoadBalancer".into()));
+        f(&mut s);
+        s
+    }
+
+    fn ranges(list: &[&str]) -> Service {
+        load_balancer_with(|s| {
+            s.spec.as_mut().unwrap().load_balancer_source_ranges =
+                Some(list.iter().map(|r| r.to_string()).collect());
+        })
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_must_be_cidrs_or_addresses() {
+        let ok = ranges(&[
+            "192.0.2.0/24",
+            " 198.51.100.7 ",
+            "2001:db8::/32",
+            "0.0.0.0/0",
+        ]);
         assert_eq!(service(&ok), Ok(()));
+        for bad in [
+            "192.0.2.0/33",
+            "2001:db8::/129",
+            "192.0.2.0/",
+            "192.0.2.0/+8",
+            "192.0.2/24",
+            "example.com/24",
+            "",
+            "10.0.0.0/8,10.1.0.0/16",
+        ] {
+            let s = ranges(&["192.0.2.0/24", bad]);
+            assert_eq!(
+                err(service(&s)),
+                format!(
+                    "spec.loadBalancerSourceRanges[1]: {bad:?} is not a CIDR (address/prefix) or an IP address; the service is not served rather than served to more sources than it allows"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_need_a_load_balancer() {
+        let s = with(|spec| {
+            spec.type_ = Some("NodePort".into());
+            spec.load_balancer_source_ranges = Some(vec!["192.0.2.0/24".into()]);
+        });
+        assert_eq!(
+            err(service(&s)),
+            "spec.loadBalancerSourceRanges: may only be set on a service of type LoadBalancer, not NodePort"
+        );
+        let empty = with(|spec| spec.load_balancer_source_ranges = Some(vec![]));
+        assert_eq!(service(&empty), Ok(()));
+    }
+
+    #[test]
+    fn cidrs_parse_like_kube_proxy_and_are_normalized() {
+        let net = |s: &str| parse_cidr(s).map(|n| n.to_string());
+        assert_eq!(net("192.0.2.0/24").as_deref(), Some("192.0.2.0/24"));
+        assert_eq!(net("192.0.2.77/24").as_deref(), Some("192.0.2.0/24"));
+        assert_eq!(net("192.0.2.77").as_deref(), Some("192.0.2.77/32"));
+        assert_eq!(net("  10.0.0.0/8 ").as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(net("010.000.0.0/8").as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(net("2001:db8::1/32").as_deref(), Some("2001:db8::/32"));
+        assert_eq!(net("2001:db8::1").as_deref(), Some("2001:db8::1/128"));
+        assert_eq!(net("::ffff:192.0.2.0/120").as_deref(), Some("192.0.2.0/24"));
+        assert_eq!(net("::ffff:192.0.2.9").as_deref(), Some("192.0.2.9/32"));
+        assert_eq!(net("0.0.0.0/0").as_deref(), Some("0.0.0.0/0"));
+        for bad in [
+            "",
+            "/8",
+            "10.0.0.0/33",
+            "10.0.0.0/-1",
+            "10.0.0.0/8/8",
+            "fe80::1%eth0/64",
+            "x",
+        ] {
+            assert_eq!(parse_cidr(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn external_ips_may_not_be_special_addresses() {
+        for (ip, why) in [
+            ("0.0.0.0", "the unspecified address"),
+            ("::", "the unspecified address"),
+            ("127.0.0.1", "a loopback address"),
+            ("::1", "a loopback address"),
+            ("::ffff:127.0.0.1", "a loopback address"),
+            ("169.254.1.1", "a link-local address"),
+            ("fe80::1", "a link-local address"),
+            ("224.0.0.251", "a link-local multicast address"),
+            ("ff02::fb", "a link-local multicast address"),
+        ] {
+            let s = with(|spec| spec.external_ips = Some(vec![ip.into()]));
+            assert_eq!(
+                err(service(&s)),
+                format!("spec.externalIPs[0]: {ip:?} is {why}, which cannot be an external IP")
+            );
+        }
+        for ok in ["192.0.2.1", "2001:db8::1", "224.0.1.1", "ff05::1"] {
+            let s = with(|spec| spec.external_ips = Some(vec![ok.into()]));
+            assert_eq!(service(&s), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn an_unspecified_cluster_ip_is_rejected() {
+        let s = with(|spec| {
+            spec.cluster_ip = Some("0.0.0.0".into());
+            spec.cluster_ips = None;
+        });
+        assert_eq!(
+            err(service(&s)),
+            "spec.clusterIP: \"0.0.0.0\" is the unspecified address"
+        );
+        let s = with(|spec| {
+            spec.cluster_ip = None;
+            spec.cluster_ips = Some(vec!["::".into()]);
+            spec.ip_families = None;
+        });
+        assert_eq!(
+            err(service(&s)),
+            "spec.clusterIPs[0]: \"::\" is the unspecified address"
+        );
+    }
+
+    fn ingress(ip: Option<&str>, mode: Option<&str>) -> Service {
+        load_balancer_with(|s| {
+            s.status = Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![
+                        LoadBalancerIngress {
+                            hostname: Some("lb.example.com".into()),
+                            ..Default::default()
+                        },
+                        LoadBalancerIngress {
+                            ip: ip.map(Into::into),
+                            ip_mode: mode.map(Into::into),
+                            ..Default::default()
+                        },
+                    ]),
+                }),
+                ..Default::default()
+            });
+        })
+    }
+
+    #[test]
+    fn load_balancer_ingress_ips_must_be_ips_with_a_known_mode() {
+        for (ip, mode) in [
+            (Some("192.0.2.10"), None),
+            (Some("192.0.2.10"), Some("VIP")),
+            (Some("2001:db8::10"), Some("Proxy")),
+            (None, None),
+            (Some(""), None),
+        ] {
+            assert_eq!(service(&ingress(ip, mode)), Ok(()), "{ip:?} {mode:?}");
+        }
+        assert_eq!(
+            err(service(&ingress(Some("192.0.2.300"), None))),
+            "status.loadBalancer.ingress[1].ip: \"192.0.2.300\" is not an IP address"
+        );
+        assert_eq!(
+            err(service(&ingress(Some("192.0.2.10"), Some("Tunnel")))),
+            "status.loadBalancer.ingress[1].ipMode: unknown IP mode \"Tunnel\" (VIP or Proxy)"
+        );
     }
 
     #[test]
