@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::ChildGuard;
+use crate::netns::run_in;
+use crate::process::try_spawn;
+use crate::{ChildGuard, Netns, http_get, metric_value};
 
 /// One programmed frontend, as `proxyctl list --json` prints it. (A copy of
 /// `proxy_agent::inspect::ServiceView`'s shape: this crate does not depend on
@@ -93,6 +95,8 @@ pub struct Agent {
     guard: ChildGuard,
     /// The agent's pin directory.
     pub bpffs: PathBuf,
+    /// The network namespace it runs in (`None`: the root namespace).
+    netns: Option<PathBuf>,
 }
 
 impl Agent {
@@ -100,40 +104,173 @@ impl Agent {
     /// `extra` arguments, in the root network namespace (it sends no traffic) and
     /// outside the test cgroup, and waits for its first sync.
     pub fn start(bpffs: &Path, cgroup: &Path, manifests: &Path, extra: &[&str]) -> Agent {
-        Agent::start_with(bpffs, cgroup, "--manifests", manifests, extra)
+        Agent::start_with(None, bpffs, cgroup, "--manifests", manifests, extra)
     }
 
     /// Like [`Agent::start`], with the Kubernetes source on `kubeconfig`.
     pub fn start_kube(bpffs: &Path, cgroup: &Path, kubeconfig: &Path, extra: &[&str]) -> Agent {
-        Agent::start_with(bpffs, cgroup, "--kubeconfig", kubeconfig, extra)
+        Agent::start_with(None, bpffs, cgroup, "--kubeconfig", kubeconfig, extra)
     }
 
-    fn start_with(bpffs: &Path, cgroup: &Path, flag: &str, source: &Path, extra: &[&str]) -> Agent {
+    /// Like [`Agent::start`], but inside `netns` (a node of a
+    /// [`NodesTopology`](crate::NodesTopology)), where its tc programs attach to the
+    /// node's interfaces and its HTTP servers (metrics, health, `healthCheckNodePort`s)
+    /// listen. The process enters the namespace with `setns` between fork and exec, so it
+    /// keeps the test's mount namespace: `bpffs` and `cgroup` stay valid paths (unlike
+    /// under `ip netns exec`, which remounts `/sys`). Pins are netns-independent, so
+    /// [`proxyctl`](Self::proxyctl) runs from the root namespace.
+    ///
+    /// `--hostname-override node-a` is added unless `extra` has its own.
+    pub fn start_in(
+        netns: &Netns,
+        bpffs: &Path,
+        cgroup: &Path,
+        manifests: &Path,
+        extra: &[&str],
+    ) -> Agent {
+        Agent::start_with(Some(netns), bpffs, cgroup, "--manifests", manifests, extra)
+    }
+
+    fn start_with(
+        netns: Option<&Netns>,
+        bpffs: &Path,
+        cgroup: &Path,
+        flag: &str,
+        source: &Path,
+        extra: &[&str],
+    ) -> Agent {
         let pins = bpffs.join("agent");
-        let child = Command::new(agent_binary("proxy-agent"))
-            .arg(flag)
+        let mut cmd = Command::new(agent_binary("proxy-agent"));
+        cmd.arg(flag)
             .arg(source)
             .arg("--bpffs")
             .arg(&pins)
             .arg("--cgroup-path")
-            .arg(cgroup)
-            .arg("--hostname-override")
-            .arg("node-a")
-            .args(["--metrics-bind-address", "127.0.0.1:0"])
+            .arg(cgroup);
+        if !extra.contains(&"--hostname-override") {
+            cmd.args(["--hostname-override", "node-a"]);
+        }
+        cmd.args(["--metrics-bind-address", "127.0.0.1:0"])
             .args(["--healthz-bind-address", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning the agent");
+            .stderr(Stdio::piped());
+        let child = match netns {
+            Some(ns) => try_spawn(&ns.path(), None, &mut cmd)
+                .unwrap_or_else(|e| panic!("spawning the agent in netns {}: {e}", ns.name())),
+            None => cmd.spawn().expect("spawning the agent"),
+        };
+        let label = match netns {
+            Some(ns) => format!("agent@{}", ns.name()),
+            None => "agent".into(),
+        };
         let mut agent = Agent {
-            guard: ChildGuard::with_label(child, "agent".into()),
+            guard: ChildGuard::with_label(child, label),
             bpffs: pins,
+            netns: netns.map(Netns::path),
         };
         agent.wait_syncs(1, Duration::from_secs(30));
         agent
+    }
+
+    /// Runs `f` in the agent's network namespace (on a thread that entered it), or
+    /// right here for an agent in the root namespace; e.g. to reach its metrics.
+    pub fn run_in_netns<F, R>(&self, f: F) -> R
+    where
+        F: FnOnce() -> R + Send,
+        R: Send,
+    {
+        match &self.netns {
+            Some(path) => run_in(path, f),
+            None => f(),
+        }
+    }
+
+    /// `GET /metrics` from the agent's metrics address (in its namespace).
+    pub fn metrics(&self) -> String {
+        let (metrics, _) = self.http_addrs();
+        let (code, body) = self.run_in_netns(|| http_get(metrics, "/metrics"));
+        assert_eq!(code, 200, "/metrics answered {code}: {body}");
+        body
+    }
+
+    /// A data plane event counter (`ct_full`, `lb_translated`, ...): the value
+    /// `proxyctl stats` prints for it, else `proxy_agent_datapath_events_total{event=..}`
+    /// from `/metrics`; `None` if neither has it.
+    pub fn counter(&self, event: &str) -> Option<u64> {
+        let stats = self.proxyctl(&["stats"]);
+        let from_stats = stats.lines().find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next()? == event)
+                .then(|| words.next_back()?.parse().ok())
+                .flatten()
+        });
+        from_stats.or_else(|| {
+            let labels = format!("{{event=\"{event}\"}}");
+            metric_value(
+                &self.metrics(),
+                "proxy_agent_datapath_events_total",
+                &labels,
+            )
+            .map(|v| {
+                // Counters are whole numbers.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let n = v as u64;
+                n
+            })
+        })
+    }
+
+    /// `proxyctl ARGS` parsed as JSON (pass `--json` yourself).
+    pub fn proxyctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.proxyctl(args);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("proxyctl {args:?} printed bad JSON ({e}):\n{out}"))
+    }
+
+    /// The data plane's connection tracking entries (`proxyctl conntrack --json`), read
+    /// loosely: a top-level array, or the first array-valued field of an object.
+    pub fn conntrack(&self) -> Vec<serde_json::Value> {
+        match self.proxyctl_json(&["conntrack", "--json"]) {
+            serde_json::Value::Array(a) => a,
+            serde_json::Value::Object(o) => o
+                .into_iter()
+                .find_map(|(_, v)| match v {
+                    serde_json::Value::Array(a) => Some(a),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+            other => panic!("proxyctl conntrack --json printed {other}"),
+        }
+    }
+
+    /// Waits until some entry of `proxyctl list --json` (read loosely as JSON) satisfies
+    /// `pred`, and returns it.
+    ///
+    /// # Panics
+    /// After `timeout`, with what is programmed and the agent's log.
+    pub fn wait_programmed(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let list = self.proxyctl_json(&["list", "--json"]);
+            if let Some(found) = list.as_array().and_then(|a| a.iter().find(|v| pred(v))) {
+                return found.clone();
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{what} not programmed within {timeout:?}; proxyctl list --json:\n{list:#}\nagent log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Everything the agent logged.

@@ -41,9 +41,14 @@ pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup, cgroup2_mount};
 pub use fake_api::{FakeApiServer, Resource};
 pub use http::{http_get, metric_value};
-pub use manifests::{ManifestDir, PortSpec, service, yaml_objects};
+pub use manifests::{
+    ManifestDir, PortSpec, ServiceSpec, SvcEndpoint, SvcPort, service, yaml_objects,
+};
 pub use netns::Netns;
-pub use nodes::{Node, NodesTopology, install_kube_proxy_nodeport, kube_proxy_nodeport_rules};
+pub use nodes::{
+    Node, NodesTopology, flush_nat, install_iptables, install_kube_proxy_nodeport,
+    install_kube_proxy_nodeport_local, kube_proxy_nodeport_local_rules, kube_proxy_nodeport_rules,
+};
 pub use probe::{ProbeReply, probe_bin, start_probe_server};
 pub use process::{
     ChildGuard, RunTimedOut, run, spawn, spawn_guarded, stdout_lines, tool, try_run,

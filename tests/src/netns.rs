@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -113,29 +113,44 @@ impl Netns {
         F: FnOnce() -> R + Send,
         R: Send,
     {
-        let file = File::open(self.path())
-            .unwrap_or_else(|e| panic!("opening {}: {e}", self.path().display()));
-        thread::scope(|s| {
-            let handle = s.spawn(move || {
-                // SAFETY: plain syscall on an open descriptor; only this thread changes
-                // namespace.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    panic!("setns into {}: {}", self.name, io::Error::last_os_error());
-                }
-                drop(file);
-                f()
-            });
-            match handle.join() {
-                Ok(r) => r,
-                Err(payload) => std::panic::resume_unwind(payload),
-            }
-        })
+        run_in(&self.path(), f)
     }
 
     /// Pids of the processes inside the namespace (`ip netns pids`).
     pub fn pids(&self) -> io::Result<Vec<i32>> {
         pids_of(&self.name)
     }
+}
+
+/// [`Netns::run`] for the namespace bind-mounted at `path`.
+///
+/// # Panics
+/// If the namespace cannot be entered; a panic in `f` is passed on.
+pub(crate) fn run_in<F, R>(path: &Path, f: F) -> R
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    let file = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    thread::scope(|s| {
+        let handle = s.spawn(move || {
+            // SAFETY: plain syscall on an open descriptor; only this thread changes
+            // namespace.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                panic!(
+                    "setns into {}: {}",
+                    path.display(),
+                    io::Error::last_os_error()
+                );
+            }
+            drop(file);
+            f()
+        });
+        match handle.join() {
+            Ok(r) => r,
+            Err(payload) => std::panic::resume_unwind(payload),
+        }
+    })
 }
 
 pub(crate) fn pids_of(name: &str) -> io::Result<Vec<i32>> {

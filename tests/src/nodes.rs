@@ -188,6 +188,22 @@ impl NodesTopology {
         )
     }
 
+    /// Adds a route in the client for `cidr` (IPv4 or IPv6) via `node`'s LAN address of
+    /// that family: how an external client reaches service addresses (ClusterIPs,
+    /// external IPs, LoadBalancer IPs) or pod IPs through a node.
+    ///
+    /// # Panics
+    /// If `ip route add` fails.
+    pub fn route_client_via(&self, cidr: &str, node: &Node) {
+        if cidr.contains(':') {
+            self.client
+                .ip(&["-6", "route", "add", cidr, "via", &node.ipv6.to_string()]);
+        } else {
+            self.client
+                .ip(&["route", "add", cidr, "via", &node.ipv4.to_string()]);
+        }
+    }
+
     /// Names of every namespace of the topology, for checks that they are gone.
     pub fn netns_names(&self) -> Vec<String> {
         let mut names = vec![self.lan.name().to_owned(), self.client.name().to_owned()];
@@ -419,11 +435,173 @@ pub fn install_kube_proxy_nodeport(
         !backends.is_empty(),
         "a NodePort needs at least one backend"
     );
-    let rules = kube_proxy_nodeport_rules(node_ip, port, backends);
-    let file = TempFile::new(&rules);
+    install_iptables(node, &kube_proxy_nodeport_rules(node_ip, port, backends));
+}
+
+/// The kube-proxy iptables-mode ruleset for a NodePort `port`/TCP with
+/// `externalTrafficPolicy: Local`, in `iptables-restore` format.
+///
+/// `backends` are all the endpoints, each with whether it runs on this node. As
+/// kube-proxy writes it (with `--cluster-cidr` as its local-traffic detector):
+/// `KUBE-NODEPORTS` jumps to `KUBE-EXT-*`, which sends traffic from pods
+/// (`-s cluster_cidr`) to the cluster-wide `KUBE-SVC-*`, masquerades and sends traffic
+/// from the node itself (`--src-type LOCAL`) there too, and sends everything else, that
+/// is external clients, to `KUBE-SVL-*`: the node-local endpoints only, **without**
+/// masquerade, so the client's address reaches the pod and the pod answers the client
+/// directly (un-DNATed by conntrack on the way out). `KUBE-SEP-*` DNAT as usual (and
+/// mark a pod's hairpin to itself for masquerade). No `--ctstate INVALID -j DROP`.
+///
+/// # Panics
+/// If no backend is local (kube-proxy then installs a drop rule instead; not modelled).
+pub fn kube_proxy_nodeport_local_rules(
+    port: u16,
+    cluster_cidr: &str,
+    backends: &[(SocketAddrV4, bool)],
+) -> String {
+    assert!(
+        backends.iter().any(|(_, local)| *local),
+        "externalTrafficPolicy: Local needs a local endpoint here"
+    );
+    let svc = format!("KUBE-SVC-NPL{port}");
+    let svl = format!("KUBE-SVL-NPL{port}");
+    let ext = format!("KUBE-EXT-NPL{port}");
+    let seps: Vec<String> = (0..backends.len())
+        .map(|i| format!("KUBE-SEP-NPL{port}-E{i}"))
+        .collect();
+    let name = format!("default/npl-{port}:tcp");
+    let comment = format!("\"{name}\"");
+    let mut r = String::from("*nat\n");
+    for chain in [
+        "KUBE-SERVICES",
+        "KUBE-NODEPORTS",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+        &ext,
+        &svc,
+        &svl,
+    ]
+    .into_iter()
+    .chain(seps.iter().map(String::as_str))
+    {
+        let _ = writeln!(r, ":{chain} - [0:0]");
+    }
+    r.push_str(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
+         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n\
+         -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n",
+    );
+    let _ = writeln!(
+        r,
+        "-A KUBE-NODEPORTS -p tcp -m comment --comment {comment} -m tcp --dport {port} -j {ext}"
+    );
+    let _ = writeln!(
+        r,
+        "-A {ext} -s {cluster_cidr} -m comment --comment \"pod traffic for {name} external destinations\" -j {svc}"
+    );
+    let _ = writeln!(
+        r,
+        "-A {ext} -m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"
+    );
+    let _ = writeln!(
+        r,
+        "-A {ext} -m comment --comment \"route LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {svc}"
+    );
+    let _ = writeln!(r, "-A {ext} -j {svl}");
+    let all: Vec<(&SocketAddrV4, &String)> = backends.iter().map(|(b, _)| b).zip(&seps).collect();
+    let local: Vec<(&SocketAddrV4, &String)> = backends
+        .iter()
+        .zip(&seps)
+        .filter(|((_, is_local), _)| *is_local)
+        .map(|((b, _), sep)| (b, sep))
+        .collect();
+    write_spread(&mut r, &svc, &name, &all);
+    write_spread(&mut r, &svl, &name, &local);
+    for ((be, _), sep) in backends.iter().zip(&seps) {
+        let _ = writeln!(
+            r,
+            "-A {sep} -s {}/32 -m comment --comment {comment} -j KUBE-MARK-MASQ",
+            be.ip()
+        );
+        let _ = writeln!(
+            r,
+            "-A {sep} -p tcp -m comment --comment {comment} -m tcp -j DNAT --to-destination {be}"
+        );
+    }
+    let _ = writeln!(
+        r,
+        "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
+    );
+    r.push_str("COMMIT\n");
+    r
+}
+
+/// kube-proxy's random spread of `chain` over `targets` (`statistic` rules with
+/// probabilities 1/n, 1/(n-1), ..., then an unconditional jump).
+fn write_spread(r: &mut String, chain: &str, name: &str, targets: &[(&SocketAddrV4, &String)]) {
+    let n = targets.len();
+    for (i, (be, sep)) in targets.iter().enumerate() {
+        let left = n - i;
+        if left > 1 {
+            #[allow(clippy::cast_precision_loss)]
+            let p = 1.0 / left as f64;
+            let _ = writeln!(
+                r,
+                "-A {chain} -m comment --comment \"{name} -> {be}\" -m statistic --mode random --probability {p:.11} -j {sep}"
+            );
+        } else {
+            let _ = writeln!(
+                r,
+                "-A {chain} -m comment --comment \"{name} -> {be}\" -j {sep}"
+            );
+        }
+    }
+}
+
+/// Programs [`kube_proxy_nodeport_local_rules`] inside `node` (replacing its nat table).
+///
+/// # Panics
+/// If `iptables-restore` fails or no backend is local.
+pub fn install_kube_proxy_nodeport_local(
+    node: &Netns,
+    port: u16,
+    cluster_cidr: &str,
+    backends: &[(SocketAddrV4, bool)],
+) {
+    install_iptables(
+        node,
+        &kube_proxy_nodeport_local_rules(port, cluster_cidr, backends),
+    );
+}
+
+/// Loads `rules` (`iptables-restore` format) inside `node`.
+///
+/// # Panics
+/// If `iptables-restore` fails, with its stderr.
+pub fn install_iptables(node: &Netns, rules: &str) {
+    let file = TempFile::new(rules);
     let restore = tool("iptables-restore").to_string_lossy().into_owned();
     let path = file.0.to_string_lossy().into_owned();
     node.exec(&[&restore, "-w", "5", &path]);
+}
+
+/// Empties the IPv4 and IPv6 nat tables of `node` (every rule and user chain) and its
+/// netfilter conntrack table: what is left of kube-proxy once it is gone, so another
+/// data plane can take over the same namespace.
+///
+/// # Panics
+/// If a command fails.
+pub fn flush_nat(node: &Netns) {
+    for bin in ["iptables", "ip6tables"] {
+        let bin = tool(bin).to_string_lossy().into_owned();
+        node.exec(&[&bin, "-w", "5", "-t", "nat", "-F"]);
+        node.exec(&[&bin, "-w", "5", "-t", "nat", "-X"]);
+    }
+    // `conntrack -F` exits 0 also when the table is empty.
+    node.exec(&[&tool("conntrack").to_string_lossy(), "-F"]);
 }
 
 /// A file in the temp directory, removed on drop.
@@ -465,6 +643,31 @@ mod tests {
         let r = kube_proxy_nodeport_rules(Ipv4Addr::new(192, 0, 2, 1), 30080, &bes);
         assert!(r.contains("--probability 0.50000000000 -j KUBE-SEP-NP30080-E0"));
         assert!(r.contains("-j DNAT --to-destination 10.244.2.11:8080"));
+        assert!(!r.contains("INVALID"));
+    }
+
+    #[test]
+    fn local_rules_send_external_clients_to_local_endpoints_without_masquerade() {
+        let a: SocketAddrV4 = "10.244.1.11:8080".parse().unwrap();
+        let b: SocketAddrV4 = "10.244.2.11:8080".parse().unwrap();
+        let r = kube_proxy_nodeport_local_rules(30080, "10.244.0.0/16", &[(a, true), (b, false)]);
+        assert!(r.contains(
+            "-A KUBE-EXT-NPL30080 -s 10.244.0.0/16 -m comment --comment \"pod traffic for default/npl-30080:tcp external destinations\" -j KUBE-SVC-NPL30080"
+        ));
+        assert!(r.contains("-A KUBE-EXT-NPL30080 -j KUBE-SVL-NPL30080\n"));
+        // The local chain reaches only the local endpoint, unconditionally.
+        assert!(r.contains(
+            "-A KUBE-SVL-NPL30080 -m comment --comment \"default/npl-30080:tcp -> 10.244.1.11:8080\" -j KUBE-SEP-NPL30080-E0\n"
+        ));
+        assert!(!r.contains("-A KUBE-SVL-NPL30080 -m comment --comment \"default/npl-30080:tcp -> 10.244.2.11:8080\""));
+        assert!(r.contains("--probability 0.50000000000 -j KUBE-SEP-NPL30080-E0"));
+        // External traffic is marked for masquerade only when it comes from the node.
+        let ext_masq: Vec<&str> = r
+            .lines()
+            .filter(|l| l.starts_with("-A KUBE-EXT-NPL30080") && l.ends_with("KUBE-MARK-MASQ"))
+            .collect();
+        assert_eq!(ext_masq.len(), 1, "{r}");
+        assert!(ext_masq[0].contains("--src-type LOCAL"));
         assert!(!r.contains("INVALID"));
     }
 }

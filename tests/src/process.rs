@@ -41,7 +41,7 @@ pub fn tool(name: &str) -> PathBuf {
 /// # Panics
 /// If the namespace or cgroup cannot be opened or the command cannot be started.
 pub fn spawn(netns: &Netns, cgroup: Option<&Cgroup>, cmd: &mut Command) -> Child {
-    try_spawn(netns, cgroup, cmd).unwrap_or_else(|e| {
+    try_spawn(&netns.path(), cgroup, cmd).unwrap_or_else(|e| {
         panic!(
             "spawning {cmd:?} in netns {} (cgroup {:?}): {e}",
             netns.name(),
@@ -50,8 +50,14 @@ pub fn spawn(netns: &Netns, cgroup: Option<&Cgroup>, cmd: &mut Command) -> Child
     })
 }
 
-fn try_spawn(netns: &Netns, cgroup: Option<&Cgroup>, cmd: &mut Command) -> io::Result<Child> {
-    let ns_file = File::open(netns.path())?;
+/// [`spawn`] with the namespace given by its path (`/var/run/netns/NAME`), returning the
+/// error instead of panicking.
+pub(crate) fn try_spawn(
+    netns: &Path,
+    cgroup: Option<&Cgroup>,
+    cmd: &mut Command,
+) -> io::Result<Child> {
+    let ns_file = File::open(netns)?;
     let procs_file = cgroup
         .map(|c| {
             OpenOptions::new()

@@ -7,14 +7,22 @@
 //! probe hold  --to ADDR:PORT --rounds R --interval-ms I [--timeout-ms T]
 //! probe crr   --to ADDR:PORT --duration-ms D [--timeout-ms T]
 //! probe rr    --to ADDR:PORT --duration-ms D [--timeout-ms T]
+//! probe send  --to ADDR:PORT --bytes N [--direction up|down|both] [--timeout-ms T]
 //! ```
 //!
 //! Result lines are `ok <name> <addr> [<peer>]` or `err <reason> <ms>`, where `reason` is
 //! an errno name (`ECONNREFUSED`, `EPERM`, `ETIMEDOUT` for a connect timeout, ...),
 //! `timeout` (no answer in time), `EOF` (closed before answering) or `mismatch`.
 //! Every socket operation has a timeout (default 2000 ms), so nothing hangs.
+//!
+//! `send` moves N bytes of a seeded pseudo-random pattern through one connection and
+//! verifies them end to end: up, the server (`SINK n`) answers `sunk <count> <hash>` and
+//! the client compares both with what it sent; down, the server (`SOURCE n seed`) sends
+//! the pattern and the client checks every byte. It prints
+//! `transfer ok <name> <addr> up <n> <hash> down <n> <hash> secs <f>` or
+//! `err <reason> <ms> <detail>`.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::mem;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -107,6 +115,26 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Move BYTES bytes through one connection and verify them end to end.
+    Send {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+        /// `up` (client to server), `down` (server to client) or `both`.
+        #[arg(long, default_value = "both")]
+        direction: Direction,
+        /// Per socket operation (a stalled transfer fails after this long).
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Direction {
+    Up,
+    Down,
+    Both,
 }
 
 fn main() -> ExitCode {
@@ -153,6 +181,12 @@ fn main() -> ExitCode {
             duration_ms,
             timeout_ms,
         } => rr(to, ms(duration_ms), ms(timeout_ms)),
+        Cmd::Send {
+            to,
+            bytes,
+            direction,
+            timeout_ms,
+        } => send(to, bytes, direction, ms(timeout_ms)),
     }
 }
 
@@ -394,18 +428,168 @@ fn accept_loop(listener: &TcpListener, name: &str) {
 fn serve_conn(mut stream: TcpStream, peer: SocketAddr, name: &str) -> io::Result<()> {
     stream.set_nodelay(true)?;
     stream.write_all(format!("{name}\n").as_bytes())?;
-    let reader = BufReader::new(stream.try_clone()?);
-    for line in reader.lines() {
-        let line = line?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
         // One write per reply: no Nagle/delayed-ACK stalls in request/response loops.
-        let reply = if line.trim_end() == "PEER" {
-            format!("{peer}\n")
-        } else {
-            format!("{line}\n")
+        let reply = match words.as_slice() {
+            ["PEER"] => format!("{peer}\n"),
+            ["SINK", n] => {
+                let n: u64 = n.parse().map_err(|_| bad_request(&line))?;
+                let (count, hash) = sink(&mut reader, n)?;
+                format!("sunk {count} {hash:016x}\n")
+            }
+            ["SOURCE", n, seed] => {
+                let n: u64 = n.parse().map_err(|_| bad_request(&line))?;
+                let seed: u64 = seed.parse().map_err(|_| bad_request(&line))?;
+                source(&mut stream, n, seed)?;
+                continue;
+            }
+            _ => line.clone(),
         };
         stream.write_all(reply.as_bytes())?;
     }
+}
+
+fn bad_request(line: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("bad request {line:?}"))
+}
+
+/// Reads exactly `n` bytes (less if the peer closes first) and hashes them.
+fn sink(reader: &mut impl Read, n: u64) -> io::Result<(u64, u64)> {
+    let mut hasher = WordHash::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut count = 0u64;
+    while count < n {
+        let want = usize::try_from((n - count).min(buf.len() as u64)).unwrap_or(buf.len());
+        let got = reader.read(&mut buf[..want])?;
+        if got == 0 {
+            break;
+        }
+        hasher.update(&buf[..got]);
+        count += got as u64;
+    }
+    Ok((count, hasher.finish()))
+}
+
+/// Writes `n` bytes of the pattern seeded with `seed`.
+fn source(stream: &mut TcpStream, n: u64, seed: u64) -> io::Result<()> {
+    let mut pattern = Pattern::new(seed);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut sent = 0u64;
+    while sent < n {
+        let len = usize::try_from((n - sent).min(buf.len() as u64)).unwrap_or(buf.len());
+        pattern.fill(&mut buf[..len]);
+        stream.write_all(&buf[..len])?;
+        sent += len as u64;
+    }
     Ok(())
+}
+
+/// A deterministic byte stream: byte `k` is byte `k % 8` (little-endian) of
+/// `splitmix64(seed + k / 8)`.
+struct Pattern {
+    seed: u64,
+    offset: u64,
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Pattern {
+    fn new(seed: u64) -> Self {
+        Self { seed, offset: 0 }
+    }
+
+    fn byte_at(&self, k: u64) -> u8 {
+        splitmix64(self.seed.wrapping_add(k / 8)).to_le_bytes()[(k % 8) as usize]
+    }
+
+    /// The next `buf.len()` bytes of the stream.
+    fn fill(&mut self, buf: &mut [u8]) {
+        let mut i = 0;
+        while i < buf.len() && !self.offset.is_multiple_of(8) {
+            buf[i] = self.byte_at(self.offset);
+            i += 1;
+            self.offset += 1;
+        }
+        let words = (buf.len() - i) / 8;
+        for chunk in buf[i..i + words * 8].chunks_exact_mut(8) {
+            chunk.copy_from_slice(
+                &splitmix64(self.seed.wrapping_add(self.offset / 8)).to_le_bytes(),
+            );
+            self.offset += 8;
+        }
+        i += words * 8;
+        while i < buf.len() {
+            buf[i] = self.byte_at(self.offset);
+            i += 1;
+            self.offset += 1;
+        }
+    }
+}
+
+/// A streaming hash over 8-byte little-endian words (FNV-1a style), with the byte
+/// count mixed in at the end; independent of how the stream was split into reads.
+struct WordHash {
+    state: u64,
+    tail: Vec<u8>,
+    len: u64,
+}
+
+impl WordHash {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    fn new() -> Self {
+        Self {
+            state: 0xcbf2_9ce4_8422_2325,
+            tail: Vec::with_capacity(8),
+            len: 0,
+        }
+    }
+
+    fn word(&mut self, w: u64) {
+        self.state = (self.state ^ w).wrapping_mul(Self::PRIME);
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        self.len += data.len() as u64;
+        if !self.tail.is_empty() {
+            let need = 8 - self.tail.len();
+            let take = need.min(data.len());
+            self.tail.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.tail.len() < 8 {
+                return;
+            }
+            let w = u64::from_le_bytes(self.tail[..].try_into().expect("8 bytes"));
+            self.tail.clear();
+            self.word(w);
+        }
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            self.word(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        self.tail.extend_from_slice(words.remainder());
+    }
+
+    fn finish(mut self) -> u64 {
+        let mut last = [0u8; 8];
+        last[..self.tail.len()].copy_from_slice(&self.tail);
+        let len = self.len;
+        self.word(u64::from_le_bytes(last));
+        self.word(len);
+        self.state
+    }
 }
 
 fn udp_loop(socket: &UdpSocket, name: &str) {
@@ -644,4 +828,116 @@ fn rr(to: SocketAddr, duration: Duration, timeout: Duration) -> ExitCode {
         pct(99)
     ));
     ExitCode::SUCCESS
+}
+
+/// `probe send`: see the module docs.
+fn send(to: SocketAddr, bytes: u64, direction: Direction, timeout: Duration) -> ExitCode {
+    let start = Instant::now();
+    match transfer(to, bytes, direction, timeout) {
+        Ok(line) => {
+            say(&format!("{line} secs {:.3}", start.elapsed().as_secs_f64()));
+            ExitCode::SUCCESS
+        }
+        Err((e, detail)) => {
+            say(&format!("err {e} {} {detail}", elapsed_ms(start)));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type TransferError = (Failure, String);
+
+fn at(what: &str) -> impl Fn(Failure) -> TransferError + '_ {
+    move |e| (e, what.to_owned())
+}
+
+fn transfer(
+    to: SocketAddr,
+    bytes: u64,
+    direction: Direction,
+    timeout: Duration,
+) -> Result<String, TransferError> {
+    let mut conn = Conn::open(to, timeout).map_err(at("connect"))?;
+    let addr = conn
+        .stream
+        .peer_addr()
+        .map_err(|e| (e.into(), "getpeername".to_owned()))?;
+    let name = conn.read_line().map_err(at("greeting"))?;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    let mut line = format!("transfer ok {name} {addr}");
+    if direction != Direction::Down {
+        conn.send_line(&format!("SINK {bytes}"))
+            .map_err(at("SINK request"))?;
+        let mut pattern = Pattern::new(seed);
+        let mut hasher = WordHash::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut sent = 0u64;
+        while sent < bytes {
+            let len = usize::try_from((bytes - sent).min(buf.len() as u64)).unwrap_or(buf.len());
+            pattern.fill(&mut buf[..len]);
+            hasher.update(&buf[..len]);
+            conn.stream
+                .write_all(&buf[..len])
+                .map_err(|e| (e.into(), format!("up at byte {sent}")))?;
+            sent += len as u64;
+        }
+        let want = hasher.finish();
+        let reply = conn.read_line().map_err(at("sunk reply"))?;
+        let words: Vec<&str> = reply.split_whitespace().collect();
+        let (count, hash) = match words.as_slice() {
+            ["sunk", c, h] => (c.parse::<u64>().ok(), u64::from_str_radix(h, 16).ok()),
+            _ => (None, None),
+        };
+        if count != Some(bytes) || hash != Some(want) {
+            return Err((
+                Failure::Mismatch,
+                format!("up: sent {bytes} bytes hash {want:016x}, server got {reply:?}"),
+            ));
+        }
+        line.push_str(&format!(" up {bytes} {want:016x}"));
+    }
+    if direction != Direction::Up {
+        let seed = seed ^ 0x5555_5555_5555_5555;
+        conn.send_line(&format!("SOURCE {bytes} {seed}"))
+            .map_err(at("SOURCE request"))?;
+        let mut expected = Pattern::new(seed);
+        let mut hasher = WordHash::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut want = vec![0u8; 1 << 16];
+        let mut got_total = 0u64;
+        // The greeting/line reader may hold the first bytes already.
+        while got_total < bytes {
+            let room =
+                usize::try_from((bytes - got_total).min(buf.len() as u64)).unwrap_or(buf.len());
+            let got = conn
+                .reader
+                .read(&mut buf[..room])
+                .map_err(|e| (e.into(), format!("down at byte {got_total}")))?;
+            if got == 0 {
+                return Err((
+                    Failure::Eof,
+                    format!("down: EOF after {got_total} of {bytes} bytes"),
+                ));
+            }
+            expected.fill(&mut want[..got]);
+            if buf[..got] != want[..got] {
+                let i = buf[..got]
+                    .iter()
+                    .zip(&want[..got])
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                return Err((
+                    Failure::Mismatch,
+                    format!("down: byte {} differs", got_total + i as u64),
+                ));
+            }
+            hasher.update(&buf[..got]);
+            got_total += got as u64;
+        }
+        line.push_str(&format!(" down {bytes} {:016x}", hasher.finish()));
+    }
+    Ok(line)
 }

@@ -1,0 +1,679 @@
+//! The tc data plane (NodePort, ExternalIPs, LoadBalancer IPs, ClusterIPs from outside)
+//! on the real kernel.
+//!
+//! Each test builds its own [`NodesTopology`] (an external client, node-a and node-b on
+//! a LAN, pods behind each node), runs `probe serve` in every pod, and runs the real
+//! agent *inside node-a's namespace* with a manifest directory, so its tc programs sit on
+//! node-a's `eth0` and `cbr0`. Traffic comes from the client namespace (or from a pod,
+//! for hairpin). Addresses:
+//!
+//! ```text
+//! client 192.0.2.100  2001:db8::100      (routes 10.96.0.0/16, fd00:96::/64,
+//!                                          198.51.100.0/24, 203.0.113.0/24 via node-a)
+//! node-a 192.0.2.1    2001:db8::1        pods a-pod-N 10.244.1.(11+N) fd00:244:1::(11+N)
+//! node-b 192.0.2.2    2001:db8::2        pods b-pod-N 10.244.2.(11+N) fd00:244:2::(11+N)
+//! ```
+//!
+//! A local backend (on node-a) must see the client's own address; a remote one (on
+//! node-b) must see node-a's address (SNAT), as with kube-proxy's
+//! `externalTrafficPolicy: Cluster`. Everything is removed on drop, also when a test
+//! fails.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tests::{
+    Agent, BpfFs, Cgroup, ChildGuard, ManifestDir, Node, NodesTopology, ProbeReply, ServiceSpec,
+    http_get, probe_bin, run, spawn_guarded,
+};
+
+const POD_TCP: u16 = 8080;
+const POD_UDP: u16 = 5353;
+/// What the agent needs on a node of [`NodesTopology`].
+const AGENT_FLAGS: &[&str] = &[
+    "--nodeport-addresses",
+    "192.0.2.0/24,2001:db8::/64",
+    "--pod-interfaces",
+    "cbr0",
+];
+/// How long a frontend may take to answer after the agent's first sync.
+const SERVED: Duration = Duration::from_secs(10);
+/// Connect timeout for connections that must be dropped (their result: `ETIMEDOUT`).
+const DROP_TIMEOUT_MS: &str = "700";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+/// Field order is drop order: the agent and the servers go before the namespaces, the
+/// bpffs (and with it every pin) last.
+struct Env {
+    agent: Agent,
+    _servers: Vec<ChildGuard>,
+    topo: NodesTopology,
+    cgroup: Cgroup,
+    _dir: ManifestDir,
+    _bpffs: BpfFs,
+}
+
+impl Env {
+    /// A topology with `pods_per_node` pods on each node serving TCP 8080 and UDP 5353,
+    /// client routes for the service ranges via node-a, and the agent in node-a on
+    /// `files`, with [`AGENT_FLAGS`] and `extra`.
+    fn new(tag: &str, pods_per_node: usize, files: &[(&str, String)], extra: &[&str]) -> Env {
+        let bpffs = BpfFs::new(tag);
+        let dir = ManifestDir::new(tag);
+        let cgroup = Cgroup::new(&format!("{tag}-pods"));
+        let topo = NodesTopology::new(tag, pods_per_node);
+        let servers = topo.serve_pods(&[POD_TCP], &[POD_UDP]);
+        let node_a = topo.node_a();
+        for cidr in [
+            "10.96.0.0/16",
+            "fd00:96::/64",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+        ] {
+            topo.route_client_via(cidr, node_a);
+        }
+        for (name, content) in files {
+            dir.write(name, content);
+        }
+        let mut flags = AGENT_FLAGS.to_vec();
+        flags.extend_from_slice(extra);
+        let agent = Agent::start_in(
+            &node_a.netns,
+            bpffs.path(),
+            cgroup.path(),
+            dir.path(),
+            &flags,
+        );
+        Env {
+            agent,
+            _servers: servers,
+            topo,
+            cgroup,
+            _dir: dir,
+            _bpffs: bpffs,
+        }
+    }
+
+    fn node_a(&self) -> &Node {
+        self.topo.node_a()
+    }
+
+    /// `probe <args>` from the client, parsed; panics if the probe itself failed.
+    fn probe(&self, args: &[&str]) -> Vec<ProbeReply> {
+        let out = self.topo.client_probe(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "probe {args:?} failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ProbeReply::parse_all(&stdout)
+    }
+
+    /// Waits until `proto` (`tcp`/`udp`) to `to` from the client gets an answer: the
+    /// agent has attached and programmed it. Returns the first answer.
+    fn wait_served(&self, proto: &str, to: &str) -> ProbeReply {
+        let deadline = Instant::now() + SERVED;
+        loop {
+            let r = self.probe(&[proto, "--to", to, "--timeout-ms", "500"]);
+            if r.first().and_then(ProbeReply::name).is_some() {
+                return r[0].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{proto} {to} got no answer within {SERVED:?} of the agent's first sync: {r:?}\n{}",
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// What to print when a check fails: the programmed frontends and the agent's log.
+    fn diagnostics(&self) -> String {
+        let programmed = std::process::Command::new(tests::agent_binary("proxyctl"))
+            .arg("--bpffs")
+            .arg(&self.agent.bpffs)
+            .arg("list")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("proxyctl: {e}"));
+        format!(
+            "proxyctl list:\n{programmed}\nagent log:\n{}",
+            self.agent.log()
+        )
+    }
+}
+
+/// `(name, addr, peer)` of every reply; panics (with the agent's log) on an error reply.
+fn oks<'a>(env: &Env, what: &str, replies: &'a [ProbeReply]) -> Vec<(&'a str, SocketAddr, IpAddr)> {
+    replies
+        .iter()
+        .map(|r| match r {
+            ProbeReply::Ok {
+                name,
+                addr,
+                peer: Some(peer),
+            } => (name.as_str(), *addr, peer.ip()),
+            other => panic!("{what}: {other:?} in {replies:?}\n{}", env.diagnostics()),
+        })
+        .collect()
+}
+
+/// Asserts every reply is an error `reason` (a drop shows as `ETIMEDOUT`).
+fn assert_all_fail(env: &Env, what: &str, replies: &[ProbeReply], reason: &str) {
+    assert!(!replies.is_empty());
+    for r in replies {
+        assert_eq!(
+            r.error(),
+            Some(reason),
+            "{what}: expected {reason} (dropped), got {replies:?}\n{}",
+            env.diagnostics()
+        );
+    }
+}
+
+fn sock(ip: IpAddr, port: u16) -> String {
+    SocketAddr::new(ip, port).to_string()
+}
+
+/// The client's and node-a's address of `family` (4 or 6).
+fn client_and_node(env: &Env, family: u8) -> (IpAddr, IpAddr) {
+    if family == 4 {
+        (
+            IpAddr::V4(env.topo.client_v4),
+            IpAddr::V4(env.node_a().ipv4),
+        )
+    } else {
+        (
+            IpAddr::V6(env.topo.client_v6),
+            IpAddr::V6(env.node_a().ipv6),
+        )
+    }
+}
+
+/// Two dual-stack NodePorts: 30080 served by a-pod-0 only (local), 30081 by b-pod-0
+/// only (remote).
+fn local_and_remote_files() -> Vec<(&'static str, String)> {
+    let local = ServiceSpec::new("local", "NodePort")
+        .cluster_ip(ip("10.96.0.10"))
+        .cluster_ip(ip("fd00:96::10"))
+        .port("http", 80, "TCP", POD_TCP, Some(30080))
+        .port("dns", 53, "UDP", POD_UDP, Some(30053))
+        .endpoints([ip("10.244.1.11"), ip("fd00:244:1::11")], "node-a")
+        .yaml();
+    let remote = ServiceSpec::new("remote", "NodePort")
+        .cluster_ip(ip("10.96.0.11"))
+        .cluster_ip(ip("fd00:96::11"))
+        .port("http", 80, "TCP", POD_TCP, Some(30081))
+        .port("dns", 53, "UDP", POD_UDP, Some(30054))
+        .endpoints([ip("10.244.2.11"), ip("fd00:244:2::11")], "node-b")
+        .yaml();
+    vec![("local.yaml", local), ("remote.yaml", remote)]
+}
+
+fn nodeport_sources(family: u8) {
+    let env = Env::new(&format!("np{family}"), 1, &local_and_remote_files(), &[]);
+    let (client, node) = client_and_node(&env, family);
+    for (port, pod, sees, what) in [
+        (
+            30080,
+            "a-pod-0",
+            client,
+            "the local backend sees the client",
+        ),
+        (
+            30081,
+            "b-pod-0",
+            node,
+            "the remote backend sees node-a (SNAT)",
+        ),
+    ] {
+        let to = sock(node, port);
+        env.wait_served("tcp", &to);
+        let replies = env.probe(&["tcp", "--to", &to, "--count", "10", "--peer"]);
+        for (name, addr, peer) in oks(&env, &to, &replies) {
+            assert_eq!(name, pod, "{to}: {replies:?}");
+            assert_eq!(addr.to_string(), to, "{to}: getpeername: {replies:?}");
+            assert_eq!(
+                peer,
+                sees,
+                "{to}: {what}: {replies:?}\n{}",
+                env.diagnostics()
+            );
+        }
+    }
+    // The connections are in the data plane's connection table, the remote one with
+    // node-a as its SNAT address.
+    let flows = env.agent.conntrack();
+    let text: Vec<String> = flows.iter().map(ToString::to_string).collect();
+    let remote_pod = if family == 4 {
+        "10.244.2.11"
+    } else {
+        "fd00:244:2::11"
+    };
+    assert!(
+        text.iter()
+            .any(|f| f.contains(&client.to_string()) && f.contains(remote_pod)),
+        "proxyctl conntrack --json has no flow from {client} to {remote_pod}: {text:#?}"
+    );
+}
+
+#[test]
+fn nodeport_ipv4_local_backend_sees_the_client_remote_backend_sees_the_node() {
+    nodeport_sources(4);
+}
+
+#[test]
+fn nodeport_ipv6_local_backend_sees_the_client_remote_backend_sees_the_node() {
+    nodeport_sources(6);
+}
+
+#[test]
+fn udp_nodeport_reaches_local_and_remote_backends_over_ipv4_and_ipv6() {
+    let env = Env::new("npudp", 1, &local_and_remote_files(), &[]);
+    for family in [4, 6] {
+        let (client, node) = client_and_node(&env, family);
+        for (port, pod, sees) in [(30053, "a-pod-0", client), (30054, "b-pod-0", node)] {
+            let to = sock(node, port);
+            env.wait_served("udp", &to);
+            for mode in [&[][..], &["--same-socket"][..]] {
+                let mut args = vec!["udp", "--to", &to, "--count", "5", "--peer"];
+                args.extend_from_slice(mode);
+                let replies = env.probe(&args);
+                for (name, addr, peer) in oks(&env, &to, &replies) {
+                    assert_eq!(name, pod, "{to} {mode:?}: {replies:?}");
+                    assert_eq!(
+                        addr.to_string(),
+                        to,
+                        "{to} {mode:?}: replies must come from the NodePort: {replies:?}"
+                    );
+                    assert_eq!(peer, sees, "{to} {mode:?}: {replies:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn external_ips_and_load_balancer_ips_are_served_from_outside() {
+    let lb = ServiceSpec::new("lb", "LoadBalancer")
+        .cluster_ip(ip("10.96.0.12"))
+        .port("http", 80, "TCP", POD_TCP, Some(30082))
+        .endpoint(ip("10.244.1.11"), "node-a")
+        .endpoint(ip("10.244.2.11"), "node-b")
+        .external_ip(ip("198.51.100.10"))
+        .lb_ingress(ip("203.0.113.10"))
+        .yaml();
+    let env = Env::new("extip", 1, &[("lb.yaml", lb)], &[]);
+    let (client, node) = client_and_node(&env, 4);
+    for vip in ["198.51.100.10:80", "203.0.113.10:80", "10.96.0.12:80"] {
+        env.wait_served("tcp", vip);
+        let replies = env.probe(&["tcp", "--to", vip, "--count", "20", "--peer"]);
+        let mut seen = BTreeSet::new();
+        for (name, addr, peer) in oks(&env, vip, &replies) {
+            assert_eq!(addr.to_string(), vip, "getpeername: {replies:?}");
+            let want = match name {
+                "a-pod-0" => client,
+                "b-pod-0" => node,
+                other => panic!("{vip}: unknown backend {other}"),
+            };
+            assert_eq!(peer, want, "{vip}: {name} saw {peer}: {replies:?}");
+            seen.insert(name);
+        }
+        assert_eq!(seen.len(), 2, "{vip}: 20 connections reached only {seen:?}");
+    }
+}
+
+#[test]
+fn external_traffic_policy_local_serves_only_local_pods_drops_without_them_and_reports_health() {
+    let local = ServiceSpec::new("etp-local", "NodePort")
+        .cluster_ip(ip("10.96.0.13"))
+        .port("http", 80, "TCP", POD_TCP, Some(30083))
+        .endpoints([ip("10.244.1.11"), ip("10.244.1.12")], "node-a")
+        .endpoints([ip("10.244.2.11"), ip("10.244.2.12")], "node-b")
+        .external_traffic_policy_local(Some(32083))
+        .yaml();
+    let local6 = ServiceSpec::new("etp-local6", "NodePort")
+        .cluster_ip(ip("fd00:96::13"))
+        .port("http", 80, "TCP", POD_TCP, Some(30085))
+        .endpoints([ip("fd00:244:1::11"), ip("fd00:244:1::12")], "node-a")
+        .endpoints([ip("fd00:244:2::11"), ip("fd00:244:2::12")], "node-b")
+        .external_traffic_policy_local(None)
+        .yaml();
+    let none = ServiceSpec::new("etp-none", "NodePort")
+        .cluster_ip(ip("10.96.0.14"))
+        .cluster_ip(ip("fd00:96::14"))
+        .port("http", 80, "TCP", POD_TCP, Some(30084))
+        .endpoints([ip("10.244.2.11"), ip("fd00:244:2::11")], "node-b")
+        .external_traffic_policy_local(Some(32084))
+        .yaml();
+    let env = Env::new(
+        "etp",
+        2,
+        &[
+            ("local.yaml", local),
+            ("local6.yaml", local6),
+            ("none.yaml", none),
+        ],
+        &[],
+    );
+    let local_pods: BTreeSet<&str> = ["a-pod-0", "a-pod-1"].into();
+    for (family, port) in [(4, 30083), (6, 30085)] {
+        let (client, node) = client_and_node(&env, family);
+        let to = sock(node, port);
+        env.wait_served("tcp", &to);
+        let replies = env.probe(&["tcp", "--to", &to, "--count", "30", "--peer"]);
+        let mut seen = BTreeSet::new();
+        for (name, _, peer) in oks(&env, &to, &replies) {
+            assert!(
+                local_pods.contains(name),
+                "{to}: externalTrafficPolicy Local reached {name}: {replies:?}"
+            );
+            assert_eq!(peer, client, "{to}: the client address is preserved");
+            seen.insert(name);
+        }
+        assert_eq!(
+            seen, local_pods,
+            "{to}: 30 connections reached only {seen:?}"
+        );
+    }
+    // A NodePort whose endpoints are all on other nodes drops external clients.
+    for family in [4, 6] {
+        let (_, node) = client_and_node(&env, family);
+        let to = sock(node, 30084);
+        let replies = env.probe(&[
+            "tcp",
+            "--to",
+            &to,
+            "--count",
+            "3",
+            "--timeout-ms",
+            DROP_TIMEOUT_MS,
+        ]);
+        assert_all_fail(
+            &env,
+            &format!("{to} (no local endpoint)"),
+            &replies,
+            "ETIMEDOUT",
+        );
+    }
+
+    // healthCheckNodePort, from the client as a cloud load balancer asks it.
+    let node = SocketAddr::new(IpAddr::V4(env.node_a().ipv4), 32083);
+    let (code, body) = env.topo.client.run(|| http_get(node, "/healthz"));
+    let health: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{node}: not JSON ({e}): {body:?}"));
+    assert_eq!(code, 200, "{node}: {body}");
+    assert_eq!(health["service"]["namespace"], "test", "{body}");
+    assert_eq!(health["service"]["name"], "etp-local", "{body}");
+    assert_eq!(health["localEndpoints"], 2, "{body}");
+    assert_eq!(health["serviceProxyHealthy"], true, "{body}");
+
+    let node = SocketAddr::new(IpAddr::V4(env.node_a().ipv4), 32084);
+    let (code, body) = env.topo.client.run(|| http_get(node, "/healthz"));
+    let health: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{node}: not JSON ({e}): {body:?}"));
+    assert_eq!(code, 503, "{node}: {body}");
+    assert_eq!(health["service"]["name"], "etp-none", "{body}");
+    assert_eq!(health["localEndpoints"], 0, "{body}");
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_listed_clients_and_drop_the_rest() {
+    let make = |name: &str, vip: &str, node_port: u16, range: &str| {
+        ServiceSpec::new(name, "LoadBalancer")
+            .cluster_ip(ip(&format!("10.96.0.{}", node_port - 30000)))
+            .port("http", 80, "TCP", POD_TCP, Some(node_port))
+            .endpoint(ip("10.244.1.11"), "node-a")
+            .endpoint(ip("10.244.2.11"), "node-b")
+            .lb_ingress(ip(vip))
+            .source_range(range)
+            .yaml()
+    };
+    let env = Env::new(
+        "lbsrc",
+        1,
+        &[
+            (
+                "allowed.yaml",
+                make("allowed", "203.0.113.20", 30020, "192.0.2.100/32"),
+            ),
+            (
+                "denied.yaml",
+                make("denied", "203.0.113.21", 30021, "198.18.0.0/15"),
+            ),
+        ],
+        &[],
+    );
+    env.wait_served("tcp", "203.0.113.20:80");
+    let replies = env.probe(&["tcp", "--to", "203.0.113.20:80", "--count", "10", "--peer"]);
+    assert_eq!(oks(&env, "allowed source", &replies).len(), 10);
+    let replies = env.probe(&[
+        "tcp",
+        "--to",
+        "203.0.113.21:80",
+        "--count",
+        "3",
+        "--timeout-ms",
+        DROP_TIMEOUT_MS,
+    ]);
+    assert_all_fail(&env, "source outside the ranges", &replies, "ETIMEDOUT");
+    // The drop is per frontend: the allowed one still answers afterwards.
+    let replies = env.probe(&["tcp", "--to", "203.0.113.20:80", "--count", "3", "--peer"]);
+    assert_eq!(oks(&env, "allowed source, again", &replies).len(), 3);
+}
+
+#[test]
+fn client_ip_affinity_pins_every_connection_of_a_client_to_one_backend() {
+    let all = |s: ServiceSpec| {
+        s.endpoints([ip("10.244.1.11"), ip("10.244.1.12")], "node-a")
+            .endpoints([ip("10.244.2.11"), ip("10.244.2.12")], "node-b")
+    };
+    let sticky = all(ServiceSpec::new("sticky", "NodePort")
+        .cluster_ip(ip("10.96.0.16"))
+        .port("http", 80, "TCP", POD_TCP, Some(30086)))
+    .client_ip_affinity(600)
+    .yaml();
+    let spread = all(ServiceSpec::new("spread", "NodePort")
+        .cluster_ip(ip("10.96.0.17"))
+        .port("http", 80, "TCP", POD_TCP, Some(30087)))
+    .yaml();
+    let env = Env::new(
+        "affinity",
+        2,
+        &[("sticky.yaml", sticky), ("spread.yaml", spread)],
+        &[],
+    );
+    let names = |to: &str| -> BTreeSet<String> {
+        env.wait_served("tcp", to);
+        let replies = env.probe(&["tcp", "--to", to, "--count", "30", "--peer"]);
+        oks(&env, to, &replies)
+            .into_iter()
+            .map(|(n, _, _)| n.to_owned())
+            .collect()
+    };
+    // Without affinity the same 30 connections spread (the control).
+    let spread = names("192.0.2.1:30087");
+    assert!(
+        spread.len() > 1,
+        "30 connections without affinity: {spread:?}"
+    );
+    let sticky = names("192.0.2.1:30086");
+    assert_eq!(
+        sticky.len(),
+        1,
+        "ClientIP affinity: one client reached {sticky:?}\n{}",
+        env.diagnostics()
+    );
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_nodeport_and_its_cluster_ip() {
+    let svc = ServiceSpec::new("self", "NodePort")
+        .cluster_ip(ip("10.96.0.18"))
+        .cluster_ip(ip("fd00:96::18"))
+        .port("http", 80, "TCP", POD_TCP, Some(30088))
+        .endpoints([ip("10.244.1.11"), ip("fd00:244:1::11")], "node-a")
+        .yaml();
+    let env = Env::new("hairpin", 1, &[("self.yaml", svc)], &[]);
+    let node = env.node_a();
+    // The NodePort is programmed once it answers the client.
+    env.wait_served("tcp", &sock(IpAddr::V4(node.ipv4), 30088));
+    let pod = &node.pods[0];
+    let targets = [
+        ("NodePort v4", sock(IpAddr::V4(node.ipv4), 30088)),
+        ("NodePort v6", sock(IpAddr::V6(node.ipv6), 30088)),
+        ("ClusterIP v4", "10.96.0.18:80".to_owned()),
+        ("ClusterIP v6", "[fd00:96::18]:80".to_owned()),
+    ];
+    // Outside the agent's cgroup the tc program on cbr0 does the work; inside it, the
+    // socket programs.
+    for (path, cgroup) in [
+        ("tc (outside the cgroup)", None),
+        ("socket (in the cgroup)", Some(&env.cgroup)),
+    ] {
+        for (what, to) in &targets {
+            let out = run(
+                &pod.netns,
+                cgroup,
+                Command::new(probe_bin()).args(["tcp", "--to", to, "--count", "3", "--peer"]),
+                Duration::from_secs(30),
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let replies = ProbeReply::parse_all(&stdout);
+            assert_eq!(replies.len(), 3, "{stdout}");
+            for r in &replies {
+                assert_eq!(
+                    r.name(),
+                    Some(pod.name.as_str()),
+                    "{path}: {} through its {what} {to}: {replies:?}\n{}",
+                    pod.name,
+                    env.diagnostics()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_hundred_megabytes_cross_a_nodeport_to_a_remote_backend_intact_both_ways() {
+    let bulk = ServiceSpec::new("bulk", "NodePort")
+        .cluster_ip(ip("10.96.0.19"))
+        .port("http", 80, "TCP", POD_TCP, Some(30089))
+        .endpoint(ip("10.244.2.11"), "node-b")
+        .yaml();
+    let env = Env::new("bulk", 1, &[("bulk.yaml", bulk)], &[]);
+    let to = "192.0.2.1:30089";
+    env.wait_served("tcp", to);
+    let bytes = (100u64 << 20).to_string();
+    let out = env
+        .topo
+        .client_probe(&["send", "--to", to, "--bytes", &bytes]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    let line = stdout.lines().next().unwrap_or_default();
+    assert!(
+        out.status.success() && line.starts_with("transfer ok b-pod-0 192.0.2.1:30089 "),
+        "transfer failed: {stdout} {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        env.diagnostics()
+    );
+    assert!(
+        line.contains(&format!(" up {bytes} ")) && line.contains(&format!(" down {bytes} ")),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_full_connection_table_drops_new_flows_counts_them_and_keeps_established_ones() {
+    let svc = ServiceSpec::new("ct", "NodePort")
+        .cluster_ip(ip("10.96.0.20"))
+        .port("http", 80, "TCP", POD_TCP, Some(30090))
+        .endpoint(ip("10.244.2.11"), "node-b")
+        .yaml();
+    // 8 entries: four flows (one entry per direction).
+    let env = Env::new("ctfull", 1, &[("ct.yaml", svc)], &["--conntrack-max", "8"]);
+    let to = "192.0.2.1:30090";
+    let hold = |rounds: &str, timeout_ms: &str| {
+        spawn_guarded(
+            &env.topo.client,
+            None,
+            Command::new(probe_bin()).args([
+                "hold",
+                "--to",
+                to,
+                "--rounds",
+                rounds,
+                "--interval-ms",
+                "500",
+                "--timeout-ms",
+                timeout_ms,
+            ]),
+        )
+    };
+    // The first flow to get through is the one to keep.
+    let deadline = Instant::now() + SERVED;
+    let mut keeper = loop {
+        let mut h = hold("12", "500");
+        let first = h.expect_line(Duration::from_secs(5));
+        if ProbeReply::parse(&first).and_then(|r| r.name().map(str::to_owned))
+            == Some("b-pod-0".to_owned())
+        {
+            break h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{to} not served: {first}\n{}",
+            env.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let full_before = env.agent.counter("ct_full").unwrap_or_else(|| {
+        panic!(
+            "no ct_full counter in proxyctl stats or /metrics:\n{}",
+            env.agent.proxyctl(&["stats"])
+        )
+    });
+    let mut others: Vec<ChildGuard> = (0..8).map(|_| hold("1", "1000")).collect();
+    let firsts: Vec<String> = others
+        .iter_mut()
+        .map(|h| h.expect_line(Duration::from_secs(5)))
+        .collect();
+    let failed = firsts.iter().filter(|l| l.starts_with("err ")).count();
+    eprintln!("8 new flows with the table full: {firsts:?}");
+    assert!(
+        failed >= 4,
+        "a table of 8 entries admitted {} of 8 new flows besides the held one: {firsts:?}\n{}",
+        8 - failed,
+        env.diagnostics()
+    );
+    for l in firsts.iter().filter(|l| l.starts_with("err ")) {
+        assert!(
+            l.starts_with("err ETIMEDOUT"),
+            "a flow over capacity must be dropped, not refused: {l}"
+        );
+    }
+    let full_after = env.agent.counter("ct_full").expect("ct_full counter");
+    assert!(
+        full_after > full_before,
+        "ct_full did not rise ({full_before} -> {full_after}) while {failed} flows were dropped"
+    );
+    let flows = env.agent.conntrack();
+    assert!(
+        flows.len() <= 8,
+        "the table holds {} entries with --conntrack-max 8: {flows:#?}",
+        flows.len()
+    );
+    let status = keeper.wait(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "the established connection broke while the table was full: {:?}\n{}",
+        keeper.seen_lines(),
+        env.diagnostics()
+    );
+}
