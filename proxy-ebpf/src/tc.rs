@@ -16,6 +16,10 @@
 //! No window tracking: any segment of a tracked flow is translated, so a segment
 //! netfilter would call INVALID never leaves with the backend's address.
 
+// Map helpers take `impl Borrow`: passing references keeps the big values (conntrack
+// entries live in per-CPU scratch) off the 512-byte stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
@@ -38,6 +42,15 @@ use crate::maps::{CLIENT_AFFINITY, CONNTRACK, IFACES, SOURCE_RANGES, count, scra
 use crate::packet::{self, Packet};
 use crate::{ct, lb};
 
+// The bindings' types for these differ between targets.
+#[allow(clippy::unnecessary_cast)]
+const PASS: i32 = TC_ACT_OK as i32;
+#[allow(clippy::unnecessary_cast)]
+const DROP: i32 = TC_ACT_SHOT as i32;
+#[allow(clippy::unnecessary_cast)]
+const FIB_SUCCESS: i64 = BPF_FIB_LKUP_RET_SUCCESS as i64;
+#[allow(clippy::unnecessary_cast)]
+const FIB_NO_NEIGH: i64 = BPF_FIB_LKUP_RET_NO_NEIGH as i64;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 /// Ports tried for SNAT: the client's own, then random ones from the configured range.
@@ -56,7 +69,7 @@ pub fn tc_egress(mut ctx: TcContext) -> i32 {
 #[inline(always)]
 fn ingress(ctx: &mut TcContext) -> i32 {
     let Some(p) = packet::parse(ctx) else {
-        return TC_ACT_OK as i32;
+        return PASS;
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -64,7 +77,7 @@ fn ingress(ctx: &mut TcContext) -> i32 {
     // SAFETY: reading a field of the context the kernel gave us.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
 
-    if let Some(e) = CONNTRACK.get_ptr_mut(&p.key) {
+    if let Some(e) = CONNTRACK.get_ptr_mut(p.key) {
         // SAFETY: copied out; the pointer stays valid for this program run.
         let entry = unsafe { *e };
         if !restarts(&cfg, &entry, &p, now) {
@@ -74,11 +87,11 @@ fn ingress(ctx: &mut TcContext) -> i32 {
         }
     }
     if !p.may_open() {
-        return TC_ACT_OK as i32;
+        return PASS;
     }
     // SAFETY: copied out at once.
     let Some(iface) = (unsafe { IFACES.get(ifindex) }).copied() else {
-        return TC_ACT_OK as i32;
+        return PASS;
     };
     let fe = if iface.flags & IFACE_F_EXTERNAL != 0 {
         // From outside: the external frontends, then ClusterIPs routed to this node.
@@ -91,16 +104,16 @@ fn ingress(ctx: &mut TcContext) -> i32 {
     };
     match fe {
         Some(fe) => open(ctx, &p, &fe, &cfg, ifindex, now, true),
-        None => TC_ACT_OK as i32,
+        None => PASS,
     }
 }
 
 #[inline(always)]
 fn egress(ctx: &mut TcContext) -> i32 {
     let Some(p) = packet::parse(ctx) else {
-        return TC_ACT_OK as i32;
+        return PASS;
     };
-    let Some(e) = CONNTRACK.get_ptr_mut(&p.key) else {
+    let Some(e) = CONNTRACK.get_ptr_mut(p.key) else {
         return egress_open(ctx, &p);
     };
     // SAFETY: copied out; the pointer stays valid for this program run.
@@ -116,9 +129,9 @@ fn egress(ctx: &mut TcContext) -> i32 {
     }
     // A reply the stack already routed toward the client.
     if packet::rewrite(ctx, &p, &to).is_err() {
-        return TC_ACT_SHOT as i32;
+        return DROP;
     }
-    TC_ACT_OK as i32
+    PASS
 }
 
 /// A node process outside the attached cgroup reaching a service: its packet leaves
@@ -126,20 +139,20 @@ fn egress(ctx: &mut TcContext) -> i32 {
 #[inline(always)]
 fn egress_open(ctx: &mut TcContext, p: &Packet) -> i32 {
     if !p.may_open() {
-        return TC_ACT_OK as i32;
+        return PASS;
     }
     // SAFETY: reading a field of the context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: copied out at once.
     let Some(iface) = (unsafe { IFACES.get(ifindex) }).copied() else {
-        return TC_ACT_OK as i32;
+        return PASS;
     };
     let own = if p.key.saddr.is_v4() { iface.v4 } else { iface.v6 };
     if own != p.key.saddr {
-        return TC_ACT_OK as i32;
+        return PASS;
     }
     let Some(fe) = lb::frontend(p.key.daddr, p.key.dport_be, p.key.proto, scope::INTERNAL) else {
-        return TC_ACT_OK as i32;
+        return PASS;
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -191,12 +204,12 @@ fn open(
 ) -> i32 {
     if fe.backend_count == 0 {
         count(counter::NAT_NO_BACKEND);
-        return TC_ACT_SHOT as i32;
+        return DROP;
     }
     if fe.flags & FRONTEND_F_SOURCE_RANGES != 0 && !source_allowed(fe.service_id, &p.key.saddr)
     {
         count(counter::NAT_SOURCE_DENIED);
-        return TC_ACT_SHOT as i32;
+        return DROP;
     }
 
     let affinity = fe.flags & FRONTEND_F_AFFINITY != 0;
@@ -219,7 +232,7 @@ fn open(
         // SAFETY: helper without preconditions.
         None => match lb::pick(fe, unsafe { bpf_get_prandom_u32() }) {
             Some(c) => c,
-            None => return TC_ACT_OK as i32,
+            None => return PASS,
         },
     };
     if affinity {
@@ -241,12 +254,12 @@ fn open(
         _pad: [0; 3],
     };
     let Some(s) = scratch() else {
-        return TC_ACT_OK as i32;
+        return PASS;
     };
     // Would the backend's replies come back through this interface? Then only a source
     // of ours brings them back to us (remote backend; a pod reaching itself).
     let rc = fib_lookup(ctx, &mut s.fib, &fwd, ifindex);
-    let routed = rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64;
+    let routed = rc == FIB_SUCCESS || rc == FIB_NO_NEIGH;
     let snat = may_snat && routed && s.fib.ifindex == ifindex;
     if snat {
         // SAFETY: copied out at once.
@@ -254,14 +267,14 @@ fn open(
         let addr = if fwd.saddr.is_v4() { out.v4 } else { out.v6 };
         if addr == Addr::default() {
             count(counter::NAT_NO_SNAT_ADDR);
-            return TC_ACT_SHOT as i32;
+            return DROP;
         }
         fwd.saddr = addr;
         match snat_port(&fwd, &p.key, cfg, now) {
             Some(port) => fwd.sport_be = port,
             None => {
                 count(counter::NAT_SNAT_EXHAUSTED);
-                return TC_ACT_SHOT as i32;
+                return DROP;
             }
         }
     }
@@ -304,12 +317,12 @@ fn open(
     // The reply leg first: a reply can never find a forward leg without its partner.
     if CONNTRACK.insert(&rev_key, &s.rev, 0).is_err() {
         count(counter::CT_FULL);
-        return TC_ACT_SHOT as i32;
+        return DROP;
     }
     if CONNTRACK.insert(&p.key, &s.fwd, 0).is_err() {
         let _ = CONNTRACK.remove(&rev_key);
         count(counter::CT_FULL);
-        return TC_ACT_SHOT as i32;
+        return DROP;
     }
     count(counter::CT_NEW);
     translate_and_forward(ctx, p, &fwd)
@@ -371,23 +384,23 @@ fn snat_port(fwd: &CtKey, client: &CtKey, cfg: &TcConfig, now: u64) -> Option<u1
 #[inline(always)]
 fn translate_and_forward(ctx: &mut TcContext, p: &Packet, to: &CtKey) -> i32 {
     if packet::rewrite(ctx, p, to).is_err() {
-        return TC_ACT_SHOT as i32;
+        return DROP;
     }
     // SAFETY: reading a field of the context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(s) = scratch() else {
-        return TC_ACT_OK as i32;
+        return PASS;
     };
     let fib = &mut s.fib;
     let rc = fib_lookup(ctx, fib, to, ifindex);
-    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+    if rc == FIB_SUCCESS {
         if packet::set_macs(ctx, &fib.dmac, &fib.smac).is_err() {
-            return TC_ACT_SHOT as i32;
+            return DROP;
         }
         // SAFETY: plain helper call.
         return unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
     }
-    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+    if rc == FIB_NO_NEIGH {
         // The kernel resolves the neighbour (the FIB left the next hop in *_dst).
         // SAFETY: union fields written by the kernel for this family.
         let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
@@ -410,7 +423,7 @@ fn translate_and_forward(ctx: &mut TcContext, p: &Packet, to: &CtKey) -> i32 {
     }
     // Local delivery, or no route: the stack knows best.
     count(counter::FIB_PASS);
-    TC_ACT_OK as i32
+    PASS
 }
 
 /// Looks up where a packet with tuple `t` arriving on `ifindex` goes; `f` holds the
