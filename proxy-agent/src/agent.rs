@@ -83,8 +83,9 @@ pub struct Config {
     #[arg(long, default_value_t = proxy_common::sizes::REV_SOCK)]
     pub max_rev_sock: u32,
     /// Where NodePorts are served: comma-separated CIDRs (every local address inside
-    /// them), or `primary` (the node's primary address of each family). Loopback
-    /// addresses only when a range names them.
+    /// them), `primary` (the node's primary address of each family), or `none` (no
+    /// NodePorts, no tc programs on external interfaces). Loopback addresses only when a
+    /// range names them.
     #[arg(long, default_value = "primary")]
     pub nodeport_addresses: NodePortAddresses,
     /// Pod-facing interfaces that also get the tc ingress program (hairpin, pods

@@ -19,20 +19,25 @@ pub enum NodePortAddresses {
     Primary,
     /// Every local address inside one of these ranges.
     Cidrs(Vec<IpNetwork>),
+    /// No NodePorts and no tc programs on external interfaces (ClusterIPs only, e.g.
+    /// when something else serves NodePorts).
+    None,
 }
 
 impl FromStr for NodePortAddresses {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        if s.trim() == "primary" {
-            return Ok(NodePortAddresses::Primary);
+        match s.trim() {
+            "primary" => return Ok(NodePortAddresses::Primary),
+            "none" => return Ok(NodePortAddresses::None),
+            _ => {}
         }
         let mut cidrs = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let net: IpNetwork = part
                 .parse()
-                .map_err(|e| format!("{part:?} is not a CIDR (or \"primary\"): {e}"))?;
+                .map_err(|e| format!("{part:?} is not a CIDR (or \"primary\", \"none\"): {e}"))?;
             if net.ip() != net.network() {
                 return Err(format!(
                     "{part:?} has host bits set; did you mean {}/{}?",
@@ -43,7 +48,7 @@ impl FromStr for NodePortAddresses {
             cidrs.push(net);
         }
         if cidrs.is_empty() {
-            return Err("expected CIDRs or \"primary\"".into());
+            return Err("expected CIDRs, \"primary\" or \"none\"".into());
         }
         Ok(NodePortAddresses::Cidrs(cidrs))
     }
@@ -53,6 +58,7 @@ impl fmt::Display for NodePortAddresses {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NodePortAddresses::Primary => f.write_str("primary"),
+            NodePortAddresses::None => f.write_str("none"),
             NodePortAddresses::Cidrs(c) => {
                 let parts: Vec<String> = c.iter().map(ToString::to_string).collect();
                 f.write_str(&parts.join(","))
@@ -136,6 +142,7 @@ pub fn plan(
                 }
             }
         }
+        NodePortAddresses::None => {}
         NodePortAddresses::Primary => {
             for want_v4 in [true, false] {
                 let known = primary_ips.iter().find(|ip| ip.is_ipv4() == want_v4);
@@ -158,9 +165,11 @@ pub fn plan(
                 }
             }
             if chosen.is_empty() {
-                return Err("no primary node address: the node has no InternalIP on a local \
+                return Err(
+                    "no primary node address: the node has no InternalIP on a local \
                      interface and no default route; pass --nodeport-addresses CIDRs"
-                    .into());
+                        .into(),
+                );
             }
         }
     }
@@ -183,7 +192,12 @@ pub fn plan(
         let pick = |v4: bool| {
             mine.iter()
                 .find(|ip| ip.is_ipv4() == v4)
-                .or_else(|| iface.addrs.iter().find(|ip| ip.is_ipv4() == v4 && usable(ip, false)))
+                .or_else(|| {
+                    iface
+                        .addrs
+                        .iter()
+                        .find(|ip| ip.is_ipv4() == v4 && usable(ip, false))
+                })
                 .copied()
         };
         let dev = Device {
@@ -262,7 +276,9 @@ unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
         match i32::from((*sa).sa_family) {
             libc::AF_INET => {
                 let sin = &*(sa as *const libc::sockaddr_in);
-                Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
+                Some(IpAddr::from(
+                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                ))
             }
             libc::AF_INET6 => {
                 let sin6 = &*(sa as *const libc::sockaddr_in6);
@@ -290,11 +306,7 @@ pub fn default_route_interfaces() -> BTreeSet<String> {
         // dest prefixlen src srclen nexthop metric refcnt use flags iface
         for line in v6.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() == 10
-                && f[0].chars().all(|c| c == '0')
-                && f[1] == "00"
-                && f[9] != "lo"
-            {
+            if f.len() == 10 && f[0].chars().all(|c| c == '0') && f[1] == "00" && f[9] != "lo" {
                 out.insert(f[9].to_owned());
             }
         }
@@ -390,8 +402,31 @@ mod tests {
 
     #[test]
     fn primary_with_nothing_to_go_on_is_an_error() {
-        let e = plan(&node(), &NodePortAddresses::Primary, &[], &BTreeSet::new(), &[]);
+        let e = plan(
+            &node(),
+            &NodePortAddresses::Primary,
+            &[],
+            &BTreeSet::new(),
+            &[],
+        );
         assert!(e.unwrap_err().contains("--nodeport-addresses"));
+    }
+
+    #[test]
+    fn none_serves_no_node_ports_but_keeps_pod_interfaces() {
+        let p = plan(
+            &node(),
+            &"none".parse().unwrap(),
+            &[],
+            &["eth0".to_string()].into(),
+            &["cbr0".into()],
+        )
+        .unwrap();
+        assert!(
+            p.nodeport_addrs.is_empty() && p.external.is_empty(),
+            "{p:?}"
+        );
+        assert_eq!(names(&p.pod), ["cbr0"]);
     }
 
     #[test]

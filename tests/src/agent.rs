@@ -150,6 +150,15 @@ impl Agent {
         if !extra.contains(&"--hostname-override") {
             cmd.args(["--hostname-override", "node-a"]);
         }
+        if netns.is_none() {
+            // In the root namespace the tc programs would attach to the machine's own
+            // interfaces: never. Tests of the tc path run the agent in a node namespace.
+            assert!(
+                !extra.contains(&"--nodeport-addresses") && !extra.contains(&"--pod-interfaces"),
+                "tc programs attach only inside a test namespace: use Agent::start_in"
+            );
+            cmd.args(["--nodeport-addresses", "none"]);
+        }
         cmd.args(["--metrics-bind-address", "127.0.0.1:0"])
             .args(["--healthz-bind-address", "127.0.0.1:0"])
             .args(extra)
