@@ -46,9 +46,7 @@ impl fmt::Display for Protocol {
 
 /// Which clients a frontend serves; a service reached both ways has one frontend per
 /// scope, each with its own backend set.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Scope {
     /// Clients on this node: the socket programs, and ClusterIP traffic on the tc path.
     /// Uses `internalTrafficPolicy` for ClusterIPs and the cluster-wide endpoints for
@@ -61,9 +59,7 @@ pub enum Scope {
 }
 
 /// What kind of address a frontend is.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum FrontendKind {
     /// `spec.clusterIPs`.
     #[default]

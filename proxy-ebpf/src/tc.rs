@@ -147,7 +147,11 @@ fn egress_open(ctx: &mut TcContext, p: &Packet) -> i32 {
     let Some(iface) = (unsafe { IFACES.get(ifindex) }).copied() else {
         return PASS;
     };
-    let own = if p.key.saddr.is_v4() { iface.v4 } else { iface.v6 };
+    let own = if p.key.saddr.is_v4() {
+        iface.v4
+    } else {
+        iface.v6
+    };
     if own != p.key.saddr {
         return PASS;
     }
@@ -206,8 +210,7 @@ fn open(
         count(counter::NAT_NO_BACKEND);
         return DROP;
     }
-    if fe.flags & FRONTEND_F_SOURCE_RANGES != 0 && !source_allowed(fe.service_id, &p.key.saddr)
-    {
+    if fe.flags & FRONTEND_F_SOURCE_RANGES != 0 && !source_allowed(fe.service_id, &p.key.saddr) {
         count(counter::NAT_SOURCE_DENIED);
         return DROP;
     }

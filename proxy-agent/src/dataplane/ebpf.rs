@@ -9,24 +9,23 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use aya::maps::Array;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::maps::Array;
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
+use ipnetwork::IpNetwork;
 use proxy_common as pc;
 use proxy_common::{
-    Addr, AffinityMatchKey, Backend, FrontendKey, ServiceName, SlotKey, SourceRangeKey, maps,
-    sizes,
+    Addr, AffinityMatchKey, Backend, FrontendKey, ServiceName, SlotKey, SourceRangeKey, maps, sizes,
 };
-use ipnetwork::IpNetwork;
 use tracing::{debug, info, warn};
 
 use super::{Dataplane, DataplaneError};
-use crate::netdev::{Device, DevicePlan};
 use crate::model::{self, FrontendKind, Protocol, Scope, ServicePortName, VirtualService};
+use crate::netdev::{Device, DevicePlan};
 
 /// Default pin directory (on the bpffs at /sys/fs/bpf).
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/proxy-agent";
@@ -210,12 +209,10 @@ impl EbpfDataplane {
         }
         let mut tc_config: Array<MapData, pc::TcConfig> =
             take_map(&mut ebpf, maps::TC_CONFIG, Array::try_from)?;
-        tc_config
-            .set(0, cfg.tc, 0)
-            .map_err(|e| LoadError::Map {
-                name: maps::TC_CONFIG,
-                message: e.to_string(),
-            })?;
+        tc_config.set(0, cfg.tc, 0).map_err(|e| LoadError::Map {
+            name: maps::TC_CONFIG,
+            message: e.to_string(),
+        })?;
 
         let links_dir_owned = links_dir.clone();
         let cgroup = File::open(&cfg.cgroup).map_err(|source| LoadError::Io {
@@ -388,7 +385,11 @@ impl EbpfDataplane {
                 .map_err(map_err(maps::IFACES))?;
             want_ifaces.insert(dev.index, ());
         }
-        let want_addrs: Vec<Addr> = plan.nodeport_addrs.iter().map(|ip| Addr::from(*ip)).collect();
+        let want_addrs: Vec<Addr> = plan
+            .nodeport_addrs
+            .iter()
+            .map(|ip| Addr::from(*ip))
+            .collect();
         for a in &want_addrs {
             self.node_addrs
                 .insert(a, pc::NodeAddr { flags: 0 }, 0)
@@ -405,7 +406,11 @@ impl EbpfDataplane {
             }
         }
         for dev in &plan.pod {
-            wanted_pins.push(self.attach_tc(pc::programs::TC_INGRESS, TcAttachType::Ingress, dev)?);
+            wanted_pins.push(self.attach_tc(
+                pc::programs::TC_INGRESS,
+                TcAttachType::Ingress,
+                dev,
+            )?);
         }
         // Links on interfaces no longer planned: removing the pin detaches them.
         if let Ok(entries) = std::fs::read_dir(&self.links_dir) {
@@ -483,7 +488,9 @@ impl EbpfDataplane {
                     match SchedClassifierLink::try_from(old) {
                         Ok(link) => match program.attach_to_link(link) {
                             Ok(i) => id = Some(i),
-                            Err(e) => debug!(pin = %pin.display(), error = %e, "replacing a tc link"),
+                            Err(e) => {
+                                debug!(pin = %pin.display(), error = %e, "replacing a tc link")
+                            }
                         },
                         Err(e) => debug!(pin = %pin.display(), error = %e, "adopting a tc link"),
                     }
@@ -804,7 +811,9 @@ impl EbpfDataplane {
     /// Deletes source ranges of a frontend (absent ones are fine).
     fn remove_ranges(&mut self, service_id: u32, nets: &[IpNetwork]) {
         for net in nets {
-            if let Err(e) = self.source_ranges.remove(&source_range_key(service_id, net))
+            if let Err(e) = self
+                .source_ranges
+                .remove(&source_range_key(service_id, net))
                 && !is_not_found(&e)
             {
                 debug!(%net, error = %e, "removing a source range");
