@@ -103,6 +103,10 @@ impl Env {
         self.topo.node_a()
     }
 
+    fn node_b(&self) -> &Node {
+        self.topo.node_b()
+    }
+
     /// `probe <args>` from the client, parsed; panics if the probe itself failed.
     fn probe(&self, args: &[&str]) -> Vec<ProbeReply> {
         let out = self.topo.client_probe(args);
@@ -131,6 +135,33 @@ impl Env {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// `GET /healthz` on node-a's `port` from the client (as a cloud load balancer
+    /// probes a `healthCheckNodePort`), waiting up to [`SERVED`] for the port to open.
+    /// Returns the status, the body and the body as JSON.
+    fn health_check(&self, port: u16) -> (u16, String, serde_json::Value) {
+        let addr = SocketAddr::new(IpAddr::V4(self.node_a().ipv4), port);
+        let deadline = Instant::now() + SERVED;
+        loop {
+            let open = self
+                .topo
+                .client
+                .run(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)));
+            match open {
+                Ok(_) => break,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "healthCheckNodePort {addr} not open within {SERVED:?}: {e}\n{}",
+                    self.diagnostics()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (code, body) = self.topo.client.run(|| http_get(addr, "/healthz"));
+        let json = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{addr} answered {code} with non-JSON ({e}): {body:?}"));
+        (code, body, json)
     }
 
     /// What to print when a check fails: the programmed frontends and the agent's log.
@@ -247,20 +278,43 @@ fn nodeport_sources(family: u8) {
             );
         }
     }
-    // The connections are in the data plane's connection table, the remote one with
-    // node-a as its SNAT address.
+    // The connections are in the data plane's connection table: the local one without
+    // SNAT, the remote one with node-a as the source its backend sees.
     let flows = env.agent.conntrack();
-    let text: Vec<String> = flows.iter().map(ToString::to_string).collect();
-    let remote_pod = if family == 4 {
-        "10.244.2.11"
-    } else {
-        "fd00:244:2::11"
+    let local_pod = v_pod(env.node_a(), family);
+    let remote_pod = v_pod(env.node_b(), family);
+    let find = |backend: IpAddr| {
+        flows
+            .iter()
+            .find(|f| {
+                field_ip(f, "client") == Some(client) && field_ip(f, "backend") == Some(backend)
+            })
+            .unwrap_or_else(|| {
+                panic!("proxyctl conntrack --json has no flow {client} -> {backend}: {flows:#?}")
+            })
     };
-    assert!(
-        text.iter()
-            .any(|f| f.contains(&client.to_string()) && f.contains(remote_pod)),
-        "proxyctl conntrack --json has no flow from {client} to {remote_pod}: {text:#?}"
-    );
+    let local = find(local_pod);
+    assert_eq!(field_ip(local, "snat"), None, "{local:#}");
+    let remote = find(remote_pod);
+    assert_eq!(field_ip(remote, "snat"), Some(node), "{remote:#}");
+}
+
+/// The address in field `key` of a loosely read JSON object (`"ip:port"` or `"ip"`).
+fn field_ip(v: &serde_json::Value, key: &str) -> Option<IpAddr> {
+    let s = v.get(key)?.as_str()?;
+    s.parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| s.parse::<IpAddr>())
+        .ok()
+}
+
+/// The first pod of `node`, of `family`.
+fn v_pod(node: &Node, family: u8) -> IpAddr {
+    if family == 4 {
+        IpAddr::V4(node.pods[0].ipv4)
+    } else {
+        IpAddr::V6(node.pods[0].ipv6)
+    }
 }
 
 #[test]
@@ -331,8 +385,10 @@ fn external_ips_and_load_balancer_ips_are_served_from_outside() {
 
 #[test]
 fn external_traffic_policy_local_serves_only_local_pods_drops_without_them_and_reports_health() {
-    let local = ServiceSpec::new("etp-local", "NodePort")
+    // healthCheckNodePort exists only for LoadBalancer Services (API validation).
+    let local = ServiceSpec::new("etp-local", "LoadBalancer")
         .cluster_ip(ip("10.96.0.13"))
+        .lb_ingress(ip("203.0.113.13"))
         .port("http", 80, "TCP", POD_TCP, Some(30083))
         .endpoints([ip("10.244.1.11"), ip("10.244.1.12")], "node-a")
         .endpoints([ip("10.244.2.11"), ip("10.244.2.12")], "node-b")
@@ -345,9 +401,10 @@ fn external_traffic_policy_local_serves_only_local_pods_drops_without_them_and_r
         .endpoints([ip("fd00:244:2::11"), ip("fd00:244:2::12")], "node-b")
         .external_traffic_policy_local(None)
         .yaml();
-    let none = ServiceSpec::new("etp-none", "NodePort")
+    let none = ServiceSpec::new("etp-none", "LoadBalancer")
         .cluster_ip(ip("10.96.0.14"))
         .cluster_ip(ip("fd00:96::14"))
+        .lb_ingress(ip("203.0.113.14"))
         .port("http", 80, "TCP", POD_TCP, Some(30084))
         .endpoints([ip("10.244.2.11"), ip("fd00:244:2::11")], "node-b")
         .external_traffic_policy_local(Some(32084))
@@ -363,9 +420,13 @@ fn external_traffic_policy_local_serves_only_local_pods_drops_without_them_and_r
         &[],
     );
     let local_pods: BTreeSet<&str> = ["a-pod-0", "a-pod-1"].into();
-    for (family, port) in [(4, 30083), (6, 30085)] {
-        let (client, node) = client_and_node(&env, family);
-        let to = sock(node, port);
+    for (family, to) in [
+        (4, "192.0.2.1:30083"),
+        (4, "203.0.113.13:80"),
+        (6, "[2001:db8::1]:30085"),
+    ] {
+        let (client, _) = client_and_node(&env, family);
+        let to = to.to_owned();
         env.wait_served("tcp", &to);
         let replies = env.probe(&["tcp", "--to", &to, "--count", "30", "--peer"]);
         let mut seen = BTreeSet::new();
@@ -382,14 +443,13 @@ fn external_traffic_policy_local_serves_only_local_pods_drops_without_them_and_r
             "{to}: 30 connections reached only {seen:?}"
         );
     }
-    // A NodePort whose endpoints are all on other nodes drops external clients.
-    for family in [4, 6] {
-        let (_, node) = client_and_node(&env, family);
-        let to = sock(node, 30084);
+    // A NodePort or LoadBalancer IP whose endpoints are all on other nodes drops
+    // external clients.
+    for to in ["192.0.2.1:30084", "[2001:db8::1]:30084", "203.0.113.14:80"] {
         let replies = env.probe(&[
             "tcp",
             "--to",
-            &to,
+            to,
             "--count",
             "3",
             "--timeout-ms",
@@ -404,21 +464,15 @@ fn external_traffic_policy_local_serves_only_local_pods_drops_without_them_and_r
     }
 
     // healthCheckNodePort, from the client as a cloud load balancer asks it.
-    let node = SocketAddr::new(IpAddr::V4(env.node_a().ipv4), 32083);
-    let (code, body) = env.topo.client.run(|| http_get(node, "/healthz"));
-    let health: serde_json::Value =
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{node}: not JSON ({e}): {body:?}"));
-    assert_eq!(code, 200, "{node}: {body}");
+    let (code, body, health) = env.health_check(32083);
+    assert_eq!(code, 200, "32083: {body}");
     assert_eq!(health["service"]["namespace"], "test", "{body}");
     assert_eq!(health["service"]["name"], "etp-local", "{body}");
     assert_eq!(health["localEndpoints"], 2, "{body}");
     assert_eq!(health["serviceProxyHealthy"], true, "{body}");
 
-    let node = SocketAddr::new(IpAddr::V4(env.node_a().ipv4), 32084);
-    let (code, body) = env.topo.client.run(|| http_get(node, "/healthz"));
-    let health: serde_json::Value =
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{node}: not JSON ({e}): {body:?}"));
-    assert_eq!(code, 503, "{node}: {body}");
+    let (code, body, health) = env.health_check(32084);
+    assert_eq!(code, 503, "32084: {body}");
     assert_eq!(health["service"]["name"], "etp-none", "{body}");
     assert_eq!(health["localEndpoints"], 0, "{body}");
 }
@@ -676,4 +730,52 @@ fn a_full_connection_table_drops_new_flows_counts_them_and_keeps_established_one
         keeper.seen_lines(),
         env.diagnostics()
     );
+}
+
+#[test]
+fn idle_udp_flows_leave_the_connection_table_after_their_timeout() {
+    let env = Env::new(
+        "ctgc",
+        1,
+        &local_and_remote_files(),
+        &[
+            "--conntrack-udp-timeout",
+            "2s",
+            "--conntrack-gc-interval",
+            "1s",
+        ],
+    );
+    let client = IpAddr::V4(env.topo.client_v4);
+    let to = "192.0.2.1:30054";
+    env.wait_served("udp", to);
+    let udp_flows = || -> Vec<serde_json::Value> {
+        env.agent
+            .conntrack()
+            .into_iter()
+            .filter(|f| {
+                field_ip(f, "client") == Some(client)
+                    && f.get("protocol").and_then(|p| p.as_str()) == Some("UDP")
+            })
+            .collect()
+    };
+    let replies = env.probe(&["udp", "--to", to, "--count", "3", "--same-socket", "--peer"]);
+    assert_eq!(oks(&env, to, &replies).len(), 3);
+    assert!(
+        !udp_flows().is_empty(),
+        "no UDP flow from {client} in the table after traffic: {:#?}",
+        env.agent.conntrack()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !udp_flows().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "UDP flows still tracked 10 s after a 2 s timeout: {:#?}\n{}",
+            udp_flows(),
+            env.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // A new flow after the old one was collected is served again.
+    let replies = env.probe(&["udp", "--to", to, "--count", "3", "--same-socket", "--peer"]);
+    assert_eq!(oks(&env, to, &replies).len(), 3);
 }
