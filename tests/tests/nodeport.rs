@@ -24,6 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use tests::packet::{TCP_RST, capture_socket, capture_until};
 use tests::{
     Agent, BpfFs, Cgroup, ChildGuard, ManifestDir, Node, NodesTopology, ProbeReply, ServiceSpec,
     http_get, probe_bin, run, spawn_guarded,
@@ -50,12 +51,13 @@ fn ip(s: &str) -> IpAddr {
 /// Field order is drop order: the agent and the servers go before the namespaces, the
 /// bpffs (and with it every pin) last.
 struct Env {
-    agent: Agent,
+    /// `None` only while a test restarts it.
+    agent: Option<Agent>,
     _servers: Vec<ChildGuard>,
     topo: NodesTopology,
     cgroup: Cgroup,
-    _dir: ManifestDir,
-    _bpffs: BpfFs,
+    dir: ManifestDir,
+    bpffs: BpfFs,
 }
 
 impl Env {
@@ -90,13 +92,32 @@ impl Env {
             &flags,
         );
         Env {
-            agent,
+            agent: Some(agent),
             _servers: servers,
             topo,
             cgroup,
-            _dir: dir,
-            _bpffs: bpffs,
+            dir,
+            bpffs,
         }
+    }
+
+    fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("the agent is running")
+    }
+
+    /// Starts the agent again on the same bpffs, manifests and cgroup, with
+    /// [`AGENT_FLAGS`] and `extra`.
+    fn start_agent(&mut self, extra: &[&str]) {
+        assert!(self.agent.is_none(), "the agent is already running");
+        let mut flags = AGENT_FLAGS.to_vec();
+        flags.extend_from_slice(extra);
+        self.agent = Some(Agent::start_in(
+            &self.topo.node_a().netns,
+            self.bpffs.path(),
+            self.cgroup.path(),
+            self.dir.path(),
+            &flags,
+        ));
     }
 
     fn node_a(&self) -> &Node {
@@ -168,15 +189,16 @@ impl Env {
     fn diagnostics(&self) -> String {
         let programmed = std::process::Command::new(tests::agent_binary("proxyctl"))
             .arg("--bpffs")
-            .arg(&self.agent.bpffs)
+            .arg(self.bpffs.path().join("agent"))
             .arg("list")
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_else(|e| format!("proxyctl: {e}"));
-        format!(
-            "proxyctl list:\n{programmed}\nagent log:\n{}",
-            self.agent.log()
-        )
+        let log = self
+            .agent
+            .as_ref()
+            .map_or_else(|| "(agent stopped)".to_owned(), Agent::log);
+        format!("proxyctl list:\n{programmed}\nagent log:\n{log}")
     }
 }
 
@@ -280,7 +302,7 @@ fn nodeport_sources(family: u8) {
     }
     // The connections are in the data plane's connection table: the local one without
     // SNAT, the remote one with node-a as the source its backend sees.
-    let flows = env.agent.conntrack();
+    let flows = env.agent().conntrack();
     let local_pod = v_pod(env.node_a(), family);
     let remote_pod = v_pod(env.node_b(), family);
     let find = |backend: IpAddr| {
@@ -687,10 +709,10 @@ fn a_full_connection_table_drops_new_flows_counts_them_and_keeps_established_one
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let full_before = env.agent.counter("ct_full").unwrap_or_else(|| {
+    let full_before = env.agent().counter("ct_full").unwrap_or_else(|| {
         panic!(
             "no ct_full counter in proxyctl stats or /metrics:\n{}",
-            env.agent.proxyctl(&["stats"])
+            env.agent().proxyctl(&["stats"])
         )
     });
     let mut others: Vec<ChildGuard> = (0..8).map(|_| hold("1", "1000")).collect();
@@ -712,12 +734,12 @@ fn a_full_connection_table_drops_new_flows_counts_them_and_keeps_established_one
             "a flow over capacity must be dropped, not refused: {l}"
         );
     }
-    let full_after = env.agent.counter("ct_full").expect("ct_full counter");
+    let full_after = env.agent().counter("ct_full").expect("ct_full counter");
     assert!(
         full_after > full_before,
         "ct_full did not rise ({full_before} -> {full_after}) while {failed} flows were dropped"
     );
-    let flows = env.agent.conntrack();
+    let flows = env.agent().conntrack();
     assert!(
         flows.len() <= 8,
         "the table holds {} entries with --conntrack-max 8: {flows:#?}",
@@ -749,7 +771,7 @@ fn idle_udp_flows_leave_the_connection_table_after_their_timeout() {
     let to = "192.0.2.1:30054";
     env.wait_served("udp", to);
     let udp_flows = || -> Vec<serde_json::Value> {
-        env.agent
+        env.agent()
             .conntrack()
             .into_iter()
             .filter(|f| {
@@ -763,7 +785,7 @@ fn idle_udp_flows_leave_the_connection_table_after_their_timeout() {
     assert!(
         !udp_flows().is_empty(),
         "no UDP flow from {client} in the table after traffic: {:#?}",
-        env.agent.conntrack()
+        env.agent().conntrack()
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !udp_flows().is_empty() {
@@ -778,4 +800,173 @@ fn idle_udp_flows_leave_the_connection_table_after_their_timeout() {
     // A new flow after the old one was collected is served again.
     let replies = env.probe(&["udp", "--to", to, "--count", "3", "--same-socket", "--peer"]);
     assert_eq!(oks(&env, to, &replies).len(), 3);
+}
+
+#[test]
+fn restarting_the_agent_keeps_nodeport_connections_and_a_stopped_agent_keeps_serving() {
+    let mut env = Env::new("nprestart", 1, &local_and_remote_files(), &[]);
+    let targets = ["192.0.2.1:30080", "192.0.2.1:30081"];
+    for to in targets {
+        env.wait_served("tcp", to);
+    }
+    let mut holds: Vec<ChildGuard> = targets
+        .iter()
+        .map(|to| {
+            let mut h = spawn_guarded(
+                &env.topo.client,
+                None,
+                Command::new(probe_bin()).args([
+                    "hold",
+                    "--to",
+                    to,
+                    "--rounds",
+                    "16",
+                    "--interval-ms",
+                    "500",
+                ]),
+            );
+            let first = h.expect_line(Duration::from_secs(5));
+            assert!(first.starts_with("ok "), "{to}: {first}");
+            h
+        })
+        .collect();
+
+    env.agent.take().expect("agent").stop();
+    // Stopped, the pinned data plane keeps serving new connections too.
+    for to in targets {
+        let replies = env.probe(&["tcp", "--to", to, "--count", "3", "--peer"]);
+        assert_eq!(
+            oks(&env, &format!("{to} with the agent stopped"), &replies).len(),
+            3
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    env.start_agent(&[]);
+    for to in targets {
+        let replies = env.probe(&["tcp", "--to", to, "--count", "3", "--peer"]);
+        assert_eq!(
+            oks(&env, &format!("{to} after the restart"), &replies).len(),
+            3
+        );
+    }
+    for (to, h) in targets.iter().zip(&mut holds) {
+        let status = h.wait(Duration::from_secs(20));
+        assert!(
+            status.success(),
+            "{to}: the held connection broke across the restart: {:?}\n{}",
+            h.seen_lines(),
+            env.diagnostics()
+        );
+    }
+}
+
+/// Source NAT toward a remote backend keeps the client's port when it can. When that
+/// port is taken toward the same backend (by another client flow, or by a connection of
+/// the node itself), it must pick another one, or the backend would see two connections
+/// on one 4-tuple.
+#[test]
+fn snat_picks_another_port_when_the_clients_port_is_taken_toward_the_same_backend() {
+    let mut files = local_and_remote_files();
+    files.push((
+        "remote2.yaml",
+        ServiceSpec::new("remote2", "NodePort")
+            .cluster_ip(ip("10.96.0.21"))
+            .port("http", 80, "TCP", POD_TCP, Some(30091))
+            .endpoint(ip("10.244.2.11"), "node-b")
+            .yaml(),
+    ));
+    let env = Env::new("snatport", 1, &files, &[]);
+    env.wait_served("tcp", "192.0.2.1:30081");
+    env.wait_served("tcp", "192.0.2.1:30091");
+    let hold_from = |ns: &tests::Netns, to: &str, port: &str| {
+        let mut h = spawn_guarded(
+            ns,
+            None,
+            Command::new(probe_bin()).args([
+                "hold",
+                "--to",
+                to,
+                "--rounds",
+                "6",
+                "--interval-ms",
+                "500",
+                "--source-port",
+                port,
+            ]),
+        );
+        let first = h.expect_line(Duration::from_secs(5));
+        assert!(
+            first.starts_with("ok "),
+            "hold {to} from port {port}: {first}"
+        );
+        h
+    };
+    let peer_from = |port: &str, to: &str| -> SocketAddr {
+        let replies = env.probe(&["tcp", "--to", to, "--peer", "--source-port", port]);
+        match replies.as_slice() {
+            [
+                ProbeReply::Ok {
+                    peer: Some(peer), ..
+                },
+            ] => *peer,
+            other => panic!("{to} from port {port}: {other:?}\n{}", env.diagnostics()),
+        }
+    };
+
+    // Two cases, each checked in full before asserting, so a failure shows both what
+    // the backend saw and what happened to the connection already there.
+    let cases: [(&str, &tests::Netns, &str, &str, &str); 2] = [
+        (
+            "another client flow holds 192.0.2.1:40000 -> b-pod-0:8080",
+            &env.topo.client,
+            "192.0.2.1:30081",
+            "40000",
+            "192.0.2.1:30091",
+        ),
+        (
+            "node-a's own connection holds 192.0.2.1:40001 -> b-pod-0:8080",
+            &env.node_a().netns,
+            "10.244.2.11:8080",
+            "40001",
+            "192.0.2.1:30081",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (case, ns, held_to, port, to) in cases {
+        let at_pod = env.node_b().pods[0].netns.run(capture_socket);
+        let mut held = hold_from(ns, held_to, port);
+        let start = Instant::now();
+        let seen = peer_from(port, to);
+        let took = start.elapsed();
+        let status = held.wait(Duration::from_secs(20));
+        let mut rsts = Vec::new();
+        while let Some(rst) = capture_until(&at_pod, Duration::from_millis(100), |s| {
+            s.flags & TCP_RST != 0
+        }) {
+            rsts.push(rst);
+        }
+        let want_port: u16 = port.parse().expect("port");
+        if seen.ip() != IpAddr::V4(env.node_a().ipv4)
+            || seen.port() == want_port
+            || !status.success()
+        {
+            failures.push(format!(
+                "{case}: a new client flow from port {port} to {to} reached the backend as \
+                 {seen} (after {took:?}); the held connection {}: {:?}; RSTs at the backend: \
+                 {rsts:?}",
+                if status.success() {
+                    "survived"
+                } else {
+                    "broke"
+                },
+                held.seen_lines(),
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n{}",
+        failures.join("\n"),
+        env.diagnostics()
+    );
 }

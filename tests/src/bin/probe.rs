@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! probe serve --name NAME [--tcp ADDR:PORT]... [--udp ADDR:PORT]...
-//! probe tcp   --to ADDR:PORT [--count N] [--timeout-ms T] [--peer]
+//! probe tcp   --to ADDR:PORT [--count N] [--timeout-ms T] [--peer] [--source-port P]
 //! probe udp   --to ADDR:PORT [--count N] [--same-socket] [--connected] [--timeout-ms T] [--peer]
-//! probe hold  --to ADDR:PORT --rounds R --interval-ms I [--timeout-ms T]
+//! probe hold  --to ADDR:PORT --rounds R --interval-ms I [--timeout-ms T] [--source-port P]
 //! probe crr   --to ADDR:PORT --duration-ms D [--timeout-ms T]
 //! probe rr    --to ADDR:PORT --duration-ms D [--timeout-ms T]
 //! probe send  --to ADDR:PORT --bytes N [--direction up|down|both] [--timeout-ms T]
@@ -67,6 +67,10 @@ enum Cmd {
         /// Also ask the server for the client address it sees (4th field).
         #[arg(long)]
         peer: bool,
+        /// Bind this local port (with SO_REUSEADDR, so several connections to different
+        /// destinations can share it).
+        #[arg(long)]
+        source_port: Option<u16>,
     },
     /// Send COUNT UDP datagrams, one result line each.
     Udp {
@@ -96,6 +100,9 @@ enum Cmd {
         interval_ms: u64,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// Bind this local port (SO_REUSEADDR).
+        #[arg(long)]
+        source_port: Option<u16>,
     },
     /// Connect/greeting/close loop; prints `conns <n> secs <f> errs <e>`.
     Crr {
@@ -147,10 +154,11 @@ fn main() -> ExitCode {
             count,
             timeout_ms,
             peer,
+            source_port,
         } => {
             for _ in 0..count {
                 let start = Instant::now();
-                match tcp_once(to, ms(timeout_ms), peer) {
+                match tcp_once(to, ms(timeout_ms), peer, source_port) {
                     Ok(line) => say(&line),
                     Err(e) => say(&format!("err {} {}", e, elapsed_ms(start))),
                 }
@@ -170,7 +178,8 @@ fn main() -> ExitCode {
             rounds,
             interval_ms,
             timeout_ms,
-        } => hold(to, rounds, ms(interval_ms), ms(timeout_ms)),
+            source_port,
+        } => hold(to, rounds, ms(interval_ms), ms(timeout_ms), source_port),
         Cmd::Crr {
             to,
             duration_ms,
@@ -626,7 +635,18 @@ struct Conn {
 
 impl Conn {
     fn open(to: SocketAddr, timeout: Duration) -> Result<Self, Failure> {
-        let stream = TcpStream::connect_timeout(&to, timeout)?;
+        Self::open_from(to, timeout, None)
+    }
+
+    fn open_from(
+        to: SocketAddr,
+        timeout: Duration,
+        source_port: Option<u16>,
+    ) -> Result<Self, Failure> {
+        let stream = match source_port {
+            None => TcpStream::connect_timeout(&to, timeout)?,
+            Some(port) => connect_from(to, port, timeout)?,
+        };
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
@@ -658,9 +678,100 @@ impl Conn {
     }
 }
 
+/// A TCP connection to `to` from local port `port` (bound with SO_REUSEADDR on the
+/// unspecified address of `to`'s family), within `timeout`; a timeout is `ETIMEDOUT`.
+fn connect_from(to: SocketAddr, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let local: SocketAddr = match to {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, port).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
+    };
+    let fd = bind_socket(local, libc::SOCK_STREAM)?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    // SAFETY (all blocks below): plain syscalls on the descriptor we own, with
+    // buffers that outlive the calls and lengths that match them.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let rc = match to {
+        SocketAddr::V4(a) => {
+            let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_port = a.port().to_be();
+            sa.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            unsafe {
+                libc::connect(
+                    raw,
+                    (&raw const sa).cast(),
+                    socklen_of::<libc::sockaddr_in>(),
+                )
+            }
+        }
+        SocketAddr::V6(a) => {
+            let mut sa: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sa.sin6_port = a.port().to_be();
+            sa.sin6_addr.s6_addr = a.ip().octets();
+            sa.sin6_scope_id = a.scope_id();
+            unsafe {
+                libc::connect(
+                    raw,
+                    (&raw const sa).cast(),
+                    socklen_of::<libc::sockaddr_in6>(),
+                )
+            }
+        }
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        let mut pfd = libc::pollfd {
+            fd: raw,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        let n = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::TimedOut));
+        }
+        let mut err: libc::c_int = 0;
+        let mut len = socklen_of::<libc::c_int>();
+        if unsafe {
+            libc::getsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&raw mut err).cast(),
+                &raw mut len,
+            )
+        } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err));
+        }
+    }
+    if unsafe { libc::fcntl(raw, libc::F_SETFL, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TcpStream::from(fd))
+}
+
 /// One connection: `ok <name> <getpeername> [<peer seen by server>]`.
-fn tcp_once(to: SocketAddr, timeout: Duration, ask_peer: bool) -> Result<String, Failure> {
-    let mut conn = Conn::open(to, timeout)?;
+fn tcp_once(
+    to: SocketAddr,
+    timeout: Duration,
+    ask_peer: bool,
+    source_port: Option<u16>,
+) -> Result<String, Failure> {
+    let mut conn = Conn::open_from(to, timeout, source_port)?;
     let addr = conn.stream.peer_addr()?;
     let name = conn.read_line()?;
     let mut line = format!("ok {name} {addr}");
@@ -746,9 +857,15 @@ fn udp(
     ExitCode::SUCCESS
 }
 
-fn hold(to: SocketAddr, rounds: u32, interval: Duration, timeout: Duration) -> ExitCode {
+fn hold(
+    to: SocketAddr,
+    rounds: u32,
+    interval: Duration,
+    timeout: Duration,
+    source_port: Option<u16>,
+) -> ExitCode {
     let start = Instant::now();
-    let mut conn = match Conn::open(to, timeout).and_then(|mut c| {
+    let mut conn = match Conn::open_from(to, timeout, source_port).and_then(|mut c| {
         let addr = c.stream.peer_addr()?;
         let name = c.read_line()?;
         say(&format!("ok {name} {addr}"));
