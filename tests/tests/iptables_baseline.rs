@@ -160,3 +160,56 @@ fn invalid_segment_resets_a_nodeport_connection() {
     assert!(err.contains("ECONNRESET"), "hold ended with {err}");
     drop(servers);
 }
+
+/// The premise of the tc data plane's path-MTU test (`nodeport.rs`): through
+/// kube-proxy's rules, ICMP "fragmentation needed" for a translated flow is RELATED to
+/// it in conntrack and reaches the client translated, so an upload through a NodePort
+/// to a pod behind a narrower link (to a local and to a remote pod) completes.
+#[test]
+fn path_mtu_discovery_works_through_a_kube_proxy_nodeport() {
+    let topo = NodesTopology::new("ipt-pmtu", 1);
+    let _servers = topo.serve_pods(&[POD_PORT], &[]);
+    for node in &topo.nodes {
+        node.netns.ip(&["link", "set", "vp0", "mtu", "1280"]);
+    }
+    let node_a = topo.node_a();
+    let to = format!("{}:{NODE_PORT}", node_a.ipv4);
+    for node in &topo.nodes {
+        let pod = &node.pods[0];
+        install_kube_proxy_nodeport(
+            &node_a.netns,
+            node_a.ipv4,
+            NODE_PORT,
+            &[SocketAddrV4::new(pod.ipv4, POD_PORT)],
+        );
+        let out = topo.client_probe(&[
+            "send",
+            "--to",
+            &to,
+            "--bytes",
+            "2000000",
+            "--direction",
+            "up",
+            "--timeout-ms",
+            "3000",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.starts_with(&format!("transfer ok {} ", pod.name)),
+            "upload through kube-proxy's NodePort to {}: {stdout}",
+            pod.name
+        );
+        // It really went through PMTU discovery: the client learned the narrow link.
+        let route = topo.client.ip(&["route", "get", &node_a.ipv4.to_string()]);
+        let route = String::from_utf8_lossy(&route.stdout);
+        assert!(
+            route.contains("mtu 1280"),
+            "the client holds no path MTU for {}: {route}",
+            node_a.ipv4
+        );
+        topo.client.ip(&["route", "flush", "cache"]);
+        let route = topo.client.ip(&["route", "get", &node_a.ipv4.to_string()]);
+        let route = String::from_utf8_lossy(&route.stdout);
+        assert!(!route.contains("mtu 1280"), "not flushed: {route}");
+    }
+}

@@ -970,3 +970,178 @@ fn snat_picks_another_port_when_the_clients_port_is_taken_toward_the_same_backen
         env.diagnostics()
     );
 }
+
+/// Pods are clients too: a pod on node-b reaching node-a's NodePort (served by a pod of
+/// node-a, and by itself, back across the LAN), and a pod of node-a reaching a remote
+/// backend through its own node's NodePort.
+#[test]
+fn pods_reach_nodeports_of_their_own_and_of_the_other_node() {
+    let env = Env::new("podclient", 1, &local_and_remote_files(), &[]);
+    env.wait_served("tcp", "192.0.2.1:30080");
+    env.wait_served("tcp", "192.0.2.1:30081");
+    let a_pod = &env.node_a().pods[0];
+    let b_pod = &env.node_b().pods[0];
+    for (client, to, want) in [
+        (b_pod, "192.0.2.1:30080", "a-pod-0"),
+        (b_pod, "192.0.2.1:30081", "b-pod-0"),
+        (b_pod, "[2001:db8::1]:30080", "a-pod-0"),
+        (b_pod, "[2001:db8::1]:30081", "b-pod-0"),
+        (a_pod, "192.0.2.1:30081", "b-pod-0"),
+        (a_pod, "[2001:db8::1]:30081", "b-pod-0"),
+    ] {
+        let out = run(
+            &client.netns,
+            None,
+            Command::new(probe_bin()).args(["tcp", "--to", to, "--count", "3", "--peer"]),
+            Duration::from_secs(30),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let replies = ProbeReply::parse_all(&stdout);
+        assert!(
+            replies.len() == 3 && replies.iter().all(|r| r.name() == Some(want)),
+            "{} -> {to}: want {want}: {replies:?}\n{}",
+            client.name,
+            env.diagnostics()
+        );
+    }
+}
+
+/// A backend that does not listen on the target port answers with a TCP RST or an ICMP
+/// port unreachable; both must come back translated, so the client is refused at once
+/// (as through kube-proxy, whose conntrack translates RELATED ICMP errors) instead of
+/// waiting for a timeout.
+#[test]
+fn a_backend_port_that_is_closed_refuses_the_client_at_once_tcp_and_udp() {
+    let closed = |name: &str, ip4: &str, node: &str, tcp: u16, udp: u16, n: u8| {
+        ServiceSpec::new(name, "NodePort")
+            .cluster_ip(ip(&format!("10.96.0.{n}")))
+            .port("http", 80, "TCP", 9999, Some(tcp))
+            .port("dns", 53, "UDP", 9999, Some(udp))
+            .endpoint(ip(ip4), node)
+            .yaml()
+    };
+    let mut files = local_and_remote_files();
+    files.push((
+        "closed-local.yaml",
+        closed("closed-local", "10.244.1.11", "node-a", 30095, 30096, 30),
+    ));
+    files.push((
+        "closed-remote.yaml",
+        closed("closed-remote", "10.244.2.11", "node-b", 30097, 30098, 31),
+    ));
+    let env = Env::new("closed", 1, &files, &[]);
+    env.wait_served("tcp", "192.0.2.1:30080");
+    env.wait_served("tcp", "192.0.2.1:30081");
+    let mut failures = Vec::new();
+    for (what, args) in [
+        ("TCP, local backend", ["tcp", "--to", "192.0.2.1:30095"]),
+        ("TCP, remote backend", ["tcp", "--to", "192.0.2.1:30097"]),
+        ("UDP, local backend", ["udp", "--to", "192.0.2.1:30096"]),
+        ("UDP, remote backend", ["udp", "--to", "192.0.2.1:30098"]),
+    ] {
+        let mut args = args.to_vec();
+        args.extend_from_slice(&["--timeout-ms", "1500"]);
+        if args[0] == "udp" {
+            args.push("--connected");
+        }
+        let replies = env.probe(&args);
+        if replies.first().and_then(ProbeReply::error) != Some("ECONNREFUSED") {
+            failures.push(format!("{what} ({}): {replies:?}", args[2]));
+        }
+    }
+    // The control, after (so ICMP rate limits cannot hide the answers above): straight
+    // to the pods, without the service, from node-a, both are refused.
+    for to in ["10.244.1.11:9999", "10.244.2.11:9999"] {
+        for args in [["tcp", "--to", to], ["udp", "--to", to]] {
+            let mut args = args.to_vec();
+            args.extend_from_slice(&["--timeout-ms", "1500"]);
+            if args[0] == "udp" {
+                args.push("--connected");
+            }
+            let out = run(
+                &env.node_a().netns,
+                None,
+                Command::new(probe_bin()).args(&args),
+                Duration::from_secs(10),
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                stdout.starts_with("err ECONNREFUSED"),
+                "control {args:?} from node-a: {stdout}"
+            );
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "not refused at once:\n{}\n{}",
+        failures.join("\n"),
+        env.diagnostics()
+    );
+}
+
+/// Path MTU discovery through the NodePort: a link on the way to the backend is
+/// narrower than the client's, so a router answers the client's full-size segments with
+/// ICMP "fragmentation needed" / ICMPv6 "packet too big". That error concerns the
+/// translated flow and must reach the client translated back (kube-proxy's conntrack
+/// does this for RELATED ICMP), or the upload stalls in a PMTU black hole.
+#[test]
+fn path_mtu_discovery_works_through_a_nodeport_to_local_and_remote_backends() {
+    let env = Env::new("pmtu", 1, &local_and_remote_files(), &[]);
+    for to in ["192.0.2.1:30080", "192.0.2.1:30081"] {
+        env.wait_served("tcp", to);
+    }
+    // The pods' own links stay at 1500 (so they announce a 1460-byte MSS); the nodes'
+    // bridges toward them drop to 1280 (a bridge follows its narrowest port).
+    for node in [env.node_a(), env.node_b()] {
+        node.netns.ip(&["link", "set", "vp0", "mtu", "1280"]);
+    }
+    // The control: node-a itself uploads to the remote pod and learns the path MTU.
+    let out = run(
+        &env.node_a().netns,
+        None,
+        Command::new(probe_bin()).args([
+            "send",
+            "--to",
+            "10.244.2.11:8080",
+            "--bytes",
+            "2000000",
+            "--direction",
+            "up",
+        ]),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("transfer ok"),
+        "control: node-a -> b-pod-0 directly: {stdout}"
+    );
+    let mut failures = Vec::new();
+    for to in [
+        "192.0.2.1:30080",
+        "192.0.2.1:30081",
+        "[2001:db8::1]:30080",
+        "[2001:db8::1]:30081",
+    ] {
+        let out = env.topo.client_probe(&[
+            "send",
+            "--to",
+            to,
+            "--bytes",
+            "2000000",
+            "--direction",
+            "up",
+            "--timeout-ms",
+            "3000",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !stdout.starts_with("transfer ok") {
+            failures.push(format!("{to}: {}", stdout.trim()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "uploads through the NodePort stalled:\n{}\n{}",
+        failures.join("\n"),
+        env.diagnostics()
+    );
+}
