@@ -194,11 +194,18 @@ impl Env {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_else(|e| format!("proxyctl: {e}"));
+        let flows = std::process::Command::new(tests::agent_binary("proxyctl"))
+            .arg("--bpffs")
+            .arg(self.bpffs.path().join("agent"))
+            .arg("conntrack")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("proxyctl: {e}"));
         let log = self
             .agent
             .as_ref()
             .map_or_else(|| "(agent stopped)".to_owned(), Agent::log);
-        format!("proxyctl list:\n{programmed}\nagent log:\n{log}")
+        format!("proxyctl list:\n{programmed}\nproxyctl conntrack:\n{flows}\nagent log:\n{log}")
     }
 }
 
