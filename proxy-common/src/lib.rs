@@ -175,8 +175,10 @@ pub mod counter {
     pub const NAT_NO_SNAT_ADDR: u32 = 13;
     /// tc: a ClientIP affinity entry chose the backend.
     pub const CLIENT_AFFINITY_HIT: u32 = 14;
+    /// tc: an ICMP error about a tracked flow was translated like the flow.
+    pub const ICMP_TRANSLATED: u32 = 15;
     /// Number of counters.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
     /// Prometheus-style names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
         "lb_translated",
@@ -194,6 +196,7 @@ pub mod counter {
         "fib_pass",
         "nat_no_snat_addr",
         "client_affinity_hit",
+        "icmp_translated",
     ];
 }
 

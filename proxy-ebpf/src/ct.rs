@@ -9,11 +9,12 @@ use crate::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// The agent's settings.
 #[inline(always)]
-pub fn config() -> TcConfig {
+pub fn config() -> &'static TcConfig {
+    static DEFAULT: TcConfig = TcConfig::DEFAULT;
     match TC_CONFIG.get(0) {
-        Some(c) if c.udp_s != 0 => *c,
+        Some(c) if c.udp_s != 0 => c,
         // Not written yet by the agent.
-        _ => TcConfig::DEFAULT,
+        _ => &DEFAULT,
     }
 }
 

@@ -73,9 +73,16 @@ pub static TC_CONFIG: Array<TcConfig> = Array::pinned(1, 0);
 
 /// Per-CPU scratch space for the tc programs' large values: BPF stacks are 512 bytes.
 pub struct Scratch {
+    /// The packet being handled.
+    pub pkt: crate::packet::Packet,
+    /// The tuple it is translated to (or, for an ICMP error, sent as).
+    pub to: CtKey,
     pub fwd: CtEntry,
     pub rev: CtEntry,
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+    pub icmp: crate::packet::IcmpError,
+    pub key: CtKey,
+    pub tuple: aya_ebpf::bindings::bpf_sock_tuple,
 }
 
 #[map]

@@ -62,10 +62,22 @@ impl Packet {
     }
 }
 
-/// Parses Ethernet + IPv4/IPv6 + TCP/UDP. Fragments, IPv6 extension headers and other
-/// protocols are not for us (`None`).
+/// Parses Ethernet + IPv4/IPv6 + TCP/UDP into `p`. Fragments, IPv6 extension headers
+/// and other protocols are not for us (false).
+// Not inlined, and filling `p` in place: its frame stays out of the callers' 512 bytes.
+#[inline(never)]
+pub fn parse(ctx: &TcContext, p: &mut Packet) -> bool {
+    match parse_packet(ctx) {
+        Some(parsed) => {
+            *p = parsed;
+            true
+        }
+        None => false,
+    }
+}
+
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Option<Packet> {
+fn parse_packet(ctx: &TcContext) -> Option<Packet> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     let (saddr, daddr, l4proto, l4_off) = if ethertype == ETH_P_IP {
         let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
@@ -143,15 +155,9 @@ fn set_addr(ctx: &mut TcContext, p: &Packet, old: &Addr, new: &Addr, src: bool) 
             ctx.store(if src { IP4_SADDR } else { IP4_DADDR }, &n, 0)
         }
         (None, None) => {
-            let mut o = old.0;
-            let mut n = new.0;
-            // SAFETY: two 16-byte stack buffers, sizes given.
-            let diff = unsafe { bpf_csum_diff(o.as_mut_ptr(), 16, n.as_mut_ptr(), 16, 0) };
-            if diff < 0 {
-                return Err(diff);
-            }
-            ctx.l4_csum_replace(p.csum_off(), 0, diff as u64, l4)?;
-            ctx.store(if src { IP6_SADDR } else { IP6_DADDR }, &n, 0)
+            let diff = csum_diff(old, new)?;
+            ctx.l4_csum_replace(p.csum_off(), 0, diff, l4)?;
+            ctx.store(if src { IP6_SADDR } else { IP6_DADDR }, &new.0, 0)
         }
         // The agent never pairs families; refuse rather than corrupt.
         _ => Err(-22),
@@ -169,9 +175,218 @@ fn set_port(ctx: &mut TcContext, p: &Packet, off: usize, old: u16, new: u16) -> 
     ctx.store(p.l4_off + off, &new, 0)
 }
 
+/// The checksum difference between two IPv6 addresses, read in place (no copies: stack
+/// space is scarce).
+#[inline(always)]
+fn csum_diff(old: &Addr, new: &Addr) -> Result<u64, i64> {
+    // SAFETY: both point to 16 readable bytes; the helper only reads them.
+    let diff = unsafe {
+        bpf_csum_diff(
+            old.0.as_ptr() as *mut u32,
+            16,
+            new.0.as_ptr() as *mut u32,
+            16,
+            0,
+        )
+    };
+    if diff < 0 { Err(diff) } else { Ok(diff as u64) }
+}
+
 /// Sets the Ethernet destination and source addresses.
 #[inline(always)]
 pub fn set_macs(ctx: &mut TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), i64> {
     ctx.store(0, dst, 0)?;
     ctx.store(6, src, 0)
+}
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+const ICMP_HLEN: usize = 8;
+
+/// An ICMP error (destination unreachable, time exceeded, parameter problem, packet too
+/// big) about a TCP or UDP packet: enough to translate it like the flow it is about.
+#[derive(Default)]
+pub struct IcmpError {
+    /// The outer header's source.
+    pub outer_src: Addr,
+    /// The outer header's destination.
+    pub outer_dst: Addr,
+    /// The tuple of the quoted packet, as it was sent.
+    pub inner: CtKey,
+    icmp_off: u32,
+    inner_l3_off: u32,
+    inner_l4_off: u32,
+}
+
+/// Parses an ICMP or ICMPv6 error quoting a TCP/UDP packet into `e`.
+// Not inlined, and filling `e` in place: its frame stays out of the callers' 512 bytes.
+#[inline(never)]
+pub fn parse_icmp_error(ctx: &TcContext, e: &mut IcmpError) -> bool {
+    parse_icmp(ctx, e).is_some()
+}
+
+#[inline(always)]
+fn parse_icmp(ctx: &TcContext, e: &mut IcmpError) -> Option<()> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+    let (icmp_off, inner_l4_off, l4proto) = if ethertype == ETH_P_IP {
+        let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
+        let ihl = usize::from(vihl & 0x0f) * 4;
+        if vihl >> 4 != 4 || ihl < 20 || ctx.load::<u8>(ETH_HLEN + 9).ok()? != IPPROTO_ICMP {
+            return None;
+        }
+        let icmp_off = ETH_HLEN + ihl;
+        // Destination unreachable, time exceeded, parameter problem.
+        let ty: u8 = ctx.load(icmp_off).ok()?;
+        if ty != 3 && ty != 11 && ty != 12 {
+            return None;
+        }
+        let inner = icmp_off + ICMP_HLEN;
+        let ivihl: u8 = ctx.load(inner).ok()?;
+        let iihl = usize::from(ivihl & 0x0f) * 4;
+        if ivihl >> 4 != 4 || iihl < 20 {
+            return None;
+        }
+        e.outer_src = Addr::from_v4_be(ctx.load(IP4_SADDR).ok()?);
+        e.outer_dst = Addr::from_v4_be(ctx.load(IP4_DADDR).ok()?);
+        e.inner.saddr = Addr::from_v4_be(ctx.load(inner + 12).ok()?);
+        e.inner.daddr = Addr::from_v4_be(ctx.load(inner + 16).ok()?);
+        (icmp_off, inner + iihl, ctx.load::<u8>(inner + 9).ok()?)
+    } else if ethertype == ETH_P_IPV6 {
+        if ctx.load::<u8>(ETH_HLEN + 6).ok()? != IPPROTO_ICMPV6 {
+            return None;
+        }
+        let icmp_off = ETH_HLEN + IP6_HLEN;
+        // Destination unreachable, packet too big, time exceeded, parameter problem.
+        let ty: u8 = ctx.load(icmp_off).ok()?;
+        if !(1..=4).contains(&ty) {
+            return None;
+        }
+        let inner = icmp_off + ICMP_HLEN;
+        e.outer_src = Addr(ctx.load(IP6_SADDR).ok()?);
+        e.outer_dst = Addr(ctx.load(IP6_DADDR).ok()?);
+        e.inner.saddr = Addr(ctx.load(inner + 8).ok()?);
+        e.inner.daddr = Addr(ctx.load(inner + 24).ok()?);
+        (icmp_off, inner + IP6_HLEN, ctx.load::<u8>(inner + 6).ok()?)
+    } else {
+        return None;
+    };
+    if l4proto != proto::TCP && l4proto != proto::UDP {
+        return None;
+    }
+    let ports: [u16; 2] = ctx.load(inner_l4_off).ok()?;
+    e.inner.sport_be = ports[0];
+    e.inner.dport_be = ports[1];
+    e.inner.proto = l4proto;
+    e.inner._pad = [0; 3];
+    e.icmp_off = icmp_off as u32;
+    e.inner_l3_off = (icmp_off + ICMP_HLEN) as u32;
+    e.inner_l4_off = inner_l4_off as u32;
+    Some(())
+}
+
+/// Which address of an ICMP error [`set_icmp_addr`] rewrites.
+pub const OUTER_SRC: u32 = 0;
+pub const OUTER_DST: u32 = 1;
+pub const INNER_SRC: u32 = 2;
+pub const INNER_DST: u32 = 3;
+
+/// Rewrites one address of an ICMP error, keeping the outer, quoted-IPv4 and ICMP
+/// checksums right. (A quoted IPv4 header is self-checksummed, so its address changes
+/// leave the ICMPv4 checksum alone; ICMPv6 covers everything, pseudo-header included.)
+#[inline(never)]
+pub fn set_icmp_addr(ctx: &mut TcContext, e: &IcmpError, which: u32, new: &Addr) -> i64 {
+    let (old, outer) = match which {
+        OUTER_SRC => (e.outer_src, true),
+        OUTER_DST => (e.outer_dst, true),
+        INNER_SRC => (e.inner.saddr, false),
+        _ => (e.inner.daddr, false),
+    };
+    if old == *new {
+        return 0;
+    }
+    let second = usize::from(which & 1 == 1);
+    let inner_l3 = e.inner_l3_off as usize;
+    let r = match (old.v4_be(), new.v4_be()) {
+        (Some(o), Some(n)) => {
+            let (field, l3csum) = if outer {
+                (IP4_SADDR + second * 4, IP4_CSUM)
+            } else {
+                (inner_l3 + 12 + second * 4, inner_l3 + 10)
+            };
+            ctx.l3_csum_replace(l3csum, u64::from(o), u64::from(n), 4)
+                .and_then(|()| ctx.store(field, &n, 0))
+        }
+        (None, None) => {
+            let diff = match csum_diff(&old, new) {
+                Ok(d) => d,
+                Err(e) => return e,
+            };
+            let (field, pseudo) = if outer {
+                (IP6_SADDR + second * 16, u64::from(BPF_F_PSEUDO_HDR))
+            } else {
+                (inner_l3 + 8 + second * 16, 0)
+            };
+            ctx.l4_csum_replace(e.icmp_off as usize + 2, 0, diff, pseudo)
+                .and_then(|()| ctx.store(field, &new.0, 0))
+        }
+        _ => Err(-22),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => e,
+    }
+}
+
+/// Rewrites the quoted packet's ports of an ICMP error.
+#[inline(always)]
+pub fn set_icmp_ports(
+    ctx: &mut TcContext,
+    e: &IcmpError,
+    sport_be: u16,
+    dport_be: u16,
+) -> Result<(), i64> {
+    let csum = e.icmp_off as usize + 2;
+    let l4 = e.inner_l4_off as usize;
+    if e.inner.sport_be != sport_be {
+        ctx.l4_csum_replace(csum, u64::from(e.inner.sport_be), u64::from(sport_be), 2)?;
+        ctx.store(l4, &sport_be, 0)?;
+    }
+    if e.inner.dport_be != dport_be {
+        ctx.l4_csum_replace(csum, u64::from(e.inner.dport_be), u64::from(dport_be), 2)?;
+        ctx.store(l4 + 2, &dport_be, 0)?;
+    }
+    Ok(())
+}
+
+/// The IP length of each packet this one puts on the wire, for the FIB's MTU check:
+/// the length of one segment for a GSO packet (as the kernel's forwarding path checks
+/// it), else the IP length.
+#[inline(always)]
+pub fn seg_len(ctx: &TcContext, p: &Packet) -> u16 {
+    // SAFETY: reading a field of the context the kernel gave us.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        return ip_len(ctx, p.key.saddr.is_v4());
+    }
+    let l4_hdr = if p.key.proto == proto::TCP {
+        ctx.load::<u8>(p.l4_off + 12)
+            .map(|doff| u32::from(doff >> 4) * 4)
+            .unwrap_or(20)
+    } else {
+        8
+    };
+    let len = (p.l4_off - ETH_HLEN) as u32 + l4_hdr + gso_size;
+    u16::try_from(len).unwrap_or(u16::MAX)
+}
+
+/// The IP length of the packet (for the FIB's MTU check).
+#[inline(always)]
+pub fn ip_len(ctx: &TcContext, v4: bool) -> u16 {
+    if v4 {
+        ctx.load::<u16>(ETH_HLEN + 2).map(u16::from_be).unwrap_or(0)
+    } else {
+        ctx.load::<u16>(ETH_HLEN + 4)
+            .map(|l| u16::from_be(l).saturating_add(IP6_HLEN as u16))
+            .unwrap_or(0)
+    }
 }

@@ -23,11 +23,15 @@
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
-        bpf_fib_lookup as FibParams, bpf_redir_neigh,
+        bpf_fib_lookup as FibParams, bpf_redir_neigh, bpf_sock_tuple,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
         bpf_get_prandom_u32, bpf_ktime_get_ns,
-        generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
+        generated::{
+            bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_sk_lookup_udp, bpf_sk_release,
+            bpf_skc_lookup_tcp,
+        },
     },
     macros::classifier,
     programs::TcContext,
@@ -38,7 +42,7 @@ use proxy_common::{
     TcConfig, counter, ct_state, proto, scope,
 };
 
-use crate::maps::{CLIENT_AFFINITY, CONNTRACK, IFACES, SOURCE_RANGES, count, scratch};
+use crate::maps::{CLIENT_AFFINITY, CONNTRACK, IFACES, SOURCE_RANGES, Scratch, count, scratch};
 use crate::packet::{self, Packet};
 use crate::{ct, lb};
 
@@ -68,99 +72,155 @@ pub fn tc_egress(mut ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn ingress(ctx: &mut TcContext) -> i32 {
-    let Some(p) = packet::parse(ctx) else {
+    let Some(s) = scratch() else {
         return PASS;
     };
+    if !packet::parse(ctx, &mut s.pkt) {
+        return icmp_error(ctx, s, true);
+    }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let cfg = ct::config();
     // SAFETY: reading a field of the context the kernel gave us.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
 
-    if let Some(e) = CONNTRACK.get_ptr_mut(p.key) {
-        // SAFETY: copied out; the pointer stays valid for this program run.
-        let entry = unsafe { *e };
-        if !restarts(&cfg, &entry, &p, now) {
-            ct::touch(e, p.key.proto, p.tcp_flags, ctx.len(), now);
+    if let Some(e) = CONNTRACK.get_ptr_mut(&s.pkt.key) {
+        // SAFETY: the value stays valid for this program run; read in place (no copy:
+        // stack space is scarce) before `touch` writes to it.
+        let keep = unsafe { !restarts(ct::config(), &*e, &s.pkt, now) };
+        if keep {
+            // SAFETY: as above.
+            s.to = unsafe { nat_tuple(&*e, s.pkt.key.proto) };
+            ct::touch(e, s.pkt.key.proto, s.pkt.tcp_flags, ctx.len(), now);
             count(counter::CT_TRANSLATED);
-            return translate_and_forward(ctx, &p, &nat_tuple(&entry, p.key.proto));
+            return translate_and_forward(ctx, s);
         }
     }
-    if !p.may_open() {
+    if !s.pkt.may_open() {
         return PASS;
     }
-    // SAFETY: copied out at once.
-    let Some(iface) = (unsafe { IFACES.get(ifindex) }).copied() else {
+    // SAFETY: one field read.
+    let Some(flags) = (unsafe { IFACES.get(ifindex) }).map(|i| i.flags) else {
         return PASS;
     };
-    let fe = if iface.flags & IFACE_F_EXTERNAL != 0 {
+    let k = &s.pkt.key;
+    let fe = if flags & IFACE_F_EXTERNAL != 0 {
         // From outside: the external frontends, then ClusterIPs routed to this node.
-        match lb::frontend(p.key.daddr, p.key.dport_be, p.key.proto, scope::EXTERNAL) {
+        match lb::frontend(k.daddr, k.dport_be, k.proto, scope::EXTERNAL) {
             Some(fe) => Some(fe),
-            None => lb::frontend(p.key.daddr, p.key.dport_be, p.key.proto, scope::INTERNAL),
+            None => lb::frontend(k.daddr, k.dport_be, k.proto, scope::INTERNAL),
         }
     } else {
-        lb::frontend(p.key.daddr, p.key.dport_be, p.key.proto, scope::INTERNAL)
+        lb::frontend(k.daddr, k.dport_be, k.proto, scope::INTERNAL)
     };
     match fe {
-        Some(fe) => open(ctx, &p, &fe, &cfg, ifindex, now, true),
+        Some(fe) => open(ctx, s, &fe, ifindex, true),
         None => PASS,
     }
 }
 
 #[inline(always)]
 fn egress(ctx: &mut TcContext) -> i32 {
-    let Some(p) = packet::parse(ctx) else {
+    let Some(s) = scratch() else {
         return PASS;
     };
-    let Some(e) = CONNTRACK.get_ptr_mut(p.key) else {
-        return egress_open(ctx, &p);
+    if !packet::parse(ctx, &mut s.pkt) {
+        return icmp_error(ctx, s, false);
+    }
+    let Some(e) = CONNTRACK.get_ptr_mut(&s.pkt.key) else {
+        return egress_open(ctx, s);
     };
-    // SAFETY: copied out; the pointer stays valid for this program run.
-    let entry = unsafe { *e };
+    // SAFETY: the value stays valid for this program run; read before `touch`.
+    let reply = unsafe { (*e).flags & CT_F_REPLY != 0 };
+    // SAFETY: as above.
+    s.to = unsafe { nat_tuple(&*e, s.pkt.key.proto) };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    ct::touch(e, p.key.proto, p.tcp_flags, ctx.len(), now);
+    ct::touch(e, s.pkt.key.proto, s.pkt.tcp_flags, ctx.len(), now);
     count(counter::CT_TRANSLATED);
-    let to = nat_tuple(&entry, p.key.proto);
-    if entry.flags & CT_F_REPLY == 0 {
+    if !reply {
         // A node process's flow (see `egress_open`): the backend may be elsewhere.
-        return translate_and_forward(ctx, &p, &to);
+        return translate_and_forward(ctx, s);
     }
     // A reply the stack already routed toward the client.
-    if packet::rewrite(ctx, &p, &to).is_err() {
+    if packet::rewrite(ctx, &s.pkt, &s.to).is_err() {
         return DROP;
     }
     PASS
 }
 
+/// An ICMP error about a tracked flow (port unreachable from a backend, "fragmentation
+/// needed" / "packet too big" from a router or from this node's own stack) is
+/// translated like the flow's packets in its direction, so the sender's socket learns
+/// of it: path MTU discovery and ECONNREFUSED keep working through the NAT.
+// Not inlined (here, `open` and `translate_and_forward`): as separate BPF functions
+// their stack frames do not add up inside the program's 512 bytes.
+#[inline(never)]
+fn icmp_error(ctx: &mut TcContext, s: &mut Scratch, at_ingress: bool) -> i32 {
+    let e = &mut s.icmp;
+    if !packet::parse_icmp_error(ctx, e) {
+        return PASS;
+    }
+    // The error travels opposite to the quoted packet, as that packet's replies do.
+    // SAFETY: read in place.
+    let Some(entry) = (unsafe { CONNTRACK.get(&e.inner.reversed()) }) else {
+        return PASS;
+    };
+    let t = &mut s.key;
+    *t = nat_tuple(entry, e.inner.proto);
+    // Sent by the quoted packet's destination itself: it speaks for that address.
+    let src = if e.outer_src == e.inner.daddr {
+        t.saddr
+    } else {
+        e.outer_src
+    };
+    let dst_changed = t.daddr != e.outer_dst;
+    if packet::set_icmp_addr(ctx, e, packet::OUTER_SRC, &src) != 0
+        || packet::set_icmp_addr(ctx, e, packet::OUTER_DST, &t.daddr) != 0
+        || packet::set_icmp_addr(ctx, e, packet::INNER_SRC, &t.daddr) != 0
+        || packet::set_icmp_addr(ctx, e, packet::INNER_DST, &t.saddr) != 0
+        || packet::set_icmp_ports(ctx, e, t.dport_be, t.sport_be).is_err()
+    {
+        return DROP;
+    }
+    count(counter::ICMP_TRANSLATED);
+    if !at_ingress && !dst_changed {
+        return PASS;
+    }
+    s.to = CtKey {
+        saddr: src,
+        daddr: s.key.daddr,
+        sport_be: 0,
+        dport_be: 0,
+        proto: if src.is_v4() { 1 } else { 58 },
+        _pad: [0; 3],
+    };
+    let len = packet::ip_len(ctx, src.is_v4());
+    forward(ctx, s, len)
+}
+
 /// A node process outside the attached cgroup reaching a service: its packet leaves
 /// with the node's own address, so replies come back to us without SNAT.
 #[inline(always)]
-fn egress_open(ctx: &mut TcContext, p: &Packet) -> i32 {
-    if !p.may_open() {
+fn egress_open(ctx: &mut TcContext, s: &mut Scratch) -> i32 {
+    let k = &s.pkt.key;
+    if !s.pkt.may_open() {
         return PASS;
     }
     // SAFETY: reading a field of the context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: copied out at once.
-    let Some(iface) = (unsafe { IFACES.get(ifindex) }).copied() else {
-        return PASS;
+    // SAFETY: read in place.
+    let own = match unsafe { IFACES.get(ifindex) } {
+        Some(i) if k.saddr.is_v4() => i.v4 == k.saddr,
+        Some(i) => i.v6 == k.saddr,
+        None => false,
     };
-    let own = if p.key.saddr.is_v4() {
-        iface.v4
-    } else {
-        iface.v6
-    };
-    if own != p.key.saddr {
+    if !own {
         return PASS;
     }
-    let Some(fe) = lb::frontend(p.key.daddr, p.key.dport_be, p.key.proto, scope::INTERNAL) else {
+    let Some(fe) = lb::frontend(k.daddr, k.dport_be, k.proto, scope::INTERNAL) else {
         return PASS;
     };
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    open(ctx, p, &fe, &ct::config(), ifindex, now, false)
+    open(ctx, s, &fe, ifindex, false)
 }
 
 /// Whether a packet hitting the forward leg `e` starts a new flow instead: a SYN or
@@ -194,18 +254,14 @@ fn nat_tuple(e: &CtEntry, l4proto: u8) -> CtKey {
     }
 }
 
-/// Opens a flow from `p` to frontend `fe`: picks the backend, decides on SNAT (when
-/// `may_snat`), writes both conntrack legs, then translates and forwards the packet.
-#[inline(always)]
-fn open(
-    ctx: &mut TcContext,
-    p: &Packet,
-    fe: &Frontend,
-    cfg: &TcConfig,
-    ifindex: u32,
-    now: u64,
-    may_snat: bool,
-) -> i32 {
+/// Opens a flow from the packet in `s.pkt` to frontend `fe`: picks the backend,
+/// decides on SNAT (when `may_snat`), writes both conntrack legs, then translates and
+/// forwards the packet.
+#[inline(never)]
+fn open(ctx: &mut TcContext, s: &mut Scratch, fe: &Frontend, ifindex: u32, may_snat: bool) -> i32 {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let p = &s.pkt;
     if fe.backend_count == 0 {
         count(counter::NAT_NO_BACKEND);
         return DROP;
@@ -248,7 +304,8 @@ fn open(
         let _ = CLIENT_AFFINITY.insert(&aff_key, &v, 0);
     }
 
-    let mut fwd = CtKey {
+    // The translated tuple, built in place.
+    s.to = CtKey {
         saddr: p.key.saddr,
         daddr: be.addr,
         sport_be: p.key.sport_be,
@@ -256,25 +313,25 @@ fn open(
         proto: p.key.proto,
         _pad: [0; 3],
     };
-    let Some(s) = scratch() else {
-        return PASS;
-    };
     // Would the backend's replies come back through this interface? Then only a source
     // of ours brings them back to us (remote backend; a pod reaching itself).
-    let rc = fib_lookup(ctx, &mut s.fib, &fwd, ifindex);
+    let rc = fib_lookup(ctx, &mut s.fib, &s.to, ifindex, 0);
     let routed = rc == FIB_SUCCESS || rc == FIB_NO_NEIGH;
     let snat = may_snat && routed && s.fib.ifindex == ifindex;
     if snat {
-        // SAFETY: copied out at once.
-        let out = unsafe { IFACES.get(ifindex) }.copied().unwrap_or_default();
-        let addr = if fwd.saddr.is_v4() { out.v4 } else { out.v6 };
+        // SAFETY: one field copied out.
+        let addr = match unsafe { IFACES.get(ifindex) } {
+            Some(i) if s.to.saddr.is_v4() => i.v4,
+            Some(i) => i.v6,
+            None => Addr::default(),
+        };
         if addr == Addr::default() {
             count(counter::NAT_NO_SNAT_ADDR);
             return DROP;
         }
-        fwd.saddr = addr;
-        match snat_port(&fwd, &p.key, cfg, now) {
-            Some(port) => fwd.sport_be = port,
+        s.to.saddr = addr;
+        match snat_port(ctx, &s.to, &s.pkt.key, now, &mut s.key, &mut s.tuple) {
+            Some(port) => s.to.sport_be = port,
             None => {
                 count(counter::NAT_SNAT_EXHAUSTED);
                 return DROP;
@@ -282,6 +339,7 @@ fn open(
         }
     }
 
+    let p = &s.pkt;
     let state = if p.key.proto == proto::TCP {
         ct_state::OPENING
     } else {
@@ -289,10 +347,10 @@ fn open(
     };
     let snat_flag = if snat { CT_F_SNAT } else { 0 };
     let f = &mut s.fwd;
-    f.nat_saddr = fwd.saddr;
-    f.nat_daddr = fwd.daddr;
-    f.nat_sport_be = fwd.sport_be;
-    f.nat_dport_be = fwd.dport_be;
+    f.nat_saddr = s.to.saddr;
+    f.nat_daddr = s.to.daddr;
+    f.nat_sport_be = s.to.sport_be;
+    f.nat_dport_be = s.to.dport_be;
     f.flags = snat_flag;
     f.state = state;
     f._pad = [0; 2];
@@ -316,19 +374,19 @@ fn open(
     r.last_seen_ns = now;
     r.packets = 0;
     r.bytes = 0;
-    let rev_key = fwd.reversed();
+    s.key = s.to.reversed();
     // The reply leg first: a reply can never find a forward leg without its partner.
-    if CONNTRACK.insert(&rev_key, &s.rev, 0).is_err() {
+    if CONNTRACK.insert(&s.key, &s.rev, 0).is_err() {
         count(counter::CT_FULL);
         return DROP;
     }
-    if CONNTRACK.insert(&p.key, &s.fwd, 0).is_err() {
-        let _ = CONNTRACK.remove(&rev_key);
+    if CONNTRACK.insert(&s.pkt.key, &s.fwd, 0).is_err() {
+        let _ = CONNTRACK.remove(&s.key);
         count(counter::CT_FULL);
         return DROP;
     }
     count(counter::CT_NEW);
-    translate_and_forward(ctx, p, &fwd)
+    translate_and_forward(ctx, s)
 }
 
 /// Whether `loadBalancerSourceRanges` of service `service_id` admit `saddr`.
@@ -345,9 +403,18 @@ fn source_allowed(service_id: u32, saddr: &Addr) -> bool {
 }
 
 /// A source port for SNAT to `fwd.saddr`: the client's own if the reply tuple is free,
-/// else a random one from the configured range.
+/// else a random one from the configured range. Free means: no other tracked flow and
+/// no socket of this node would receive the backend's replies on it.
 #[inline(always)]
-fn snat_port(fwd: &CtKey, client: &CtKey, cfg: &TcConfig, now: u64) -> Option<u16> {
+fn snat_port(
+    ctx: &TcContext,
+    fwd: &CtKey,
+    client: &CtKey,
+    now: u64,
+    reply: &mut CtKey,
+    tuple: &mut bpf_sock_tuple,
+) -> Option<u16> {
+    let cfg = ct::config();
     let span = u32::from(cfg.snat_port_max.saturating_sub(cfg.snat_port_min)) + 1;
     let mut i = 0;
     while i < SNAT_TRIES {
@@ -358,44 +425,91 @@ fn snat_port(fwd: &CtKey, client: &CtKey, cfg: &TcConfig, now: u64) -> Option<u1
             let r = unsafe { bpf_get_prandom_u32() } % span;
             (cfg.snat_port_min + r as u16).to_be()
         };
-        let reply = CtKey {
-            saddr: fwd.daddr,
-            daddr: fwd.saddr,
-            sport_be: fwd.dport_be,
-            dport_be: port,
-            proto: fwd.proto,
-            _pad: [0; 3],
-        };
-        // SAFETY: copied out at once.
-        match unsafe { CONNTRACK.get(&reply) } {
-            None => return Some(port),
+        *reply = fwd.reversed();
+        reply.dport_be = port;
+        // SAFETY: only read.
+        let free = match unsafe { CONNTRACK.get(&*reply) } {
+            None => true,
+            // Expired, or this very flow starting over (same client and frontend).
             Some(e) => {
-                // Free again, or the same client flow starting over.
-                if ct::expired(cfg, e, fwd.proto, now)
-                    || (e.nat_daddr == client.saddr && e.nat_dport_be == client.sport_be)
-                {
-                    return Some(port);
-                }
+                ct::expired(cfg, e, fwd.proto, now)
+                    || (e.nat_daddr == client.saddr
+                        && e.nat_dport_be == client.sport_be
+                        && e.nat_saddr == client.daddr
+                        && e.nat_sport_be == client.dport_be)
             }
+        };
+        if free && !local_socket(ctx, reply, tuple) {
+            return Some(port);
         }
         i += 1;
     }
     None
 }
 
-/// Rewrites the packet to `to` and sends it where the FIB says `to.daddr` is.
+/// Whether a socket of this node would receive packets with tuple `t` (its own
+/// connection to the backend from that port, or a listener on it).
 #[inline(always)]
-fn translate_and_forward(ctx: &mut TcContext, p: &Packet, to: &CtKey) -> i32 {
-    if packet::rewrite(ctx, p, to).is_err() {
+fn local_socket(ctx: &TcContext, t: &CtKey, tuple: &mut bpf_sock_tuple) -> bool {
+    let size = match (t.saddr.v4_be(), t.daddr.v4_be()) {
+        (Some(s), Some(d)) => {
+            tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: s,
+                daddr: d,
+                sport: t.sport_be,
+                dport: t.dport_be,
+            };
+            core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+        }
+        _ => {
+            tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+                saddr: t.saddr.0,
+                daddr: t.daddr.0,
+                sport: t.sport_be,
+                dport: t.dport_be,
+            };
+            core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+        }
+    };
+    // The socket lookup helpers look in the packet's own network namespace for -1.
+    let netns = u64::MAX;
+    // SAFETY: tuple on our stack with its size; a returned socket is released below.
+    let sk = unsafe {
+        if t.proto == proto::TCP {
+            bpf_skc_lookup_tcp(ctx.skb.skb as *mut _, tuple, size as u32, netns, 0)
+        } else {
+            bpf_sk_lookup_udp(ctx.skb.skb as *mut _, tuple, size as u32, netns, 0)
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: releasing the reference the lookup took.
+    unsafe { bpf_sk_release(sk as *mut _) };
+    true
+}
+
+/// Rewrites the packet in `s.pkt` to `s.to` and sends it where the FIB says
+/// `s.to.daddr` is.
+#[inline(never)]
+fn translate_and_forward(ctx: &mut TcContext, s: &mut Scratch) -> i32 {
+    if packet::rewrite(ctx, &s.pkt, &s.to).is_err() {
         return DROP;
     }
+    let len = packet::seg_len(ctx, &s.pkt);
+    forward(ctx, s, len)
+}
+
+/// Sends the (translated) packet with tuple `s.to` where the FIB says `s.to.daddr` is.
+/// `tot_len` is what the route's MTU is checked against (one segment of a GSO packet).
+/// A packet too big for that route goes to the stack, which answers with the ICMP
+/// error path MTU discovery needs (and `icmp_error` translates it).
+#[inline(always)]
+fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16) -> i32 {
     // SAFETY: reading a field of the context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(s) = scratch() else {
-        return PASS;
-    };
     let fib = &mut s.fib;
-    let rc = fib_lookup(ctx, fib, to, ifindex);
+    let rc = fib_lookup(ctx, fib, &s.to, ifindex, tot_len);
     if rc == FIB_SUCCESS {
         if packet::set_macs(ctx, &fib.dmac, &fib.smac).is_err() {
             return DROP;
@@ -407,7 +521,7 @@ fn translate_and_forward(ctx: &mut TcContext, p: &Packet, to: &CtKey) -> i32 {
         // The kernel resolves the neighbour (the FIB left the next hop in *_dst).
         // SAFETY: union fields written by the kernel for this family.
         let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-        if to.daddr.is_v4() {
+        if s.to.daddr.is_v4() {
             nh.nh_family = u32::from(AF_INET);
             nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
         } else {
@@ -424,17 +538,20 @@ fn translate_and_forward(ctx: &mut TcContext, p: &Packet, to: &CtKey) -> i32 {
             )
         } as i32;
     }
-    // Local delivery, or no route: the stack knows best.
+    // Local delivery, no route, or too big for the route: the stack knows best.
     count(counter::FIB_PASS);
     PASS
 }
 
 /// Looks up where a packet with tuple `t` arriving on `ifindex` goes; `f` holds the
-/// answer (egress interface, MACs, next hop).
+/// answer (egress interface, MACs, next hop). `tot_len` 0 skips the MTU check.
 #[inline(always)]
-fn fib_lookup(ctx: &TcContext, f: &mut FibParams, t: &CtKey, ifindex: u32) -> i64 {
+fn fib_lookup(ctx: &TcContext, f: &mut FibParams, t: &CtKey, ifindex: u32, tot_len: u16) -> i64 {
     // SAFETY: an all-zero bpf_fib_lookup is valid input.
     *f = unsafe { core::mem::zeroed() };
+    // With a length the FIB checks it against the route's MTU (for GSO packets the
+    // kernel checks the segments instead).
+    f.__bindgen_anon_1.tot_len = tot_len;
     f.l4_protocol = t.proto;
     f.sport = t.sport_be;
     f.dport = t.dport_be;
