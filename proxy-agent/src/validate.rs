@@ -291,6 +291,14 @@ pub fn service(svc: &Service) -> Result<(), FieldError> {
         && port != 0
     {
         port_number(port, "spec.healthCheckNodePort")?;
+        // As the API server has it: only a Local LoadBalancer has a health check.
+        if type_ != "LoadBalancer" || spec.external_traffic_policy.as_deref() != Some("Local") {
+            return Err(FieldError::new(
+                "spec.healthCheckNodePort",
+                "may only be set when type is LoadBalancer and externalTrafficPolicy is Local"
+                    .to_string(),
+            ));
+        }
     }
 
     for (field, policy) in [
@@ -1191,6 +1199,21 @@ mod tests {
                     format!("spec.healthCheckNodePort: {n} is not in 1..=65535")
                 );
             }
+        }
+    }
+
+    #[test]
+    fn only_a_local_load_balancer_may_have_a_health_check_node_port() {
+        for (type_, policy) in [("NodePort", "Local"), ("LoadBalancer", "Cluster")] {
+            let s = with(|spec| {
+                spec.type_ = Some(type_.into());
+                spec.external_traffic_policy = Some(policy.into());
+                spec.health_check_node_port = Some(32000);
+            });
+            assert!(
+                err(service(&s)).contains("may only be set when type is LoadBalancer"),
+                "{type_}/{policy}"
+            );
         }
     }
 
