@@ -3,6 +3,7 @@
 //! carry over).
 
 mod clusterip;
+mod nodeport;
 mod sync;
 
 use anyhow::{Result, bail};
@@ -11,8 +12,9 @@ use anyhow::{Result, bail};
 pub fn run(name: &str) -> Result<()> {
     match name {
         "clusterip" => clusterip::run(),
+        "nodeport" => nodeport::run(),
         "sync" => sync::run(),
-        other => bail!("unknown benchmark {other:?}; available: clusterip, sync"),
+        other => bail!("unknown benchmark {other:?}; available: clusterip, nodeport, sync"),
     }
 }
 

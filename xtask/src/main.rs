@@ -36,7 +36,7 @@ enum Task {
     Demo,
     /// Run the benchmark NAME.
     Bench {
-        /// Which benchmark.
+        /// Which benchmark: clusterip, nodeport or sync.
         name: String,
     },
 }
