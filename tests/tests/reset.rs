@@ -50,7 +50,7 @@ fn service_yaml(pod: Ipv4Addr) -> String {
         .cluster_ip(IpAddr::V4(CLUSTER_IP))
         .port("http", SVC_PORT, "TCP", POD_PORT, Some(NODE_PORT))
         .endpoint(IpAddr::V4(pod), "node-a")
-        .external_traffic_policy_local(Some(32080))
+        .external_traffic_policy_local(None)
         .yaml()
 }
 
