@@ -1152,3 +1152,38 @@ fn path_mtu_discovery_works_through_a_nodeport_to_local_and_remote_backends() {
         env.diagnostics()
     );
 }
+
+/// A process of node-a itself, outside the agent's cgroup (so the socket programs do
+/// not see it), reaching ClusterIPs: `tc_egress` on the external interface balances it,
+/// for a backend on this node and one on the other, over IPv4 and IPv6. node-a routes
+/// the service ranges to node-b, as a default route would send them to a gateway;
+/// node-b has no route for them, so only a translation on node-a's way out can serve
+/// them.
+#[test]
+fn node_processes_outside_the_cgroup_reach_cluster_ips_through_tc_egress() {
+    let env = Env::new("nodeproc", 1, &local_and_remote_files(), &[]);
+    env.wait_served("tcp", "192.0.2.1:30080");
+    let node_a = &env.node_a().netns;
+    node_a.ip(&["route", "add", "10.96.0.0/16", "via", "192.0.2.2"]);
+    node_a.ip(&["-6", "route", "add", "fd00:96::/64", "via", "2001:db8::2"]);
+    for (to, want) in [
+        ("10.96.0.10:80", "a-pod-0"),
+        ("10.96.0.11:80", "b-pod-0"),
+        ("[fd00:96::10]:80", "a-pod-0"),
+        ("[fd00:96::11]:80", "b-pod-0"),
+    ] {
+        let out = run(
+            node_a,
+            None,
+            Command::new(probe_bin()).args(["tcp", "--to", to, "--count", "3", "--peer"]),
+            Duration::from_secs(30),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let replies = ProbeReply::parse_all(&stdout);
+        assert!(
+            replies.len() == 3 && replies.iter().all(|r| r.name() == Some(want)),
+            "node-a -> {to}: want {want}: {replies:?}\n{}",
+            env.diagnostics()
+        );
+    }
+}
