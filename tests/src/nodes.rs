@@ -334,6 +334,33 @@ fn route_pods_via(node: &Node, other: &Node) {
     ]);
 }
 
+/// The start of a kube-proxy nat table: its fixed chains and `chains`, the jumps from
+/// the built-in chains, and masquerading of marked traffic.
+fn nat_prelude<'a>(chains: impl Iterator<Item = &'a str>) -> String {
+    let mut r = String::from("*nat\n");
+    for chain in [
+        "KUBE-SERVICES",
+        "KUBE-NODEPORTS",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+    ]
+    .into_iter()
+    .chain(chains)
+    {
+        let _ = writeln!(r, ":{chain} - [0:0]");
+    }
+    r.push_str(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
+         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n\
+         -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n",
+    );
+    r
+}
+
 /// The kube-proxy-style ruleset of [`install_kube_proxy_nodeport`], in
 /// `iptables-restore` format.
 pub fn kube_proxy_nodeport_rules(
@@ -347,28 +374,10 @@ pub fn kube_proxy_nodeport_rules(
         .map(|i| format!("KUBE-SEP-NP{port}-E{i}"))
         .collect();
     let comment = format!("\"default/np-{port}:tcp\"");
-    let mut r = String::from("*nat\n");
-    for chain in [
-        "KUBE-SERVICES",
-        "KUBE-NODEPORTS",
-        "KUBE-POSTROUTING",
-        "KUBE-MARK-MASQ",
-        &ext,
-        &svc,
-    ]
-    .into_iter()
-    .chain(seps.iter().map(String::as_str))
-    {
-        let _ = writeln!(r, ":{chain} - [0:0]");
-    }
-    r.push_str(
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
-         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
-         -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
-         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n\
-         -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n",
+    let mut r = nat_prelude(
+        [ext.as_str(), &svc]
+            .into_iter()
+            .chain(seps.iter().map(String::as_str)),
     );
     let _ = writeln!(
         r,
@@ -470,29 +479,10 @@ pub fn kube_proxy_nodeport_local_rules(
         .collect();
     let name = format!("default/npl-{port}:tcp");
     let comment = format!("\"{name}\"");
-    let mut r = String::from("*nat\n");
-    for chain in [
-        "KUBE-SERVICES",
-        "KUBE-NODEPORTS",
-        "KUBE-POSTROUTING",
-        "KUBE-MARK-MASQ",
-        &ext,
-        &svc,
-        &svl,
-    ]
-    .into_iter()
-    .chain(seps.iter().map(String::as_str))
-    {
-        let _ = writeln!(r, ":{chain} - [0:0]");
-    }
-    r.push_str(
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
-         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
-         -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
-         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n\
-         -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n",
+    let mut r = nat_prelude(
+        [ext.as_str(), &svc, &svl]
+            .into_iter()
+            .chain(seps.iter().map(String::as_str)),
     );
     let _ = writeln!(
         r,

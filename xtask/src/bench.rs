@@ -8,6 +8,8 @@ mod sync;
 
 use anyhow::{Result, bail};
 
+use crate::{cargo, run_streamed, workspace_root};
+
 /// Runs the benchmark `name`.
 pub fn run(name: &str) -> Result<()> {
     match name {
@@ -16,6 +18,29 @@ pub fn run(name: &str) -> Result<()> {
         "sync" => sync::run(),
         other => bail!("unknown benchmark {other:?}; available: clusterip, nodeport, sync"),
     }
+}
+
+/// Sets up the machine and builds the agent, `proxyctl` and `probe` in release mode, and
+/// points the test harness at those builds (benchmarks never measure debug builds).
+pub(crate) fn release_binaries() -> Result<()> {
+    crate::setup::run()?;
+    run_streamed(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "proxy-agent",
+        "-p",
+        "tests",
+        "--bins",
+    ]))?;
+    let release = workspace_root().join("target/release");
+    // SAFETY: single-threaded at this point; the harness reads these when spawning.
+    unsafe {
+        std::env::set_var("KPT_PROBE_BIN", release.join("probe"));
+        std::env::set_var("KPT_AGENT_BIN", release.join("proxy-agent"));
+        std::env::set_var("KPT_PROXYCTL_BIN", release.join("proxyctl"));
+    }
+    Ok(())
 }
 
 /// The median of `xs` (which must not be empty).

@@ -195,15 +195,7 @@ impl EbpfDataplane {
             .map_max_entries(maps::CONNTRACK, cfg.conntrack_max)
             .load(PROGRAMS)?;
         for name in [pc::programs::TC_INGRESS, pc::programs::TC_EGRESS] {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or_else(|| LoadError::Link {
-                    name,
-                    message: "program missing from the object".into(),
-                })?
-                .try_into()
-                .map_err(|source| LoadError::Program { name, source })?;
-            program
+            program::<SchedClassifier>(&mut ebpf, name)?
                 .load()
                 .map_err(|source| LoadError::Program { name, source })?;
         }
@@ -473,12 +465,7 @@ impl EbpfDataplane {
             .links_dir
             .join(format!("{TC_PIN_PREFIX}{dir}-{}-{}", dev.index, dev.name));
         let link_err = |message: String| LoadError::Link { name, message };
-        let program: &mut SchedClassifier = self
-            ._ebpf
-            .program_mut(name)
-            .ok_or_else(|| link_err("program missing from the object".into()))?
-            .try_into()
-            .map_err(|source| LoadError::Program { name, source })?;
+        let program = program::<SchedClassifier>(&mut self._ebpf, name)?;
         let mut id = None;
         if pin.exists() {
             // Atomic replacement of the previous agent's program on this interface.
@@ -964,14 +951,7 @@ fn attach(
     cgroup: &File,
     links_dir: &Path,
 ) -> Result<(), LoadError> {
-    let program: &mut CgroupSockAddr = ebpf
-        .program_mut(name)
-        .ok_or_else(|| LoadError::Link {
-            name,
-            message: "program missing from the object".into(),
-        })?
-        .try_into()
-        .map_err(|source| LoadError::Program { name, source })?;
+    let program = program::<CgroupSockAddr>(ebpf, name)?;
     program
         .load()
         .map_err(|source| LoadError::Program { name, source })?;
@@ -1017,6 +997,20 @@ fn attach(
     })?;
     drop(old);
     Ok(())
+}
+
+/// Program `name` of the object, as its type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| LoadError::Link {
+            name,
+            message: "program missing from the object".into(),
+        })?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
 }
 
 fn take_hash<K: aya::Pod, V: aya::Pod>(

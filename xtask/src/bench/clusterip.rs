@@ -14,7 +14,6 @@ use anyhow::{Context, Result, bail};
 use tests::{Agent, BpfFs, ClusterTopology, ManifestDir};
 
 use super::{field, median};
-use crate::{cargo, run_streamed, workspace_root};
 
 const ROUNDS: usize = 15;
 const ROUND_MS: &str = "1500";
@@ -29,23 +28,7 @@ struct Figures {
 
 /// Runs the benchmark and prints its table.
 pub fn run() -> Result<()> {
-    crate::setup::run()?;
-    run_streamed(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "proxy-agent",
-        "-p",
-        "tests",
-        "--bins",
-    ]))?;
-    let release = workspace_root().join("target/release");
-    // SAFETY: single-threaded at this point; the harness reads these when spawning.
-    unsafe {
-        std::env::set_var("KPT_PROBE_BIN", release.join("probe"));
-        std::env::set_var("KPT_AGENT_BIN", release.join("proxy-agent"));
-        std::env::set_var("KPT_PROXYCTL_BIN", release.join("proxyctl"));
-    }
+    super::release_binaries()?;
 
     let topo = ClusterTopology::new("bench", 1);
     let _server = topo.serve_backends(&[8080], &[]);

@@ -48,7 +48,6 @@ use ::tests::{
 use anyhow::{Context, Result, bail};
 
 use super::{field, median};
-use crate::{cargo, run_streamed, workspace_root};
 
 /// Rounds per scale: each of the six orders of the three sides, twice.
 const ROUNDS: usize = 12;
@@ -127,23 +126,7 @@ struct Env<'a> {
 
 /// Runs the benchmark and prints its table.
 pub fn run() -> Result<()> {
-    crate::setup::run()?;
-    run_streamed(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "proxy-agent",
-        "-p",
-        "tests",
-        "--bins",
-    ]))?;
-    let release = workspace_root().join("target/release");
-    // SAFETY: single-threaded at this point; the harness reads these when spawning.
-    unsafe {
-        std::env::set_var("KPT_PROBE_BIN", release.join("probe"));
-        std::env::set_var("KPT_AGENT_BIN", release.join("proxy-agent"));
-        std::env::set_var("KPT_PROXYCTL_BIN", release.join("proxyctl"));
-    }
+    super::release_binaries()?;
     for t in ["iperf3", "iptables-restore", "nft", "conntrack"] {
         if !tool(t).is_absolute() {
             bail!("{t} not found (run `cargo xtask setup`)");
