@@ -23,6 +23,9 @@ use crate::translate::{NodeContext, Translator};
 
 pub use crate::dataplane::ebpf::DEFAULT_BPFFS;
 
+/// How often the interfaces are re-read for the tc programs (cheap: one getifaddrs).
+const DEVICE_CHECK_PERIOD: Duration = Duration::from_secs(2);
+
 /// `proxy-agent` command line.
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -233,9 +236,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     })
     .context("loading the eBPF data plane")?;
     let mut reconciler = Reconciler::new(dataplane).context("reading the programmed state")?;
-    let devices = Devices {
+    let mut devices = Devices {
         selection: cfg.nodeport_addresses.clone(),
         pod_patterns: cfg.pod_interfaces.clone(),
+        last_error: None,
     };
     devices.apply(reconciler.dataplane_mut(), &[]);
     let metrics = Metrics::new(Some(cfg.bpffs.clone()));
@@ -284,6 +288,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut resync = tokio::time::interval(cfg.sync_period);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
+    let mut device_check = tokio::time::interval(DEVICE_CHECK_PERIOD);
+    device_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (node, deleting, node_ips) = source.node(&node_name);
         health
@@ -292,14 +298,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         last_sync = Instant::now();
         pipeline.sync(&mut source, node, node_ips, full);
         full = false;
-        tokio::select! {
-            _ = source.changed() => {
-                health.queued();
-                metrics.last_queued.set(unix_now());
+        let stop = loop {
+            tokio::select! {
+                _ = source.changed() => {
+                    health.queued();
+                    metrics.last_queued.set(unix_now());
+                    break false;
+                }
+                _ = resync.tick() => {
+                    full = true;
+                    break false;
+                }
+                // Interfaces come and go (a pod's veth, an address moving): attach to
+                // them soon, without waiting for a full resync.
+                _ = device_check.tick() => pipeline.refresh_devices(),
+                _ = tokio::signal::ctrl_c() => break true,
+                _ = sigterm.recv() => break true,
             }
-            _ = resync.tick() => full = true,
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
+        };
+        if stop {
+            break;
         }
         // Rate-limit like kube-proxy's --min-sync-period: a change after a quiet spell
         // is applied at once; during a burst, whatever arrives while we wait joins the
@@ -407,34 +425,44 @@ fn unix_now() -> f64 {
 struct Devices {
     selection: NodePortAddresses,
     pod_patterns: Vec<String>,
+    /// The last problem logged, so that a lasting one is logged once, not every check.
+    last_error: Option<String>,
 }
 
 impl Devices {
     /// Plans from the current interfaces and attaches accordingly. A failure is logged
-    /// and leaves the previous attachment in place; ClusterIPs keep working.
-    fn apply(&self, dp: &mut EbpfDataplane, primary_ips: &[std::net::IpAddr]) {
-        let ifaces = match netdev::discover() {
-            Ok(i) => i,
-            Err(e) => {
-                warn!(error = %e, "listing network interfaces; NodePorts unchanged");
-                return;
+    /// (once while it lasts) and leaves the previous attachment in place; ClusterIPs
+    /// keep working.
+    fn apply(&mut self, dp: &mut EbpfDataplane, primary_ips: &[std::net::IpAddr]) {
+        let result = netdev::discover()
+            .map_err(|e| format!("listing network interfaces: {e}; NodePorts unchanged"))
+            .and_then(|ifaces| {
+                netdev::plan(
+                    &ifaces,
+                    &self.selection,
+                    primary_ips,
+                    &netdev::default_route_interfaces(),
+                    &self.pod_patterns,
+                )
+                .map_err(|e| {
+                    format!(
+                        "--nodeport-addresses {}: {e}; NodePorts are not served",
+                        self.selection
+                    )
+                })
+            })
+            .and_then(|plan| {
+                dp.set_devices(&plan).map_err(|e| {
+                    format!("attaching the tc programs: {e}; NodePorts may not be served")
+                })
+            });
+        match result {
+            Ok(()) => self.last_error = None,
+            Err(e) if self.last_error.as_ref() != Some(&e) => {
+                warn!("{e}");
+                self.last_error = Some(e);
             }
-        };
-        let plan = match netdev::plan(
-            &ifaces,
-            &self.selection,
-            primary_ips,
-            &netdev::default_route_interfaces(),
-            &self.pod_patterns,
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(nodeport_addresses = %self.selection, "{e}; NodePorts are not served");
-                return;
-            }
-        };
-        if let Err(e) = dp.set_devices(&plan) {
-            warn!(error = %e, "attaching the tc programs; NodePorts may not be served");
+            Err(_) => {}
         }
     }
 }
@@ -455,6 +483,12 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// Re-plans the tc interfaces (a no-op when nothing changed).
+    fn refresh_devices(&mut self) {
+        self.devices
+            .apply(self.reconciler.dataplane_mut(), &self.node_ips);
+    }
+
     /// Takes what the source has and applies it. `full` re-translates everything and
     /// re-reads the kernel state (the periodic resync that repairs drift).
     fn sync(

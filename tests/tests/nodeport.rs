@@ -1187,3 +1187,48 @@ fn node_processes_outside_the_cgroup_reach_cluster_ips_through_tc_egress() {
         );
     }
 }
+
+/// An interface that appears while the agent runs (a new pod's veth matching
+/// `--pod-interfaces`) gets the tc program within seconds, and loses it when it goes.
+#[test]
+fn a_pod_interface_created_later_is_attached_and_detached_when_it_goes() {
+    let env = Env::new(
+        "newif",
+        1,
+        &local_and_remote_files(),
+        &["--pod-interfaces", "late*"],
+    );
+    let node_a = &env.node_a().netns;
+    let links = env.agent().bpffs.join("links");
+    let pinned = || {
+        std::fs::read_dir(&links)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with("-late0"))
+            })
+            .unwrap_or(false)
+    };
+    assert!(!pinned(), "late0 does not exist yet");
+    node_a.ip(&[
+        "link", "add", "late0", "type", "veth", "peer", "name", "late1",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pinned() {
+        assert!(
+            Instant::now() < deadline,
+            "late0 got no tc program within 10 s; agent log:\n{}",
+            env.agent().log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node_a.ip(&["link", "del", "late0"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pinned() {
+        assert!(
+            Instant::now() < deadline,
+            "late0's link pin outlived the interface; agent log:\n{}",
+            env.agent().log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
