@@ -88,6 +88,14 @@ impl NodesTopology {
     pub const POD_BRIDGE: &'static str = "cbr0";
     /// The client's IPv4 address.
     pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+    /// The agent flags that put its tc programs on a node of this topology: NodePorts on
+    /// the LAN addresses, the pod-facing program on the pod bridge.
+    pub const AGENT_FLAGS: &'static [&'static str] = &[
+        "--nodeport-addresses",
+        "192.0.2.0/24,2001:db8::/64",
+        "--pod-interfaces",
+        "cbr0",
+    ];
     /// The client's IPv6 address.
     pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
 
@@ -388,33 +396,9 @@ pub fn kube_proxy_nodeport_rules(
         "-A {ext} -m comment --comment \"masquerade traffic for default/np-{port}:tcp external destinations\" -j KUBE-MARK-MASQ"
     );
     let _ = writeln!(r, "-A {ext} -j {svc}");
-    let n = backends.len();
-    for (i, (be, sep)) in backends.iter().zip(&seps).enumerate() {
-        let left = n - i;
-        if left > 1 {
-            // Lossless enough for a handful of endpoints; kube-proxy prints 11 digits.
-            #[allow(clippy::cast_precision_loss)]
-            let p = 1.0 / left as f64;
-            let _ = writeln!(
-                r,
-                "-A {svc} -m comment --comment \"default/np-{port}:tcp -> {be}\" -m statistic --mode random --probability {p:.11} -j {sep}"
-            );
-        } else {
-            let _ = writeln!(
-                r,
-                "-A {svc} -m comment --comment \"default/np-{port}:tcp -> {be}\" -j {sep}"
-            );
-        }
-        let _ = writeln!(
-            r,
-            "-A {sep} -s {}/32 -m comment --comment {comment} -j KUBE-MARK-MASQ",
-            be.ip()
-        );
-        let _ = writeln!(
-            r,
-            "-A {sep} -p tcp -m comment --comment {comment} -m tcp -j DNAT --to-destination {be}"
-        );
-    }
+    let all: Vec<(&SocketAddrV4, &String)> = backends.iter().zip(&seps).collect();
+    write_spread(&mut r, &svc, &format!("default/np-{port}:tcp"), &all);
+    write_seps(&mut r, &comment, &all);
     // kube-proxy matches NodePorts on every local address (`--nodeport-addresses` unset);
     // node_ip only documents which address the test uses.
     let _ = writeln!(
@@ -510,17 +494,7 @@ pub fn kube_proxy_nodeport_local_rules(
         .collect();
     write_spread(&mut r, &svc, &name, &all);
     write_spread(&mut r, &svl, &name, &local);
-    for ((be, _), sep) in backends.iter().zip(&seps) {
-        let _ = writeln!(
-            r,
-            "-A {sep} -s {}/32 -m comment --comment {comment} -j KUBE-MARK-MASQ",
-            be.ip()
-        );
-        let _ = writeln!(
-            r,
-            "-A {sep} -p tcp -m comment --comment {comment} -m tcp -j DNAT --to-destination {be}"
-        );
-    }
+    write_seps(&mut r, &comment, &all);
     let _ = writeln!(
         r,
         "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
@@ -531,6 +505,21 @@ pub fn kube_proxy_nodeport_local_rules(
 
 /// kube-proxy's random spread of `chain` over `targets` (`statistic` rules with
 /// probabilities 1/n, 1/(n-1), ..., then an unconditional jump).
+/// The `KUBE-SEP-*` chains: mark a pod's hairpin to itself for masquerade, then DNAT.
+fn write_seps(r: &mut String, comment: &str, targets: &[(&SocketAddrV4, &String)]) {
+    for (be, sep) in targets {
+        let _ = writeln!(
+            r,
+            "-A {sep} -s {}/32 -m comment --comment {comment} -j KUBE-MARK-MASQ",
+            be.ip()
+        );
+        let _ = writeln!(
+            r,
+            "-A {sep} -p tcp -m comment --comment {comment} -m tcp -j DNAT --to-destination {be}"
+        );
+    }
+}
+
 fn write_spread(r: &mut String, chain: &str, name: &str, targets: &[(&SocketAddrV4, &String)]) {
     let n = targets.len();
     for (i, (be, sep)) in targets.iter().enumerate() {

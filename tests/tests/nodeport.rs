@@ -32,13 +32,6 @@ use tests::{
 
 const POD_TCP: u16 = 8080;
 const POD_UDP: u16 = 5353;
-/// What the agent needs on a node of [`NodesTopology`].
-const AGENT_FLAGS: &[&str] = &[
-    "--nodeport-addresses",
-    "192.0.2.0/24,2001:db8::/64",
-    "--pod-interfaces",
-    "cbr0",
-];
 /// How long a frontend may take to answer after the agent's first sync.
 const SERVED: Duration = Duration::from_secs(10);
 /// Connect timeout for connections that must be dropped (their result: `ETIMEDOUT`).
@@ -63,7 +56,7 @@ struct Env {
 impl Env {
     /// A topology with `pods_per_node` pods on each node serving TCP 8080 and UDP 5353,
     /// client routes for the service ranges via node-a, and the agent in node-a on
-    /// `files`, with [`AGENT_FLAGS`] and `extra`.
+    /// `files`, with [`NodesTopology::AGENT_FLAGS`] and `extra`.
     fn new(tag: &str, pods_per_node: usize, files: &[(&str, String)], extra: &[&str]) -> Env {
         let bpffs = BpfFs::new(tag);
         let dir = ManifestDir::new(tag);
@@ -82,7 +75,7 @@ impl Env {
         for (name, content) in files {
             dir.write(name, content);
         }
-        let mut flags = AGENT_FLAGS.to_vec();
+        let mut flags = NodesTopology::AGENT_FLAGS.to_vec();
         flags.extend_from_slice(extra);
         let agent = Agent::start_in(
             &node_a.netns,
@@ -106,10 +99,10 @@ impl Env {
     }
 
     /// Starts the agent again on the same bpffs, manifests and cgroup, with
-    /// [`AGENT_FLAGS`] and `extra`.
+    /// [`NodesTopology::AGENT_FLAGS`] and `extra`.
     fn start_agent(&mut self, extra: &[&str]) {
         assert!(self.agent.is_none(), "the agent is already running");
-        let mut flags = AGENT_FLAGS.to_vec();
+        let mut flags = NodesTopology::AGENT_FLAGS.to_vec();
         flags.extend_from_slice(extra);
         self.agent = Some(Agent::start_in(
             &self.topo.node_a().netns,

@@ -35,13 +35,6 @@ const NODE_PORT: u16 = 30080;
 const SVC_PORT: u16 = 80;
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
-/// What the agent needs on a node of [`NodesTopology`].
-const AGENT_FLAGS: &[&str] = &[
-    "--nodeport-addresses",
-    "192.0.2.0/24,2001:db8::/64",
-    "--pod-interfaces",
-    "cbr0",
-];
 /// How long a RST has to appear after the injection.
 const RST_WINDOW: Duration = Duration::from_secs(2);
 
@@ -190,7 +183,7 @@ fn an_invalid_segment_resets_kube_proxy_nodeport_connections_but_not_ours() {
         bpffs.path(),
         cgroup.path(),
         dir.path(),
-        AGENT_FLAGS,
+        NodesTopology::AGENT_FLAGS,
     );
     let cluster_ip = format!("{CLUSTER_IP}:{SVC_PORT}");
     let paths = [
