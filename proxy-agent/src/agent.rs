@@ -11,10 +11,10 @@ use anyhow::{Context, bail};
 use tracing::{info, info_span, warn};
 
 use crate::dataplane::ebpf::{EbpfConfig, EbpfDataplane, MapSizes};
+use crate::dataplane::netdev::{self, NodePortAddresses};
 use crate::healthcheck::HealthCheckServers;
 use crate::http::Health;
 use crate::metrics::{Metrics, Reason, TrafficPolicy};
-use crate::netdev::{self, NodePortAddresses};
 use crate::reconcile::Reconciler;
 use crate::source::kubernetes::{Changes, KubeSource, NodeInfo};
 use crate::source::manifests::ManifestSource;

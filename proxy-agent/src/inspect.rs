@@ -54,7 +54,7 @@ fn open_hash<K: aya::Pod, V: aya::Pod>(
 
 /// Lists the programmed services, sorted by frontend.
 pub fn list(bpffs: &Path) -> anyhow::Result<Vec<ServiceView>> {
-    let frontends: HashMap<_, FrontendKey, proxy_common::Frontend> =
+    let frontends: HashMap<_, FrontendKey, proxy_common::FrontendValue> =
         open_hash(bpffs, maps::FRONTENDS)?;
     let slots: HashMap<_, SlotKey, u32> = open_hash(bpffs, maps::SLOTS)?;
     let backends: HashMap<_, u32, Backend> = open_hash(bpffs, maps::BACKENDS)?;

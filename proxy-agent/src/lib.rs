@@ -19,7 +19,6 @@ pub mod http;
 pub mod inspect;
 pub mod metrics;
 pub mod model;
-pub mod netdev;
 pub mod reconcile;
 pub mod source;
 pub mod translate;

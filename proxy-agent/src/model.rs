@@ -87,7 +87,7 @@ impl fmt::Display for FrontendKind {
 /// What a client addresses: an address, a port, a protocol and the scope of clients.
 /// The data plane's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct Frontend {
+pub struct FrontendKey {
     /// The virtual IP; unspecified (`0.0.0.0`, `::`) for a NodePort.
     pub ip: IpAddr,
     /// The service port, or the NodePort.
@@ -98,10 +98,10 @@ pub struct Frontend {
     pub scope: Scope,
 }
 
-impl Frontend {
+impl FrontendKey {
     /// An internal-scope frontend (what a ClusterIP has).
     pub fn internal(ip: IpAddr, port: u16, protocol: Protocol) -> Self {
-        Frontend {
+        FrontendKey {
             ip,
             port,
             protocol,
@@ -110,7 +110,7 @@ impl Frontend {
     }
 }
 
-impl fmt::Display for Frontend {
+impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.ip.is_unspecified() {
             write!(f, "*:{}/{}", self.port, self.protocol)?;
@@ -156,7 +156,7 @@ pub struct VirtualService {
     /// Which service port this is.
     pub name: ServicePortName,
     /// What clients connect to.
-    pub frontend: Frontend,
+    pub frontend: FrontendKey,
     /// Usable endpoints (ip:targetPort), sorted and without duplicates, of the
     /// frontend's address family. Empty means "refuse connections".
     pub backends: Vec<SocketAddr>,
@@ -188,7 +188,7 @@ pub struct HealthCheck {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     /// The services.
-    pub services: BTreeMap<Frontend, VirtualService>,
+    pub services: BTreeMap<FrontendKey, VirtualService>,
 }
 
 impl DesiredState {

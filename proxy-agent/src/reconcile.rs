@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tracing::{info_span, warn};
 
 use crate::dataplane::{Dataplane, DataplaneError};
-use crate::model::{DesiredState, Frontend, VirtualService};
+use crate::model::{DesiredState, FrontendKey, VirtualService};
 
 /// What one sync did.
 #[derive(Debug, Default)]
@@ -29,7 +29,7 @@ pub struct SyncReport {
 pub struct Reconciler<D> {
     dataplane: D,
     /// What the data plane holds, as far as we know.
-    applied: BTreeMap<Frontend, VirtualService>,
+    applied: BTreeMap<FrontendKey, VirtualService>,
 }
 
 impl<D: Dataplane> Reconciler<D> {
@@ -55,7 +55,7 @@ impl<D: Dataplane> Reconciler<D> {
     }
 
     /// What is applied.
-    pub fn applied(&self) -> &BTreeMap<Frontend, VirtualService> {
+    pub fn applied(&self) -> &BTreeMap<FrontendKey, VirtualService> {
         &self.applied
     }
 
@@ -64,7 +64,7 @@ impl<D: Dataplane> Reconciler<D> {
     pub fn apply_changed(
         &mut self,
         desired: &DesiredState,
-        changed: &BTreeSet<Frontend>,
+        changed: &BTreeSet<FrontendKey>,
     ) -> SyncReport {
         let _span = info_span!("apply_changed", frontends = changed.len()).entered();
         let mut report = SyncReport::default();
@@ -78,7 +78,7 @@ impl<D: Dataplane> Reconciler<D> {
         report
     }
 
-    fn remove_one(&mut self, frontend: Frontend, report: &mut SyncReport) {
+    fn remove_one(&mut self, frontend: FrontendKey, report: &mut SyncReport) {
         if !self.applied.contains_key(&frontend) {
             return;
         }
@@ -99,7 +99,7 @@ impl<D: Dataplane> Reconciler<D> {
     /// Programs the frontends of one Service together: if one fails, those already
     /// written go back to their previous state, so a Service is never half-programmed.
     fn upsert_service(&mut self, frontends: &[&VirtualService], report: &mut SyncReport) {
-        let mut done: Vec<(Frontend, Option<VirtualService>)> = Vec::new();
+        let mut done: Vec<(FrontendKey, Option<VirtualService>)> = Vec::new();
         for svc in frontends {
             if self.applied.get(&svc.frontend) == Some(*svc) {
                 report.unchanged += 1;
@@ -175,7 +175,7 @@ impl<D: Dataplane> Reconciler<D> {
     pub fn apply(&mut self, desired: &DesiredState) -> SyncReport {
         let _span = info_span!("apply", services = desired.services.len()).entered();
         let mut report = SyncReport::default();
-        let gone: Vec<Frontend> = self
+        let gone: Vec<FrontendKey> = self
             .applied
             .keys()
             .filter(|f| !desired.services.contains_key(f))
@@ -199,7 +199,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         ops: Vec<String>,
-        held: BTreeMap<Frontend, VirtualService>,
+        held: BTreeMap<FrontendKey, VirtualService>,
     }
 
     impl Dataplane for Recorder {
@@ -215,7 +215,7 @@ mod tests {
             self.held.insert(svc.frontend, svc.clone());
             Ok(())
         }
-        fn remove(&mut self, frontend: &Frontend) -> Result<(), DataplaneError> {
+        fn remove(&mut self, frontend: &FrontendKey) -> Result<(), DataplaneError> {
             self.ops.push(format!("remove {frontend}"));
             self.held.remove(frontend);
             Ok(())
@@ -232,7 +232,7 @@ mod tests {
                 name: format!("s{port}"),
                 port: String::new(),
             },
-            frontend: Frontend::internal("10.96.0.1".parse().unwrap(), port, Protocol::Tcp),
+            frontend: FrontendKey::internal("10.96.0.1".parse().unwrap(), port, Protocol::Tcp),
             backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
             affinity_timeout_s: None,
             kind: FrontendKind::ClusterIp,

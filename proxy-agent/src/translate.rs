@@ -87,7 +87,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::model::{
-    DesiredState, Frontend, FrontendKind, HealthCheck, Protocol, Scope, ServicePortName,
+    DesiredState, FrontendKey, FrontendKind, HealthCheck, Protocol, Scope, ServicePortName,
     VirtualService,
 };
 use crate::source::{ObjectKey, Snapshot, World};
@@ -186,7 +186,7 @@ pub struct Translator {
     services: BTreeMap<ObjectKey, (Option<Candidate>, Vec<Skipped>)>,
     desired: DesiredState,
     /// Which Service serves each frontend.
-    owner: BTreeMap<Frontend, ObjectKey>,
+    owner: BTreeMap<FrontendKey, ObjectKey>,
     /// Services left out by a frontend conflict.
     losers: BTreeMap<String, Skipped>,
     /// What the last update skipped (of the Services it translated, and conflicts).
@@ -266,7 +266,7 @@ impl Translator {
 
     /// Translates every Service again (a new world, or a new node context). Returns
     /// the frontends whose desired state changed.
-    pub fn rebuild(&mut self, world: &World, node: &NodeContext) -> BTreeSet<Frontend> {
+    pub fn rebuild(&mut self, world: &World, node: &NodeContext) -> BTreeSet<FrontendKey> {
         let before = std::mem::take(&mut self.desired);
         self.services.clear();
         self.owner.clear();
@@ -290,7 +290,7 @@ impl Translator {
         world: &World,
         dirty: impl IntoIterator<Item = ObjectKey>,
         node: &NodeContext,
-    ) -> BTreeSet<Frontend> {
+    ) -> BTreeSet<FrontendKey> {
         let mut changed = BTreeSet::new();
         let mut contested = !self.losers.is_empty();
         let mut keys = Vec::new();
@@ -363,7 +363,7 @@ impl Translator {
 
     /// Settles every conflict from scratch; returns `changed` plus every frontend whose
     /// desired state differs from before.
-    fn settle_all(&mut self, mut changed: BTreeSet<Frontend>) -> BTreeSet<Frontend> {
+    fn settle_all(&mut self, mut changed: BTreeSet<FrontendKey>) -> BTreeSet<FrontendKey> {
         let (desired, losers) = settle(self.services.values().filter_map(|(c, _)| c.as_ref()));
         for (f, vs) in &desired.services {
             if self.desired.services.get(f) != Some(vs) {
@@ -407,7 +407,7 @@ fn settle<'a>(
         (a.created.is_none(), a.created, &a.id).cmp(&(b.created.is_none(), b.created, &b.id))
     });
     let mut desired = DesiredState::default();
-    let mut owner: BTreeMap<Frontend, &str> = BTreeMap::new();
+    let mut owner: BTreeMap<FrontendKey, &str> = BTreeMap::new();
     let mut losers = BTreeMap::new();
     for candidate in candidates {
         let clash = candidate
@@ -750,7 +750,7 @@ fn service(
                            kind: FrontendKind,
                            backends: &[SocketAddr],
                            source_ranges: Option<Vec<IpNetwork>>| {
-                let frontend = Frontend {
+                let frontend = FrontendKey {
                     ip,
                     port,
                     protocol,
@@ -1242,7 +1242,7 @@ mod tests {
     /// Parses a frontend as [`show`] writes it: `10.96.0.10:80/TCP`, `*:30080/TCP` (the
     /// IPv4 NodePort), `[::]:30080/UDP` (the IPv6 one), with ` (external)` for the
     /// external scope.
-    fn frontend(s: &str) -> Frontend {
+    fn frontend(s: &str) -> FrontendKey {
         let (s, scope) = match s.strip_suffix(" (external)") {
             Some(s) => (s, Scope::External),
             None => (s, Scope::Internal),
@@ -1252,7 +1252,7 @@ mod tests {
             Some(port) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port.parse().unwrap()),
             None => addr.parse().unwrap(),
         };
-        Frontend {
+        FrontendKey {
             ip: addr.ip(),
             port: addr.port(),
             protocol: match proto {
@@ -1266,9 +1266,9 @@ mod tests {
 
     /// A frontend as [`frontend`] parses it: its `Display`, except that the IPv6
     /// NodePort is `[::]:port` (both families' NodePorts display as `*:port`).
-    fn show(f: &Frontend) -> String {
+    fn show(f: &FrontendKey) -> String {
         if f.ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
-            let v4 = Frontend {
+            let v4 = FrontendKey {
                 ip: Ipv4Addr::UNSPECIFIED.into(),
                 ..*f
             };

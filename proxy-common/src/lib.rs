@@ -11,7 +11,7 @@
 //! to a mapped IPv4 VIP is balanced like an IPv4 one.
 //!
 //! # The service model (socket layer)
-//! - [`FRONTENDS`]: `{VIP, port, protocol}` -> [`Frontend`] (service id, backend count,
+//! - [`FRONTENDS`]: `{VIP, port, protocol}` -> [`FrontendValue`] (service id, backend count,
 //!   flags, affinity timeout). A frontend with `backend_count == 0` exists on purpose:
 //!   the service is known but has no usable endpoint, so connect() is refused at once.
 //! - [`SLOTS`]: `{service id, slot}` -> backend id, for slots `0..backend_count`.
@@ -289,16 +289,16 @@ pub mod scope {
     pub const EXTERNAL: u8 = 1;
 }
 
-/// `Frontend::flags`: ClientIP session affinity is on.
+/// `FrontendValue::flags`: ClientIP session affinity is on.
 pub const FRONTEND_F_AFFINITY: u32 = 1;
-/// `Frontend::flags`: only sources in `SOURCE_RANGES` for this service may connect.
+/// `FrontendValue::flags`: only sources in `SOURCE_RANGES` for this service may connect.
 pub const FRONTEND_F_SOURCE_RANGES: u32 = 2;
-/// `Frontend::flags`: bits holding the [`kind`] (for operators; programs ignore it).
+/// `FrontendValue::flags`: bits holding the [`kind`] (for operators; programs ignore it).
 pub const FRONTEND_KIND_MASK: u32 = 0xf00;
 /// Shift of [`FRONTEND_KIND_MASK`].
 pub const FRONTEND_KIND_SHIFT: u32 = 8;
 
-/// What kind of address a frontend is, as stored in `Frontend::flags`.
+/// What kind of address a frontend is, as stored in `FrontendValue::flags`.
 pub mod kind {
     /// A ClusterIP.
     pub const CLUSTER_IP: u32 = 0;
@@ -314,7 +314,7 @@ pub mod kind {
 /// Value of `FRONTENDS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Frontend {
+pub struct FrontendValue {
     /// The service (port) id that keys `SLOTS`, `AFFINITY` and `AFFINITY_MATCH`.
     pub service_id: u32,
     /// Valid slots are `0..backend_count`; 0 means "refuse".
@@ -642,7 +642,7 @@ const _: () = {
     assert!(core::mem::size_of::<ServiceName>() == 128);
     assert!(core::mem::size_of::<Addr>() == 16);
     assert!(core::mem::size_of::<FrontendKey>() == 20);
-    assert!(core::mem::size_of::<Frontend>() == 16);
+    assert!(core::mem::size_of::<FrontendValue>() == 16);
     assert!(core::mem::size_of::<SlotKey>() == 8);
     assert!(core::mem::size_of::<Backend>() == 20);
     assert!(core::mem::size_of::<AffinityMatchKey>() == 8);
@@ -666,7 +666,7 @@ mod pod {
     // pattern is a valid value.
     unsafe impl aya::Pod for Addr {}
     unsafe impl aya::Pod for FrontendKey {}
-    unsafe impl aya::Pod for Frontend {}
+    unsafe impl aya::Pod for FrontendValue {}
     unsafe impl aya::Pod for SlotKey {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for AffinityMatchKey {}

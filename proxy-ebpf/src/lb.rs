@@ -1,7 +1,7 @@
 //! Service lookup and backend choice, shared by the socket and tc programs.
 
 use proxy_common::{
-    Addr, AffinityMatchKey, AffinityValue, Backend, Frontend, FrontendKey, NodeAddr, SlotKey,
+    Addr, AffinityMatchKey, AffinityValue, Backend, FrontendKey, FrontendValue, NodeAddr, SlotKey,
     counter,
 };
 
@@ -10,7 +10,7 @@ use crate::maps::{AFFINITY_MATCH, BACKENDS, FRONTENDS, NODE_ADDRS, SLOTS, count}
 /// The frontend for `addr:port_be/proto` in `scope`. A NodePort frontend is keyed by
 /// the unspecified address of its family and matches every address in `NODE_ADDRS`.
 #[inline(always)]
-pub fn frontend(addr: Addr, port_be: u16, proto: u8, scope: u8) -> Option<Frontend> {
+pub fn frontend(addr: Addr, port_be: u16, proto: u8, scope: u8) -> Option<FrontendValue> {
     let key = FrontendKey {
         addr,
         port_be,
@@ -54,7 +54,7 @@ pub fn unspecified_like(addr: &Addr) -> Addr {
 
 /// The backend in slot `seed % backend_count` of `fe` (which has at least one).
 #[inline(always)]
-pub fn pick(fe: &Frontend, seed: u32) -> Option<(u32, Backend)> {
+pub fn pick(fe: &FrontendValue, seed: u32) -> Option<(u32, Backend)> {
     let slot = SlotKey {
         service_id: fe.service_id,
         slot: seed % fe.backend_count,
@@ -92,7 +92,11 @@ pub fn is_member(service_id: u32, backend_id: u32) -> bool {
 /// The backend a remembered affinity names, if it is fresh and still belongs to the
 /// service.
 #[inline(always)]
-pub fn remembered(v: Option<&AffinityValue>, fe: &Frontend, now: u64) -> Option<(u32, Backend)> {
+pub fn remembered(
+    v: Option<&AffinityValue>,
+    fe: &FrontendValue,
+    now: u64,
+) -> Option<(u32, Backend)> {
     let v = v?;
     if now.wrapping_sub(v.last_used_ns) > u64::from(fe.affinity_timeout_s) * 1_000_000_000 {
         return None;

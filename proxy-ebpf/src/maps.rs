@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use proxy_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, ClientAffinityKey, CtEntry, CtKey,
-    Frontend, FrontendKey, Iface, NodeAddr, RevSockKey, RevSockValue, ServiceName, SlotKey,
+    FrontendKey, FrontendValue, Iface, NodeAddr, RevSockKey, RevSockValue, ServiceName, SlotKey,
     SourceRangeKey, TcConfig, counter, sizes,
 };
 
@@ -16,7 +16,7 @@ use proxy_common::{
 // replaced element stay readable until an RCU grace period has passed, instead of being
 // recycled under a reader's feet.
 #[map]
-pub static FRONTENDS: HashMap<FrontendKey, Frontend> =
+pub static FRONTENDS: HashMap<FrontendKey, FrontendValue> =
     HashMap::pinned(sizes::FRONTENDS, BPF_F_NO_PREALLOC);
 
 #[map]

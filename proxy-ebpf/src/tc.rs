@@ -38,7 +38,7 @@ use aya_ebpf::{
 };
 use proxy_common::{
     Addr, AffinityValue, CT_F_REPLY, CT_F_SNAT, ClientAffinityKey, CtEntry, CtKey,
-    FRONTEND_F_AFFINITY, FRONTEND_F_SOURCE_RANGES, Frontend, IFACE_F_EXTERNAL, SourceRangeKey,
+    FRONTEND_F_AFFINITY, FRONTEND_F_SOURCE_RANGES, FrontendValue, IFACE_F_EXTERNAL, SourceRangeKey,
     TcConfig, counter, ct_state, proto, scope,
 };
 
@@ -258,7 +258,13 @@ fn nat_tuple(e: &CtEntry, l4proto: u8) -> CtKey {
 /// decides on SNAT (when `may_snat`), writes both conntrack legs, then translates and
 /// forwards the packet.
 #[inline(never)]
-fn open(ctx: &mut TcContext, s: &mut Scratch, fe: &Frontend, ifindex: u32, may_snat: bool) -> i32 {
+fn open(
+    ctx: &mut TcContext,
+    s: &mut Scratch,
+    fe: &FrontendValue,
+    ifindex: u32,
+    may_snat: bool,
+) -> i32 {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let p = &s.pkt;

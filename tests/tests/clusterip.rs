@@ -645,7 +645,7 @@ fn bad_manifests_are_reported_by_file_object_and_field_and_everything_else_keeps
 #[test]
 fn entries_deleted_behind_the_agents_back_are_repaired_by_the_periodic_resync() {
     use aya::maps::{HashMap, Map, MapData};
-    use proxy_common::{Frontend, FrontendKey, SlotKey};
+    use proxy_common::{FrontendKey, FrontendValue, SlotKey};
 
     let ips = ["10.244.0.11", "10.244.0.12"].map(ip);
     let topo = ClusterTopology::new("drift", 2);
@@ -665,7 +665,7 @@ fn entries_deleted_behind_the_agents_back_are_repaired_by_the_periodic_resync() 
     let open = |name: &str| {
         MapData::from_pin(agent.bpffs.join("maps").join(name)).expect("opening a pinned map")
     };
-    let mut frontends: HashMap<_, FrontendKey, Frontend> =
+    let mut frontends: HashMap<_, FrontendKey, FrontendValue> =
         HashMap::try_from(Map::HashMap(open("FRONTENDS"))).expect("FRONTENDS");
     let mut slots: HashMap<_, SlotKey, u32> =
         HashMap::try_from(Map::HashMap(open("SLOTS"))).expect("SLOTS");

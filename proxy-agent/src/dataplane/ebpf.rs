@@ -19,13 +19,13 @@ use aya::{Ebpf, EbpfLoader};
 use ipnetwork::IpNetwork;
 use proxy_common as pc;
 use proxy_common::{
-    Addr, AffinityMatchKey, Backend, FrontendKey, ServiceName, SlotKey, SourceRangeKey, maps, sizes,
+    Addr, AffinityMatchKey, Backend, ServiceName, SlotKey, SourceRangeKey, maps, sizes,
 };
 use tracing::{debug, info, warn};
 
 use super::{Dataplane, DataplaneError};
+use crate::dataplane::netdev::{Device, DevicePlan};
 use crate::model::{self, FrontendKind, Protocol, Scope, ServicePortName, VirtualService};
-use crate::netdev::{Device, DevicePlan};
 
 /// Default pin directory (on the bpffs at /sys/fs/bpf).
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/proxy-agent";
@@ -33,8 +33,9 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/proxy-agent";
 /// Pins of tc links start with this (`tc-in-<ifindex>-<name>`, `tc-out-...`).
 const TC_PIN_PREFIX: &str = "tc-";
 
-/// The compiled programs, built by build.rs.
-static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
+/// The compiled eBPF object (every program and map), built by build.rs. Empty when
+/// built with `AYA_BUILD_SKIP=1`.
+pub static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
 
 /// Map capacities. Changing one requires removing the pinned map (`--cleanup`).
 #[derive(Clone, Copy, Debug)]
@@ -129,8 +130,8 @@ pub enum LoadError {
 #[derive(Clone, Debug)]
 struct Programmed {
     name: ServicePortName,
-    frontend: model::Frontend,
-    value: pc::Frontend,
+    frontend: model::FrontendKey,
+    value: pc::FrontendValue,
     /// Backend id per slot.
     slots: Vec<u32>,
     /// The source ranges written to `SOURCE_RANGES` for this frontend.
@@ -142,7 +143,7 @@ pub struct EbpfDataplane {
     // Keeps the loaded programs alive for this process; the attachment itself lives in
     // the pinned links.
     _ebpf: Ebpf,
-    frontends: HashMap<MapData, FrontendKey, pc::Frontend>,
+    frontends: HashMap<MapData, pc::FrontendKey, pc::FrontendValue>,
     slots: HashMap<MapData, SlotKey, u32>,
     backends: HashMap<MapData, u32, Backend>,
     affinity_match: HashMap<MapData, AffinityMatchKey, u32>,
@@ -154,7 +155,7 @@ pub struct EbpfDataplane {
     /// The device plan last applied (None: none yet in this process).
     devices: Option<DevicePlan>,
     sizes: MapSizes,
-    services: BTreeMap<model::Frontend, Programmed>,
+    services: BTreeMap<model::FrontendKey, Programmed>,
     /// Backend -> (id, number of slots referencing it).
     backend_ids: StdHashMap<Backend, (u32, u32)>,
     backend_by_id: StdHashMap<u32, Backend>,
@@ -730,7 +731,7 @@ impl EbpfDataplane {
         if !svc.source_ranges.is_empty() {
             flags |= pc::FRONTEND_F_SOURCE_RANGES;
         }
-        let value = pc::Frontend {
+        let value = pc::FrontendValue {
             service_id,
             backend_count: new_slots.len() as u32,
             flags,
@@ -810,7 +811,7 @@ impl EbpfDataplane {
 
     /// Removes one frontend: the frontend first (new connections stop matching), then
     /// its slots, memberships and unreferenced backends.
-    fn remove_service(&mut self, frontend: &model::Frontend) -> Result<(), DataplaneError> {
+    fn remove_service(&mut self, frontend: &model::FrontendKey) -> Result<(), DataplaneError> {
         let key = frontend_key(frontend);
         let Some(p) = self.services.get(frontend).cloned() else {
             return Ok(());
@@ -860,12 +861,12 @@ impl Dataplane for EbpfDataplane {
         self.upsert_service(svc).map_err(|e| e.about(&svc.name))
     }
 
-    fn remove(&mut self, frontend: &model::Frontend) -> Result<(), DataplaneError> {
+    fn remove(&mut self, frontend: &model::FrontendKey) -> Result<(), DataplaneError> {
         self.remove_service(frontend)
     }
 
     fn refresh(&mut self) -> Result<(), DataplaneError> {
-        let names: Vec<(model::Frontend, ServicePortName)> = self
+        let names: Vec<(model::FrontendKey, ServicePortName)> = self
             .services
             .iter()
             .map(|(f, p)| (*f, p.name.clone()))
@@ -1081,8 +1082,8 @@ pub fn cleanup(bpffs: &Path) -> io::Result<()> {
 }
 
 /// The map key of a model frontend.
-pub fn frontend_key(f: &model::Frontend) -> FrontendKey {
-    FrontendKey {
+pub fn frontend_key(f: &model::FrontendKey) -> pc::FrontendKey {
+    pc::FrontendKey {
         addr: Addr::from(f.ip),
         port_be: f.port.to_be(),
         proto: f.protocol.number(),
@@ -1115,8 +1116,8 @@ pub fn kind_of(flags: u32) -> FrontendKind {
 }
 
 /// The model frontend of a map key (None for a protocol we do not program).
-pub fn model_frontend(k: &FrontendKey) -> Option<model::Frontend> {
-    Some(model::Frontend {
+pub fn model_frontend(k: &pc::FrontendKey) -> Option<model::FrontendKey> {
+    Some(model::FrontendKey {
         ip: k.addr.ip(),
         port: u16::from_be(k.port_be),
         protocol: Protocol::from_number(k.proto)?,

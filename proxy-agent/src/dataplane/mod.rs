@@ -1,8 +1,9 @@
 //! Data plane backends behind one trait. The reconciler only speaks [`Dataplane`].
 
 pub mod ebpf;
+pub mod netdev;
 
-use crate::model::{Frontend, VirtualService};
+use crate::model::{FrontendKey, VirtualService};
 
 /// Why a data plane operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +73,7 @@ pub trait Dataplane {
     /// Programs (creates or replaces) one virtual service.
     fn upsert(&mut self, svc: &VirtualService) -> Result<(), DataplaneError>;
     /// Removes one frontend and everything only it referenced.
-    fn remove(&mut self, frontend: &Frontend) -> Result<(), DataplaneError>;
+    fn remove(&mut self, frontend: &FrontendKey) -> Result<(), DataplaneError>;
     /// The frontends currently programmed, as the kernel holds them, with their
     /// backends; used to repair drift and by observers.
     fn programmed(&self) -> Result<Vec<VirtualService>, DataplaneError>;
