@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 
 use ipnetwork::IpNetwork;
 
@@ -191,9 +192,150 @@ pub struct DesiredState {
     pub services: BTreeMap<FrontendKey, VirtualService>,
 }
 
+/// Where this node serves NodePorts: the other half of the desired state. Each backend
+/// resolves it against the interfaces it sees (and follows them as they change).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAddresses {
+    /// `--nodeport-addresses`.
+    pub nodeport_addresses: NodePortAddresses,
+    /// The Node's InternalIPs (empty when unknown, e.g. from manifests): what
+    /// `primary` means when known.
+    pub node_ips: Vec<IpAddr>,
+}
+
+/// Something a frontend needs that a data plane may not offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Feature {
+    /// ClientIP session affinity.
+    SessionAffinity,
+    /// `loadBalancerSourceRanges`.
+    SourceRanges,
+    /// Frontends for clients outside the node (NodePorts, externalIPs, LB IPs).
+    ExternalScope,
+    /// UDP.
+    Udp,
+    /// IPv6 frontends.
+    Ipv6,
+}
+
+impl fmt::Display for Feature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Feature::SessionAffinity => "ClientIP session affinity",
+            Feature::SourceRanges => "loadBalancerSourceRanges",
+            Feature::ExternalScope => "external frontends",
+            Feature::Udp => "UDP",
+            Feature::Ipv6 => "IPv6",
+        })
+    }
+}
+
+impl VirtualService {
+    /// The features this frontend needs.
+    pub fn features(&self) -> Vec<Feature> {
+        let mut out = Vec::new();
+        if self.affinity_timeout_s.is_some() {
+            out.push(Feature::SessionAffinity);
+        }
+        if !self.source_ranges.is_empty() {
+            out.push(Feature::SourceRanges);
+        }
+        if self.frontend.scope == Scope::External {
+            out.push(Feature::ExternalScope);
+        }
+        if self.frontend.protocol == Protocol::Udp {
+            out.push(Feature::Udp);
+        }
+        if self.frontend.ip.is_ipv6() {
+            out.push(Feature::Ipv6);
+        }
+        out
+    }
+}
+
+/// What a data plane cannot do. Translation refuses a Service that needs one of these
+/// (whole, with the reason), instead of the data plane failing it at every sync.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Features the data plane lacks.
+    pub unsupported: Vec<Feature>,
+}
+
+impl Capabilities {
+    /// Every feature is supported.
+    pub fn all() -> Self {
+        Capabilities::default()
+    }
+
+    /// The first feature `svc` needs that is not supported.
+    pub fn missing(&self, svc: &VirtualService) -> Option<Feature> {
+        svc.features()
+            .into_iter()
+            .find(|f| self.unsupported.contains(f))
+    }
+}
+
 impl DesiredState {
     /// Adds a virtual service, replacing any with the same frontend.
     pub fn insert(&mut self, svc: VirtualService) {
         self.services.insert(svc.frontend, svc);
     }
 }
+
+/// `--nodeport-addresses`: where NodePorts are served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// The node's primary address of each family (kube-proxy's default): the Node's
+    /// InternalIPs when known, else the first address of each family on the interface
+    /// holding the default route.
+    Primary,
+    /// Every local address inside one of these ranges.
+    Cidrs(Vec<IpNetwork>),
+    /// No NodePorts and no tc programs on external interfaces (ClusterIPs only, e.g.
+    /// when something else serves NodePorts).
+    None,
+}
+
+impl FromStr for NodePortAddresses {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "primary" => return Ok(NodePortAddresses::Primary),
+            "none" => return Ok(NodePortAddresses::None),
+            _ => {}
+        }
+        let mut cidrs = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let net: IpNetwork = part
+                .parse()
+                .map_err(|e| format!("{part:?} is not a CIDR (or \"primary\", \"none\"): {e}"))?;
+            if net.ip() != net.network() {
+                return Err(format!(
+                    "{part:?} has host bits set; did you mean {}/{}?",
+                    net.network(),
+                    net.prefix()
+                ));
+            }
+            cidrs.push(net);
+        }
+        if cidrs.is_empty() {
+            return Err("expected CIDRs, \"primary\" or \"none\"".into());
+        }
+        Ok(NodePortAddresses::Cidrs(cidrs))
+    }
+}
+
+impl fmt::Display for NodePortAddresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodePortAddresses::Primary => f.write_str("primary"),
+            NodePortAddresses::None => f.write_str("none"),
+            NodePortAddresses::Cidrs(c) => {
+                let parts: Vec<String> = c.iter().map(ToString::to_string).collect();
+                f.write_str(&parts.join(","))
+            }
+        }
+    }
+}
+

@@ -1,53 +1,53 @@
-//! Data plane backends behind one trait. The reconciler only speaks [`Dataplane`].
+//! Data plane backends behind one trait. The reconciler and the daemon only speak
+//! [`Dataplane`]; nothing above this layer knows which backend runs.
 
 pub mod ebpf;
 pub mod netdev;
 
-use crate::model::{FrontendKey, VirtualService};
+use std::future::Future;
 
-/// Why a data plane operation failed.
+use crate::model::{Capabilities, FrontendKey, NodeAddresses, VirtualService};
+
+/// Why a data plane operation failed, in terms any backend can use.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    /// A map was full: the service was not (or not fully) programmed and its previous
-    /// state was kept.
-    #[error("map {map} is full ({capacity} entries) while programming {what}")]
-    MapFull {
-        /// The map's name.
-        map: &'static str,
+    /// A kernel table was full: the service was not programmed and its previous state
+    /// was kept.
+    #[error("{table} is full ({capacity} entries) while programming {what}")]
+    Capacity {
+        /// The table's name (a map, a set).
+        table: &'static str,
         /// Its capacity.
         capacity: u32,
-        /// What was being written.
+        /// What was being written (a service name once known).
         what: String,
     },
-    /// A map operation failed for another reason.
-    #[error("{op} on map {map} failed: {source}")]
-    Map {
-        /// insert, remove or get.
+    /// A kernel call failed.
+    #[error("{op} on {object} failed: {source}")]
+    Kernel {
+        /// What was attempted: insert, remove, lookup, attach, ...
         op: &'static str,
-        /// The map's name.
-        map: &'static str,
-        /// The underlying error.
+        /// On what: a map, a link, an interface.
+        object: String,
+        /// The kernel's answer (its errno is `raw_os_error()`).
         #[source]
-        source: aya::maps::MapError,
+        source: std::io::Error,
     },
-    /// The kernel state could not be read back.
-    #[error("reading the data plane: {0}")]
-    Read(String),
-    /// The service cannot be expressed in this data plane.
-    #[error("unsupported: {0}")]
+    /// This backend cannot express the request.
+    #[error("unsupported by this data plane: {0}")]
     Unsupported(String),
 }
 
 impl DataplaneError {
-    /// Names the service being programmed in a map-full error.
+    /// Names the service being programmed in a capacity error.
     pub fn about(self, service: &impl std::fmt::Display) -> Self {
         match self {
-            DataplaneError::MapFull {
-                map,
+            DataplaneError::Capacity {
+                table,
                 capacity,
                 what,
-            } if what.is_empty() => DataplaneError::MapFull {
-                map,
+            } if what.is_empty() => DataplaneError::Capacity {
+                table,
                 capacity,
                 what: service.to_string(),
             },
@@ -58,28 +58,73 @@ impl DataplaneError {
     /// A short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            DataplaneError::MapFull { .. } => "map_full",
-            DataplaneError::Map { .. } => "map_error",
-            DataplaneError::Read(_) => "read_error",
+            DataplaneError::Capacity { .. } => "capacity",
+            DataplaneError::Kernel { .. } => "kernel",
             DataplaneError::Unsupported(_) => "unsupported",
+        }
+    }
+
+    /// The errno of a failed kernel call.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            DataplaneError::Kernel { source, .. } => source.raw_os_error(),
+            _ => None,
         }
     }
 }
 
-/// A data plane the reconciler programs. Implementations must apply each call so that
-/// the kernel never sees a half-written service: on error the service keeps its
-/// previous state (or stays absent if it was new).
-pub trait Dataplane {
+/// A data plane the reconciler programs.
+///
+/// Each call must be applied so that traffic never sees a half-written service: on
+/// error the service keeps its previous state (or stays absent if it was new). Side
+/// tasks (collectors, device watching, counters) belong to the backend: it starts them
+/// when it is created and stops them when it is dropped.
+pub trait Dataplane: Send {
+    /// The backend's name (`ebpf`, `ipvs`), as `/proxyMode` reports it.
+    fn mode(&self) -> &'static str;
+
+    /// What this backend cannot do; translation refuses services that need it.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all()
+    }
+
+    /// Where NodePorts are served. Called before the services at each sync whose
+    /// node addresses changed, and again when [`Dataplane::node_changed`] fires.
+    fn set_node(&mut self, node: &NodeAddresses) -> Result<(), DataplaneError>;
+
     /// Programs (creates or replaces) one virtual service.
     fn upsert(&mut self, svc: &VirtualService) -> Result<(), DataplaneError>;
+
     /// Removes one frontend and everything only it referenced.
     fn remove(&mut self, frontend: &FrontendKey) -> Result<(), DataplaneError>;
-    /// The frontends currently programmed, as the kernel holds them, with their
-    /// backends; used to repair drift and by observers.
+
+    /// The frontends the kernel holds, with only what the kernel holds: the reconciler
+    /// compares these with the desired services through [`Dataplane::held`], so a
+    /// field the backend does not store never reads as drift.
     fn programmed(&self) -> Result<Vec<VirtualService>, DataplaneError>;
+
+    /// What of `svc` this backend stores in the kernel, in the form
+    /// [`Dataplane::programmed`] reports it. The default: everything.
+    fn held(&self, svc: &VirtualService) -> VirtualService {
+        svc.clone()
+    }
+
     /// Re-reads the kernel state, so that [`Dataplane::programmed`] shows entries
-    /// changed or deleted behind the agent's back (drift) and the next sync repairs them.
+    /// changed or deleted behind the agent's back and the next sync repairs them.
     fn refresh(&mut self) -> Result<(), DataplaneError> {
         Ok(())
+    }
+
+    /// Resolves when the node's devices changed (an interface or address came or
+    /// went) and [`Dataplane::set_node`] should be applied again. Must be cancel-safe:
+    /// the daemon races it against its other inputs. Never resolves by default.
+    fn node_changed(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
+    /// Registers the backend's own metrics (its counters, its side tasks' statistics)
+    /// in the agent's `/metrics`.
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let _ = registry;
     }
 }

@@ -10,62 +10,7 @@ use std::str::FromStr;
 
 use ipnetwork::IpNetwork;
 
-/// `--nodeport-addresses`: where NodePorts are served.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NodePortAddresses {
-    /// The node's primary address of each family (kube-proxy's default): the Node's
-    /// InternalIPs when known, else the first address of each family on the interface
-    /// holding the default route.
-    Primary,
-    /// Every local address inside one of these ranges.
-    Cidrs(Vec<IpNetwork>),
-    /// No NodePorts and no tc programs on external interfaces (ClusterIPs only, e.g.
-    /// when something else serves NodePorts).
-    None,
-}
-
-impl FromStr for NodePortAddresses {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim() {
-            "primary" => return Ok(NodePortAddresses::Primary),
-            "none" => return Ok(NodePortAddresses::None),
-            _ => {}
-        }
-        let mut cidrs = Vec::new();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let net: IpNetwork = part
-                .parse()
-                .map_err(|e| format!("{part:?} is not a CIDR (or \"primary\", \"none\"): {e}"))?;
-            if net.ip() != net.network() {
-                return Err(format!(
-                    "{part:?} has host bits set; did you mean {}/{}?",
-                    net.network(),
-                    net.prefix()
-                ));
-            }
-            cidrs.push(net);
-        }
-        if cidrs.is_empty() {
-            return Err("expected CIDRs, \"primary\" or \"none\"".into());
-        }
-        Ok(NodePortAddresses::Cidrs(cidrs))
-    }
-}
-
-impl fmt::Display for NodePortAddresses {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NodePortAddresses::Primary => f.write_str("primary"),
-            NodePortAddresses::None => f.write_str("none"),
-            NodePortAddresses::Cidrs(c) => {
-                let parts: Vec<String> = c.iter().map(ToString::to_string).collect();
-                f.write_str(&parts.join(","))
-            }
-        }
-    }
-}
+use crate::model::NodePortAddresses;
 
 /// A network interface and its addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
