@@ -28,7 +28,7 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use proxy_common::{Addr, CT_F_REPLY, CT_F_SNAT, CtEntry, CtKey, ServiceName, TcConfig, maps};
 use tracing::{debug, info, warn};
 
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use crate::model::Protocol;
 
 /// Reading or collecting the connection table failed.
@@ -996,7 +996,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_collector_waits_for_missing_pins_without_counting_errors() {
-        let m = Metrics::new(None);
+        let m = Metrics::new(|_| {});
         let task = spawn_gc(
             PathBuf::from("/nonexistent/proxy-agent"),
             Duration::from_millis(5),

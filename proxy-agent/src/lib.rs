@@ -1,24 +1,27 @@
 //! The node agent of the eBPF kube-proxy replacement.
 //!
-//! Data flows one way through the modules, each with one job:
+//! The modules are the layers, and imports point one way (down this list):
 //!
 //! ```text
-//! source (manifest files | Kubernetes watch) -> Snapshot
-//!   -> translate (pure: kube-proxy's semantics)   -> DesiredState
-//!   -> reconcile (diff, ordered apply)            -> Dataplane (eBPF maps)
-//!   -> observers (inspect/proxyctl, metrics)
+//! daemon     wires everything; the sync loop (a pure schedule + cancel-safe inputs)
+//! observe    metrics, /healthz, health check node ports, proxyctl
+//! reconcile  diff desired vs applied, ordered apply, whole services or nothing
+//! dataplane  the Dataplane trait and its backends (eBPF); node devices
+//! translate  pure: Kubernetes objects -> desired state, kube-proxy's semantics
+//! source     manifest files | Kubernetes watch -> Snapshot / Update
+//! model      the desired state: plain values, no Kubernetes types, no I/O
 //! ```
+//!
+//! (`observe` reads `dataplane` and `reconcile`; `translate` reads `source`'s
+//! snapshot; nothing reads `daemon`.) See ARCHITECTURE.md.
 #![deny(missing_docs)]
 
-pub mod agent;
 pub mod conntrack;
-pub mod ctl;
+pub mod daemon;
 pub mod dataplane;
-pub mod healthcheck;
-pub mod http;
 pub mod inspect;
-pub mod metrics;
 pub mod model;
+pub mod observe;
 pub mod reconcile;
 pub mod source;
 pub mod translate;

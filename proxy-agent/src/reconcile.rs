@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tracing::{info_span, warn};
 
 use crate::dataplane::{Dataplane, DataplaneError};
-use crate::model::{DesiredState, FrontendKey, VirtualService};
+use crate::model::{DesiredState, FrontendKey, NodeAddresses, VirtualService};
 
 /// What one sync did.
 #[derive(Debug, Default)]
@@ -28,8 +28,13 @@ pub struct SyncReport {
 /// Applies desired states to a data plane.
 pub struct Reconciler<D> {
     dataplane: D,
-    /// What the data plane holds, as far as we know.
+    /// What the data plane holds, as far as we know, in the form
+    /// [`Dataplane::held`] gives it.
     applied: BTreeMap<FrontendKey, VirtualService>,
+    /// The node addresses last applied successfully.
+    node: Option<NodeAddresses>,
+    /// The node addresses last asked for (re-applied when the devices change).
+    wanted_node: Option<NodeAddresses>,
 }
 
 impl<D: Dataplane> Reconciler<D> {
@@ -41,7 +46,33 @@ impl<D: Dataplane> Reconciler<D> {
             .into_iter()
             .map(|s| (s.frontend, s))
             .collect();
-        Ok(Reconciler { dataplane, applied })
+        Ok(Reconciler {
+            dataplane,
+            applied,
+            node: None,
+            wanted_node: None,
+        })
+    }
+
+    /// Applies the node addresses when they changed (or `force`, at a full resync).
+    /// On failure the data plane keeps its previous devices and the next sync retries.
+    pub fn set_node(&mut self, node: &NodeAddresses, force: bool) -> Result<(), DataplaneError> {
+        self.wanted_node = Some(node.clone());
+        if !force && self.node.as_ref() == Some(node) {
+            return Ok(());
+        }
+        self.node = None;
+        self.dataplane.set_node(node)?;
+        self.node = Some(node.clone());
+        Ok(())
+    }
+
+    /// Re-applies the wanted node addresses (the node's devices changed).
+    pub fn refresh_node(&mut self) -> Result<(), DataplaneError> {
+        match self.wanted_node.clone() {
+            Some(node) => self.set_node(&node, true),
+            None => Ok(()),
+        }
     }
 
     /// The data plane.
@@ -49,7 +80,7 @@ impl<D: Dataplane> Reconciler<D> {
         &self.dataplane
     }
 
-    /// The data plane, for settings outside the desired state (devices).
+    /// The data plane, to wait for its device events.
     pub fn dataplane_mut(&mut self) -> &mut D {
         &mut self.dataplane
     }
@@ -101,13 +132,14 @@ impl<D: Dataplane> Reconciler<D> {
     fn upsert_service(&mut self, frontends: &[&VirtualService], report: &mut SyncReport) {
         let mut done: Vec<(FrontendKey, Option<VirtualService>)> = Vec::new();
         for svc in frontends {
-            if self.applied.get(&svc.frontend) == Some(*svc) {
+            let held = self.dataplane.held(svc);
+            if self.applied.get(&svc.frontend) == Some(&held) {
                 report.unchanged += 1;
                 continue;
             }
             match self.dataplane.upsert(svc) {
                 Ok(()) => {
-                    let previous = self.applied.insert(svc.frontend, (*svc).clone());
+                    let previous = self.applied.insert(svc.frontend, held);
                     done.push((svc.frontend, previous));
                     report.upserted += 1;
                 }
@@ -195,34 +227,10 @@ mod tests {
     use super::*;
     use crate::model::{FrontendKind, Protocol, ServicePortName};
 
-    /// Records every call; fails upserts of frontends on port 666.
-    #[derive(Default)]
-    struct Recorder {
-        ops: Vec<String>,
-        held: BTreeMap<FrontendKey, VirtualService>,
-    }
+    use crate::dataplane::fake::FakeDataplane;
 
-    impl Dataplane for Recorder {
-        fn upsert(&mut self, svc: &VirtualService) -> Result<(), DataplaneError> {
-            if svc.frontend.port == 666 {
-                return Err(DataplaneError::MapFull {
-                    map: "FRONTENDS",
-                    capacity: 1,
-                    what: svc.name.to_string(),
-                });
-            }
-            self.ops.push(format!("upsert {}", svc.frontend));
-            self.held.insert(svc.frontend, svc.clone());
-            Ok(())
-        }
-        fn remove(&mut self, frontend: &FrontendKey) -> Result<(), DataplaneError> {
-            self.ops.push(format!("remove {frontend}"));
-            self.held.remove(frontend);
-            Ok(())
-        }
-        fn programmed(&self) -> Result<Vec<VirtualService>, DataplaneError> {
-            Ok(self.held.values().cloned().collect())
-        }
+    fn ops(r: &Reconciler<FakeDataplane>) -> Vec<String> {
+        r.dataplane().state().ops.clone()
     }
 
     fn svc(port: u16, backends: &[&str]) -> VirtualService {
@@ -250,21 +258,21 @@ mod tests {
 
     #[test]
     fn unchanged_services_cause_no_writes() {
-        let mut r = Reconciler::new(Recorder::default()).unwrap();
+        let mut r = Reconciler::new(FakeDataplane::new()).unwrap();
         let d = state(&[svc(80, &["10.0.0.1:8080"])]);
         r.apply(&d);
         let report = r.apply(&d);
         assert_eq!(report.unchanged, 1);
-        assert_eq!(r.dataplane().ops, vec!["upsert 10.96.0.1:80/TCP"]);
+        assert_eq!(ops(&r), vec!["upsert 10.96.0.1:80/TCP"]);
     }
 
     #[test]
     fn removals_come_before_additions() {
-        let mut r = Reconciler::new(Recorder::default()).unwrap();
+        let mut r = Reconciler::new(FakeDataplane::new()).unwrap();
         r.apply(&state(&[svc(80, &["10.0.0.1:8080"])]));
         r.apply(&state(&[svc(81, &["10.0.0.1:8080"])]));
         assert_eq!(
-            r.dataplane().ops,
+            ops(&r),
             vec![
                 "upsert 10.96.0.1:80/TCP",
                 "remove 10.96.0.1:80/TCP",
@@ -275,7 +283,7 @@ mod tests {
 
     #[test]
     fn a_failing_service_does_not_stop_the_others_and_is_retried() {
-        let mut r = Reconciler::new(Recorder::default()).unwrap();
+        let mut r = Reconciler::new(FakeDataplane::new()).unwrap();
         let d = state(&[svc(666, &[]), svc(80, &["10.0.0.1:8080"])]);
         let report = r.apply(&d);
         assert_eq!(report.failed.len(), 1);
@@ -287,7 +295,7 @@ mod tests {
 
     #[test]
     fn a_service_is_programmed_whole_or_not_at_all() {
-        let mut r = Reconciler::new(Recorder::default()).unwrap();
+        let mut r = Reconciler::new(FakeDataplane::new()).unwrap();
         // One Service, two ports; the second cannot be programmed.
         let mut bad = svc(666, &[]);
         bad.name = svc(80, &[]).name;
@@ -296,26 +304,46 @@ mod tests {
         assert_eq!(report.failed.len(), 1);
         assert_eq!(report.upserted, 0);
         assert!(r.applied().is_empty(), "the first port was rolled back");
-        assert!(r.dataplane().held.is_empty());
+        assert!(r.dataplane().state().held.is_empty());
     }
 
     #[test]
     fn starts_from_what_the_dataplane_holds() {
-        let mut dp = Recorder::default();
+        let mut dp = FakeDataplane::new();
         dp.upsert(&svc(80, &["10.0.0.1:8080"])).unwrap();
-        dp.ops.clear();
+        dp.state().ops.clear();
         let mut r = Reconciler::new(dp).unwrap();
         let report = r.apply(&state(&[svc(80, &["10.0.0.1:8080"])]));
         assert_eq!(report.unchanged, 1);
-        assert!(r.dataplane().ops.is_empty());
+        assert!(ops(&r).is_empty());
     }
 
     #[test]
     fn a_changed_backend_set_is_one_upsert() {
-        let mut r = Reconciler::new(Recorder::default()).unwrap();
+        let mut r = Reconciler::new(FakeDataplane::new()).unwrap();
         r.apply(&state(&[svc(80, &["10.0.0.1:8080"])]));
         let report = r.apply(&state(&[svc(80, &["10.0.0.1:8080", "10.0.0.2:8080"])]));
         assert_eq!(report.upserted, 1);
         assert_eq!(report.removed, 0);
+    }
+
+    fn node(cidr: &str) -> NodeAddresses {
+        NodeAddresses {
+            nodeport_addresses: cidr.parse().unwrap(),
+            node_ips: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn node_addresses_are_applied_when_they_change_and_reapplied_on_request() {
+        let mut r = Reconciler::new(FakeDataplane::new()).unwrap();
+        r.set_node(&node("192.0.2.0/24"), false).unwrap();
+        r.set_node(&node("192.0.2.0/24"), false).unwrap();
+        assert_eq!(ops(&r), vec!["set_node"], "unchanged addresses are not re-applied");
+        r.set_node(&node("198.51.100.0/24"), false).unwrap();
+        r.refresh_node().unwrap();
+        r.set_node(&node("198.51.100.0/24"), true).unwrap();
+        assert_eq!(ops(&r).len(), 4, "a change, a device refresh and a full resync");
+        assert_eq!(r.dataplane().state().node, Some(node("198.51.100.0/24")));
     }
 }

@@ -1,5 +1,5 @@
 //! `proxy-agent`: the node daemon. All logic lives in the library.
 
 fn main() -> anyhow::Result<()> {
-    proxy_agent::agent::main()
+    proxy_agent::daemon::main()
 }

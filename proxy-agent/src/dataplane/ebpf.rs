@@ -21,6 +21,7 @@ use proxy_common as pc;
 use proxy_common::{
     Addr, AffinityMatchKey, Backend, ServiceName, SlotKey, SourceRangeKey, maps, sizes,
 };
+use futures::FutureExt as _;
 use tracing::{debug, info, warn};
 
 use super::{Dataplane, DataplaneError};
@@ -77,6 +78,8 @@ pub struct EbpfConfig {
     pub tc: pc::TcConfig,
     /// Capacity of the connection table (two entries per flow).
     pub conntrack_max: u32,
+    /// `--pod-interfaces`.
+    pub pod_interfaces: Vec<String>,
 }
 
 /// Why the data plane could not be set up.
@@ -164,6 +167,9 @@ pub struct EbpfDataplane {
     free_service_ids: Vec<u32>,
     free_backend_ids: Vec<u32>,
     slots_used: u32,
+    pod_interfaces: Vec<String>,
+    device_check: tokio::time::Interval,
+    bpffs: PathBuf,
 }
 
 impl EbpfDataplane {
@@ -246,6 +252,13 @@ impl EbpfDataplane {
             free_service_ids: Vec::new(),
             free_backend_ids: Vec::new(),
             slots_used: 0,
+            pod_interfaces: cfg.pod_interfaces.clone(),
+            bpffs: cfg.bpffs.clone(),
+            device_check: {
+                let mut i = tokio::time::interval(std::time::Duration::from_secs(2));
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                i
+            },
         };
         dp.adopt()?;
         info!(
@@ -625,15 +638,15 @@ impl EbpfDataplane {
             .unwrap_or_default();
         let grow = svc.backends.len().saturating_sub(old_slots.len()) as u32;
         if self.slots_used.saturating_add(grow) > self.sizes.slots {
-            return Err(DataplaneError::MapFull {
-                map: maps::SLOTS,
+            return Err(DataplaneError::Capacity {
+                table: maps::SLOTS,
                 capacity: self.sizes.slots,
                 what: svc.name.to_string(),
             });
         }
         if existing.is_none() && self.services.len() as u32 >= self.sizes.frontends {
-            return Err(DataplaneError::MapFull {
-                map: maps::FRONTENDS,
+            return Err(DataplaneError::Capacity {
+                table: maps::FRONTENDS,
                 capacity: self.sizes.frontends,
                 what: svc.name.to_string(),
             });
@@ -857,6 +870,43 @@ impl EbpfDataplane {
 }
 
 impl Dataplane for EbpfDataplane {
+    fn mode(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn set_node(&mut self, node: &model::NodeAddresses) -> Result<(), DataplaneError> {
+        let ifaces = crate::dataplane::netdev::discover().map_err(|source| DataplaneError::Kernel {
+            op: "listing",
+            object: "network interfaces".into(),
+            source,
+        })?;
+        let plan = crate::dataplane::netdev::plan(
+            &ifaces,
+            &node.nodeport_addresses,
+            &node.node_ips,
+            &crate::dataplane::netdev::default_route_interfaces(),
+            &self.pod_interfaces,
+        )
+        .map_err(|e| {
+            DataplaneError::Unsupported(format!("--nodeport-addresses {}: {e}", node.nodeport_addresses))
+        })?;
+        self.set_devices(&plan).map_err(|e| DataplaneError::Kernel {
+            op: "attaching",
+            object: "the tc programs".into(),
+            source: io::Error::other(e.to_string()),
+        })
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(crate::observe::metrics::DatapathCounters {
+            bpffs: self.bpffs.clone(),
+        }));
+    }
+
+    fn node_changed(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        self.device_check.tick().map(|_| ())
+    }
+
     fn upsert(&mut self, svc: &VirtualService) -> Result<(), DataplaneError> {
         self.upsert_service(svc).map_err(|e| e.about(&svc.name))
     }
@@ -880,7 +930,11 @@ impl Dataplane for EbpfDataplane {
         self.next_service_id = 1;
         self.slots_used = 0;
         self.adopt()
-            .map_err(|e| DataplaneError::Read(e.to_string()))?;
+            .map_err(|e| DataplaneError::Kernel {
+                op: "reading back",
+                object: "the maps".into(),
+                source: io::Error::other(e.to_string()),
+            })?;
         for (f, name) in names {
             if let Some(p) = self.services.get_mut(&f) {
                 p.name = name;
@@ -1157,13 +1211,22 @@ fn is_not_found(e: &MapError) -> bool {
 fn map_error(op: &'static str, map: &'static str, capacity: u32, e: MapError) -> DataplaneError {
     match &e {
         MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
-            DataplaneError::MapFull {
-                map,
+            DataplaneError::Capacity {
+                table: map,
                 capacity,
                 what: String::new(),
             }
         }
-        _ => DataplaneError::Map { op, map, source: e },
+        MapError::SyscallError(s) => DataplaneError::Kernel {
+            op,
+            object: map.into(),
+            source: io::Error::from_raw_os_error(s.io_error.raw_os_error().unwrap_or(libc::EIO)),
+        },
+        other => DataplaneError::Kernel {
+            op,
+            object: map.into(),
+            source: io::Error::other(other.to_string()),
+        },
     }
 }
 

@@ -2,6 +2,8 @@
 //! [`Dataplane`]; nothing above this layer knows which backend runs.
 
 pub mod ebpf;
+#[cfg(test)]
+pub mod fake;
 pub mod netdev;
 
 use std::future::Future;

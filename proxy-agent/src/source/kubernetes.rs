@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::{ObjectKey, Snapshot, Update};
+use super::{Changes, NodeInfo, ObjectKey, Snapshot, Taken, Update};
 
 /// Objects of one kind, as last listed and watched.
 #[derive(Debug)]
@@ -149,33 +149,6 @@ struct Stores {
     changes: Changes,
 }
 
-/// Object changes seen since the last snapshot.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Changes {
-    /// Service add/update/delete events.
-    pub services: u64,
-    /// EndpointSlice add/update/delete events.
-    pub endpoint_slices: u64,
-    /// Node events (this node only).
-    pub nodes: u64,
-    /// When the oldest of them arrived.
-    pub since: Option<Instant>,
-}
-
-/// What the watchers currently know about this node.
-#[derive(Clone, Debug, Default)]
-pub struct NodeInfo {
-    /// `topology.kubernetes.io/zone`.
-    pub zone: Option<String>,
-    /// Whether the node object is being deleted (health turns unhealthy).
-    pub deleting: bool,
-    /// The IP families of the node's InternalIP/ExternalIP addresses: (IPv4, IPv6).
-    /// `None` while the node object or its addresses are unknown.
-    pub families: Option<(bool, bool)>,
-    /// The node's InternalIP addresses (its "primary" NodePort addresses).
-    pub internal_ips: Vec<std::net::IpAddr>,
-}
-
 /// What the watcher tasks and the source share.
 #[derive(Default)]
 struct Shared {
@@ -230,7 +203,9 @@ impl KubeSource {
         KubeSource { shared, tasks }
     }
 
-    /// Waits until something changed (or a watch error was recorded).
+    /// Waits until something changed (or a watch error was recorded). Cancel-safe:
+    /// the watchers call `Notify::notify_one`, whose permit is kept while nobody
+    /// waits and handed on if a notified waiter is dropped.
     pub async fn changed(&self) {
         self.shared.notify.notified().await;
     }
@@ -238,11 +213,15 @@ impl KubeSource {
     /// What changed since the last call, once Services and EndpointSlices have each
     /// been listed (the whole world after a (re)list, else the changed objects); the
     /// watch errors and change counts since the last call.
-    pub fn take(&self) -> (Option<Update>, Vec<String>, Changes) {
+    pub fn take(&self) -> Taken {
         let errors = std::mem::take(&mut *lock(&self.shared.errors));
         let mut st = lock(&self.shared.stores);
         if !(st.services.ready && st.slices.ready) {
-            return (None, errors, Changes::default());
+            return Taken {
+                update: None,
+                errors,
+                changes: Changes::default(),
+            };
         }
         let mut changes = std::mem::take(&mut st.changes);
         changes.since = st.first_pending.take();
@@ -261,7 +240,11 @@ impl KubeSource {
                 slices: st.slices.take_changes(),
             }
         };
-        (Some(update), errors, changes)
+        Taken {
+            update: Some(update),
+            errors,
+            changes,
+        }
     }
 
     /// This node as last seen.

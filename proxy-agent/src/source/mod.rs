@@ -7,7 +7,9 @@ pub mod kubernetes;
 pub mod manifests;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -38,6 +40,107 @@ pub enum Update {
         /// Changed EndpointSlices.
         slices: Vec<(ObjectKey, Option<Arc<EndpointSlice>>)>,
     },
+}
+
+/// Object changes seen since the last snapshot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Changes {
+    /// Service add/update/delete events.
+    pub services: u64,
+    /// EndpointSlice add/update/delete events.
+    pub endpoint_slices: u64,
+    /// Node events (this node only).
+    pub nodes: u64,
+    /// When the oldest of them arrived.
+    pub since: Option<Instant>,
+}
+
+/// What the watchers currently know about this node.
+#[derive(Clone, Debug, Default)]
+pub struct NodeInfo {
+    /// `topology.kubernetes.io/zone`.
+    pub zone: Option<String>,
+    /// Whether the node object is being deleted (health turns unhealthy).
+    pub deleting: bool,
+    /// The IP families of the node's InternalIP/ExternalIP addresses: (IPv4, IPv6).
+    /// `None` while the node object or its addresses are unknown.
+    pub families: Option<(bool, bool)>,
+    /// The node's InternalIP addresses (its "primary" NodePort addresses).
+    pub internal_ips: Vec<std::net::IpAddr>,
+}
+
+/// What a source hands over at a sync.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// What changed; `None` until the source has a complete world (a Kubernetes
+    /// source before its initial lists).
+    pub update: Option<Update>,
+    /// Input problems seen since the last take (each object skipped, its last good
+    /// version kept).
+    pub errors: Vec<String>,
+    /// Change counts since the last take.
+    pub changes: Changes,
+}
+
+/// Where Services and EndpointSlices come from: the manifest directory or the API
+/// server. The daemon's loop races [`Source::changed`] against its timers, so it must
+/// be cancel-safe: a change it saw must be reported by a later call if the future is
+/// dropped before it completes.
+pub trait Source: Send {
+    /// For the log: where the world comes from.
+    fn describe(&self) -> String;
+    /// Resolves when something changed since the last [`Source::take`]. Cancel-safe.
+    fn changed(&mut self) -> impl Future<Output = ()> + Send;
+    /// What changed since the last call.
+    fn take(&mut self) -> Taken;
+    /// This node as the source knows it (default: nothing known).
+    fn node(&self) -> NodeInfo {
+        NodeInfo::default()
+    }
+}
+
+impl Source for kubernetes::KubeSource {
+    fn describe(&self) -> String {
+        "Kubernetes API".into()
+    }
+    fn changed(&mut self) -> impl Future<Output = ()> + Send {
+        kubernetes::KubeSource::changed(self)
+    }
+    fn take(&mut self) -> Taken {
+        kubernetes::KubeSource::take(self)
+    }
+    fn node(&self) -> NodeInfo {
+        kubernetes::KubeSource::node(self)
+    }
+}
+
+impl Source for manifests::ManifestSource {
+    fn describe(&self) -> String {
+        format!("manifests in {}", self.dir().display())
+    }
+    fn changed(&mut self) -> impl Future<Output = ()> + Send {
+        manifests::ManifestSource::changed(self)
+    }
+    fn take(&mut self) -> Taken {
+        let (snapshot, errors) = self.load();
+        Taken {
+            update: Some(Update::Reset(snapshot)),
+            errors: errors.iter().map(ToString::to_string).collect(),
+            changes: Changes::default(),
+        }
+    }
+}
+
+/// When the change behind an EndpointSlice was triggered (the EndpointSlice
+/// controller's `endpoints.kubernetes.io/last-change-trigger-time` annotation).
+pub fn trigger_time(slice: &EndpointSlice) -> Option<std::time::SystemTime> {
+    let value = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get("endpoints.kubernetes.io/last-change-trigger-time")?;
+    let ts: jiff::Timestamp = value.parse().ok()?;
+    Some(std::time::SystemTime::from(ts))
 }
 
 /// The current world, with EndpointSlices indexed by the Service they belong to, so

@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tracing::info;
 
-use crate::metrics::{Code, Metrics};
+use crate::observe::metrics::{Code, Metrics};
 
 /// What the health endpoints report on.
 #[derive(Debug)]

@@ -83,9 +83,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A registry with every metric; `bpffs` is where the data plane's counters map is
-    /// pinned (read at each scrape).
-    pub fn new(bpffs: Option<PathBuf>) -> Arc<Metrics> {
+    /// A registry with every metric; `backend` adds the data plane's own.
+    pub fn new(backend: impl FnOnce(&mut Registry)) -> Arc<Metrics> {
         let mut registry = Registry::default();
         let m = Metrics {
             sync_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
@@ -208,9 +207,7 @@ impl Metrics {
             "healthCheckNodePorts that could not be listened on (retried at each sync)",
             m.health_check_bind_errors.clone(),
         );
-        if let Some(bpffs) = bpffs {
-            r.register_collector(Box::new(DatapathCounters { bpffs }));
-        }
+        backend(r);
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -225,9 +222,11 @@ impl Metrics {
 }
 
 /// The per-CPU `COUNTERS` map, summed over CPUs at scrape time.
+/// (Interim: moves into the eBPF backend.)
 #[derive(Debug)]
-struct DatapathCounters {
-    bpffs: PathBuf,
+pub struct DatapathCounters {
+    /// The pin directory.
+    pub bpffs: PathBuf,
 }
 
 impl Collector for DatapathCounters {
@@ -262,7 +261,7 @@ mod tests {
 
     #[test]
     fn conntrack_and_health_check_metrics_are_exported_under_their_names() {
-        let m = Metrics::new(None);
+        let m = Metrics::new(|_| {});
         m.conntrack_entries.set(4);
         m.conntrack_gc_deleted.inc_by(2);
         m.conntrack_gc_runs.inc();

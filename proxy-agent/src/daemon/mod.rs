@@ -1,0 +1,212 @@
+//! The node daemon: wires a source, the translation, the reconciler over a data plane
+//! backend and the observers, then runs the sync loop until SIGINT/SIGTERM.
+
+pub mod config;
+pub mod pipeline;
+pub mod schedule;
+pub mod sync_loop;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tracing::info;
+
+pub use config::Config;
+
+use crate::dataplane::Dataplane;
+use crate::dataplane::ebpf::EbpfDataplane;
+use crate::observe::healthcheck::HealthCheckServers;
+use crate::observe::http::Health;
+use crate::observe::metrics::Metrics;
+use crate::reconcile::Reconciler;
+use crate::source::Source;
+use crate::source::kubernetes::KubeSource;
+use crate::source::manifests::ManifestSource;
+use pipeline::Pipeline;
+use sync_loop::Timing;
+
+/// Runs the agent until SIGINT/SIGTERM. Pinned state stays behind on exit so traffic
+/// keeps flowing until the next agent adopts it (use `--cleanup` to remove it).
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    if cfg.cleanup {
+        crate::dataplane::ebpf::cleanup(&cfg.bpffs)
+            .with_context(|| format!("removing pins under {}", cfg.bpffs.display()))?;
+        info!(bpffs = %cfg.bpffs.display(), "cleaned up");
+        return Ok(());
+    }
+    let node_name = cfg.node_name()?;
+    match &cfg.manifests {
+        Some(dir) => {
+            let source = ManifestSource::new(dir.clone())
+                .with_context(|| format!("watching {}", dir.display()))?;
+            serve(&cfg, node_name, source).await
+        }
+        None => {
+            let client = kube_client(&cfg).await?;
+            let source = KubeSource::start(client, &node_name);
+            serve(&cfg, node_name, source).await
+        }
+    }
+}
+
+/// Loads the data plane, starts the observers and runs the loop over `source`.
+async fn serve(cfg: &Config, node_name: String, mut source: impl Source) -> anyhow::Result<()> {
+    ensure_bpffs(&cfg.bpffs)?;
+    let cgroup = match &cfg.cgroup_path {
+        Some(p) => p.clone(),
+        None => cgroup2_root().context("finding the cgroup2 mount (pass --cgroup-path)")?,
+    };
+    let dataplane =
+        EbpfDataplane::load(&cfg.ebpf_config(cgroup)).context("loading the eBPF data plane")?;
+    let metrics = Metrics::new(|r| dataplane.register_metrics(r));
+    let reconciler = Reconciler::new(dataplane).context("reading the programmed state")?;
+    let health = Health::new(cfg.sync_period * 2);
+    crate::observe::http::serve(
+        cfg.metrics_bind_address,
+        cfg.healthz_bind_address,
+        Arc::clone(&metrics),
+        Arc::clone(&health),
+    )
+    .await
+    .context("starting the metrics and health servers")?;
+    // kube-proxy serves health check ports on every address; so do we (dual-stack).
+    let health_checks = {
+        let health = Arc::clone(&health);
+        HealthCheckServers::new(
+            std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            move || health.is_healthy(),
+        )
+    };
+    let _gc = crate::conntrack::spawn_gc(
+        cfg.bpffs.clone(),
+        cfg.conntrack_gc_interval,
+        Arc::clone(&metrics),
+    );
+    let mut pipeline = Pipeline::new(
+        node_name.clone(),
+        cfg.nodeport_addresses.clone(),
+        reconciler,
+        health_checks,
+        Arc::clone(&metrics),
+        Arc::clone(&health),
+    );
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
+    };
+    info!(source = %source.describe(), node = %node_name, "agent running");
+    let timing = Timing {
+        sync_period: cfg.sync_period,
+        min_sync_period: cfg.min_sync_period,
+    };
+    sync_loop::run(
+        &mut source,
+        &mut pipeline,
+        timing,
+        &metrics,
+        &health,
+        shutdown,
+    )
+    .await;
+    Ok(())
+}
+
+async fn kube_client(cfg: &Config) -> anyhow::Result<kube::Client> {
+    let config = match &cfg.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration (in-cluster, $KUBECONFIG or ~/.kube/config); pass --kubeconfig or --manifests")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Makes sure the pin directory is on a bpffs, mounting /sys/fs/bpf if the default
+/// location is used and nothing is mounted there yet.
+fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    let parent = dir.parent().unwrap_or(dir);
+    if is_bpffs(parent) || is_bpffs(dir) {
+        return Ok(());
+    }
+    let sys = Path::new("/sys/fs/bpf");
+    if parent == sys {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status()
+            .context("running mount -t bpf")?;
+        if status.success() && is_bpffs(sys) {
+            info!("mounted bpffs at /sys/fs/bpf");
+            return Ok(());
+        }
+    }
+    bail!(
+        "{} is not on a bpffs (mount one with `mount -t bpf bpf {}`)",
+        dir.display(),
+        parent.display()
+    )
+}
+
+/// The mount point of the cgroup v2 hierarchy.
+pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    for line in mounts.lines() {
+        // mountinfo: ... mount-point ... - fstype source options
+        let mut halves = line.splitn(2, " - ");
+        let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
+            continue;
+        };
+        if right.split_whitespace().next() == Some("cgroup2")
+            && let Some(mp) = left.split_whitespace().nth(4)
+        {
+            return Ok(PathBuf::from(mp));
+        }
+    }
+    bail!("no cgroup2 filesystem is mounted")
+}
+
+/// The `proxy-agent` binary: logging, command line, runtime. Shared with the test
+/// harness's copy of the binary so both run exactly this.
+pub fn main() -> anyhow::Result<()> {
+    use clap::Parser as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = Config::parse();
+    // Two workers: a sync runs on one (block_in_place) while the other keeps
+    // /healthz, /metrics and the health check servers answering.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run(cfg))
+}

@@ -1,0 +1,7 @@
+//! Observers: what operators and Prometheus see. They read what the layers below
+//! expose (the reconciler's reports, the data plane's views) and change nothing.
+
+pub mod ctl;
+pub mod healthcheck;
+pub mod http;
+pub mod metrics;
