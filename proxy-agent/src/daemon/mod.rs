@@ -6,6 +6,9 @@ pub mod pipeline;
 pub mod schedule;
 pub mod sync_loop;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -3,6 +3,7 @@
 //! directory re-read never shows a half-empty world) or the objects that changed since
 //! the last update. The agent keeps the current world in a [`World`].
 
+pub mod debounce;
 pub mod kubernetes;
 pub mod manifests;
 
