@@ -28,8 +28,8 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use proxy_common::{Addr, CT_F_REPLY, CT_F_SNAT, CtEntry, CtKey, ServiceName, TcConfig, maps};
 use tracing::{debug, info, warn};
 
-use crate::observe::metrics::Metrics;
 use crate::model::Protocol;
+use crate::observe::metrics::Metrics;
 
 /// Reading or collecting the connection table failed.
 #[derive(Debug, thiserror::Error)]

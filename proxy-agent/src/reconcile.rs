@@ -339,11 +339,19 @@ mod tests {
         let mut r = Reconciler::new(FakeDataplane::new()).unwrap();
         r.set_node(&node("192.0.2.0/24"), false).unwrap();
         r.set_node(&node("192.0.2.0/24"), false).unwrap();
-        assert_eq!(ops(&r), vec!["set_node"], "unchanged addresses are not re-applied");
+        assert_eq!(
+            ops(&r),
+            vec!["set_node"],
+            "unchanged addresses are not re-applied"
+        );
         r.set_node(&node("198.51.100.0/24"), false).unwrap();
         r.refresh_node().unwrap();
         r.set_node(&node("198.51.100.0/24"), true).unwrap();
-        assert_eq!(ops(&r).len(), 4, "a change, a device refresh and a full resync");
+        assert_eq!(
+            ops(&r).len(),
+            4,
+            "a change, a device refresh and a full resync"
+        );
         assert_eq!(r.dataplane().state().node, Some(node("198.51.100.0/24")));
     }
 }

@@ -16,7 +16,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("observe", &["reconcile", "dataplane", "model"]),
     (
         "daemon",
-        &["observe", "reconcile", "dataplane", "translate", "source", "model"],
+        &[
+            "observe",
+            "reconcile",
+            "dataplane",
+            "translate",
+            "source",
+            "model",
+        ],
     ),
 ];
 
@@ -104,11 +111,17 @@ fn layers_import_only_the_layers_below_them() {
     let mut files = Vec::new();
     rust_files(&src(), &mut files);
     let mut wrong = Vec::new();
-    for file in files.iter().filter(|f| !f.ends_with("lib.rs") && !f.starts_with(src().join("bin"))) {
+    for file in files
+        .iter()
+        .filter(|f| !f.ends_with("lib.rs") && !f.starts_with(src().join("bin")))
+    {
         let module = module_of(file);
         let layer = module[0].as_str();
         let Some(may) = allowed.get(layer) else {
-            wrong.push(format!("{}: {layer} is not a layer of ARCHITECTURE.md", file.display()));
+            wrong.push(format!(
+                "{}: {layer} is not a layer of ARCHITECTURE.md",
+                file.display()
+            ));
             continue;
         };
         if is_test_file(file) {
@@ -118,11 +131,19 @@ fn layers_import_only_the_layers_below_them() {
         for path in imports(&text) {
             let to = path[0].as_str();
             if to != layer && !may.contains(&to) {
-                wrong.push(format!("{}: {layer} imports crate::{}", file.display(), path.join("::")));
+                wrong.push(format!(
+                    "{}: {layer} imports crate::{}",
+                    file.display(),
+                    path.join("::")
+                ));
             }
         }
     }
-    assert!(wrong.is_empty(), "imports against the layering:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "imports against the layering:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]
@@ -176,7 +197,10 @@ fn no_two_modules_import_each_other_even_indirectly() {
     for m in graph.keys() {
         let mut stack = Vec::new();
         if let Some(cycle) = visit(m, &graph, &mut stack, &mut done) {
-            panic!("module cycle: {} -> (back to the first)", cycle.join(" -> "));
+            panic!(
+                "module cycle: {} -> (back to the first)",
+                cycle.join(" -> ")
+            );
         }
     }
 }
@@ -199,5 +223,9 @@ fn no_source_file_outside_tests_is_over_800_lines() {
             (n > MAX_LINES).then(|| format!("{}: {n} lines", f.display()))
         })
         .collect();
-    assert!(long.is_empty(), "split these into files of one concept:\n{}", long.join("\n"));
+    assert!(
+        long.is_empty(),
+        "split these into files of one concept:\n{}",
+        long.join("\n")
+    );
 }

@@ -190,8 +190,9 @@ impl Config {
             return Ok(n.to_owned());
         }
         let path = "/proc/sys/kernel/hostname";
-        let name = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the hostname from {path} (pass --hostname-override)"))?;
+        let name = std::fs::read_to_string(path).with_context(|| {
+            format!("reading the hostname from {path} (pass --hostname-override)")
+        })?;
         let name = name.trim();
         if name.is_empty() {
             bail!("the hostname is empty (pass --hostname-override)");
@@ -211,4 +212,3 @@ impl Config {
         }
     }
 }
-

@@ -89,7 +89,12 @@ struct Running {
 }
 
 impl Running {
-    fn start(world: Snapshot, timing: Timing, debounce: Debounce, signals: mpsc::Sender<()>) -> Self {
+    fn start(
+        world: Snapshot,
+        timing: Timing,
+        debounce: Debounce,
+        signals: mpsc::Sender<()>,
+    ) -> Self {
         let fake = FakeDataplane::new();
         let world = Arc::new(Mutex::new(world));
         let mut source = FakeSource {
@@ -113,7 +118,15 @@ impl Running {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            sync_loop::run(&mut source, &mut pipeline, timing, &metrics, &health, shutdown).await;
+            sync_loop::run(
+                &mut source,
+                &mut pipeline,
+                timing,
+                &metrics,
+                &health,
+                shutdown,
+            )
+            .await;
         });
         Running {
             fake,
@@ -187,18 +200,37 @@ async fn the_loop_programs_follows_changes_devices_and_repairs_drift_through_the
         );
     });
     tokio::time::sleep(QUIET + Duration::from_millis(1)).await;
-    assert_eq!(run.backends(&web).map(|b| b.len()), Some(2), "the change is applied");
+    assert_eq!(
+        run.backends(&web).map(|b| b.len()),
+        Some(2),
+        "the change is applied"
+    );
 
-    let node_sets = |r: &Running| r.fake.state().ops.iter().filter(|o| *o == "set_node").count();
+    let node_sets = |r: &Running| {
+        r.fake
+            .state()
+            .ops
+            .iter()
+            .filter(|o| *o == "set_node")
+            .count()
+    };
     let before = node_sets(&run);
     run.fake.devices_changed();
     tokio::time::sleep(Duration::from_millis(1)).await;
-    assert_eq!(node_sets(&run), before + 1, "a device change re-applies the node at once");
+    assert_eq!(
+        node_sets(&run),
+        before + 1,
+        "a device change re-applies the node at once"
+    );
 
     // Drift: the service vanishes behind the agent's back; the full resync restores it.
     run.fake.state().held.clear();
     tokio::time::sleep(TIMING.sync_period).await;
-    assert_eq!(run.backends(&web).map(|b| b.len()), Some(2), "drift repaired");
+    assert_eq!(
+        run.backends(&web).map(|b| b.len()),
+        Some(2),
+        "drift repaired"
+    );
     run.stop().await;
 }
 
@@ -306,7 +338,15 @@ async fn under_manifest_churn_the_programmed_state_matches_the_directory_within_
         let shutdown = async move {
             let _ = stopped.await;
         };
-        sync_loop::run(&mut source, &mut pipeline, TIMING, &metrics, &health, shutdown).await;
+        sync_loop::run(
+            &mut source,
+            &mut pipeline,
+            TIMING,
+            &metrics,
+            &health,
+            shutdown,
+        )
+        .await;
     });
     // file name -> port of the service it holds (one Service per file).
     let mut files: std::collections::BTreeMap<String, u16> = Default::default();
@@ -344,7 +384,9 @@ async fn under_manifest_churn_the_programmed_state_matches_the_directory_within_
                             // Keep the VIP the file already had (read it back).
                             let text = std::fs::read_to_string(dir.0.join(&name)).unwrap();
                             text.lines()
-                                .find_map(|l| l.trim().strip_prefix("clusterIP: ").map(str::to_owned))
+                                .find_map(|l| {
+                                    l.trim().strip_prefix("clusterIP: ").map(str::to_owned)
+                                })
                                 .unwrap_or(ip)
                         }
                         None => ip,

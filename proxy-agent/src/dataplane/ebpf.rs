@@ -16,12 +16,12 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
+use futures::FutureExt as _;
 use ipnetwork::IpNetwork;
 use proxy_common as pc;
 use proxy_common::{
     Addr, AffinityMatchKey, Backend, ServiceName, SlotKey, SourceRangeKey, maps, sizes,
 };
-use futures::FutureExt as _;
 use tracing::{debug, info, warn};
 
 use super::{Dataplane, DataplaneError};
@@ -875,11 +875,12 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn set_node(&mut self, node: &model::NodeAddresses) -> Result<(), DataplaneError> {
-        let ifaces = crate::dataplane::netdev::discover().map_err(|source| DataplaneError::Kernel {
-            op: "listing",
-            object: "network interfaces".into(),
-            source,
-        })?;
+        let ifaces =
+            crate::dataplane::netdev::discover().map_err(|source| DataplaneError::Kernel {
+                op: "listing",
+                object: "network interfaces".into(),
+                source,
+            })?;
         let plan = crate::dataplane::netdev::plan(
             &ifaces,
             &node.nodeport_addresses,
@@ -888,7 +889,10 @@ impl Dataplane for EbpfDataplane {
             &self.pod_interfaces,
         )
         .map_err(|e| {
-            DataplaneError::Unsupported(format!("--nodeport-addresses {}: {e}", node.nodeport_addresses))
+            DataplaneError::Unsupported(format!(
+                "--nodeport-addresses {}: {e}",
+                node.nodeport_addresses
+            ))
         })?;
         self.set_devices(&plan).map_err(|e| DataplaneError::Kernel {
             op: "attaching",
@@ -929,12 +933,11 @@ impl Dataplane for EbpfDataplane {
         self.next_backend_id = 1;
         self.next_service_id = 1;
         self.slots_used = 0;
-        self.adopt()
-            .map_err(|e| DataplaneError::Kernel {
-                op: "reading back",
-                object: "the maps".into(),
-                source: io::Error::other(e.to_string()),
-            })?;
+        self.adopt().map_err(|e| DataplaneError::Kernel {
+            op: "reading back",
+            object: "the maps".into(),
+            source: io::Error::other(e.to_string()),
+        })?;
         for (f, name) in names {
             if let Some(p) = self.services.get_mut(&f) {
                 p.name = name;

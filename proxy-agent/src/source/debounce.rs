@@ -112,7 +112,10 @@ mod tests {
             assert!(raced.is_err(), "the burst is not over yet");
         }
         let resumed = tokio::time::timeout(QUIET, d.changed()).await;
-        assert!(resumed.is_ok(), "the signal taken by a dropped future was kept");
+        assert!(
+            resumed.is_ok(),
+            "the signal taken by a dropped future was kept"
+        );
     }
 
     #[tokio::test(start_paused = true)]

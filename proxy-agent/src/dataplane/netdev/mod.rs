@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::IpAddr;
 
-
 use crate::model::NodePortAddresses;
 
 /// A network interface and its addresses.
