@@ -1,10 +1,15 @@
 //! The node's network devices: which addresses serve NodePorts (`--nodeport-addresses`)
 //! and which interfaces get the tc programs. [`plan`] is pure; [`list`] reads the
-//! interfaces and default routes of the agent's network namespace over rtnetlink.
+//! interfaces and default routes of the agent's network namespace over rtnetlink, and
+//! [`DeviceWatch`] says when to read them again.
 
+#[cfg(test)]
+mod netns_tests;
 mod rtnl;
+mod watch;
 
 pub use rtnl::{Dump, RtnlError, Snapshot, list};
+pub use watch::{Change, DEFAULT_RESYNC, DeviceWatch};
 
 use std::collections::BTreeSet;
 use std::fmt;

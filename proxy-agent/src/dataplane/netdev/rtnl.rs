@@ -136,6 +136,9 @@ pub enum RtnlError {
         /// How many times it was tried.
         attempts: u32,
     },
+    /// [`DeviceWatch`](super::DeviceWatch) was created outside a tokio runtime.
+    #[error("DeviceWatch needs a tokio runtime (with IO and time enabled)")]
+    NoRuntime,
 }
 
 impl RtnlError {
@@ -147,6 +150,7 @@ impl RtnlError {
             RtnlError::Kernel { .. } => "kernel",
             RtnlError::Decode { .. } => "decode",
             RtnlError::Interrupted { .. } => "interrupted",
+            RtnlError::NoRuntime => "no_runtime",
         }
     }
 }
@@ -155,7 +159,8 @@ impl RtnlError {
 /// calling thread's network namespace.
 ///
 /// The three dumps are not one atomic read: an address or route of an interface that
-/// appeared between them is left out until the next listing.
+/// appeared between them is left out, and a [`DeviceWatch`](super::DeviceWatch) created
+/// before the listing reports that change.
 pub fn list() -> Result<Snapshot, RtnlError> {
     let mut conn = Conn::new(Kernel::open()?);
     let links = conn.links()?;
@@ -205,8 +210,8 @@ pub(super) fn assemble(links: Vec<Link>, addrs: Vec<Addr>, default_oifs: &[u32])
         });
     }
     for addr in addrs {
-        // An address of a link that appeared after the link dump is left out, until
-        // the next listing.
+        // An address of a link that appeared after the link dump is left out; the
+        // watcher reports that link.
         if let Some(iface) = snap.interfaces.iter_mut().find(|i| i.index == addr.index)
             && !iface.addrs.contains(&addr.ip)
         {
@@ -291,6 +296,25 @@ pub(super) fn parse_default_route(payload: &[u8]) -> Result<Vec<u32>, DecodeErro
 /// The attributes after a fixed-size family header.
 fn attributes(payload: &[u8], header_len: usize) -> NlasIterator<&[u8]> {
     NlasIterator::new(payload.get(header_len..).unwrap_or_default())
+}
+
+/// Whether a notification datagram can change a [`Snapshot`]: everything but routes
+/// with a non-zero prefix (every pod start adds one). Anything unparseable counts.
+pub(super) fn notification_matters(datagram: &[u8]) -> bool {
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        let Ok(msg) = NetlinkBuffer::new_checked(rest) else {
+            return true;
+        };
+        let route = [libc::RTM_NEWROUTE, libc::RTM_DELROUTE].contains(&msg.message_type());
+        let matters = !route
+            || RouteHeader::parse(msg.payload()).map_or(true, |h| h.destination_prefix_length == 0);
+        if matters {
+            return true;
+        }
+        rest = after(rest, msg.length());
+    }
+    false
 }
 
 /// What follows a message of `len` bytes (messages are 4-byte aligned).

@@ -390,3 +390,38 @@ fn links_addresses_and_default_routes_make_interfaces() {
         ["eth0".to_string(), "veth9".to_string()].into()
     );
 }
+
+#[test]
+fn only_routes_with_a_prefix_are_ignored_as_notifications() {
+    let route = |dst_len| {
+        let m = route_msg(
+            true,
+            dst_len,
+            RouteHeader::RT_TABLE_MAIN,
+            RouteType::Unicast,
+            vec![RouteAttribute::Oif(2)],
+        );
+        frame(
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(m)),
+            0,
+            0,
+        )
+    };
+    let pod_route = route(32);
+    assert!(!notification_matters(&pod_route));
+    assert!(!notification_matters(&[]));
+    assert!(notification_matters(&route(0)));
+    assert!(notification_matters(&link(5, "veth5", 0)));
+    let addr = addr_msg(5, &[AddressAttribute::Address(ip("10.0.0.1"))]);
+    let addr = frame(
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(addr)),
+        0,
+        0,
+    );
+    assert!(notification_matters(&addr));
+    // Anything in the datagram that matters makes it matter.
+    assert!(notification_matters(&[pod_route.clone(), addr].concat()));
+    // Truncated or garbage: counted, never ignored.
+    assert!(notification_matters(&pod_route[..20]));
+    assert!(notification_matters(&[0xff; 7]));
+}
