@@ -1,6 +1,15 @@
 //! The node's network devices: which addresses serve NodePorts (`--nodeport-addresses`)
-//! and which interfaces get the tc programs. [`plan`] is pure; [`discover`] reads the
-//! interfaces and default routes of the agent's network namespace.
+//! and which interfaces get the tc programs. [`plan`] is pure; [`list`] reads the
+//! interfaces and default routes of the agent's network namespace over rtnetlink, and
+//! [`DeviceWatch`] says when to read them again.
+
+#[cfg(test)]
+mod netns_tests;
+mod rtnl;
+mod watch;
+
+pub use rtnl::{Dump, RtnlError, Snapshot, list};
+pub use watch::{Change, DEFAULT_RESYNC, DeviceWatch};
 
 use std::collections::BTreeSet;
 use std::io;
@@ -156,103 +165,16 @@ pub fn plan(
     Ok(plan)
 }
 
-/// The interfaces of this network namespace with their addresses.
+/// The interfaces of this network namespace with their addresses (an rtnetlink
+/// listing; [`list`] also gives the default routes from the same listing).
 pub fn discover() -> io::Result<Vec<Interface>> {
-    let mut out: Vec<Interface> = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates the list; we free it below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: a valid node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
-            .to_string_lossy()
-            .into_owned();
-        let addr = if ifa.ifa_addr.is_null() {
-            None
-        } else {
-            // SAFETY: ifa_addr points to a sockaddr of the family it names.
-            unsafe { sockaddr_ip(ifa.ifa_addr) }
-        };
-        let entry = match out.iter_mut().find(|i| i.name == name) {
-            Some(e) => e,
-            None => {
-                let Ok(c) = std::ffi::CString::new(name.clone()) else {
-                    continue;
-                };
-                // SAFETY: NUL-terminated name.
-                let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-                out.push(Interface {
-                    name,
-                    index,
-                    addrs: Vec::new(),
-                    loopback: ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0,
-                });
-                let last = out.len() - 1;
-                &mut out[last]
-            }
-        };
-        if let Some(ip) = addr
-            && !entry.addrs.contains(&ip)
-        {
-            entry.addrs.push(ip);
-        }
-    }
-    // SAFETY: the list from getifaddrs, freed once.
-    unsafe { libc::freeifaddrs(head) };
-    out.retain(|i| i.index != 0);
-    Ok(out)
+    list().map(|s| s.interfaces).map_err(io::Error::other)
 }
 
-/// # Safety
-/// `sa` must point to a valid sockaddr.
-unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
-    // SAFETY: per the caller; the family tells which struct it is.
-    unsafe {
-        match i32::from((*sa).sa_family) {
-            libc::AF_INET => {
-                let sin = &*(sa as *const libc::sockaddr_in);
-                Some(IpAddr::from(
-                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                ))
-            }
-            libc::AF_INET6 => {
-                let sin6 = &*(sa as *const libc::sockaddr_in6);
-                Some(IpAddr::from(sin6.sin6_addr.s6_addr))
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Names of the interfaces holding a default route (IPv4 or IPv6).
+/// Names of the interfaces holding a default route (IPv4 or IPv6) of the main table;
+/// empty if they cannot be listed ([`list`] reports why).
 pub fn default_route_interfaces() -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    if let Ok(v4) = std::fs::read_to_string("/proc/net/route") {
-        // Iface Destination Gateway ... Mask ...; a default route has destination and
-        // mask 00000000.
-        for line in v4.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
-                out.insert(f[0].to_owned());
-            }
-        }
-    }
-    if let Ok(v6) = std::fs::read_to_string("/proc/net/ipv6_route") {
-        // dest prefixlen src srclen nexthop metric refcnt use flags iface
-        for line in v6.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() == 10 && f[0].chars().all(|c| c == '0') && f[1] == "00" && f[9] != "lo" {
-                out.insert(f[9].to_owned());
-            }
-        }
-    }
-    out
+    rtnl::list_default_routes().unwrap_or_default()
 }
 
 #[cfg(test)]
