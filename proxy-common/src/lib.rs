@@ -204,8 +204,17 @@ pub mod counter {
     /// Socket hooks: remembering a ClientIP affinity failed; the connection proceeded,
     /// the next one may pick another backend.
     pub const AFFINITY_INSERT_FAILED: u32 = 23;
+    /// tc: an IP packet whose headers were cut short (a TCP header under 20 bytes, a
+    /// UDP header under 8, an IP header past the end); passed untranslated to the stack,
+    /// which drops it.
+    pub const TRUNCATED: u32 = 24;
+    /// tc: an IPv4 fragment (ports are only in the first one); passed untranslated.
+    pub const FRAGMENT_PASSED: u32 = 25;
+    /// tc: an IPv6 packet with an extension header (fragments included) before its
+    /// transport header; passed untranslated.
+    pub const IPV6_EXT_PASSED: u32 = 26;
     /// Number of counters.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 27;
     /// Prometheus-style names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
         "lb_translated",
@@ -232,6 +241,9 @@ pub mod counter {
         "ct_rollback_failed",
         "client_affinity_insert_failed",
         "affinity_insert_failed",
+        "truncated",
+        "fragment_passed",
+        "ipv6_ext_passed",
     ];
 }
 
@@ -761,6 +773,10 @@ mod tests {
         assert_eq!(
             counter::NAMES[counter::AFFINITY_INSERT_FAILED as usize],
             "affinity_insert_failed"
+        );
+        assert_eq!(
+            counter::NAMES[counter::IPV6_EXT_PASSED as usize],
+            "ipv6_ext_passed"
         );
     }
 
