@@ -177,8 +177,44 @@ pub mod counter {
     pub const CLIENT_AFFINITY_HIT: u32 = 14;
     /// tc: an ICMP error about a tracked flow was translated like the flow.
     pub const ICMP_TRANSLATED: u32 = 15;
+
+    // Appended after the first release: indexes above stay put, because a COUNTERS map
+    // pinned by an older data plane is adopted as it is.
+
+    /// tc: rewriting a packet's addresses, ports or checksums to its flow's tuple
+    /// failed (a helper refused, e.g. no memory to make the packet writable); dropped,
+    /// as it may be half rewritten.
+    pub const REWRITE_FAILED: u32 = 16;
+    /// tc egress: rewriting a node-local backend's reply back to the frontend failed;
+    /// dropped.
+    pub const REPLY_REWRITE_FAILED: u32 = 17;
+    /// tc: rewriting an ICMP error about a tracked flow failed; dropped.
+    pub const ICMP_REWRITE_FAILED: u32 = 18;
+    /// tc: writing the Ethernet addresses the FIB returned failed; dropped.
+    pub const MAC_REWRITE_FAILED: u32 = 19;
+    /// tc: a conntrack insert failed for a reason other than a full table (which is
+    /// [`CT_FULL`]); the new flow was dropped.
+    pub const CT_INSERT_FAILED: u32 = 20;
+    /// tc: after the forward leg of a new flow could not be inserted, removing its
+    /// reply leg failed too; the orphan waits for the agent's expiry sweep.
+    pub const CT_ROLLBACK_FAILED: u32 = 21;
+    /// tc: remembering a ClientIP affinity failed; the flow proceeded, the next one
+    /// may pick another backend.
+    pub const CLIENT_AFFINITY_INSERT_FAILED: u32 = 22;
+    /// Socket hooks: remembering a ClientIP affinity failed; the connection proceeded,
+    /// the next one may pick another backend.
+    pub const AFFINITY_INSERT_FAILED: u32 = 23;
+    /// tc: an IP packet whose headers were cut short (a TCP header under 20 bytes, a
+    /// UDP header under 8, an IP header past the end); passed untranslated to the stack,
+    /// which drops it.
+    pub const TRUNCATED: u32 = 24;
+    /// tc: an IPv4 fragment (ports are only in the first one); passed untranslated.
+    pub const FRAGMENT_PASSED: u32 = 25;
+    /// tc: an IPv6 packet with an extension header (fragments included) before its
+    /// transport header; passed untranslated.
+    pub const IPV6_EXT_PASSED: u32 = 26;
     /// Number of counters.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 27;
     /// Prometheus-style names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
         "lb_translated",
@@ -197,6 +233,17 @@ pub mod counter {
         "nat_no_snat_addr",
         "client_affinity_hit",
         "icmp_translated",
+        "rewrite_failed",
+        "reply_rewrite_failed",
+        "icmp_rewrite_failed",
+        "mac_rewrite_failed",
+        "ct_insert_failed",
+        "ct_rollback_failed",
+        "client_affinity_insert_failed",
+        "affinity_insert_failed",
+        "truncated",
+        "fragment_passed",
+        "ipv6_ext_passed",
     ];
 }
 
@@ -706,6 +753,31 @@ mod tests {
         let n = ServiceName::new(&long);
         assert_eq!(n.as_str().len(), 128);
         assert!(long.starts_with(n.as_str()));
+    }
+
+    #[test]
+    fn counter_names_are_unique_snake_case_and_follow_their_indexes() {
+        for (i, a) in counter::NAMES.iter().enumerate() {
+            let snake = a.starts_with(|c: char| c.is_ascii_lowercase())
+                && a.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            assert!(snake, "{a} is not a snake-case metric label");
+            assert!(!counter::NAMES[..i].contains(a), "{a} twice");
+        }
+        // Spot checks at both ends of the appended range.
+        assert_eq!(counter::NAMES[counter::CT_FULL as usize], "ct_full");
+        assert_eq!(
+            counter::NAMES[counter::REWRITE_FAILED as usize],
+            "rewrite_failed"
+        );
+        assert_eq!(
+            counter::NAMES[counter::AFFINITY_INSERT_FAILED as usize],
+            "affinity_insert_failed"
+        );
+        assert_eq!(
+            counter::NAMES[counter::IPV6_EXT_PASSED as usize],
+            "ipv6_ext_passed"
+        );
     }
 
     #[test]

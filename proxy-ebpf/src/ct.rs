@@ -2,9 +2,9 @@
 //! window tracking. A segment of a known flow is translated whatever its sequence
 //! numbers, so an out-of-window segment can never leave with the backend's address.
 
-use proxy_common::{CtEntry, TcConfig, ct_state, proto};
+use proxy_common::{CtEntry, TcConfig, counter, ct_state, proto};
 
-use crate::maps::TC_CONFIG;
+use crate::maps::{TC_CONFIG, count};
 use crate::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// The agent's settings.
@@ -53,4 +53,18 @@ pub fn touch(e: *mut CtEntry, l4proto: u8, flags: u8, len: u32, now: u64) {
             (*e).state = s;
         }
     }
+}
+
+/// The kernel's answer when a hash map has no free element.
+const E2BIG: i32 = 7;
+
+/// Counts a failed `CONNTRACK` insert (the flow is dropped): a full table apart from
+/// any other kernel error, as they call for different fixes (a bigger table vs a bug).
+#[inline(always)]
+pub fn count_insert_error(err: i32) {
+    count(if err == -E2BIG {
+        counter::CT_FULL
+    } else {
+        counter::CT_INSERT_FAILED
+    });
 }

@@ -8,7 +8,9 @@ use aya_ebpf::{
     helpers::bpf_csum_diff,
     programs::TcContext,
 };
-use proxy_common::{Addr, CtKey, proto};
+use proxy_common::{Addr, CtKey, counter, proto};
+
+use crate::maps::count;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -63,55 +65,95 @@ impl Packet {
 }
 
 /// Parses Ethernet + IPv4/IPv6 + TCP/UDP into `p`. Fragments, IPv6 extension headers
-/// and other protocols are not for us (false).
+/// and other protocols are not for us (false); so is a TCP/UDP header cut short, which
+/// we could not rewrite whole. The first three are counted, as the packet may belong
+/// to a service and goes to the stack untranslated.
 // Not inlined, and filling `p` in place: its frame stays out of the callers' 512 bytes.
 #[inline(never)]
 pub fn parse(ctx: &TcContext, p: &mut Packet) -> bool {
     match parse_packet(ctx) {
-        Some(parsed) => {
+        Ok(parsed) => {
             *p = parsed;
             true
         }
-        None => false,
+        Err(Unparsed::NotOurs) => false,
+        Err(Unparsed::Counted(reason)) => {
+            count(reason);
+            false
+        }
     }
 }
 
+/// Why [`parse`] gave up.
+enum Unparsed {
+    /// Not TCP/UDP over IP: nothing to count.
+    NotOurs,
+    /// Possibly a service's packet, passed untranslated: this counter says why.
+    Counted(u32),
+}
+
+const TRUNCATED: Unparsed = Unparsed::Counted(counter::TRUNCATED);
+
+/// The smallest header the rewrite may touch: through the TCP checksum (a TCP header
+/// is at least 20 bytes), the whole UDP header.
+const TCP_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+
+/// IPv6 extension headers (RFC 8200 section 4, plus AH): hop-by-hop, routing,
+/// fragment, destination options, authentication.
 #[inline(always)]
-fn parse_packet(ctx: &TcContext) -> Option<Packet> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+fn is_ipv6_ext(next: u8) -> bool {
+    matches!(next, 0 | 43 | 44 | 60 | 51)
+}
+
+#[inline(always)]
+fn parse_packet(ctx: &TcContext) -> Result<Packet, Unparsed> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12).map_err(|_| Unparsed::NotOurs)?);
     let (saddr, daddr, l4proto, l4_off) = if ethertype == ETH_P_IP {
-        let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
+        let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| TRUNCATED)?;
         let ihl = usize::from(vihl & 0x0f) * 4;
         if vihl >> 4 != 4 || ihl < 20 {
-            return None;
+            return Err(Unparsed::NotOurs);
         }
         // More-fragments flag or a fragment offset: ports are not in every fragment.
-        let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
+        let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).map_err(|_| TRUNCATED)?);
         if frag & 0x3fff != 0 {
-            return None;
+            return Err(Unparsed::Counted(counter::FRAGMENT_PASSED));
         }
-        let p: u8 = ctx.load(ETH_HLEN + 9).ok()?;
-        let s: u32 = ctx.load(IP4_SADDR).ok()?;
-        let d: u32 = ctx.load(IP4_DADDR).ok()?;
+        let p: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| TRUNCATED)?;
+        let s: u32 = ctx.load(IP4_SADDR).map_err(|_| TRUNCATED)?;
+        let d: u32 = ctx.load(IP4_DADDR).map_err(|_| TRUNCATED)?;
         (Addr::from_v4_be(s), Addr::from_v4_be(d), p, ETH_HLEN + ihl)
     } else if ethertype == ETH_P_IPV6 {
-        let p: u8 = ctx.load(ETH_HLEN + 6).ok()?;
-        let s: [u32; 4] = ctx.load(IP6_SADDR).ok()?;
-        let d: [u32; 4] = ctx.load(IP6_DADDR).ok()?;
+        let p: u8 = ctx.load(ETH_HLEN + 6).map_err(|_| TRUNCATED)?;
+        let s: [u32; 4] = ctx.load(IP6_SADDR).map_err(|_| TRUNCATED)?;
+        let d: [u32; 4] = ctx.load(IP6_DADDR).map_err(|_| TRUNCATED)?;
+        if is_ipv6_ext(p) {
+            return Err(Unparsed::Counted(counter::IPV6_EXT_PASSED));
+        }
         (Addr(s), Addr(d), p, ETH_HLEN + IP6_HLEN)
     } else {
-        return None;
+        return Err(Unparsed::NotOurs);
     };
-    if l4proto != proto::TCP && l4proto != proto::UDP {
-        return None;
+    let l4_hlen = if l4proto == proto::TCP {
+        TCP_HLEN
+    } else if l4proto == proto::UDP {
+        UDP_HLEN
+    } else {
+        return Err(Unparsed::NotOurs);
+    };
+    // A plain length check (no helper call): a segment too short to rewrite whole
+    // would be dropped half translated, after its flow had been tracked.
+    if (ctx.len() as usize) < l4_off + l4_hlen {
+        return Err(TRUNCATED);
     }
-    let ports: [u16; 2] = ctx.load(l4_off).ok()?;
+    let ports: [u16; 2] = ctx.load(l4_off).map_err(|_| TRUNCATED)?;
     let tcp_flags = if l4proto == proto::TCP {
-        ctx.load::<u8>(l4_off + 13).ok()?
+        ctx.load::<u8>(l4_off + 13).map_err(|_| TRUNCATED)?
     } else {
         0
     };
-    Some(Packet {
+    Ok(Packet {
         key: CtKey {
             saddr,
             daddr,

@@ -222,7 +222,9 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
             _pad: 0,
         };
         // An LRU insert only fails on a kernel error; the connection still proceeds.
-        let _ = AFFINITY.insert(aff_key, v, 0);
+        if AFFINITY.insert(aff_key, v, 0).is_err() {
+            count(counter::AFFINITY_INSERT_FAILED);
+        }
     }
 
     let rk = RevSockKey {

@@ -143,6 +143,7 @@ fn egress(ctx: &mut TcContext) -> i32 {
     }
     // A reply the stack already routed toward the client.
     if packet::rewrite(ctx, &s.pkt, &s.to).is_err() {
+        count(counter::REPLY_REWRITE_FAILED);
         return DROP;
     }
     PASS
@@ -180,6 +181,8 @@ fn icmp_error(ctx: &mut TcContext, s: &mut Scratch, at_ingress: bool) -> i32 {
         || packet::set_icmp_addr(ctx, e, packet::INNER_DST, &t.saddr) != 0
         || packet::set_icmp_ports(ctx, e, t.dport_be, t.sport_be).is_err()
     {
+        // Possibly half rewritten: never let it out.
+        count(counter::ICMP_REWRITE_FAILED);
         return DROP;
     }
     count(counter::ICMP_TRANSLATED);
@@ -307,7 +310,9 @@ fn open(
             _pad: 0,
         };
         // An LRU insert only fails on a kernel error; the flow still proceeds.
-        let _ = CLIENT_AFFINITY.insert(&aff_key, &v, 0);
+        if CLIENT_AFFINITY.insert(&aff_key, &v, 0).is_err() {
+            count(counter::CLIENT_AFFINITY_INSERT_FAILED);
+        }
     }
 
     // The translated tuple, built in place.
@@ -382,13 +387,15 @@ fn open(
     r.bytes = 0;
     s.key = s.to.reversed();
     // The reply leg first: a reply can never find a forward leg without its partner.
-    if CONNTRACK.insert(&s.key, &s.rev, 0).is_err() {
-        count(counter::CT_FULL);
+    if let Err(e) = CONNTRACK.insert(&s.key, &s.rev, 0) {
+        ct::count_insert_error(e);
         return DROP;
     }
-    if CONNTRACK.insert(&s.pkt.key, &s.fwd, 0).is_err() {
-        let _ = CONNTRACK.remove(&s.key);
-        count(counter::CT_FULL);
+    if let Err(e) = CONNTRACK.insert(&s.pkt.key, &s.fwd, 0) {
+        if CONNTRACK.remove(&s.key).is_err() {
+            count(counter::CT_ROLLBACK_FAILED);
+        }
+        ct::count_insert_error(e);
         return DROP;
     }
     count(counter::CT_NEW);
@@ -500,6 +507,8 @@ fn local_socket(ctx: &TcContext, t: &CtKey, tuple: &mut bpf_sock_tuple) -> bool 
 #[inline(never)]
 fn translate_and_forward(ctx: &mut TcContext, s: &mut Scratch) -> i32 {
     if packet::rewrite(ctx, &s.pkt, &s.to).is_err() {
+        // Possibly half rewritten: never let it out.
+        count(counter::REWRITE_FAILED);
         return DROP;
     }
     let len = packet::seg_len(ctx, &s.pkt);
@@ -518,6 +527,7 @@ fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16) -> i32 {
     let rc = fib_lookup(ctx, fib, &s.to, ifindex, tot_len);
     if rc == FIB_SUCCESS {
         if packet::set_macs(ctx, &fib.dmac, &fib.smac).is_err() {
+            count(counter::MAC_REWRITE_FAILED);
             return DROP;
         }
         // SAFETY: plain helper call.
