@@ -2,7 +2,7 @@
 //! takes snapshots from a source through translation into the reconciler.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -10,11 +10,12 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use tracing::{info, info_span, warn};
 
+use crate::dataplane::Dataplane;
 use crate::dataplane::ebpf::{EbpfConfig, EbpfDataplane, MapSizes};
-use crate::dataplane::netdev::{self, NodePortAddresses};
 use crate::healthcheck::HealthCheckServers;
 use crate::http::Health;
 use crate::metrics::{Metrics, Reason, TrafficPolicy};
+use crate::model::{NodeAddresses, NodePortAddresses};
 use crate::reconcile::Reconciler;
 use crate::source::kubernetes::{Changes, KubeSource, NodeInfo};
 use crate::source::manifests::ManifestSource;
@@ -22,9 +23,6 @@ use crate::source::{Update, World};
 use crate::translate::{NodeContext, Translator};
 
 pub use crate::dataplane::ebpf::DEFAULT_BPFFS;
-
-/// How often the interfaces are re-read for the tc programs (cheap: one getifaddrs).
-const DEVICE_CHECK_PERIOD: Duration = Duration::from_secs(2);
 
 /// `proxy-agent` command line.
 #[derive(Debug, clap::Parser)]
@@ -222,7 +220,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ),
         None => Source::Kube(KubeSource::start(kube_client(&cfg).await?, &node_name)),
     };
-    ensure_bpffs(&cfg.bpffs)?;
     let cgroup = match &cfg.cgroup_path {
         Some(p) => p.clone(),
         None => cgroup2_root().context("finding the cgroup2 mount (pass --cgroup-path)")?,
@@ -233,16 +230,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         sizes: cfg.map_sizes(),
         tc: cfg.tc_config(),
         conntrack_max: cfg.conntrack_max,
+        conntrack_gc_interval: cfg.conntrack_gc_interval,
+        pod_interfaces: cfg.pod_interfaces.clone(),
     })
     .context("loading the eBPF data plane")?;
-    let mut reconciler = Reconciler::new(dataplane).context("reading the programmed state")?;
-    let mut devices = Devices {
-        selection: cfg.nodeport_addresses.clone(),
-        pod_patterns: cfg.pod_interfaces.clone(),
-        last_error: None,
-    };
-    devices.apply(reconciler.dataplane_mut(), &[]);
-    let metrics = Metrics::new(Some(cfg.bpffs.clone()));
+    let reconciler = Reconciler::new(dataplane).context("reading the programmed state")?;
+    let metrics = Metrics::new(|r| reconciler.dataplane().register_metrics(r));
     let health = Health::new(cfg.sync_period * 2);
     crate::http::serve(
         cfg.metrics_bind_address,
@@ -261,14 +254,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             move || health.is_healthy(),
         )
     };
-    let _gc = crate::conntrack::spawn_gc(
-        cfg.bpffs.clone(),
-        cfg.conntrack_gc_interval,
-        Arc::clone(&metrics),
-    );
-
     let mut pipeline = Pipeline {
-        devices,
+        nodeport_addresses: cfg.nodeport_addresses.clone(),
+        node_error: None,
         health_checks,
         node_ips: Vec::new(),
         world: World::default(),
@@ -288,8 +276,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut resync = tokio::time::interval(cfg.sync_period);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
-    let mut device_check = tokio::time::interval(DEVICE_CHECK_PERIOD);
-    device_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    pipeline.set_node();
     loop {
         let (node, deleting, node_ips) = source.node(&node_name);
         health
@@ -311,7 +298,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
                 // Interfaces come and go (a pod's veth, an address moving): attach to
                 // them soon, without waiting for a full resync.
-                _ = device_check.tick() => pipeline.refresh_devices(),
+                _ = pipeline.reconciler.dataplane_mut().node_changed() => pipeline.set_node(),
                 _ = tokio::signal::ctrl_c() => break true,
                 _ = sigterm.recv() => break true,
             }
@@ -421,55 +408,12 @@ fn unix_now() -> f64 {
         .unwrap_or_default()
 }
 
-/// The NodePort addresses and tc interfaces, re-planned at every full resync.
-struct Devices {
-    selection: NodePortAddresses,
-    pod_patterns: Vec<String>,
-    /// The last problem logged, so that a lasting one is logged once, not every check.
-    last_error: Option<String>,
-}
-
-impl Devices {
-    /// Plans from the current interfaces and attaches accordingly. A failure is logged
-    /// (once while it lasts) and leaves the previous attachment in place; ClusterIPs
-    /// keep working.
-    fn apply(&mut self, dp: &mut EbpfDataplane, primary_ips: &[std::net::IpAddr]) {
-        let result = netdev::discover()
-            .map_err(|e| format!("listing network interfaces: {e}; NodePorts unchanged"))
-            .and_then(|ifaces| {
-                netdev::plan(
-                    &ifaces,
-                    &self.selection,
-                    primary_ips,
-                    &netdev::default_route_interfaces(),
-                    &self.pod_patterns,
-                )
-                .map_err(|e| {
-                    format!(
-                        "--nodeport-addresses {}: {e}; NodePorts are not served",
-                        self.selection
-                    )
-                })
-            })
-            .and_then(|plan| {
-                dp.set_devices(&plan).map_err(|e| {
-                    format!("attaching the tc programs: {e}; NodePorts may not be served")
-                })
-            });
-        match result {
-            Ok(()) => self.last_error = None,
-            Err(e) if self.last_error.as_ref() != Some(&e) => {
-                warn!("{e}");
-                self.last_error = Some(e);
-            }
-            Err(_) => {}
-        }
-    }
-}
-
 /// Sources -> world -> translation -> reconciler, one sync at a time.
 struct Pipeline {
-    devices: Devices,
+    /// `--nodeport-addresses`.
+    nodeport_addresses: NodePortAddresses,
+    /// The last problem setting the node, so that a lasting one is logged once.
+    node_error: Option<String>,
     health_checks: HealthCheckServers,
     /// The Node's InternalIPs the devices were last planned with.
     node_ips: Vec<std::net::IpAddr>,
@@ -483,10 +427,24 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    /// Re-plans the tc interfaces (a no-op when nothing changed).
-    fn refresh_devices(&mut self) {
-        self.devices
-            .apply(self.reconciler.dataplane_mut(), &self.node_ips);
+    /// Tells the data plane where NodePorts are served (a no-op when nothing changed).
+    /// A failure is logged (once while it lasts) and leaves the previous attachment in
+    /// place; ClusterIPs keep working.
+    fn set_node(&mut self) {
+        let node = NodeAddresses {
+            nodeport_addresses: self.nodeport_addresses.clone(),
+            node_ips: self.node_ips.clone(),
+        };
+        match self.reconciler.dataplane_mut().set_node(&node) {
+            Ok(()) => self.node_error = None,
+            Err(e) => {
+                let e = format!("setting up NodePorts: {e}; NodePorts may not be served");
+                if self.node_error.as_ref() != Some(&e) {
+                    warn!("{e}");
+                    self.node_error = Some(e);
+                }
+            }
+        }
     }
 
     /// Takes what the source has and applies it. `full` re-translates everything and
@@ -501,7 +459,7 @@ impl Pipeline {
         let _span = info_span!("sync", full).entered();
         let started = Instant::now();
         let (update, errors, changes) = source.take();
-        let m = &self.metrics;
+        let m = &Arc::clone(&self.metrics);
         m.service_changes.inc_by(changes.services);
         m.endpoint_changes.inc_by(changes.endpoint_slices);
         m.input_errors.inc_by(errors.len() as u64);
@@ -528,9 +486,8 @@ impl Pipeline {
             }
         };
         if full || self.node.is_none() || self.node_ips != node_ips {
-            self.devices
-                .apply(self.reconciler.dataplane_mut(), &node_ips);
             self.node_ips = node_ips;
+            self.set_node();
         }
         let rebuild = full || self.node.as_ref() != Some(&node);
         let translate_started = Instant::now();
@@ -609,44 +566,6 @@ impl Pipeline {
             "synced"
         );
     }
-}
-
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
-    }
-}
-
-/// Makes sure the pin directory is on a bpffs, mounting /sys/fs/bpf if the default
-/// location is used and nothing is mounted there yet.
-fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
-    let parent = dir.parent().unwrap_or(dir);
-    if is_bpffs(parent) || is_bpffs(dir) {
-        return Ok(());
-    }
-    let sys = Path::new("/sys/fs/bpf");
-    if parent == sys {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-            .status()
-            .context("running mount -t bpf")?;
-        if status.success() && is_bpffs(sys) {
-            info!("mounted bpffs at /sys/fs/bpf");
-            return Ok(());
-        }
-    }
-    bail!(
-        "{} is not on a bpffs (mount one with `mount -t bpf bpf {}`)",
-        dir.display(),
-        parent.display()
-    )
 }
 
 /// The mount point of the cgroup v2 hierarchy.

@@ -338,4 +338,3 @@ impl fmt::Display for NodePortAddresses {
         }
     }
 }
-

@@ -203,10 +203,16 @@ mod tests {
     }
 
     impl Dataplane for Recorder {
+        fn mode(&self) -> &'static str {
+            "recorder"
+        }
+        fn set_node(&mut self, _: &crate::model::NodeAddresses) -> Result<(), DataplaneError> {
+            Ok(())
+        }
         fn upsert(&mut self, svc: &VirtualService) -> Result<(), DataplaneError> {
             if svc.frontend.port == 666 {
-                return Err(DataplaneError::MapFull {
-                    map: "FRONTENDS",
+                return Err(DataplaneError::Capacity {
+                    table: "FRONTENDS",
                     capacity: 1,
                     what: svc.name.to_string(),
                 });

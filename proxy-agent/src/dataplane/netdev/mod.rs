@@ -3,12 +3,8 @@
 //! interfaces and default routes of the agent's network namespace.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::io;
 use std::net::IpAddr;
-use std::str::FromStr;
-
-use ipnetwork::IpNetwork;
 
 use crate::model::NodePortAddresses;
 

@@ -1,0 +1,3 @@
+//! Observers: what operators see of the agent and its data plane.
+
+pub mod render;
