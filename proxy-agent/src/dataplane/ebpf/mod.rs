@@ -19,6 +19,8 @@ pub mod conntrack;
 pub mod counters;
 mod devices;
 mod error;
+#[cfg(test)]
+mod fake;
 pub mod inspect;
 pub mod keys;
 pub mod load;

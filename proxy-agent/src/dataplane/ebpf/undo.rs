@@ -118,3 +118,77 @@ impl<T: Tables> Drop for Undo<'_, T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use crate::dataplane::ebpf::fake::FakeTables;
+
+    fn be(n: u8) -> Backend {
+        Backend {
+            addr: pc::Addr::from(std::net::IpAddr::from([10, 0, 0, n])),
+            port_be: 80u16.to_be(),
+            proto: pc::proto::TCP,
+            flags: 0,
+        }
+    }
+
+    fn slot(slot: u32) -> SlotKey {
+        SlotKey {
+            service_id: 1,
+            slot,
+        }
+    }
+
+    #[test]
+    fn dropping_the_log_reverses_every_write_newest_first() {
+        let mut t = FakeTables::default();
+        t.contents.slots.insert(slot(0), 7);
+        let before = t.contents.clone();
+        {
+            let mut u = Undo::new(&mut t);
+            u.put_backend(1, &be(1)).unwrap();
+            u.put_member(AffinityMatchKey {
+                service_id: 1,
+                backend_id: 1,
+            })
+            .unwrap();
+            u.put_slot(slot(0), 1, Some(7)).unwrap();
+            u.put_slot(slot(1), 1, None).unwrap();
+            u.put_source_range(1, &"10.0.0.0/8".parse().unwrap())
+                .unwrap();
+            u.put_frontend(
+                &pc::FrontendKey::default(),
+                &pc::FrontendValue::default(),
+                None,
+            )
+            .unwrap();
+        }
+        assert_eq!(t.contents, before);
+    }
+
+    #[test]
+    fn a_committed_log_keeps_its_writes() {
+        let mut t = FakeTables::default();
+        let mut u = Undo::new(&mut t);
+        u.put_backend(1, &be(1)).unwrap();
+        u.put_slot(slot(0), 1, None).unwrap();
+        u.commit();
+        assert_eq!(t.contents.backends.len(), 1);
+        assert_eq!(t.contents.slots.get(&slot(0)), Some(&1));
+    }
+
+    #[test]
+    fn a_failed_write_is_not_recorded_and_the_earlier_ones_are_reversed() {
+        let mut t = FakeTables::default();
+        t.fail_nth_write_from_now(2);
+        {
+            let mut u = Undo::new(&mut t);
+            u.put_backend(1, &be(1)).unwrap();
+            assert!(u.put_backend(2, &be(2)).is_err());
+        }
+        assert!(t.failed);
+        assert_eq!(t.contents, Default::default());
+    }
+}
