@@ -224,3 +224,57 @@ impl Dataplane for EbpfDataplane {
         self.metrics.register(registry);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn config(bpffs: &str) -> EbpfConfig {
+        EbpfConfig {
+            bpffs: bpffs.into(),
+            cgroup: "/nonexistent/cgroup".into(),
+            sizes: MapSizes::default(),
+            tc: pc::TcConfig::default(),
+            conntrack_max: 1024,
+            conntrack_gc_interval: Duration::from_secs(10),
+            pod_interfaces: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn loading_outside_a_runtime_is_an_error_not_a_panic() {
+        let e = EbpfDataplane::load(&config("/nonexistent/proxy-agent")).err();
+        assert!(matches!(e, Some(LoadError::NoRuntime)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_pin_directory_off_bpffs_is_refused_before_anything_is_loaded() {
+        let dir = std::env::temp_dir().join(format!("ebpf-load-{}", std::process::id()));
+        let e = EbpfDataplane::load(&config(&dir.join("agent").to_string_lossy())).err();
+        assert!(matches!(e, Some(LoadError::Bpffs(_))), "{e:?}");
+        assert!(!dir.exists(), "nothing was created");
+    }
+
+    #[tokio::test]
+    async fn side_tasks_stop_when_their_owner_is_dropped() {
+        let held = Arc::new(());
+        let in_task = Arc::clone(&held);
+        let task = AbortOnDrop(tokio::spawn(async move {
+            let _keep = in_task;
+            std::future::pending::<()>().await;
+        }));
+        tokio::task::yield_now().await;
+        assert_eq!(Arc::strong_count(&held), 2);
+        drop(task);
+        // The aborted task drops its future (and what it holds) when next polled.
+        for _ in 0..100 {
+            if Arc::strong_count(&held) == 1 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the task outlived its owner");
+    }
+}
