@@ -16,10 +16,8 @@
 //! snapshot; nothing reads `daemon`.) See ARCHITECTURE.md.
 #![deny(missing_docs)]
 
-pub mod conntrack;
 pub mod daemon;
 pub mod dataplane;
-pub mod inspect;
 pub mod model;
 pub mod observe;
 pub mod reconcile;

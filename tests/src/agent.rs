@@ -11,7 +11,7 @@ use crate::process::try_spawn;
 use crate::{ChildGuard, Netns, http_get, metric_value};
 
 /// One programmed frontend, as `proxyctl list --json` prints it. (A copy of
-/// `proxy_agent::inspect::ServiceView`'s shape: this crate does not depend on
+/// `proxy_agent::dataplane::ebpf::inspect::ServiceView`'s shape: this crate does not depend on
 /// `proxy-agent`, so that `cargo xtask setup` builds before bpf-linker exists.)
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
 pub struct ServiceView {

@@ -735,7 +735,7 @@ fn a_full_map_refuses_a_whole_service_keeps_the_rest_and_retries_when_room_appea
     assert!(
         agent
             .log()
-            .contains("map FRONTENDS is full (3 entries) while programming test/web"),
+            .contains("FRONTENDS is full (3 entries) while programming test/web"),
         "{}",
         agent.log()
     );
@@ -745,7 +745,7 @@ fn a_full_map_refuses_a_whole_service_keeps_the_rest_and_retries_when_room_appea
         tests::metric_value(
             &text,
             "proxy_agent_programming_failures_total",
-            "{reason=\"map_full\"}"
+            "{reason=\"capacity\"}"
         )
         .is_some_and(|v| v >= 1.0),
         "{text}"

@@ -208,6 +208,7 @@ impl Config {
             sizes: self.map_sizes(),
             tc: self.tc_config(),
             conntrack_max: self.conntrack_max,
+            conntrack_gc_interval: self.conntrack_gc_interval,
             pod_interfaces: self.pod_interfaces.clone(),
         }
     }

@@ -9,7 +9,7 @@ pub mod sync_loop;
 #[cfg(test)]
 mod tests;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -55,7 +55,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// Loads the data plane, starts the observers and runs the loop over `source`.
 async fn serve(cfg: &Config, node_name: String, mut source: impl Source) -> anyhow::Result<()> {
-    ensure_bpffs(&cfg.bpffs)?;
     let cgroup = match &cfg.cgroup_path {
         Some(p) => p.clone(),
         None => cgroup2_root().context("finding the cgroup2 mount (pass --cgroup-path)")?,
@@ -81,11 +80,6 @@ async fn serve(cfg: &Config, node_name: String, mut source: impl Source) -> anyh
             move || health.is_healthy(),
         )
     };
-    let _gc = crate::conntrack::spawn_gc(
-        cfg.bpffs.clone(),
-        cfg.conntrack_gc_interval,
-        Arc::clone(&metrics),
-    );
     let mut pipeline = Pipeline::new(
         node_name.clone(),
         cfg.nodeport_addresses.clone(),
@@ -133,44 +127,6 @@ async fn kube_client(cfg: &Config) -> anyhow::Result<kube::Client> {
             .context("no Kubernetes configuration (in-cluster, $KUBECONFIG or ~/.kube/config); pass --kubeconfig or --manifests")?,
     };
     kube::Client::try_from(config).context("building the Kubernetes client")
-}
-
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
-    }
-}
-
-/// Makes sure the pin directory is on a bpffs, mounting /sys/fs/bpf if the default
-/// location is used and nothing is mounted there yet.
-fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
-    let parent = dir.parent().unwrap_or(dir);
-    if is_bpffs(parent) || is_bpffs(dir) {
-        return Ok(());
-    }
-    let sys = Path::new("/sys/fs/bpf");
-    if parent == sys {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-            .status()
-            .context("running mount -t bpf")?;
-        if status.success() && is_bpffs(sys) {
-            info!("mounted bpffs at /sys/fs/bpf");
-            return Ok(());
-        }
-    }
-    bail!(
-        "{} is not on a bpffs (mount one with `mount -t bpf bpf {}`)",
-        dir.display(),
-        parent.display()
-    )
 }
 
 /// The mount point of the cgroup v2 hierarchy.

@@ -47,33 +47,35 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::List { json } => {
-            let services = crate::inspect::list(&cli.bpffs)?;
+            let services = crate::dataplane::ebpf::inspect::list(&cli.bpffs)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&services)?);
             } else {
-                print!("{}", crate::inspect::render_table(&services));
+                print!("{}", crate::observe::render::render_table(&services));
             }
         }
         Command::Affinity { json } => {
-            let list = crate::inspect::affinities(&cli.bpffs)?;
+            let list = crate::dataplane::ebpf::inspect::affinities(&cli.bpffs)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                print!("{}", crate::inspect::render_affinities(&list));
+                print!("{}", crate::observe::render::render_affinities(&list));
             }
         }
         Command::Conntrack { json } => {
-            let flows = crate::inspect::conntrack(&cli.bpffs)?;
+            let flows = crate::dataplane::ebpf::inspect::conntrack(&cli.bpffs)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&flows)?);
             } else {
-                print!("{}", crate::inspect::render_conntrack(&flows));
+                print!("{}", crate::observe::render::render_conntrack(&flows));
             }
         }
         Command::Stats => {
             print!(
                 "{}",
-                crate::inspect::render_counters(&crate::inspect::counters(&cli.bpffs)?)
+                crate::observe::render::render_counters(
+                    &crate::dataplane::ebpf::inspect::counters(&cli.bpffs)?
+                )
             );
         }
     }

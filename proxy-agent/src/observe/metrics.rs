@@ -2,15 +2,13 @@
 //! matches, so existing dashboards and alerts keep working; the rest are
 //! `proxy_agent_...`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -68,23 +66,14 @@ pub struct Metrics {
     pub healthz: Family<Code, Counter>,
     /// /livez answers by code.
     pub livez: Family<Code, Counter>,
-    /// Connection-tracking entries (two per flow) left after the last collection.
-    pub conntrack_entries: Gauge,
-    /// Connection-tracking entries deleted by the collector.
-    pub conntrack_gc_deleted: Counter,
-    /// Completed collections.
-    pub conntrack_gc_runs: Counter,
-    /// Collections that failed (map errors); retried at the next interval.
-    pub conntrack_gc_errors: Counter,
-    /// How long a collection took.
-    pub conntrack_gc_duration: Histogram,
     /// `healthCheckNodePort`s that could not be listened on (retried at each sync).
     pub health_check_bind_errors: Counter,
 }
 
 impl Metrics {
-    /// A registry with every metric; `backend` adds the data plane's own.
-    pub fn new(backend: impl FnOnce(&mut Registry)) -> Arc<Metrics> {
+    /// A registry with every metric; `register_backend` adds the data plane's own
+    /// (see [`crate::dataplane::Dataplane::register_metrics`]).
+    pub fn new(register_backend: impl FnOnce(&mut Registry)) -> Arc<Metrics> {
         let mut registry = Registry::default();
         let m = Metrics {
             sync_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
@@ -101,12 +90,6 @@ impl Metrics {
             no_local_endpoints: Family::default(),
             healthz: Family::default(),
             livez: Family::default(),
-            conntrack_entries: Gauge::default(),
-            conntrack_gc_deleted: Counter::default(),
-            conntrack_gc_runs: Counter::default(),
-            conntrack_gc_errors: Counter::default(),
-            // 1 ms .. ~16 s: a full table of 262,144 entries is read in well under that.
-            conntrack_gc_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             health_check_bind_errors: Counter::default(),
             registry: Registry::default(),
         };
@@ -178,36 +161,11 @@ impl Metrics {
             m.backends.clone(),
         );
         r.register(
-            "proxy_agent_conntrack_entries",
-            "Connection-tracking entries of the tc path (two per flow) after the last collection",
-            m.conntrack_entries.clone(),
-        );
-        r.register(
-            "proxy_agent_conntrack_gc_deleted",
-            "Connection-tracking entries deleted because their flow was idle past its timeout",
-            m.conntrack_gc_deleted.clone(),
-        );
-        r.register(
-            "proxy_agent_conntrack_gc_runs",
-            "Completed connection-tracking collections",
-            m.conntrack_gc_runs.clone(),
-        );
-        r.register(
-            "proxy_agent_conntrack_gc_errors",
-            "Connection-tracking collections that failed",
-            m.conntrack_gc_errors.clone(),
-        );
-        r.register(
-            "proxy_agent_conntrack_gc_duration_seconds",
-            "Time one connection-tracking collection took",
-            m.conntrack_gc_duration.clone(),
-        );
-        r.register(
             "proxy_agent_health_check_bind_errors",
             "healthCheckNodePorts that could not be listened on (retried at each sync)",
             m.health_check_bind_errors.clone(),
         );
-        backend(r);
+        register_backend(r);
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -221,60 +179,23 @@ impl Metrics {
     }
 }
 
-/// The per-CPU `COUNTERS` map, summed over CPUs at scrape time.
-/// (Interim: moves into the eBPF backend.)
-#[derive(Debug)]
-pub struct DatapathCounters {
-    /// The pin directory.
-    pub bpffs: PathBuf,
-}
-
-impl Collector for DatapathCounters {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Ok(values) = crate::inspect::counters(&self.bpffs) else {
-            return Ok(());
-        };
-        {
-            let mut me = encoder.encode_descriptor(
-                "proxy_agent_datapath_events",
-                "What the data plane programs did, by event (translations, refusals, drops, misses)",
-                None,
-                ConstCounter::new(0u64).metric_type(),
-            )?;
-            for (event, value) in values {
-                ConstCounter::new(value).encode(me.encode_family(&[("event", event)])?)?;
-            }
-        }
-        let up = ConstGauge::new(1i64);
-        up.encode(encoder.encode_descriptor(
-            "proxy_agent_datapath_loaded",
-            "1 while the data plane's maps are readable",
-            None,
-            up.metric_type(),
-        )?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn conntrack_and_health_check_metrics_are_exported_under_their_names() {
-        let m = Metrics::new(|_| {});
-        m.conntrack_entries.set(4);
-        m.conntrack_gc_deleted.inc_by(2);
-        m.conntrack_gc_runs.inc();
-        m.conntrack_gc_duration.observe(0.002);
+    fn health_check_and_backend_metrics_are_exported_under_their_names() {
+        // The conntrack metrics moved to the eBPF backend (`dataplane::ebpf::metrics`).
+        let m = Metrics::new(|r| {
+            let c = Counter::<u64>::default();
+            c.inc();
+            r.register("proxy_agent_backend_test", "A backend's metric", c);
+        });
         m.health_check_bind_errors.inc();
         let text = m.encode();
         for line in [
-            "proxy_agent_conntrack_entries 4",
-            "proxy_agent_conntrack_gc_deleted_total 2",
-            "proxy_agent_conntrack_gc_runs_total 1",
-            "proxy_agent_conntrack_gc_errors_total 0",
-            "proxy_agent_conntrack_gc_duration_seconds_count 1",
             "proxy_agent_health_check_bind_errors_total 1",
+            "proxy_agent_backend_test_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

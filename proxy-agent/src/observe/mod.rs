@@ -1,7 +1,9 @@
-//! Observers: what operators and Prometheus see. They read what the layers below
-//! expose (the reconciler's reports, the data plane's views) and change nothing.
+//! Observers: what operators and Prometheus see of the agent and its data plane. They
+//! read what the layers below expose (the reconciler's reports, the data plane's
+//! views) and change nothing.
 
 pub mod ctl;
 pub mod healthcheck;
 pub mod http;
 pub mod metrics;
+pub mod render;
