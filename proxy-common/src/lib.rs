@@ -709,26 +709,35 @@ const _: () = {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: plain `repr(C)` integers and arrays with explicit padding; every bit
-    // pattern is a valid value.
-    unsafe impl aya::Pod for Addr {}
-    unsafe impl aya::Pod for FrontendKey {}
-    unsafe impl aya::Pod for FrontendValue {}
-    unsafe impl aya::Pod for SlotKey {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for AffinityMatchKey {}
-    unsafe impl aya::Pod for AffinityKey {}
-    unsafe impl aya::Pod for AffinityValue {}
-    unsafe impl aya::Pod for RevSockKey {}
-    unsafe impl aya::Pod for RevSockValue {}
-    unsafe impl aya::Pod for ServiceName {}
-    unsafe impl aya::Pod for NodeAddr {}
-    unsafe impl aya::Pod for Iface {}
-    unsafe impl aya::Pod for SourceRangeKey {}
-    unsafe impl aya::Pod for ClientAffinityKey {}
-    unsafe impl aya::Pod for CtKey {}
-    unsafe impl aya::Pod for CtEntry {}
-    unsafe impl aya::Pod for TcConfig {}
+    /// `aya::Pod` for map types: each is `#[repr(C)]`, `Copy`, made of integers and
+    /// integer arrays with its padding spelled out as fields (the size assertions
+    /// above check there is none left), so every bit pattern is a valid value.
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {
+            // SAFETY: see the macro's doc: repr(C), no implicit padding, any bits valid.
+            $(unsafe impl aya::Pod for $t {})*
+        };
+    }
+    pod!(
+        Addr,
+        FrontendKey,
+        FrontendValue,
+        SlotKey,
+        Backend,
+        AffinityMatchKey,
+        AffinityKey,
+        AffinityValue,
+        RevSockKey,
+        RevSockValue,
+        ServiceName,
+        NodeAddr,
+        Iface,
+        SourceRangeKey,
+        ClientAffinityKey,
+        CtKey,
+        CtEntry,
+        TcConfig,
+    );
 }
 
 #[cfg(test)]

@@ -174,8 +174,8 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
 
     let affinity = fe.flags & FRONTEND_F_AFFINITY != 0;
     let aff_key = AffinityKey {
-        // SAFETY: helper valid for sock_addr programs.
         netns_cookie: if affinity {
+            // SAFETY: helper valid for sock_addr programs, on the program's context.
             unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
         } else {
             0
@@ -317,6 +317,7 @@ fn reverse(ctx: &SockAddrContext, addr: Addr, port_be: u16) -> Option<RevSockVal
 /// Reads `user_ip6` one 32-bit word at a time (wider context loads are rejected).
 #[inline(always)]
 unsafe fn read_ip6(sa: *mut bpf_sock_addr) -> Addr {
+    // SAFETY: `sa` is the context the kernel passed the program (the caller's contract).
     unsafe {
         Addr([
             read_volatile(addr_of!((*sa).user_ip6[0])),
@@ -330,6 +331,7 @@ unsafe fn read_ip6(sa: *mut bpf_sock_addr) -> Addr {
 /// Writes `user_ip6` one 32-bit word at a time.
 #[inline(always)]
 unsafe fn write_ip6(sa: *mut bpf_sock_addr, a: &Addr) {
+    // SAFETY: `sa` is the context the kernel passed the program (the caller's contract).
     unsafe {
         write_volatile(addr_of_mut!((*sa).user_ip6[0]), a.0[0]);
         write_volatile(addr_of_mut!((*sa).user_ip6[1]), a.0[1]);

@@ -18,7 +18,10 @@
 
 // Map helpers take `impl Borrow`: passing references keeps the big values (conntrack
 // entries live in per-CPU scratch) off the 512-byte stack.
-#![allow(clippy::needless_borrows_for_generic_args)]
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "references keep big values off the 512-byte stack"
+)]
 
 use aya_ebpf::{
     bindings::{
@@ -47,13 +50,25 @@ use crate::packet::{self, Packet};
 use crate::{ct, lb};
 
 // The bindings' types for these differ between targets.
-#[allow(clippy::unnecessary_cast)]
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "the bindings' types differ between targets"
+)]
 const PASS: i32 = TC_ACT_OK as i32;
-#[allow(clippy::unnecessary_cast)]
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "the bindings' types differ between targets"
+)]
 const DROP: i32 = TC_ACT_SHOT as i32;
-#[allow(clippy::unnecessary_cast)]
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "the bindings' types differ between targets"
+)]
 const FIB_SUCCESS: i64 = BPF_FIB_LKUP_RET_SUCCESS as i64;
-#[allow(clippy::unnecessary_cast)]
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "the bindings' types differ between targets"
+)]
 const FIB_NO_NEIGH: i64 = BPF_FIB_LKUP_RET_NO_NEIGH as i64;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -535,13 +550,15 @@ fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16) -> i32 {
     }
     if rc == FIB_NO_NEIGH {
         // The kernel resolves the neighbour (the FIB left the next hop in *_dst).
-        // SAFETY: union fields written by the kernel for this family.
+        // SAFETY: all-zero is a valid bpf_redir_neigh; its fields are set below.
         let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
         if s.to.daddr.is_v4() {
             nh.nh_family = u32::from(AF_INET);
+            // SAFETY: the kernel wrote this union field for this family.
             nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
         } else {
             nh.nh_family = u32::from(AF_INET6);
+            // SAFETY: the kernel wrote this union field for this family.
             nh.__bindgen_anon_1.ipv6_nh = unsafe { fib.__bindgen_anon_4.ipv6_dst };
         }
         // SAFETY: `nh` on our stack, size given.

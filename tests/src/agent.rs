@@ -225,7 +225,11 @@ impl Agent {
             )
             .map(|v| {
                 // Counters are whole numbers.
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "counters are whole, non-negative numbers"
+                )]
                 let n = v as u64;
                 n
             })

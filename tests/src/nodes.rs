@@ -525,7 +525,7 @@ fn write_spread(r: &mut String, chain: &str, name: &str, targets: &[(&SocketAddr
     for (i, (be, sep)) in targets.iter().enumerate() {
         let left = n - i;
         if left > 1 {
-            #[allow(clippy::cast_precision_loss)]
+            #[allow(clippy::cast_precision_loss, reason = "a handful of endpoints")]
             let p = 1.0 / left as f64;
             let _ = writeln!(
                 r,

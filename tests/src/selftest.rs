@@ -259,6 +259,7 @@ fn waits_are_bounded() {
 fn bpffs_is_private_and_unmounted_on_drop() {
     let fs_ = BpfFs::new("self");
     let path = fs_.path().to_owned();
+    // SAFETY: an all-zero statfs is a valid value; statfs fills it in.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let c = std::ffi::CString::new(path.to_string_lossy().as_bytes()).expect("path");
     // SAFETY: valid path and out-pointer.

@@ -46,9 +46,10 @@ pub fn render_table(services: &[ServiceView]) -> String {
 
 /// `proxyctl stats`: the data plane's counters as a table.
 pub fn render_counters(counters: &[(&str, u64)]) -> String {
+    let width = counters.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
     let mut s = String::new();
     for (name, value) in counters {
-        let _ = writeln!(s, "{name:<24} {value}");
+        let _ = writeln!(s, "{name:<width$} {value}");
     }
     s
 }

@@ -351,6 +351,7 @@ fn bind_socket(addr: SocketAddr, ty: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY (both arms): an all-zero sockaddr is valid; the fields are then set.
     let rc = match addr {
         SocketAddr::V4(a) => {
+            // SAFETY: an all-zero sockaddr is a valid value; its fields are set below.
             let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
             sa.sin_family = libc::AF_INET as libc::sa_family_t;
             sa.sin_port = a.port().to_be();
@@ -366,6 +367,7 @@ fn bind_socket(addr: SocketAddr, ty: libc::c_int) -> io::Result<OwnedFd> {
         }
         SocketAddr::V6(a) => {
             set_int_opt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+            // SAFETY: an all-zero sockaddr is a valid value; its fields are set below.
             let mut sa: libc::sockaddr_in6 = unsafe { mem::zeroed() };
             sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             sa.sin6_port = a.port().to_be();
@@ -689,16 +691,20 @@ fn connect_from(to: SocketAddr, port: u16, timeout: Duration) -> io::Result<TcpS
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     // SAFETY (all blocks below): plain syscalls on the descriptor we own, with
     // buffers that outlive the calls and lengths that match them.
+    // SAFETY: fcntl on the descriptor we own.
     let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    // SAFETY: fcntl on the descriptor we own.
     if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
         return Err(io::Error::last_os_error());
     }
     let rc = match to {
         SocketAddr::V4(a) => {
+            // SAFETY: an all-zero sockaddr is a valid value; its fields are set below.
             let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
             sa.sin_family = libc::AF_INET as libc::sa_family_t;
             sa.sin_port = a.port().to_be();
             sa.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            // SAFETY: `sa` is a valid sockaddr of the length passed, alive for the call.
             unsafe {
                 libc::connect(
                     raw,
@@ -708,11 +714,13 @@ fn connect_from(to: SocketAddr, port: u16, timeout: Duration) -> io::Result<TcpS
             }
         }
         SocketAddr::V6(a) => {
+            // SAFETY: an all-zero sockaddr is a valid value; its fields are set below.
             let mut sa: libc::sockaddr_in6 = unsafe { mem::zeroed() };
             sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             sa.sin6_port = a.port().to_be();
             sa.sin6_addr.s6_addr = a.ip().octets();
             sa.sin6_scope_id = a.scope_id();
+            // SAFETY: `sa` is a valid sockaddr of the length passed, alive for the call.
             unsafe {
                 libc::connect(
                     raw,
@@ -733,6 +741,7 @@ fn connect_from(to: SocketAddr, port: u16, timeout: Duration) -> io::Result<TcpS
             revents: 0,
         };
         let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `pfd` is a valid pollfd we own, alive for the call.
         let n = unsafe { libc::poll(&raw mut pfd, 1, ms) };
         if n < 0 {
             return Err(io::Error::last_os_error());
@@ -742,6 +751,7 @@ fn connect_from(to: SocketAddr, port: u16, timeout: Duration) -> io::Result<TcpS
         }
         let mut err: libc::c_int = 0;
         let mut len = socklen_of::<libc::c_int>();
+        // SAFETY: `err` and `len` are ours and sized for SO_ERROR.
         if unsafe {
             libc::getsockopt(
                 raw,
@@ -758,6 +768,7 @@ fn connect_from(to: SocketAddr, port: u16, timeout: Duration) -> io::Result<TcpS
             return Err(io::Error::from_raw_os_error(err));
         }
     }
+    // SAFETY: fcntl on the descriptor we own.
     if unsafe { libc::fcntl(raw, libc::F_SETFL, flags) } < 0 {
         return Err(io::Error::last_os_error());
     }

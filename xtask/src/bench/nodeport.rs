@@ -559,7 +559,11 @@ fn crr(env: &Env<'_>, addr: &str, port: u16) -> Result<Crr> {
         bail!("probe crr {to}: {line} {stderr}");
     }
     // Counts, printed as integers.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "counts, printed as integers"
+    )]
     let (conns, errs) = (field(&line, "conns")? as u64, field(&line, "errs")? as u64);
     if errs * 100 > conns {
         bail!("{errs} failed connections to {to}: {line} {stderr}");
