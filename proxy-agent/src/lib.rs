@@ -22,4 +22,3 @@ pub mod model;
 pub mod reconcile;
 pub mod source;
 pub mod translate;
-pub mod validate;

@@ -9,7 +9,7 @@
 //! - Skipped silently: Services labelled `service.kubernetes.io/service-proxy-name`
 //!   (another proxy owns them), `ExternalName` Services and headless Services
 //!   (`clusterIP: None`). Skipped with a [`Skipped`] entry: Services that fail
-//!   [`validate::service`] (whole, never half), Services with no ClusterIP at all, SCTP
+//!   [`validate::service`](crate::source::validate::service) (whole, never half), Services with no ClusterIP at all, SCTP
 //!   ports (the other ports are still served), ClusterIPs of a family this node lacks,
 //!   and the loser of two Services claiming the same frontend.
 //! - EndpointSlices belong to the Service named by their `kubernetes.io/service-name`
@@ -61,7 +61,7 @@
 //!   none of the IP's family, nobody outside may connect: that external frontend is
 //!   left out (reported as [`Skipped`]) rather than programmed without ranges, which
 //!   would admit everybody. An entry that does not parse rejects the Service whole (see
-//!   [`validate`]). The `service.beta.kubernetes.io/load-balancer-source-ranges`
+//!   [`validate`](crate::source::validate)). The `service.beta.kubernetes.io/load-balancer-source-ranges`
 //!   annotation is not read, as in kube-proxy.
 //! - A frontend a Service produces twice (an externalIP equal to its own ClusterIP or
 //!   load balancer IP) is served once, by the first of ClusterIP, LoadBalancer,
@@ -90,8 +90,10 @@ use crate::model::{
     DesiredState, FrontendKey, FrontendKind, HealthCheck, Protocol, Scope, ServicePortName,
     VirtualService,
 };
+use crate::source::validate::{
+    self, LABEL_SERVICE_NAME, family_name, namespace_of, parse_cidr, parse_ip,
+};
 use crate::source::{ObjectKey, Snapshot, World};
-use crate::validate::{self, LABEL_SERVICE_NAME, family_name, namespace_of, parse_cidr, parse_ip};
 
 /// Services with this label belong to another service proxy.
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";

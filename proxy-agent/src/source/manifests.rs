@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::Snapshot;
-use crate::validate::{self, DEFAULT_NAMESPACE, FieldError};
+use crate::source::validate::{self, DEFAULT_NAMESPACE, FieldError};
 
 /// How long the directory must stay quiet before [`ManifestSource::changed`] returns.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);

@@ -5,6 +5,7 @@
 
 pub mod kubernetes;
 pub mod manifests;
+pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::validate::{LABEL_SERVICE_NAME, namespace_of};
+use validate::{LABEL_SERVICE_NAME, namespace_of};
 
 /// `namespace/name` of an object.
 pub type ObjectKey = (String, String);
