@@ -1052,6 +1052,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     use super::*;
+    use crate::source::manifests::test_support::{TempDir, examples, source};
 
     // ---- builders ------------------------------------------------------------------
 
@@ -3677,5 +3678,44 @@ mod tests {
             );
         }
         assert_eq!(seen, [true; 6], "the sequence missed a situation");
+    }
+
+    // ---- the examples, read through the manifest source --------------------------------
+
+    #[test]
+    fn the_clusterip_example_loads_and_translates_to_two_frontends() {
+        let dir = TempDir::new();
+        let text = std::fs::read_to_string(examples().join("clusterip.yaml")).unwrap();
+        assert!(
+            text.contains("\n  sessionAffinity: None\n"),
+            "the demo rewrites this line"
+        );
+        dir.write("clusterip.yaml", &text);
+        let (snapshot, errors) = source(&dir).load();
+        assert_eq!(errors, []);
+        let node = crate::translate::NodeContext {
+            name: "node-a".into(),
+            zone: None,
+            ipv4: true,
+            ipv6: true,
+        };
+        let t = crate::translate::translate(&snapshot, &node);
+        assert_eq!(t.skipped, []);
+        let shown: Vec<String> = t
+            .desired
+            .services
+            .values()
+            .map(|v| {
+                let backends: Vec<String> = v.backends.iter().map(ToString::to_string).collect();
+                format!("{} {} -> {}", v.name, v.frontend, backends.join(" "))
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "demo/echo:dns 10.96.0.10:53/UDP -> 10.244.0.11:5353 10.244.0.12:5353 10.244.0.13:5353",
+                "demo/echo:http 10.96.0.10:80/TCP -> 10.244.0.11:8080 10.244.0.12:8080 10.244.0.13:8080",
+            ]
+        );
     }
 }
