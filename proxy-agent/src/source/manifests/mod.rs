@@ -30,6 +30,7 @@ use std::time::Duration;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::warn;
 
 pub use error::{ManifestError, SourceError};
@@ -43,6 +44,13 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// The longest [`ManifestSource::changed`] waits for a quiet spell once something
 /// changed, so a directory that never stops changing is still re-read.
 pub const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// A change being debounced: when its first and its latest events arrived.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    first: Instant,
+    last: Instant,
+}
 
 /// A good object and the file it came from.
 #[derive(Clone, Debug)]
@@ -58,6 +66,9 @@ pub struct ManifestSource {
     _watcher: RecommendedWatcher,
     /// One pending "something changed", coalesced.
     events: mpsc::Receiver<()>,
+    /// The change [`changed`](Self::changed) is debouncing, if any: kept here rather
+    /// than in its future, so that dropping the future loses nothing.
+    pending: Option<Pending>,
     /// What the last [`load`](Self::load) returned, with the files it came from.
     last_good: BTreeMap<ObjectId, Known>,
 }
@@ -103,6 +114,7 @@ impl ManifestSource {
             dir,
             _watcher: watcher,
             events,
+            pending: None,
             last_good: BTreeMap::new(),
         })
     }
@@ -118,8 +130,10 @@ impl ManifestSource {
     /// An object that was good before and is now invalid keeps its last good version (so
     /// a typo never withdraws a working service), and the error says so.
     pub fn load(&mut self) -> (Snapshot, Vec<ManifestError>) {
-        // Changes from here on are seen by the next `changed`.
+        // Changes from here on are seen by the next `changed`; those before, including
+        // one a dropped `changed` was debouncing, are read now.
         while self.events.try_recv().is_ok() {}
+        self.pending = None;
 
         let mut errors = Vec::new();
         let files = match manifest_files(&self.dir) {
@@ -233,20 +247,47 @@ impl ManifestSource {
     }
 
     /// Waits until something in the directory changed, coalescing bursts: returns once
-    /// the directory has been quiet for [`DEBOUNCE`] (or after [`MAX_DEBOUNCE`]).
+    /// the directory has been quiet for [`DEBOUNCE`] since the last event (or
+    /// [`MAX_DEBOUNCE`] after the first).
+    ///
+    /// Cancel-safe, so it can be raced in `tokio::select!` against timers: the future
+    /// holds no state of its own. It only ever waits on a channel receive (which loses
+    /// nothing when dropped), and records an event in `self` (the debounce in progress)
+    /// before it waits again; a later call resumes that debounce where a dropped one
+    /// left it, so a change is never lost, nor its debounce restarted.
     pub async fn changed(&mut self) {
-        if self.events.recv().await.is_none() {
-            // The watcher is gone (it lives as long as `self`, so this does not happen).
-            std::future::pending::<()>().await;
-        }
-        let deadline = tokio::time::Instant::now() + MAX_DEBOUNCE;
         loop {
-            let quiet = tokio::time::Instant::now() + DEBOUNCE;
+            let Some(pending) = self.pending else {
+                if self.events.recv().await.is_none() {
+                    // The watcher is gone (it lives as long as `self`, so this does not
+                    // happen).
+                    std::future::pending::<()>().await;
+                }
+                let now = Instant::now();
+                self.pending = Some(Pending {
+                    first: now,
+                    last: now,
+                });
+                continue;
+            };
+            let deadline = pending.first + MAX_DEBOUNCE;
+            let quiet = pending.last + DEBOUNCE;
             match tokio::time::timeout_at(quiet.min(deadline), self.events.recv()).await {
-                Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
-                _ => break,
+                Ok(Some(())) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    self.pending = Some(Pending {
+                        last: now,
+                        ..pending
+                    });
+                }
+                // Quiet for long enough, waited long enough, or the watcher is gone.
+                Ok(None) | Err(_) => break,
             }
         }
+        self.pending = None;
     }
 }
 

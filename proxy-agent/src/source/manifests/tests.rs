@@ -231,6 +231,45 @@ async fn changed_fires_after_a_file_is_written() {
     assert_eq!(keys(&snapshot.services), ["demo/a"]);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_change_is_not_lost_when_changed_is_dropped_mid_debounce() {
+    let dir = TempDir::new();
+    let mut src = source(&dir);
+    src.load();
+    dir.write("a.yaml", &service_yaml("demo", "a", "10.96.0.1", 80));
+    // Wait in real time (tokio's clock is paused) for the write's events, which the
+    // channel coalesces into one.
+    let waited = std::time::Instant::now();
+    while src.events.is_empty() {
+        assert!(
+            waited.elapsed() < EVENT_TIMEOUT,
+            "no event within {EVENT_TIMEOUT:?} after writing a.yaml"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // Dropped before the directory has been quiet for DEBOUNCE, as when another branch
+    // of the agent's `tokio::select!` wins; the first call takes the event.
+    for i in 0..3 {
+        assert!(
+            tokio::time::timeout(DEBOUNCE / 4, src.changed())
+                .await
+                .is_err(),
+            "call {i} returned before the directory was quiet for {DEBOUNCE:?}"
+        );
+    }
+    assert!(src.events.is_empty(), "a dropped call took the event");
+    // The next call finishes the debounce the dropped ones began.
+    assert!(
+        tokio::time::timeout(DEBOUNCE / 2, src.changed())
+            .await
+            .is_ok(),
+        "the change seen by a dropped call was lost"
+    );
+    let (snapshot, _) = src.load();
+    assert_eq!(keys(&snapshot.services), ["demo/a"]);
+}
+
 #[tokio::test]
 async fn changed_fires_after_a_delete_and_an_atomic_rename() {
     let dir = TempDir::new();
