@@ -23,4 +23,3 @@ pub mod observe;
 pub mod reconcile;
 pub mod source;
 pub mod translate;
-pub mod validate;

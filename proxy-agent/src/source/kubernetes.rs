@@ -50,7 +50,7 @@ impl<K> Default for Store<K> {
 }
 
 /// Checks an object before it may replace the last good version.
-type Check<K> = fn(&K) -> Result<(), crate::validate::FieldError>;
+type Check<K> = fn(&K) -> Result<(), crate::source::validate::FieldError>;
 
 impl<K: Resource + Clone> Store<K>
 where
@@ -119,7 +119,7 @@ where
     }
 }
 
-fn describe<K: Resource>(k: &ObjectKey, e: &crate::validate::FieldError) -> String
+fn describe<K: Resource>(k: &ObjectKey, e: &crate::source::validate::FieldError) -> String
 where
     K::DynamicType: Default,
 {
@@ -181,7 +181,7 @@ impl KubeSource {
                 Arc::clone(&shared),
                 |s| &mut s.services,
                 |c| &mut c.services,
-                crate::validate::service,
+                crate::source::validate::service,
             ),
             spawn_watch(
                 Api::<EndpointSlice>::all(client.clone()),
@@ -189,7 +189,7 @@ impl KubeSource {
                 Arc::clone(&shared),
                 |s| &mut s.slices,
                 |c| &mut c.endpoint_slices,
-                crate::validate::endpoint_slice,
+                crate::source::validate::endpoint_slice,
             ),
             spawn_watch(
                 Api::<Node>::all(client),
@@ -265,7 +265,7 @@ impl KubeSource {
                     .into_iter()
                     .flatten()
                     .filter(|a| a.type_ == "InternalIP")
-                    .filter_map(|a| crate::validate::parse_ip(&a.address))
+                    .filter_map(|a| crate::source::validate::parse_ip(&a.address))
                     .collect(),
             })
             .unwrap_or_default()
@@ -290,7 +290,7 @@ fn node_families(node: &Node) -> Option<(bool, bool)> {
         .as_ref()?
         .iter()
         .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-        .filter_map(|a| crate::validate::parse_ip(&a.address))
+        .filter_map(|a| crate::source::validate::parse_ip(&a.address))
         .collect();
     if ips.is_empty() {
         return None;
@@ -369,7 +369,7 @@ mod tests {
         }
     }
 
-    fn ok(_: &Service) -> Result<(), crate::validate::FieldError> {
+    fn ok(_: &Service) -> Result<(), crate::source::validate::FieldError> {
         Ok(())
     }
 

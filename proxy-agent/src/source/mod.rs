@@ -6,6 +6,7 @@
 pub mod debounce;
 pub mod kubernetes;
 pub mod manifests;
+pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -15,7 +16,7 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::validate::{LABEL_SERVICE_NAME, namespace_of};
+use validate::{LABEL_SERVICE_NAME, namespace_of};
 
 /// `namespace/name` of an object.
 pub type ObjectKey = (String, String);
