@@ -358,6 +358,7 @@ async fn under_manifest_churn_the_programmed_state_matches_the_directory_within_
         seed % n
     };
     let mut worst = Duration::ZERO;
+    let mut writes = 0u32;
     for round in 0..200u16 {
         for _ in 0..1 + rand(4) {
             let name = format!("f{}.yaml", rand(12));
@@ -376,7 +377,10 @@ async fn under_manifest_churn_the_programmed_state_matches_the_directory_within_
                     // Each file its own Service and VIP; rewriting changes the port.
                     let idx = files.len() as u16 + round;
                     let port = 1000 + rand(60000) as u16;
-                    let svc = format!("s-{}", name.trim_end_matches(".yaml"));
+                    // A fresh name per write: a renamed file keeps its Service, and
+                    // two files must never hold the same one.
+                    writes += 1;
+                    let svc = format!("s{writes}");
                     let ip = format!("10.96.{}.{}", idx / 250, 1 + idx % 250);
                     let old = files.keys().find(|f| **f == name).cloned();
                     let ip = match old {

@@ -63,6 +63,12 @@ impl Debounce {
         }
     }
 
+    /// Whether no signal waits in the channel (tests).
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.signals.is_empty()
+    }
+
     /// Forgets signals already received (the caller has just read the current state).
     pub fn clear(&mut self) {
         while self.signals.try_recv().is_ok() {}

@@ -30,13 +30,13 @@ use std::time::Duration;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tracing::warn;
 
 pub use error::{ManifestError, SourceError};
 use parse::{Object, ObjectId, Outcome, label, manifest_files, parse_file, read_text};
 
 use super::Snapshot;
+use super::debounce::Debounce;
 
 /// How long the directory must stay quiet before [`ManifestSource::changed`] returns.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -44,13 +44,6 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// The longest [`ManifestSource::changed`] waits for a quiet spell once something
 /// changed, so a directory that never stops changing is still re-read.
 pub const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
-
-/// A change being debounced: when its first and its latest events arrived.
-#[derive(Clone, Copy, Debug)]
-struct Pending {
-    first: Instant,
-    last: Instant,
-}
 
 /// A good object and the file it came from.
 #[derive(Clone, Debug)]
@@ -64,11 +57,9 @@ pub struct ManifestSource {
     dir: PathBuf,
     /// Kept alive for its inotify watch.
     _watcher: RecommendedWatcher,
-    /// One pending "something changed", coalesced.
-    events: mpsc::Receiver<()>,
-    /// The change [`changed`](Self::changed) is debouncing, if any: kept here rather
-    /// than in its future, so that dropping the future loses nothing.
-    pending: Option<Pending>,
+    /// "Something changed" signals, debounced; the burst in progress lives here, not
+    /// in the future of [`changed`](Self::changed), so dropping that loses nothing.
+    events: Debounce,
     /// What the last [`load`](Self::load) returned, with the files it came from.
     last_good: BTreeMap<ObjectId, Known>,
 }
@@ -113,8 +104,7 @@ impl ManifestSource {
         Ok(ManifestSource {
             dir,
             _watcher: watcher,
-            events,
-            pending: None,
+            events: Debounce::new(events, DEBOUNCE, MAX_DEBOUNCE),
             last_good: BTreeMap::new(),
         })
     }
@@ -132,8 +122,7 @@ impl ManifestSource {
     pub fn load(&mut self) -> (Snapshot, Vec<ManifestError>) {
         // Changes from here on are seen by the next `changed`; those before, including
         // one a dropped `changed` was debouncing, are read now.
-        while self.events.try_recv().is_ok() {}
-        self.pending = None;
+        self.events.clear();
 
         let mut errors = Vec::new();
         let files = match manifest_files(&self.dir) {
@@ -256,38 +245,7 @@ impl ManifestSource {
     /// before it waits again; a later call resumes that debounce where a dropped one
     /// left it, so a change is never lost, nor its debounce restarted.
     pub async fn changed(&mut self) {
-        loop {
-            let Some(pending) = self.pending else {
-                if self.events.recv().await.is_none() {
-                    // The watcher is gone (it lives as long as `self`, so this does not
-                    // happen).
-                    std::future::pending::<()>().await;
-                }
-                let now = Instant::now();
-                self.pending = Some(Pending {
-                    first: now,
-                    last: now,
-                });
-                continue;
-            };
-            let deadline = pending.first + MAX_DEBOUNCE;
-            let quiet = pending.last + DEBOUNCE;
-            match tokio::time::timeout_at(quiet.min(deadline), self.events.recv()).await {
-                Ok(Some(())) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
-                    }
-                    self.pending = Some(Pending {
-                        last: now,
-                        ..pending
-                    });
-                }
-                // Quiet for long enough, waited long enough, or the watcher is gone.
-                Ok(None) | Err(_) => break,
-            }
-        }
-        self.pending = None;
+        self.events.changed().await;
     }
 }
 
