@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 
 use super::NodeContext;
-use super::topology::{TopologyMode, topology_mode};
+use super::topology::topology_mode;
 use crate::model::Protocol;
 use crate::source::validate::{family_name, parse_ip};
 
@@ -110,14 +110,9 @@ fn endpoint_info<'a>(
 pub(super) fn cluster_endpoints(endpoints: &[Ep<'_>], node: &NodeContext) -> Vec<SocketAddr> {
     let zone = node.zone.as_deref().unwrap_or("");
     let mode = topology_mode(endpoints, &node.name, zone);
-    let available = |e: &Ep<'_>| match mode {
-        TopologyMode::None => true,
-        TopologyMode::SameNode => e.node_hints.contains(node.name.as_str()),
-        TopologyMode::SameZone => e.zone_hints.contains(zone),
-    };
     let ready: Vec<SocketAddr> = endpoints
         .iter()
-        .filter(|e| e.ready && available(e))
+        .filter(|e| e.ready && mode.keeps(e, &node.name, zone))
         .map(|e| e.addr)
         .collect();
     if !ready.is_empty() {

@@ -9,7 +9,7 @@
 //! - Skipped silently: Services labelled `service.kubernetes.io/service-proxy-name`
 //!   (another proxy owns them), `ExternalName` Services and headless Services
 //!   (`clusterIP: None`). Skipped with a [`Skipped`] entry: Services that fail
-//!   [`validate::service`](crate::source::validate::service) (whole, never half), Services with no ClusterIP at all, SCTP
+//!   [`validate::service`] (whole, never half), Services with no ClusterIP at all, SCTP
 //!   ports (the other ports are still served), ClusterIPs of a family this node lacks,
 //!   and the loser of two Services claiming the same frontend.
 //! - EndpointSlices belong to the Service named by their `kubernetes.io/service-name`
@@ -61,7 +61,7 @@
 //!   none of the IP's family, nobody outside may connect: that external frontend is
 //!   left out (reported as [`Skipped`]) rather than programmed without ranges, which
 //!   would admit everybody. An entry that does not parse rejects the Service whole (see
-//!   [`validate`](crate::source::validate)). The `service.beta.kubernetes.io/load-balancer-source-ranges`
+//!   [`validate`]). The `service.beta.kubernetes.io/load-balancer-source-ranges`
 //!   annotation is not read, as in kube-proxy.
 //! - A frontend a Service produces twice (an externalIP equal to its own ClusterIP or
 //!   load balancer IP) is served once, by the first of ClusterIP, LoadBalancer,
@@ -78,14 +78,29 @@
 //! families (kube-proxy's `LocalReadyEndpoints`). Ports are not deduplicated across
 //! Services (the API server allocates each once).
 //!
-//! Files: `service` translates one Service, from the endpoints `endpoints` selects in
-//! the slices `slices` accepts, with `topology` hints; `conflicts` settles frontends
-//! claimed by several Services.
+//! Files, one concept each: `service` translates one Service, putting together its
+//! `cluster_ip`s, `external_ip`s, `load_balancer` IPs and their `source_ranges`, its
+//! `node_port`s, each port's `frontends` and its `health_check`; the backends are the
+//! `endpoints` of the `slices` that count, narrowed by `topology` hints; `conflicts`
+//! settles frontends claimed by several Services.
+//!
+//! [`VirtualService`]: crate::model::VirtualService
+//! [`validate`]: crate::source::validate
+//! [`validate::service`]: crate::source::validate::service
+//! [`FrontendKind`]: crate::model::FrontendKind
+//! [`Scope`]: crate::model::Scope
 
+mod cluster_ip;
 mod conflicts;
 mod endpoints;
+mod external_ip;
+mod frontends;
+mod health_check;
+mod load_balancer;
+mod node_port;
 mod service;
 mod slices;
+mod source_ranges;
 mod topology;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -165,18 +180,13 @@ pub fn translate(snapshot: &Snapshot, node: &NodeContext) -> Translation {
         .filter(|c| !losers.contains_key(&c.id))
         .filter_map(|c| c.health_check.clone())
         .collect();
-    sort_health_checks(&mut health_checks);
+    health_check::sort(&mut health_checks);
     skipped.extend(losers.into_values());
     Translation {
         desired,
         skipped,
         health_checks,
     }
-}
-
-/// Orders health checks by port, then namespace and name.
-fn sort_health_checks(checks: &mut [HealthCheck]) {
-    checks.sort_by(|a, b| (a.port, &a.namespace, &a.name).cmp(&(b.port, &b.namespace, &b.name)));
 }
 
 /// Incremental translation, with the same results as [`translate`]: it keeps each
@@ -251,7 +261,7 @@ impl Translator {
             .noted_served()
             .filter_map(|c| c.health_check.clone())
             .collect();
-        sort_health_checks(&mut out);
+        health_check::sort(&mut out);
         out
     }
 

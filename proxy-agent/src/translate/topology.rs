@@ -13,6 +13,17 @@ pub(super) enum TopologyMode {
     SameZone,
 }
 
+impl TopologyMode {
+    /// Whether the mode keeps endpoint `e` on node `node` in zone `zone`.
+    pub(super) fn keeps(self, e: &Ep<'_>, node: &str, zone: &str) -> bool {
+        match self {
+            TopologyMode::None => true,
+            TopologyMode::SameNode => e.node_hints.contains(node),
+            TopologyMode::SameZone => e.zone_hints.contains(zone),
+        }
+    }
+}
+
 /// kube-proxy's `topologyModeFromHints`: hints count only if every ready endpoint has
 /// one of the kind and at least one names this node (zone).
 pub(super) fn topology_mode(endpoints: &[Ep<'_>], node: &str, zone: &str) -> TopologyMode {
