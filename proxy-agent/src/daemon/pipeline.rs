@@ -45,7 +45,7 @@ impl<D: Dataplane> Pipeline<D> {
             node_name,
             nodeport_addresses,
             world: World::default(),
-            translator: Translator::default(),
+            translator: Translator::new(reconciler.dataplane().capabilities()),
             reconciler,
             node: None,
             health_checks,

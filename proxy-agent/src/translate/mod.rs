@@ -90,6 +90,7 @@
 //! [`FrontendKind`]: crate::model::FrontendKind
 //! [`Scope`]: crate::model::Scope
 
+mod capabilities;
 mod cluster_ip;
 mod conflicts;
 mod endpoints;
@@ -105,7 +106,7 @@ mod topology;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{DesiredState, FrontendKey, HealthCheck};
+use crate::model::{Capabilities, DesiredState, FrontendKey, HealthCheck};
 use crate::source::validate::namespace_of;
 use crate::source::{ObjectKey, Snapshot, World};
 use conflicts::settle;
@@ -155,8 +156,19 @@ pub struct Translation {
     pub health_checks: Vec<HealthCheck>,
 }
 
-/// Translates a snapshot into the data plane's desired state for `node`.
+/// Translates a snapshot into the data plane's desired state for `node`, for a data
+/// plane that supports everything.
 pub fn translate(snapshot: &Snapshot, node: &NodeContext) -> Translation {
+    translate_with(snapshot, node, &Capabilities::all())
+}
+
+/// Translates a snapshot for `node` and a data plane with `capabilities`: Services
+/// that need what it lacks are skipped whole.
+pub fn translate_with(
+    snapshot: &Snapshot,
+    node: &NodeContext,
+    capabilities: &Capabilities,
+) -> Translation {
     let mut skipped = Vec::new();
     let slices = index_slices(snapshot, &mut skipped);
 
@@ -169,7 +181,8 @@ pub fn translate(snapshot: &Snapshot, node: &NodeContext) -> Translation {
             ))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        if let Some(candidate) = service(svc, own, node, &mut skipped) {
+        let candidate = service(svc, own, node, &mut skipped);
+        if let Some(candidate) = capabilities::supported(candidate, capabilities, &mut skipped) {
             candidates.push(candidate);
         }
     }
@@ -210,9 +223,19 @@ pub struct Translator {
     /// The Services whose candidate has a health check or frontends without a local
     /// endpoint (few), so that those queries need not visit every Service.
     noted: BTreeSet<ObjectKey>,
+    /// What the data plane cannot do.
+    capabilities: Capabilities,
 }
 
 impl Translator {
+    /// A translator for a data plane with `capabilities`.
+    pub fn new(capabilities: Capabilities) -> Self {
+        Translator {
+            capabilities,
+            ..Translator::default()
+        }
+    }
+
     /// What the data plane should serve.
     pub fn desired(&self) -> &DesiredState {
         &self.desired
@@ -314,7 +337,8 @@ impl Translator {
             let candidate = world.snapshot().services.get(&key).and_then(|svc| {
                 let mut slices = world.slices_of(&key);
                 slices.retain(|sl| usable_slice(sl, &mut skipped).is_some());
-                service(svc, &slices, node, &mut skipped)
+                let candidate = service(svc, &slices, node, &mut skipped);
+                capabilities::supported(candidate, &self.capabilities, &mut skipped)
             });
             if let Some(c) = &candidate {
                 contested |= c
