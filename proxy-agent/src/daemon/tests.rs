@@ -79,6 +79,41 @@ fn key(ip: &str, port: u16) -> FrontendKey {
     FrontendKey::internal(ip.parse().unwrap(), port, Protocol::Tcp)
 }
 
+/// Runs the daemon's loop over `source` and `dp` in a task, until the sender is used.
+fn spawn_loop<S: Source + 'static>(
+    mut source: S,
+    dp: FakeDataplane,
+    timing: Timing,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let metrics = Metrics::new(|_| {});
+        let health = Health::new(Duration::from_secs(60));
+        let health_checks = HealthCheckServers::new("127.0.0.1".parse().unwrap(), || true);
+        let mut pipeline = Pipeline::new(
+            "node-a".into(),
+            NodePortAddresses::None,
+            Reconciler::new(dp).unwrap(),
+            health_checks,
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+        );
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        sync_loop::run(
+            &mut source,
+            &mut pipeline,
+            timing,
+            &metrics,
+            &health,
+            shutdown,
+        )
+        .await;
+    });
+    (stop, task)
+}
+
 /// The loop running in a task, and the handles a test drives it with.
 struct Running {
     fake: FakeDataplane,
@@ -97,37 +132,11 @@ impl Running {
     ) -> Self {
         let fake = FakeDataplane::new();
         let world = Arc::new(Mutex::new(world));
-        let mut source = FakeSource {
+        let source = FakeSource {
             world: Arc::clone(&world),
             debounce,
         };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let dp = fake.clone();
-        let task = tokio::spawn(async move {
-            let metrics = Metrics::new(|_| {});
-            let health = Health::new(Duration::from_secs(60));
-            let health_checks = HealthCheckServers::new("127.0.0.1".parse().unwrap(), || true);
-            let mut pipeline = Pipeline::new(
-                "node-a".into(),
-                NodePortAddresses::None,
-                Reconciler::new(dp).unwrap(),
-                health_checks,
-                Arc::clone(&metrics),
-                Arc::clone(&health),
-            );
-            let shutdown = async move {
-                let _ = stopped.await;
-            };
-            sync_loop::run(
-                &mut source,
-                &mut pipeline,
-                timing,
-                &metrics,
-                &health,
-                shutdown,
-            )
-            .await;
-        });
+        let (stop, task) = spawn_loop(source, fake.clone(), timing);
         Running {
             fake,
             signals,
@@ -320,34 +329,8 @@ async fn under_manifest_churn_the_programmed_state_matches_the_directory_within_
     use std::collections::BTreeSet;
     let dir = Dir::new();
     let fake = FakeDataplane::new();
-    let mut source = crate::source::manifests::ManifestSource::new(dir.0.clone()).unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let dp = fake.clone();
-    let task = tokio::spawn(async move {
-        let metrics = Metrics::new(|_| {});
-        let health = Health::new(Duration::from_secs(60));
-        let checks = HealthCheckServers::new("127.0.0.1".parse().unwrap(), || true);
-        let mut pipeline = Pipeline::new(
-            "node-a".into(),
-            NodePortAddresses::None,
-            Reconciler::new(dp).unwrap(),
-            checks,
-            Arc::clone(&metrics),
-            Arc::clone(&health),
-        );
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        sync_loop::run(
-            &mut source,
-            &mut pipeline,
-            TIMING,
-            &metrics,
-            &health,
-            shutdown,
-        )
-        .await;
-    });
+    let source = crate::source::manifests::ManifestSource::new(dir.0.clone()).unwrap();
+    let (stop, task) = spawn_loop(source, fake.clone(), TIMING);
     // file name -> port of the service it holds (one Service per file).
     let mut files: std::collections::BTreeMap<String, u16> = Default::default();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
