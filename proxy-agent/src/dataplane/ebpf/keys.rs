@@ -78,6 +78,12 @@ pub fn affinity_of(value: &pc::FrontendValue) -> Option<u32> {
     (value.flags & pc::FRONTEND_F_AFFINITY != 0).then_some(value.affinity_timeout_s)
 }
 
+/// A service name as `SVC_NAMES` holds it: truncated to its fixed size. What the
+/// kernel holds is what drift is judged by.
+pub fn held_name(name: &ServicePortName) -> ServicePortName {
+    parse_name(pc::ServiceName::new(&name.to_string()).as_str())
+}
+
 /// `namespace/name[:port]` back into its parts (as `ServicePortName` displays it).
 pub fn parse_name(s: &str) -> ServicePortName {
     let (namespace, rest) = s.split_once('/').unwrap_or(("", s));

@@ -200,6 +200,13 @@ impl Dataplane for EbpfDataplane {
         Ok(self.services.programmed())
     }
 
+    fn held(&self, svc: &VirtualService) -> VirtualService {
+        VirtualService {
+            name: keys::held_name(&svc.name),
+            ..svc.clone()
+        }
+    }
+
     fn refresh(&mut self) -> Result<(), DataplaneError> {
         self.services.refresh(&mut self.tables)
     }

@@ -192,17 +192,11 @@ impl Services {
         Ok(s)
     }
 
-    /// Re-reads the tables (see [`Services::adopt`]), keeping the names this process
-    /// knows for frontends it still finds: `SVC_NAMES` holds a truncated form. On error
-    /// the index is unchanged.
+    /// Re-reads the tables (see [`Services::adopt`]): afterwards the index is what the
+    /// kernel holds, names included (as `SVC_NAMES` stores them). On error the index
+    /// is unchanged.
     pub(super) fn refresh(&mut self, tables: &mut impl Tables) -> Result<(), DataplaneError> {
-        let mut fresh = Services::adopt(tables, self.sizes)?;
-        for (f, p) in &mut fresh.by_frontend {
-            if let Some(old) = self.by_frontend.get(f) {
-                p.name = old.name.clone();
-            }
-        }
-        *self = fresh;
+        *self = Services::adopt(tables, self.sizes)?;
         Ok(())
     }
 
@@ -225,7 +219,7 @@ impl Services {
                 backends.sort();
                 backends.dedup();
                 VirtualService {
-                    name: p.name.clone(),
+                    name: keys::held_name(&p.name),
                     frontend: p.frontend,
                     backends,
                     affinity_timeout_s: keys::affinity_of(&p.value),

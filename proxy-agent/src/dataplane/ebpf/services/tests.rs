@@ -519,7 +519,7 @@ fn a_rollback_after_adopting_a_missing_slot_deletes_what_it_wrote() {
 }
 
 #[test]
-fn refresh_sees_drift_and_keeps_the_names_it_knows() {
+fn refresh_sees_drift_and_reads_names_as_the_kernel_holds_them() {
     let long = VirtualService {
         name: ServicePortName {
             namespace: "a".repeat(100),
@@ -545,14 +545,20 @@ fn refresh_sees_drift_and_keeps_the_names_it_knows() {
     assert_eq!(got.len(), 1, "the deleted frontend is gone: {got:?}");
     assert!(got[0].backends.is_empty(), "slot 0 points at no backend");
     assert_eq!(
-        got[0].name, long.name,
-        "the full name, not SVC_NAMES' truncated one"
+        got[0].name,
+        keys::held_name(&long.name),
+        "SVC_NAMES' truncated name: what the kernel holds"
     );
+    assert_ne!(got[0].name, long.name);
 
     // The next sync repairs both.
     s.upsert(&mut t, &long).unwrap();
     s.upsert(&mut t, &other).unwrap();
-    assert_eq!(held(&s), vec![long, other]);
+    let repaired = VirtualService {
+        name: keys::held_name(&long.name),
+        ..long
+    };
+    assert_eq!(held(&s), vec![repaired, other]);
 }
 
 #[test]
