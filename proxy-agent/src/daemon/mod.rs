@@ -64,13 +64,15 @@ async fn serve(cfg: &Config, node_name: String, mut source: impl Source) -> anyh
     let metrics = Metrics::new(|r| dataplane.register_metrics(r));
     let reconciler = Reconciler::new(dataplane).context("reading the programmed state")?;
     let health = Health::new(cfg.sync_period * 2);
+    let observers = crate::observe::runtime::start().context("starting the observers' runtime")?;
     crate::observe::http::serve(
+        &observers,
+        reconciler.dataplane().mode(),
         cfg.metrics_bind_address,
         cfg.healthz_bind_address,
         Arc::clone(&metrics),
         Arc::clone(&health),
     )
-    .await
     .context("starting the metrics and health servers")?;
     // kube-proxy serves health check ports on every address; so do we (dual-stack).
     let health_checks = {
@@ -79,6 +81,7 @@ async fn serve(cfg: &Config, node_name: String, mut source: impl Source) -> anyh
             std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
             move || health.is_healthy(),
         )
+        .on(observers)
     };
     let mut pipeline = Pipeline::new(
         node_name.clone(),
@@ -160,10 +163,9 @@ pub fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = Config::parse();
-    // Two workers: a sync runs on one (block_in_place) while the other keeps
-    // /healthz, /metrics and the health check servers answering.
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for the sources, the loop and the sync (a change reaches the maps
+    // without crossing threads); the observers have a runtime of their own.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?

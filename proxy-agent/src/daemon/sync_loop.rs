@@ -8,7 +8,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::info;
 
@@ -46,12 +45,12 @@ pub async fn run<S: Source, D: Dataplane>(
         let wait = match schedule.next(Instant::now()) {
             Next::Sync { full } => {
                 schedule.sync_started(Instant::now());
-                blocking(|| pipeline.sync(source, full));
+                pipeline.sync(source, full);
                 continue;
             }
             Next::RefreshNode => {
                 schedule.node_refreshed();
-                blocking(|| pipeline.refresh_node());
+                pipeline.refresh_node();
                 continue;
             }
             Next::WaitUntil(t) => Some(t),
@@ -73,14 +72,4 @@ pub async fn run<S: Source, D: Dataplane>(
         schedule.note(event);
     }
     info!("stopping; the data plane stays programmed until the next agent adopts it");
-}
-
-/// Runs a sync without stalling the other tasks (`/healthz`, `/metrics`, health check
-/// servers) on a multi-threaded runtime; on a current-thread runtime (tests with paused
-/// time) it simply runs.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
 }

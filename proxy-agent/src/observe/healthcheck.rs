@@ -69,6 +69,8 @@ pub struct HealthCheckServers {
     servers: BTreeMap<u16, Server>,
     /// Listeners opened so far (tests check that an update does not re-bind).
     binds: u64,
+    /// Where the listeners are served (None: the caller's runtime).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for HealthCheckServers {
@@ -92,7 +94,15 @@ impl HealthCheckServers {
             healthy: Arc::new(healthy),
             servers: BTreeMap::new(),
             binds: 0,
+            runtime: None,
         }
+    }
+
+    /// Serves the listeners on `runtime` instead of the caller's (the daemon gives
+    /// them the observers' runtime, so they answer while a sync runs).
+    pub fn on(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(runtime);
+        self
     }
 
     /// Makes the listeners match `checks`: opens new ports, closes ports no longer
@@ -132,7 +142,10 @@ impl HealthCheckServers {
             keep
         });
 
-        let runtime = tokio::runtime::Handle::try_current();
+        let runtime = match &self.runtime {
+            Some(rt) => Ok(rt.clone()),
+            None => tokio::runtime::Handle::try_current(),
+        };
         let mut errors = Vec::new();
         for (port, check) in wanted {
             let answer = Answer {
@@ -156,7 +169,10 @@ impl HealthCheckServers {
             let bound = match &runtime {
                 // try_current succeeded: we are inside the runtime, which registering
                 // the listener needs.
-                Ok(rt) => listen(addr).map(|l| (rt.clone(), l)),
+                Ok(rt) => {
+                    let _entered = rt.enter();
+                    listen(addr).map(|l| (rt.clone(), l))
+                }
                 Err(e) => Err(io::Error::other(format!("no Tokio runtime: {e}"))),
             };
             match bound {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -92,9 +93,12 @@ struct Shared {
     health: Arc<Health>,
 }
 
-/// Binds both servers and serves them in the background; returns the bound addresses
-/// (port 0 picks a free port).
-pub async fn serve(
+/// Binds both servers and serves them on `runtime` (the observers' own, so that they
+/// answer while a sync runs); returns the bound addresses (port 0 picks a free port).
+/// `/proxyMode` answers `mode`.
+pub fn serve(
+    runtime: &tokio::runtime::Handle,
+    mode: &'static str,
     metrics_addr: SocketAddr,
     health_addr: SocketAddr,
     metrics: Arc<Metrics>,
@@ -103,19 +107,27 @@ pub async fn serve(
     let shared = Shared { metrics, health };
     let m = Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/proxyMode", get(|| async { "ebpf" }))
+        .route("/proxyMode", get(move || async move { mode }))
         .with_state(shared.clone());
     let h = Router::new()
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .with_state(shared);
-    let ml = tokio::net::TcpListener::bind(metrics_addr).await?;
-    let hl = tokio::net::TcpListener::bind(health_addr).await?;
+    // Registering a listener needs the runtime it will be served on.
+    let _entered = runtime.enter();
+    let ml = listener(metrics_addr)?;
+    let hl = listener(health_addr)?;
     let (ma, ha) = (ml.local_addr()?, hl.local_addr()?);
     info!(metrics = %ma, health = %ha, "serving metrics and health");
-    tokio::spawn(async move { axum::serve(ml, m).await });
-    tokio::spawn(async move { axum::serve(hl, h).await });
+    runtime.spawn(async move { axum::serve(ml, m).await });
+    runtime.spawn(async move { axum::serve(hl, h).await });
     Ok((ma, ha))
+}
+
+fn listener(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    l.set_nonblocking(true)?;
+    Ok(tokio::net::TcpListener::from_std(l)?)
 }
 
 async fn metrics_handler(State(s): State<Shared>) -> impl IntoResponse {

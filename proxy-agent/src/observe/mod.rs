@@ -7,3 +7,4 @@ pub mod healthcheck;
 pub mod http;
 pub mod metrics;
 pub mod render;
+pub mod runtime;
