@@ -15,6 +15,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier};
 use aya::{Ebpf, EbpfLoader};
 use proxy_common as pc;
 use proxy_common::maps;
+use tracing::{info, warn};
 
 use super::{EbpfConfig, PROGRAMS};
 use crate::dataplane::DataplaneError;
@@ -82,6 +83,30 @@ pub enum LoadError {
 /// Loads the object with the configured map sizes (reusing maps pinned under
 /// `<bpffs>/maps`), loads the tc programs for later attachment, writes `TC_CONFIG`, and
 /// attaches every socket program to the cgroup (see the module documentation).
+/// A `COUNTERS` map pinned by an older agent may have fewer entries than this one
+/// counts; reused as it is, the newer counters would silently never count. It holds
+/// statistics only, so it is replaced (counts restart from zero; the previous agent's
+/// programs keep their map until the new ones are attached).
+fn replace_outgrown_counters(maps_dir: &Path) {
+    let pin = maps_dir.join(maps::COUNTERS);
+    let Ok(old) = MapData::from_pin(&pin) else {
+        return;
+    };
+    let entries = old.info().map(|i| i.max_entries());
+    if let Ok(n) = entries
+        && n != pc::counter::COUNT
+    {
+        match std::fs::remove_file(&pin) {
+            Ok(()) => info!(
+                old = n,
+                new = pc::counter::COUNT,
+                "the pinned COUNTERS map has another size: replaced, counts restart"
+            ),
+            Err(e) => warn!(pin = %pin.display(), error = %e, "replacing the COUNTERS pin"),
+        }
+    }
+}
+
 pub(super) fn load_and_attach(cfg: &EbpfConfig) -> Result<Ebpf, LoadError> {
     if PROGRAMS.is_empty() {
         return Err(LoadError::NoPrograms);
@@ -95,6 +120,7 @@ pub(super) fn load_and_attach(cfg: &EbpfConfig) -> Result<Ebpf, LoadError> {
             source,
         })?;
     }
+    replace_outgrown_counters(&maps_dir);
     let s = cfg.sizes;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&maps_dir)
