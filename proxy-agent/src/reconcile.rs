@@ -133,13 +133,13 @@ impl<D: Dataplane> Reconciler<D> {
         let mut done: Vec<(FrontendKey, Option<VirtualService>)> = Vec::new();
         for svc in frontends {
             let held = self.dataplane.held(svc);
-            if self.applied.get(&svc.frontend) == Some(&held) {
+            if self.applied.get(&svc.frontend) == Some(held.as_ref()) {
                 report.unchanged += 1;
                 continue;
             }
             match self.dataplane.upsert(svc) {
                 Ok(()) => {
-                    let previous = self.applied.insert(svc.frontend, held);
+                    let previous = self.applied.insert(svc.frontend, held.into_owned());
                     done.push((svc.frontend, previous));
                     report.upserted += 1;
                 }

@@ -55,11 +55,6 @@ impl<D: Dataplane> Pipeline<D> {
         }
     }
 
-    /// The reconciler (what is applied, the data plane).
-    pub fn reconciler(&self) -> &Reconciler<D> {
-        &self.reconciler
-    }
-
     /// The data plane, for its device events.
     pub fn dataplane_mut(&mut self) -> &mut D {
         self.reconciler.dataplane_mut()

@@ -6,6 +6,7 @@ pub mod ebpf;
 pub mod fake;
 pub mod netdev;
 
+use std::borrow::Cow;
 use std::future::Future;
 
 use crate::model::{Capabilities, FrontendKey, NodeAddresses, VirtualService};
@@ -106,9 +107,10 @@ pub trait Dataplane: Send {
     fn programmed(&self) -> Result<Vec<VirtualService>, DataplaneError>;
 
     /// What of `svc` this backend stores in the kernel, in the form
-    /// [`Dataplane::programmed`] reports it. The default: everything.
-    fn held(&self, svc: &VirtualService) -> VirtualService {
-        svc.clone()
+    /// [`Dataplane::programmed`] reports it (borrowed when that is `svc` itself, so
+    /// comparing costs no copy). The default: everything.
+    fn held<'a>(&self, svc: &'a VirtualService) -> Cow<'a, VirtualService> {
+        Cow::Borrowed(svc)
     }
 
     /// Re-reads the kernel state, so that [`Dataplane::programmed`] shows entries

@@ -78,10 +78,25 @@ pub fn affinity_of(value: &pc::FrontendValue) -> Option<u32> {
     (value.flags & pc::FRONTEND_F_AFFINITY != 0).then_some(value.affinity_timeout_s)
 }
 
-/// A service name as `SVC_NAMES` holds it: truncated to its fixed size. What the
-/// kernel holds is what drift is judged by.
-pub fn held_name(name: &ServicePortName) -> ServicePortName {
-    parse_name(pc::ServiceName::new(&name.to_string()).as_str())
+/// A service name as `SVC_NAMES` holds it, when that differs from `name` (it is
+/// truncated to the map value's fixed size): what the kernel holds is what drift is
+/// judged by. `None` for a name that fits whole, which is nearly every one.
+pub fn held_name(name: &ServicePortName) -> Option<ServicePortName> {
+    // `namespace/name[:port]`, measured without formatting it.
+    let len = name.namespace.len()
+        + 1
+        + name.name.len()
+        + if name.port.is_empty() {
+            0
+        } else {
+            1 + name.port.len()
+        };
+    if len <= pc::ServiceName::default().name.len() {
+        return None;
+    }
+    let full = name.to_string();
+    let stored = pc::ServiceName::new(&full);
+    (stored.as_str() != full).then(|| parse_name(stored.as_str()))
 }
 
 /// `namespace/name[:port]` back into its parts (as `ServicePortName` displays it).

@@ -30,6 +30,7 @@ mod services;
 pub mod tables;
 mod undo;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -200,10 +201,14 @@ impl Dataplane for EbpfDataplane {
         Ok(self.services.programmed())
     }
 
-    fn held(&self, svc: &VirtualService) -> VirtualService {
-        VirtualService {
-            name: keys::held_name(&svc.name),
-            ..svc.clone()
+    fn held<'a>(&self, svc: &'a VirtualService) -> Cow<'a, VirtualService> {
+        // Only a name too long for SVC_NAMES differs from what was asked for.
+        match keys::held_name(&svc.name) {
+            None => Cow::Borrowed(svc),
+            Some(name) => Cow::Owned(VirtualService {
+                name,
+                ..svc.clone()
+            }),
         }
     }
 

@@ -219,7 +219,7 @@ impl Services {
                 backends.sort();
                 backends.dedup();
                 VirtualService {
-                    name: keys::held_name(&p.name),
+                    name: keys::held_name(&p.name).unwrap_or_else(|| p.name.clone()),
                     frontend: p.frontend,
                     backends,
                     affinity_timeout_s: keys::affinity_of(&p.value),

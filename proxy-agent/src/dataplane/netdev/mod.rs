@@ -12,7 +12,6 @@ pub use rtnl::{Dump, RtnlError, Snapshot, list};
 pub use watch::{Change, DEFAULT_RESYNC, DeviceWatch};
 
 use std::collections::BTreeSet;
-use std::io;
 use std::net::IpAddr;
 
 use crate::model::NodePortAddresses;
@@ -163,18 +162,6 @@ pub fn plan(
         }
     }
     Ok(plan)
-}
-
-/// The interfaces of this network namespace with their addresses (an rtnetlink
-/// listing; [`list`] also gives the default routes from the same listing).
-pub fn discover() -> io::Result<Vec<Interface>> {
-    list().map(|s| s.interfaces).map_err(io::Error::other)
-}
-
-/// Names of the interfaces holding a default route (IPv4 or IPv6) of the main table;
-/// empty if they cannot be listed ([`list`] reports why).
-pub fn default_route_interfaces() -> BTreeSet<String> {
-    rtnl::list_default_routes().unwrap_or_default()
 }
 
 #[cfg(test)]

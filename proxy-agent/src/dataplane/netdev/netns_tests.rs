@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use tokio::time::{sleep, timeout};
 
-use super::{Change, DeviceWatch, Interface, RtnlError, Snapshot, default_route_interfaces};
-use super::{discover, list};
+use super::list;
+use super::{Change, DeviceWatch, Interface, RtnlError, Snapshot};
 
 /// Issue 8: a new pod veth gets its tc program within 100 ms of appearing.
 const NOTIFY_WITHIN: Duration = Duration::from_millis(100);
@@ -175,7 +175,6 @@ fn a_new_veth_and_its_addresses_are_notified_and_listed() {
             }]
         );
         assert!(snap.default_route_interfaces.is_empty(), "{snap:?}");
-        assert_eq!(discover().unwrap(), snap.interfaces);
 
         let link = ["link", "add", "nw0", "type", "veth", "peer", "name", "nw1"];
         expect_change(&mut watch, &ns, &link).await;
@@ -203,7 +202,6 @@ fn a_new_veth_and_its_addresses_are_notified_and_listed() {
             find(&listed, "nw0").addrs,
             [ip("192.0.2.1"), ip("2001:db8::1")]
         );
-        assert_eq!(discover().unwrap(), listed.interfaces);
 
         expect_change(&mut watch, &ns, &["link", "del", "nw0"]).await;
         assert_eq!(names(&list().unwrap()), ["lo"]);
@@ -224,7 +222,6 @@ fn default_routes_of_both_families_are_notified_and_listed() {
 
         expect_change(&mut watch, &ns, &["route", "add", "default", "dev", "nr0"]).await;
         assert_eq!(list().unwrap().default_route_interfaces, nr0());
-        assert_eq!(default_route_interfaces(), nr0());
 
         let v6 = ["-6", "route", "add", "default", "dev", "nr0"];
         expect_change(&mut watch, &ns, &v6).await;
@@ -232,7 +229,7 @@ fn default_routes_of_both_families_are_notified_and_listed() {
         // Still held by the IPv6 one.
         assert_eq!(list().unwrap().default_route_interfaces, nr0());
         expect_change(&mut watch, &ns, &["-6", "route", "del", "default"]).await;
-        assert!(default_route_interfaces().is_empty());
+        assert!(list().unwrap().default_route_interfaces.is_empty());
 
         // A pod's route: no re-list for it.
         ns.ip(&["route", "add", "198.51.100.0/24", "dev", "nr0"]);

@@ -169,14 +169,6 @@ pub fn list() -> Result<Snapshot, RtnlError> {
     Ok(assemble(links, addrs, &routes))
 }
 
-/// Lists only the links and default routes (no addresses).
-pub(super) fn list_default_routes() -> Result<BTreeSet<String>, RtnlError> {
-    let mut conn = Conn::new(Kernel::open()?);
-    let links = conn.links()?;
-    let routes = conn.default_routes()?;
-    Ok(assemble(links, Vec::new(), &routes).default_route_interfaces)
-}
-
 /// A link from `RTM_NEWLINK`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Link {

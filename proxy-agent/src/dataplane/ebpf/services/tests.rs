@@ -546,7 +546,7 @@ fn refresh_sees_drift_and_reads_names_as_the_kernel_holds_them() {
     assert!(got[0].backends.is_empty(), "slot 0 points at no backend");
     assert_eq!(
         got[0].name,
-        keys::held_name(&long.name),
+        keys::held_name(&long.name).expect("a name too long for SVC_NAMES"),
         "SVC_NAMES' truncated name: what the kernel holds"
     );
     assert_ne!(got[0].name, long.name);
@@ -555,7 +555,7 @@ fn refresh_sees_drift_and_reads_names_as_the_kernel_holds_them() {
     s.upsert(&mut t, &long).unwrap();
     s.upsert(&mut t, &other).unwrap();
     let repaired = VirtualService {
-        name: keys::held_name(&long.name),
+        name: keys::held_name(&long.name).expect("a name too long for SVC_NAMES"),
         ..long
     };
     assert_eq!(held(&s), vec![repaired, other]);
