@@ -129,6 +129,9 @@ pub mod programs {
     pub const TC_INGRESS: &str = "tc_ingress";
     /// tc egress on external interfaces: replies of node-local backends.
     pub const TC_EGRESS: &str = "tc_egress";
+    /// A tc program that does nothing: the per-packet cost floor the benchmarks
+    /// measure ours against. Never attached by the agent.
+    pub const TC_FLOOR: &str = "tc_floor";
     /// All socket programs.
     pub const ALL: [&str; 8] = [
         CONNECT4,

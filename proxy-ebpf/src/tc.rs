@@ -85,6 +85,15 @@ pub fn tc_egress(mut ctx: TcContext) -> i32 {
     egress(&mut ctx)
 }
 
+/// The floor of per-packet cost on this machine, for `cargo xtask bench pkt`: a program
+/// that does nothing, attached beside ours and measured with the same run-time
+/// statistics. Never attached by the agent. It hands the packet to the next program
+/// (`TC_ACT_UNSPEC` is TCX_NEXT), so the ones it is measured beside still run.
+#[classifier]
+pub fn tc_floor(_ctx: TcContext) -> i32 {
+    aya_ebpf::bindings::TC_ACT_UNSPEC
+}
+
 #[inline(always)]
 fn ingress(ctx: &mut TcContext) -> i32 {
     let Some(s) = scratch() else {
