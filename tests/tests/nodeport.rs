@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tests::packet::{TCP_RST, capture_socket, capture_until};
 use tests::{
     Agent, BpfFs, Cgroup, ChildGuard, ManifestDir, Node, NodesTopology, ProbeReply, ServiceSpec,
-    http_get, probe_bin, run, spawn_guarded,
+    http_get, metric_value, probe_bin, run, spawn_guarded,
 };
 
 const POD_TCP: u16 = 8080;
@@ -755,6 +755,83 @@ fn a_full_table_of_assured_flows_keeps_them_and_still_serves_new_ones_unassured(
         "the established connection broke while the table was full: {:?}\n{}",
         keeper.seen_lines(),
         env.diagnostics()
+    );
+}
+
+/// The CPUs this process may run on (what the agent sizes its tables by).
+fn cores() -> u64 {
+    // SAFETY: an all-zero cpu_set_t is valid; sched_getaffinity writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; the size is the set's.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: reads the set filled above.
+    u64::try_from(unsafe { libc::CPU_COUNT(&set) }).expect("a core count")
+}
+
+#[test]
+fn the_connection_tables_are_sized_as_kube_proxy_sizes_conntrack_and_their_memory_is_reported() {
+    let env = Env::new("ctsize", 1, &local_and_remote_files(), &[]);
+    let flows = (32_768 * cores()).max(131_072);
+    let want = [
+        ("assured", 2 * flows),
+        ("unassured", 2 * (flows / 4).max(1024)),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let m = env.agent().metrics();
+        if metric_value(&m, "proxy_agent_conntrack_capacity", "{table=\"assured\"}").is_some() {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no table capacity in /metrics:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for (table, entries) in want {
+        let labels = format!("{{table=\"{table}\"}}");
+        let got = metric_value(&metrics, "proxy_agent_conntrack_capacity", &labels);
+        assert_eq!(
+            got,
+            Some(entries as f64),
+            "{table} capacity with defaults on {} cores",
+            cores()
+        );
+        let fill = metric_value(&metrics, "proxy_agent_conntrack_fill_ratio", &labels);
+        assert!(
+            fill.is_some_and(|f| (0.0..0.01).contains(&f)),
+            "{table} fill {fill:?}"
+        );
+    }
+    // Preallocated: at least key + value per entry, whether flows come or not.
+    let memory = |map: &str| {
+        metric_value(
+            &metrics,
+            "proxy_agent_map_memory_bytes",
+            &format!("{{map=\"{map}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no memory reported for {map}:\n{metrics}"))
+    };
+    let conntrack = memory("CONNTRACK");
+    assert!(
+        conntrack >= (2 * flows * (40 + 80)) as f64,
+        "CONNTRACK takes {conntrack} bytes"
+    );
+    let total: f64 = proxy_common::maps::ALL.iter().map(|m| memory(m)).sum();
+    eprintln!(
+        "map memory with defaults on {} cores: total {:.1} MiB; CONNTRACK {:.1} MiB, CT_OPEN {:.1} MiB, REV_SOCK {:.1} MiB",
+        cores(),
+        total / 1048576.0,
+        conntrack / 1048576.0,
+        memory("CT_OPEN") / 1048576.0,
+        memory("REV_SOCK") / 1048576.0,
     );
 }
 
