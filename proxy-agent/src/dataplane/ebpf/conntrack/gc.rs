@@ -2,7 +2,7 @@
 //! the [`CtTable`] seam, and the periodic task the data plane runs it in, which also
 //! measures how full each table is and how many unassured entries were evicted.
 
-use std::borrow::BorrowMut;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,7 @@ use aya::maps::{HashMap, MapData, MapError};
 use proxy_common::{CtEntry, CtKey, CtOpenEntry, TcConfig, counter, maps};
 use tracing::{debug, info, warn};
 
+use super::batch::lookup_all;
 use super::flows::plan_gc;
 use super::{ConntrackError, monotonic_ns, open_table, open_unassured, read_config};
 use crate::dataplane::ebpf::counters;
@@ -52,63 +53,60 @@ pub trait CtTable {
     fn remove(&mut self, key: &CtKey) -> Result<bool, MapError>;
 }
 
-/// Walks a pinned table. The kernel restarts a walk from the first key when the key
-/// it stood on was deleted meanwhile (promotions, evictions under a flood), so keys are
-/// deduplicated and the walk stops after `limit` steps.
-fn walk<T: BorrowMut<MapData>, V: aya::Pod>(
-    map: &HashMap<T, CtKey, V>,
-    limit: usize,
-    leg: impl Fn(V) -> CtEntry,
-) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
-    let mut seen = std::collections::HashMap::new();
-    for item in map.iter().take(limit) {
-        match item {
-            Ok((k, v)) => {
-                seen.insert(k, leg(v));
-            }
-            // Deleted between the key and its value: gone, as it should be.
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(seen.into_iter().collect())
-}
-
-/// How many steps a walk of a table of `capacity` entries may take.
-fn walk_limit(capacity: u32) -> usize {
-    (capacity as usize).saturating_mul(2).max(1024)
-}
-
 /// A pinned table with the capacity the kernel gave it.
 pub struct Pinned<V> {
     map: HashMap<MapData, CtKey, V>,
+    /// The same map, for the batch walk (aya's typed maps do not lend their fd).
+    data: MapData,
     capacity: u32,
 }
 
 impl<V: aya::Pod> Pinned<V> {
-    /// Wraps `map`, whose `max_entries` is `capacity`.
-    pub fn new(map: HashMap<MapData, CtKey, V>, capacity: u32) -> Self {
-        Pinned { map, capacity }
+    /// Wraps `map`, also open as `data`, whose `max_entries` is `capacity`.
+    pub fn new(map: HashMap<MapData, CtKey, V>, data: MapData, capacity: u32) -> Self {
+        Pinned {
+            map,
+            data,
+            capacity,
+        }
+    }
+
+    /// Every entry, each once: one batch walk, bounded by the capacity (entries
+    /// inserted during the walk may be seen or not).
+    fn snapshot(&self, leg: impl Fn(V) -> CtEntry) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
+        let all = lookup_all::<CtKey, V>(self.data.fd().as_fd(), self.capacity as usize).map_err(
+            |io_error| {
+                MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error,
+                })
+            },
+        )?;
+        Ok(all.into_iter().map(|(k, v)| (k, leg(v))).collect())
     }
 }
 
 impl CtTable for Pinned<CtEntry> {
     fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
-        walk(&self.map, walk_limit(self.capacity), |v| v)
+        self.snapshot(|v| v)
     }
 
     fn get(&self, key: &CtKey) -> Result<Option<CtEntry>, MapError> {
-        CtTable::get(&self.map, key)
+        match HashMap::get(&self.map, key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn remove(&mut self, key: &CtKey) -> Result<bool, MapError> {
-        CtTable::remove(&mut self.map, key)
+        remove(&mut self.map, key)
     }
 }
 
 impl CtTable for Pinned<CtOpenEntry> {
     fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
-        walk(&self.map, walk_limit(self.capacity), |v| v.ct)
+        self.snapshot(|v| v.ct)
     }
 
     fn get(&self, key: &CtKey) -> Result<Option<CtEntry>, MapError> {
@@ -120,33 +118,18 @@ impl CtTable for Pinned<CtOpenEntry> {
     }
 
     fn remove(&mut self, key: &CtKey) -> Result<bool, MapError> {
-        match HashMap::remove(&mut self.map, key) {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(e),
-        }
+        remove(&mut self.map, key)
     }
 }
 
-impl<T: BorrowMut<MapData>> CtTable for HashMap<T, CtKey, CtEntry> {
-    fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
-        walk(self, usize::MAX, |v| v)
-    }
-
-    fn get(&self, key: &CtKey) -> Result<Option<CtEntry>, MapError> {
-        match HashMap::get(self, key, 0) {
-            Ok(e) => Ok(Some(e)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn remove(&mut self, key: &CtKey) -> Result<bool, MapError> {
-        match HashMap::remove(self, key) {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(e),
-        }
+fn remove<V: aya::Pod>(
+    map: &mut HashMap<MapData, CtKey, V>,
+    key: &CtKey,
+) -> Result<bool, MapError> {
+    match map.remove(key) {
+        Ok(()) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

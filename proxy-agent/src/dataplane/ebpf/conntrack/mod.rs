@@ -21,6 +21,7 @@
 //! ([`flows::flows`], [`flows::plan_gc`]), tested without a kernel; [`gc::gc`] applies
 //! them through [`gc::CtTable`].
 
+mod batch;
 #[cfg(test)]
 mod fixtures;
 pub mod flows;
@@ -77,7 +78,8 @@ pub(super) fn open_unassured(bpffs: &Path) -> Result<Pinned<CtOpenEntry>, Conntr
 fn open_pinned<V: aya::Pod>(bpffs: &Path, name: &'static str) -> Result<Pinned<V>, ConntrackError> {
     let capacity = pins::max_entries(bpffs, name)?;
     let map: HashMap<MapData, _, V> = pins::open(bpffs, name)?;
-    Ok(Pinned::new(map, capacity))
+    let data = pins::open_data(bpffs, name)?;
+    Ok(Pinned::new(map, data, capacity))
 }
 
 /// The data plane's timeouts (`TC_CONFIG[0]`).
