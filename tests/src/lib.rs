@@ -65,21 +65,23 @@ pub const PREFIX: &str = "kpt-";
 /// Default timeout for short helper commands (`ip`, `sysctl`, ...).
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A name unique across this process and all other processes: `kpt-<tag>-<pid>-<n>`.
+/// A name unique across this process and all other processes:
+/// `kpt-<tag>-<run id>-<n>`, where the run id is this process's, whose lock
+/// ([`stale::run_id`]) it holds while it lives.
 pub(crate) fn unique_name(tag: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{PREFIX}{tag}-{}-{n}", std::process::id())
+    format!("{PREFIX}{tag}-{}-{n}", stale::run_id())
 }
 
-/// The pid embedded by [`unique_name`], if `name` has that shape.
-pub(crate) fn owner_pid(name: &str) -> Option<u32> {
+/// The run id embedded by [`unique_name`], if `name` has that shape.
+pub(crate) fn owner_run(name: &str) -> Option<u64> {
     let rest = name.strip_prefix(PREFIX)?;
     let mut parts = rest.rsplitn(3, '-');
     let _counter: u32 = parts.next()?.parse().ok()?;
-    let pid = parts.next()?.parse().ok()?;
+    let run = parts.next()?.parse().ok()?;
     let _tag = parts.next()?;
-    Some(pid)
+    Some(run)
 }
 
 #[cfg(test)]
@@ -87,19 +89,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unique_names_differ_and_carry_the_pid() {
+    fn unique_names_differ_and_carry_the_run_id() {
         let a = unique_name("x-y");
         let b = unique_name("x-y");
         assert_ne!(a, b);
-        assert_eq!(owner_pid(&a), Some(std::process::id()));
-        assert_eq!(owner_pid(&b), Some(std::process::id()));
+        assert_eq!(owner_run(&a), Some(stale::run_id()));
+        assert_eq!(owner_run(&b), Some(stale::run_id()));
     }
 
     #[test]
-    fn owner_pid_rejects_foreign_names() {
-        assert_eq!(owner_pid("cni-1234"), None);
-        assert_eq!(owner_pid("kpt-foo"), None);
-        assert_eq!(owner_pid("kpt-12-3"), None);
-        assert_eq!(owner_pid("kpt-a-12-3"), Some(12));
+    fn owner_run_rejects_foreign_names() {
+        assert_eq!(owner_run("cni-1234"), None);
+        assert_eq!(owner_run("kpt-foo"), None);
+        assert_eq!(owner_run("kpt-12-3"), None);
+        assert_eq!(owner_run("kpt-a-12-3"), Some(12));
     }
 }

@@ -365,7 +365,43 @@ mod tests {
         }
     }
 
-    /// A port that was free a moment ago.
+    /// Moves this test's thread into a network namespace of its own, with loopback up,
+    /// so that nothing is bound on the machine and no other process can take a port
+    /// between [`free_port`] and its use. Needs root, as CI runs; fails with the reason
+    /// otherwise.
+    fn private_netns() {
+        // SAFETY: unshare affects only this thread (each test runs on its own thread,
+        // and a current-thread runtime keeps every socket on it).
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET) (run as root): {}",
+            io::Error::last_os_error()
+        );
+        // SAFETY: a plain socket, closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+        // SAFETY: an all-zero ifreq is valid; the name fits with its NUL.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *s as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
+        let ok = unsafe {
+            libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) == 0 && {
+                ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+                libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut ifr) == 0
+            }
+        };
+        let err = io::Error::last_os_error();
+        // SAFETY: closing the fd opened above.
+        unsafe { libc::close(fd) };
+        assert!(ok, "bringing lo up: {err}");
+    }
+
+    /// A free port of this test's namespace (see [`private_netns`]: nothing else
+    /// binds there).
     fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -443,6 +479,7 @@ mod tests {
 
     #[tokio::test]
     async fn ports_answer_200_with_local_endpoints_and_503_without() {
+        private_netns();
         let (a, b) = (free_port(), free_port());
         let healthy = Arc::new(AtomicBool::new(true));
         let h = Arc::clone(&healthy);
@@ -482,6 +519,7 @@ mod tests {
 
     #[tokio::test]
     async fn counts_are_updated_in_place_without_rebinding() {
+        private_netns();
         let p = free_port();
         let mut hc = HealthCheckServers::new(localhost(), || true);
         assert!(hc.sync(&[check("demo", "web", p, 0)]).is_empty());
@@ -499,6 +537,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_port_no_longer_wanted_is_closed() {
+        private_netns();
         let (a, b) = (free_port(), free_port());
         let mut hc = HealthCheckServers::new(localhost(), || true);
         assert!(
@@ -544,6 +583,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_busy_port_is_reported_and_retried_while_the_others_serve() {
+        private_netns();
         let (busy, ok) = (free_port(), free_port());
         let squatter = std::net::TcpListener::bind((localhost(), busy)).unwrap();
         let mut hc = HealthCheckServers::new(localhost(), || true);
@@ -583,6 +623,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_unspecified_ipv6_address_serves_ipv4_clients_too() {
+        private_netns();
         let p = free_port();
         let mut hc = HealthCheckServers::new(std::net::Ipv6Addr::UNSPECIFIED.into(), || true);
         assert!(hc.sync(&[check("demo", "web", p, 1)]).is_empty());
@@ -593,15 +634,21 @@ mod tests {
                 .status,
             200
         );
-        // And IPv6 clients, where this machine has IPv6 loopback.
-        if std::net::TcpListener::bind("[::1]:0").is_ok() {
-            let v6 = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), p);
-            assert_eq!(get(v6, "/").await.unwrap().status, 200);
-        }
+        // And IPv6 clients (a new namespace's loopback has ::1 whenever the kernel
+        // has IPv6, which the data plane needs anyway).
+        let v6 = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), p);
+        let r = get(v6, "/").await;
+        assert_eq!(
+            r.as_ref().map(|r| r.status).ok(),
+            Some(200),
+            "{:?}",
+            r.err()
+        );
     }
 
     #[test]
     fn without_a_runtime_new_ports_are_reported_not_panicked_on() {
+        private_netns();
         let mut hc = HealthCheckServers::new(localhost(), || true);
         let errors = hc.sync(&[check("demo", "web", free_port(), 1)]);
         assert_eq!(errors.len(), 1);
