@@ -377,29 +377,35 @@ mod tests {
         s.live.keys().map(|(_, n)| n.clone()).collect()
     }
 
+    /// No visible change and no problem: what every event of a list in progress
+    /// returns.
+    const UNCHANGED: (bool, Option<String>) = (false, None);
+
     #[test]
     fn a_relist_is_swapped_in_whole_at_init_done() {
         let mut s = Store::default();
-        let _ = s.apply(Event::Init, ok);
-        let _ = s.apply(Event::InitApply(svc("a")), ok);
-        let _ = s.apply(Event::InitApply(svc("b")), ok);
+        assert_eq!(s.apply(Event::Init, ok), UNCHANGED);
+        assert_eq!(s.apply(Event::InitApply(svc("a")), ok), UNCHANGED);
+        assert_eq!(s.apply(Event::InitApply(svc("b")), ok), UNCHANGED);
         assert!(!s.ready, "not ready before the first list completes");
-        assert!(s.apply(Event::InitDone, ok).0);
+        assert!(names(&s).is_empty(), "nothing visible before InitDone");
+        assert_eq!(s.apply(Event::InitDone, ok), (true, None));
         assert_eq!(names(&s), ["a", "b"]);
 
-        // Relist: until InitDone, the old world stays visible.
-        let _ = s.apply(Event::Init, ok);
-        let _ = s.apply(Event::InitApply(svc("b")), ok);
+        // Relist: until InitDone, the old world stays visible and nothing reads as
+        // changed.
+        assert_eq!(s.apply(Event::Init, ok), UNCHANGED);
+        assert_eq!(s.apply(Event::InitApply(svc("b")), ok), UNCHANGED);
         assert_eq!(names(&s), ["a", "b"]);
-        let _ = s.apply(Event::InitDone, ok);
+        assert_eq!(s.apply(Event::InitDone, ok), (true, None));
         assert_eq!(names(&s), ["b"], "objects missing from the relist are gone");
     }
 
     #[test]
     fn applies_and_deletes_change_the_live_set() {
         let mut s = Store::default();
-        let _ = s.apply(Event::Init, ok);
-        let _ = s.apply(Event::InitDone, ok);
+        assert_eq!(s.apply(Event::Init, ok), UNCHANGED);
+        assert_eq!(s.apply(Event::InitDone, ok), (true, None));
         assert!(s.apply(Event::Apply(svc("a")), ok).0);
         assert!(s.apply(Event::Delete(svc("a")), ok).0);
         assert!(
