@@ -211,18 +211,19 @@ fn ipv6_vips_balance_tcp_and_udp() {
 
 #[test]
 fn client_ip_affinity_holds_while_used_and_expires_after_its_timeout() {
+    const TIMEOUT_S: u32 = 3;
     let ips = ["10.244.0.11", "10.244.0.12", "10.244.0.13"].map(ip);
     let env = Env::new(
         "affinity",
         3,
         &[8080],
         &[5353],
-        &[("web.yaml", web(&ips, VIP4, Some(2)))],
+        &[("web.yaml", web(&ips, VIP4, Some(TIMEOUT_S)))],
     );
     let view = env
         .agent()
         .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
-    assert_eq!(view.affinity_timeout_s, Some(2));
+    assert_eq!(view.affinity_timeout_s, Some(TIMEOUT_S));
 
     let first = spread(&env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "30"]));
     assert_eq!(first.len(), 1, "affinity must pin the client: {first:?}");
@@ -233,28 +234,42 @@ fn client_ip_affinity_holds_while_used_and_expires_after_its_timeout() {
         .backend(&pinned)
         .map(|p| p.ipv4.to_string())
         .unwrap_or_default();
-    let listed: serde_json::Value =
-        serde_json::from_str(&env.agent().proxyctl(&["affinity", "--json"])).expect("JSON");
-    let entries = listed.as_array().cloned().unwrap_or_default();
-    assert!(
-        entries.iter().any(|e| e["service"] == "test/web:http"
-            && e["backend"] == format!("{pinned_ip}:8080")),
-        "proxyctl affinity: {listed}"
-    );
+    // The remembered entry, as proxyctl shows it: (backend, seconds idle).
+    let remembered = || -> Option<(String, u64)> {
+        let listed: serde_json::Value =
+            serde_json::from_str(&env.agent().proxyctl(&["affinity", "--json"])).expect("JSON");
+        listed.as_array()?.iter().find_map(|e| {
+            (e["service"] == "test/web:http").then(|| {
+                (
+                    e["backend"].as_str().unwrap_or_default().to_owned(),
+                    e["idle_s"].as_u64().unwrap_or(u64::MAX),
+                )
+            })
+        })
+    };
+    let (backend, _) = remembered().expect("proxyctl affinity lists the choice");
+    assert_eq!(backend, format!("{pinned_ip}:8080"));
 
-    // Used every ~300 ms for 3 s (longer than the 2 s timeout): each use refreshes it.
-    // (Starting a probe takes time too; the 2 s timeout leaves room for a loaded machine.)
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(300));
+    // In use for longer than the timeout: each use refreshes the entry (the map says
+    // so: idle again right after it), so the client stays pinned throughout.
+    let used_since = Instant::now();
+    while used_since.elapsed() < Duration::from_secs(u64::from(TIMEOUT_S) + 2) {
         let r = spread(&env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "1"]));
         assert!(r.contains_key(&pinned), "affinity lost while in use: {r:?}");
+        let (backend, idle) = remembered().expect("the entry while in use");
+        assert_eq!(backend, format!("{pinned_ip}:8080"));
+        assert!(idle <= 1, "a use did not refresh the entry: idle {idle} s");
     }
 
-    // Idle for longer than the timeout: the next connection is a fresh random choice.
-    // Each round has a 2/3 chance to land elsewhere; 15 rounds all on `pinned` would
-    // happen with probability 7e-8.
+    // Once the map shows the entry idle past the timeout, the next connection is a
+    // fresh random choice. Each round has a 2/3 chance to land elsewhere; 15 rounds all
+    // on `pinned` would happen with probability 7e-8.
     for _ in 0..15 {
-        std::thread::sleep(Duration::from_millis(2300));
+        let deadline = Instant::now() + Duration::from_secs(u64::from(TIMEOUT_S) + 10);
+        while remembered().is_some_and(|(_, idle)| idle <= u64::from(TIMEOUT_S)) {
+            assert!(Instant::now() < deadline, "the entry never went idle");
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let r = spread(&env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "1"]));
         if !r.contains_key(&pinned) {
             return;
@@ -676,27 +691,31 @@ fn entries_deleted_behind_the_agents_back_are_repaired_by_the_periodic_resync() 
         .expect("the frontend is in the map");
     let fe = frontends.get(&key, 0).expect("frontend value");
 
-    // A deleted slot: the service would silently lose a backend.
-    slots
-        .remove(&SlotKey {
-            service_id: fe.service_id,
-            slot: 1,
-        })
-        .expect("deleting a slot");
-    std::thread::sleep(Duration::from_millis(2500));
-    assert!(
-        slots
-            .get(
-                &SlotKey {
-                    service_id: fe.service_id,
-                    slot: 1
-                },
-                0
-            )
-            .is_ok(),
-        "the slot was not restored:\n{}",
-        agent.log()
-    );
+    // A deleted slot: the service would silently lose a backend. The next full resync
+    // (every second here) must put back exactly what was there.
+    let slot = SlotKey {
+        service_id: fe.service_id,
+        slot: 1,
+    };
+    let was = slots.get(&slot, 0).expect("slot 1 before");
+    slots.remove(&slot).expect("deleting a slot");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match slots.get(&slot, 0) {
+            Ok(v) => {
+                assert_eq!(v, was, "slot 1 restored with another backend id");
+                break;
+            }
+            Err(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the slot was not restored within 10 s (sync period 1 s):\n{}",
+                    agent.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
 
     // A deleted frontend: the service would vanish.
     frontends.remove(&key).expect("deleting the frontend");

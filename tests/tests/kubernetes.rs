@@ -54,7 +54,7 @@ fn services_and_endpoint_slices_follow_the_api_server_through_relists_and_outage
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig);
     let bpffs = BpfFs::new("kube");
-    let agent = Agent::start_kube(bpffs.path(), topo.client_cgroup.path(), &kubeconfig, &[]);
+    let mut agent = Agent::start_kube(bpffs.path(), topo.client_cgroup.path(), &kubeconfig, &[]);
 
     agent.wait_for("10.96.0.10:80/TCP", &addrs(&ips[..2]), SYNC);
     assert_eq!(reached(&topo, 30).len(), 2);
@@ -78,6 +78,7 @@ fn services_and_endpoint_slices_follow_the_api_server_through_relists_and_outage
     api.expire_history();
     apply_all(&api, &web(&ips[..1]));
     agent.wait_for("10.96.0.10:80/TCP", &addrs(&ips[..1]), SYNC);
+    let syncs_before_relist = agent.syncs();
     let deadline = std::time::Instant::now() + SYNC;
     while api
         .requests()
@@ -93,14 +94,26 @@ fn services_and_endpoint_slices_follow_the_api_server_through_relists_and_outage
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The relist completes and the world is the same: still programmed, still served.
-    std::thread::sleep(Duration::from_millis(500));
+    // The relist completes (its swap-in is a change, so a sync follows it) and the
+    // world is the same: still programmed, still served.
+    agent.wait_syncs(syncs_before_relist + 1, SYNC);
     agent.wait_for("10.96.0.10:80/TCP", &addrs(&ips[..1]), SYNC);
     assert_eq!(reached(&topo, 5).len(), 1);
 
-    // The API server goes away: traffic keeps flowing, nothing is withdrawn.
+    // The API server goes away: once the agent has seen its watches fail (both
+    // resources, and retries refused), traffic keeps flowing and nothing is withdrawn.
+    let failed = |agent: &Agent| agent.log().matches("watch failed").count();
+    let failed_before = failed(&agent);
     api.set_down(true);
-    std::thread::sleep(Duration::from_secs(3));
+    let deadline = std::time::Instant::now() + SYNC;
+    while failed(&agent) < failed_before + 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never noticed the outage:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(
         agent.programmed().len(),
         1,
@@ -149,7 +162,14 @@ fn bad_objects_conflicts_and_missing_families_are_skipped_with_a_reason_and_the_
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig);
     let bpffs = BpfFs::new("kubebad");
-    let agent = Agent::start_kube(bpffs.path(), topo.client_cgroup.path(), &kubeconfig, &[]);
+    // A full resync every second: after each bad object, a resync re-translates
+    // everything, which would withdraw the service if the bad version had been taken.
+    let mut agent = Agent::start_kube(
+        bpffs.path(),
+        topo.client_cgroup.path(),
+        &kubeconfig,
+        &["--sync-period", "1"],
+    );
     agent.wait_for("10.96.0.10:80/TCP", &addrs, SYNC);
     agent.wait_for("10.96.0.20:80/TCP", &addrs, SYNC);
     assert!(
@@ -175,6 +195,9 @@ fn bad_objects_conflicts_and_missing_families_are_skipped_with_a_reason_and_the_
         &agent,
         "Service test/web: spec.ports[0].port: 0 is not in 1..=65535",
     );
+    let seen = agent.syncs();
+    agent.wait_syncs(seen + 1, SYNC);
+    agent.wait_for("10.96.0.10:80/TCP", &addrs, SYNC);
     assert_eq!(
         reached(&topo, 10).len(),
         2,
@@ -197,7 +220,18 @@ fn bad_objects_conflicts_and_missing_families_are_skipped_with_a_reason_and_the_
         &agent,
         "frontend 10.96.0.10:80/TCP is already served by Service test/web",
     );
+    // The line is written while translating; the maps are written after it.
+    let seen = agent.syncs();
+    agent.wait_syncs(seen + 1, SYNC);
     agent.wait_for("10.96.0.10:80/TCP", &addrs, SYNC);
+    assert!(
+        agent
+            .programmed()
+            .iter()
+            .all(|v| !v.service.starts_with("test/thief")),
+        "the thief was programmed: {:?}",
+        agent.programmed()
+    );
 
     // An endpoint change stamped by the EndpointSlice controller: the time from that
     // stamp to the map write is the network programming latency.
