@@ -315,3 +315,39 @@ fn icmp_errors_about_unassured_flows_are_translated() {
     assert_eq!(seen.src, IpAddr::V4(NODE4), "sent as from the NodePort");
     assert_eq!(dp.counters().get("icmp_translated"), 1);
 }
+
+#[test]
+fn a_udp_flow_whose_backend_left_starts_over_on_a_remaining_one() {
+    let mut dp = Datapath::new();
+    dp.add_service(&nodeport(packet::UDP, BACKEND4.into()));
+    let (client, frontend, backend) = (
+        sa(CLIENT4, CLIENT_PORT),
+        sa(NODE4, NODE_PORT),
+        sa(BACKEND4, BACKEND_PORT),
+    );
+    let q = || udp(FROM_CLIENT, client, frontend, b"q");
+    // An assured flow: out, back, out again.
+    assert_eq!(dp.ingress(dp.ext, &q()).verdict, TC_ACT_REDIRECT);
+    let reply = udp(FROM_BACKEND, backend, client, b"a");
+    assert_eq!(dp.ingress(dp.pod, &reply).verdict, TC_ACT_REDIRECT);
+    assert_eq!(dp.ingress(dp.ext, &q()).verdict, TC_ACT_REDIRECT);
+    assert_eq!(dp.ct_len_assured(), 2);
+
+    // The backend leaves; another takes its slot (as the agent writes it: the slot
+    // first, then the old membership goes).
+    let other = sa(UNRESOLVED_BACKEND4, BACKEND_PORT);
+    dp.set_backend(BACKEND_ID + 1, other, packet::UDP);
+    dp.set_slots(SERVICE_ID, &[BACKEND_ID + 1]);
+    dp.remove_member(SERVICE_ID, BACKEND_ID);
+
+    // The next datagram of the same flow goes to the remaining backend, as
+    // kube-proxy's conntrack flush for a removed UDP endpoint makes it.
+    let r = dp.ingress(dp.ext, &q());
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(packet::check(&r.frame).dst, other.ip());
+    assert_eq!(dp.ct_len_assured(), 0, "the old flow's legs are gone");
+    let fwd = dp
+        .ct_unassured(&tuple(client, frontend, packet::UDP))
+        .expect("the new flow");
+    assert_eq!(fwd.ct.backend_id, BACKEND_ID + 1);
+}

@@ -253,6 +253,43 @@ fn client_ip_affinity_keeps_a_client_on_its_first_backend() {
     );
 }
 
+#[test]
+fn client_ip_affinity_is_remembered_per_client() {
+    let mut dp = Datapath::new();
+    let mut svc = nodeport(packet::TCP, BACKEND4.into());
+    svc.flags |= FRONTEND_F_AFFINITY;
+    svc.backends.push(sa(UNRESOLVED_BACKEND4, BACKEND_PORT));
+    dp.add_service(&svc);
+    let frontend = sa(NODE4, NODE_PORT);
+    // Two clients remembered on different backends.
+    let (a, b) = (CLIENT4, Ipv4Addr::new(192, 0, 2, 11));
+    dp.set_client_affinity(a.into(), SERVICE_ID, BACKEND_ID);
+    dp.set_client_affinity(b.into(), SERVICE_ID, BACKEND_ID + 1);
+    for port in 0..4 {
+        for (client, want) in [(a, BACKEND4), (b, UNRESOLVED_BACKEND4)] {
+            let syn = tcp(FROM_CLIENT, sa(client, CLIENT_PORT + port), frontend, SYN);
+            let r = dp.ingress(dp.ext, &syn);
+            assert_eq!(r.verdict, TC_ACT_REDIRECT);
+            assert_eq!(
+                packet::check(&r.frame).dst,
+                IpAddr::V4(want),
+                "client {client}, connection {port}"
+            );
+        }
+    }
+    // A third client is not bound by either: its own choice is remembered for it.
+    let c = Ipv4Addr::new(192, 0, 2, 12);
+    let r = dp.ingress(dp.ext, &tcp(FROM_CLIENT, sa(c, CLIENT_PORT), frontend, SYN));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert!(dp.client_affinity(c.into(), SERVICE_ID).is_some());
+    assert_eq!(dp.client_affinity(a.into(), SERVICE_ID), Some(BACKEND_ID));
+    assert_eq!(
+        dp.client_affinity(b.into(), SERVICE_ID),
+        Some(BACKEND_ID + 1)
+    );
+    assert_eq!(dp.counters().get("client_affinity_hit"), 8);
+}
+
 // --- tracked flows: the reply leg, the stack's egress, ICMP errors -------------------
 
 #[test]

@@ -339,6 +339,45 @@ impl Datapath {
         }
     }
 
+    /// Backend `backend_id` leaves service `service_id` (its slots must be rewritten
+    /// by the caller, as the agent does first).
+    pub fn remove_member(&mut self, service_id: u32, backend_id: u32) {
+        self.hash::<AffinityMatchKey, u32>(maps::AFFINITY_MATCH)
+            .remove(&AffinityMatchKey {
+                service_id,
+                backend_id,
+            })
+            .expect("deleting from AFFINITY_MATCH");
+    }
+
+    /// Remembers that `client` chose `backend_id` of `service_id` just now, as
+    /// `tc_ingress` does for ClientIP affinity.
+    pub fn set_client_affinity(&mut self, client: IpAddr, service_id: u32, backend_id: u32) {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: writes only into `ts`; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let now = u64::try_from(ts.tv_sec).expect("time") * 1_000_000_000
+            + u64::try_from(ts.tv_nsec).expect("time");
+        self.hash(maps::CLIENT_AFFINITY)
+            .insert(
+                ClientAffinityKey {
+                    client: Addr::from(client),
+                    service_id,
+                    _pad: 0,
+                },
+                AffinityValue {
+                    last_used_ns: now,
+                    backend_id,
+                    _pad: 0,
+                },
+                0,
+            )
+            .expect("writing CLIENT_AFFINITY");
+    }
+
     /// The frontend `vip:port/proto` in `scope` (a NodePort's `vip` is unspecified).
     pub fn set_frontend(&mut self, vip: IpAddr, port: u16, proto: u8, scope: u8, v: FrontendValue) {
         let k = FrontendKey {
