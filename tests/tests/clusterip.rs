@@ -528,6 +528,42 @@ fn a_process_outside_the_attached_cgroup_is_not_balanced() {
 }
 
 #[test]
+fn traffic_from_inside_the_cgroup_to_anything_but_a_service_passes_untouched() {
+    let ips = ["10.244.0.11"].map(ip);
+    let env = Env::new(
+        "passthru",
+        1,
+        &[8080],
+        &[5353],
+        &[("web.yaml", web(&ips, VIP4, None))],
+    );
+    env.agent()
+        .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
+    let translated = || env.agent().counter("lb_translated").expect("lb_translated");
+    // The control: a connection to the VIP is counted as translated.
+    let before = translated();
+    spread(&env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "1"]));
+    assert!(
+        translated() > before,
+        "the VIP's connection was not counted"
+    );
+
+    // The pod's own address, TCP and UDP: reached as itself, never counted.
+    let pod = env.v4()[0];
+    let before = translated();
+    for (proto, port) in [("tcp", 8080), ("udp", 5353)] {
+        let to = SocketAddr::new(pod, port).to_string();
+        let r = env.probe(&[proto, "--to", &to, "--count", "3"]);
+        assert_eq!(spread(&r).values().sum::<usize>(), 3, "{proto} {to}: {r:?}");
+        assert!(
+            addrs(&r).iter().all(|a| a.to_string() == to),
+            "{proto} {to} answered from elsewhere: {r:?}"
+        );
+    }
+    assert_eq!(translated(), before, "direct traffic was translated");
+}
+
+#[test]
 fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
     let ips = ["10.244.0.11"].map(ip);
     let mut files = vec![("web.yaml", web(&ips, VIP4, None))];
