@@ -58,6 +58,18 @@ impl Env {
     /// client routes for the service ranges via node-a, and the agent in node-a on
     /// `files`, with [`NodesTopology::AGENT_FLAGS`] and `extra`.
     fn new(tag: &str, pods_per_node: usize, files: &[(&str, String)], extra: &[&str]) -> Env {
+        let mut flags = NodesTopology::AGENT_FLAGS.to_vec();
+        flags.extend_from_slice(extra);
+        Env::with_flags(tag, pods_per_node, files, &flags)
+    }
+
+    /// Like [`Env::new`], with exactly `flags` (no [`NodesTopology::AGENT_FLAGS`]).
+    fn with_flags(
+        tag: &str,
+        pods_per_node: usize,
+        files: &[(&str, String)],
+        flags: &[&str],
+    ) -> Env {
         let bpffs = BpfFs::new(tag);
         let dir = ManifestDir::new(tag);
         let cgroup = Cgroup::new(&format!("{tag}-pods"));
@@ -75,14 +87,12 @@ impl Env {
         for (name, content) in files {
             dir.write(name, content);
         }
-        let mut flags = NodesTopology::AGENT_FLAGS.to_vec();
-        flags.extend_from_slice(extra);
         let agent = Agent::start_in(
             &node_a.netns,
             bpffs.path(),
             cgroup.path(),
             dir.path(),
-            &flags,
+            flags,
         );
         Env {
             agent: Some(agent),
@@ -347,6 +357,39 @@ fn nodeport_ipv4_local_backend_sees_the_client_remote_backend_sees_the_node() {
 #[test]
 fn nodeport_ipv6_local_backend_sees_the_client_remote_backend_sees_the_node() {
     nodeport_sources(6);
+}
+
+/// Without `--pod-interfaces`, a local backend's replies are routed out by the stack
+/// and rewritten by `tc_egress` on the external interface: the client still sees the
+/// NodePort, over TCP and UDP.
+#[test]
+fn without_pod_interfaces_local_backends_replies_are_translated_at_egress() {
+    let env = Env::with_flags(
+        "npegress",
+        1,
+        &local_and_remote_files(),
+        &["--nodeport-addresses", "192.0.2.0/24,2001:db8::/64"],
+    );
+    let (client, node) = client_and_node(&env, 4);
+    let before = env.agent().counter("ct_translated").expect("ct_translated");
+    for (proto, port) in [("tcp", 30080), ("udp", 30053)] {
+        let to = sock(node, port);
+        env.wait_served(proto, &to);
+        let replies = env.probe(&[proto, "--to", &to, "--count", "3", "--peer"]);
+        let ok = oks(&env, &to, &replies);
+        assert_eq!(ok.len(), 3, "{proto} {to}: {replies:?}");
+        for (name, addr, peer) in ok {
+            assert_eq!(name, "a-pod-0", "{proto} {to}: the local backend");
+            assert_eq!(
+                addr.to_string(),
+                to,
+                "{proto}: replies must come from the NodePort"
+            );
+            assert_eq!(peer, client, "{proto}: the local backend sees the client");
+        }
+    }
+    // The replies were translated by a program (no netfilter NAT exists in node-a).
+    assert!(env.agent().counter("ct_translated").expect("ct_translated") > before);
 }
 
 #[test]
