@@ -273,21 +273,23 @@ fn the_backends_reply_is_translated_back_to_the_nodeport_and_sent_to_the_client(
     assert_eq!(r.frame, tcp(TO_CLIENT, frontend, client, SYN | ACK));
     packet::check(&r.frame);
 
-    // The client's ACK completes the handshake on the forward leg.
+    // The client's ACK of that SYN-ACK completes the handshake: the flow is assured
+    // and moves, both legs, to the table that never evicts.
     let r = dp.ingress(dp.ext, &tcp(FROM_CLIENT, client, frontend, ACK));
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     assert_eq!(r.frame, tcp(TO_BACKEND, client, backend, ACK));
     let fwd = dp
-        .ct_get(&tuple(client, frontend, packet::TCP))
+        .ct_assured(&tuple(client, frontend, packet::TCP))
         .expect("forward leg");
     assert_eq!((fwd.state, fwd.packets), (ct_state::ESTABLISHED, 2));
     let rev = dp
-        .ct_get(&tuple(backend, client, packet::TCP))
+        .ct_assured(&tuple(backend, client, packet::TCP))
         .expect("reply leg");
-    assert_eq!(rev.packets, 1);
+    assert_eq!((rev.state, rev.packets), (ct_state::ESTABLISHED, 1));
+    assert_eq!(dp.ct_len_unassured(), 0);
     assert_eq!(
         dp.counters().nonzero(),
-        [("ct_new", 1), ("ct_translated", 2)]
+        [("ct_new", 1), ("ct_promoted", 1), ("ct_translated", 2)]
     );
 }
 

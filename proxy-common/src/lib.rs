@@ -58,12 +58,16 @@ pub mod maps {
     pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
     /// ClientIP affinity of the tc path: [`super::ClientAffinityKey`] -> [`super::AffinityValue`].
     pub const CLIENT_AFFINITY: &str = "CLIENT_AFFINITY";
-    /// Connection tracking of the tc path: [`super::CtKey`] -> [`super::CtEntry`].
+    /// Connection tracking of the tc path, assured flows: [`super::CtKey`] ->
+    /// [`super::CtEntry`]. Never evicts.
     pub const CONNTRACK: &str = "CONNTRACK";
+    /// Connection tracking of the tc path, flows not yet assured (LRU):
+    /// [`super::CtKey`] -> [`super::CtOpenEntry`].
+    pub const CT_OPEN: &str = "CT_OPEN";
     /// One [`super::TcConfig`] at index 0.
     pub const TC_CONFIG: &str = "TC_CONFIG";
     /// Every map, in the order the agent lists them.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         FRONTENDS,
         SLOTS,
         BACKENDS,
@@ -77,6 +81,7 @@ pub mod maps {
         SOURCE_RANGES,
         CLIENT_AFFINITY,
         CONNTRACK,
+        CT_OPEN,
         TC_CONFIG,
     ];
 }
@@ -103,8 +108,11 @@ pub mod sizes {
     pub const SOURCE_RANGES: u32 = 16_384;
     /// Remembered ClientIP affinities of external clients.
     pub const CLIENT_AFFINITY: u32 = 65_536;
-    /// Connection-tracking entries: two per flow (one per direction).
+    /// Connection-tracking entries of assured flows: two per flow (one per
+    /// direction). The agent sizes it as kube-proxy sizes netfilter's table.
     pub const CONNTRACK: u32 = 262_144;
+    /// Connection-tracking entries of flows not yet assured (two per flow).
+    pub const CT_OPEN: u32 = 65_536;
 }
 
 /// The socket programs' names; also the names of their pinned links.
@@ -164,7 +172,8 @@ pub mod counter {
     pub const CT_NEW: u32 = 6;
     /// tc: a packet of a tracked flow was translated.
     pub const CT_TRANSLATED: u32 = 7;
-    /// tc: a new flow was dropped because the connection table is full.
+    /// tc: an assured flow could not move to the table of assured flows, which is
+    /// full; it stays in the table of unassured ones, where a flood may evict it.
     pub const CT_FULL: u32 = 8;
     /// tc: a new flow to a frontend without a usable backend was dropped.
     pub const NAT_NO_BACKEND: u32 = 9;
@@ -216,8 +225,19 @@ pub mod counter {
     /// tc: an IPv6 packet with an extension header (fragments included) before its
     /// transport header; passed untranslated.
     pub const IPV6_EXT_PASSED: u32 = 26;
+    /// tc: a flow became assured (TCP: the client acknowledged the backend's SYN-ACK;
+    /// UDP: the client spoke again after a reply) and moved to the table of assured
+    /// flows, where nothing evicts it.
+    pub const CT_PROMOTED: u32 = 27;
+    /// tc: a new flow took over the tuple of an unassured flow (expired, closed, or
+    /// its backend left); the old one's entries were deleted.
+    pub const CT_REOPENED: u32 = 28;
+    /// tc: a client's ACK during the handshake acknowledged another sequence number
+    /// than the backend's SYN-ACK (a blind, spoofed ACK, or a stale one); the flow
+    /// stays unassured.
+    pub const CT_ACK_MISMATCH: u32 = 29;
     /// Number of counters.
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 30;
     /// Prometheus-style names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
         "lb_translated",
@@ -247,6 +267,9 @@ pub mod counter {
         "truncated",
         "fragment_passed",
         "ipv6_ext_passed",
+        "ct_promoted",
+        "ct_reopened",
+        "ct_ack_mismatch",
     ];
 }
 
@@ -555,12 +578,15 @@ impl CtKey {
 pub const CT_F_REPLY: u8 = 1;
 /// `CtEntry::flags`: the flow is source-NATed to a node address (remote backend).
 pub const CT_F_SNAT: u8 = 2;
+/// `CtEntry::flags`, reply leg of an unassured TCP flow: the backend's SYN-ACK went
+/// through; [`CtOpenEntry::ack_next`] is what the client must acknowledge.
+pub const CT_F_SYNACK: u8 = 4;
 
 /// `CtEntry::state`: connection states with their own timeouts.
 pub mod ct_state {
-    /// TCP handshake not finished.
+    /// Not assured yet: TCP handshake not proven, UDP not two-way.
     pub const OPENING: u8 = 0;
-    /// TCP established; UDP always.
+    /// Assured (see [`super::CtOpenEntry`]).
     pub const ESTABLISHED: u8 = 1;
     /// TCP FIN or RST seen.
     pub const CLOSING: u8 = 2;
@@ -600,43 +626,68 @@ pub struct CtEntry {
     pub bytes: u64,
 }
 
+/// Value of `CT_OPEN`: a leg of a flow that is not assured yet, as netfilter's
+/// `IPS_ASSURED` means it: TCP until the client acknowledges the backend's SYN-ACK
+/// (by sequence number, which a spoofed client never sees), UDP until the client
+/// speaks again after a reply. A backend answers spoofed SYNs and datagrams too, so
+/// "answered" alone would let a flood in. Such flows live in an LRU table and may be
+/// evicted by newer ones; assured flows move to `CONNTRACK`, which never evicts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtOpenEntry {
+    /// The leg, as it will be in `CONNTRACK`.
+    pub ct: CtEntry,
+    /// Reply leg with [`CT_F_SYNACK`]: the backend's SYN-ACK sequence number + 1.
+    pub ack_next: u32,
+    /// Explicit padding, 0.
+    pub _pad: u32,
+}
+
 /// Value of `TC_CONFIG` at index 0: the agent's settings for the tc programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcConfig {
-    /// Idle timeout of a TCP flow whose handshake has not finished, in seconds.
+    /// Idle timeout of an unassured TCP flow (handshake not proven), in seconds.
     pub tcp_opening_s: u32,
     /// Idle timeout of an established TCP flow.
     pub tcp_established_s: u32,
     /// Idle timeout of a TCP flow after FIN or RST.
     pub tcp_closing_s: u32,
-    /// Idle timeout of a UDP flow.
+    /// Idle timeout of an unassured UDP flow (netfilter's `nf_conntrack_udp_timeout`).
     pub udp_s: u32,
     /// First port used when the client's port is taken for SNAT.
     pub snat_port_min: u16,
     /// Last such port.
     pub snat_port_max: u16,
-    /// Reserved, 0.
-    pub flags: u32,
+    /// Idle timeout of an assured UDP flow (netfilter's
+    /// `nf_conntrack_udp_timeout_stream`). Was a reserved 0 before: programs treat
+    /// 0 as the default.
+    pub udp_stream_s: u32,
 }
 
 impl TcConfig {
     /// The programs' settings until the agent writes its own.
     pub const DEFAULT: TcConfig = TcConfig {
-        tcp_opening_s: 60,
+        tcp_opening_s: 30,
         tcp_established_s: 86_400,
         tcp_closing_s: 30,
-        udp_s: 60,
+        udp_s: 30,
         snat_port_min: 61_000,
         snat_port_max: 65_535,
-        flags: 0,
+        udp_stream_s: 120,
     };
 
     /// The idle timeout, in nanoseconds, of a flow of `proto` in `state`.
     #[inline(always)]
     pub const fn timeout_ns(&self, proto: u8, state: u8) -> u64 {
         let s = if proto == proto::UDP {
-            self.udp_s
+            if state == ct_state::OPENING {
+                self.udp_s
+            } else if self.udp_stream_s == 0 {
+                Self::DEFAULT.udp_stream_s
+            } else {
+                self.udp_stream_s
+            }
         } else if state == ct_state::OPENING {
             self.tcp_opening_s
         } else if state == ct_state::ESTABLISHED {
@@ -706,6 +757,7 @@ const _: () = {
     assert!(core::mem::size_of::<ClientAffinityKey>() == 24);
     assert!(core::mem::size_of::<CtKey>() == 40);
     assert!(core::mem::size_of::<CtEntry>() == 80);
+    assert!(core::mem::size_of::<CtOpenEntry>() == 88);
     assert!(core::mem::size_of::<TcConfig>() == 24);
 };
 
@@ -739,6 +791,7 @@ mod pod {
         ClientAffinityKey,
         CtKey,
         CtEntry,
+        CtOpenEntry,
         TcConfig,
     );
 }

@@ -1,11 +1,24 @@
 //! Connection tracking for the tc path: per-state idle timeouts and TCP state, no
 //! window tracking. A segment of a known flow is translated whatever its sequence
 //! numbers, so an out-of-window segment can never leave with the backend's address.
+//!
+//! Flows start in `CT_OPEN` (an LRU: a flood evicts its own entries) and move to
+//! `CONNTRACK` (never evicts) once assured; see `proxy_common::CtOpenEntry`.
 
-use proxy_common::{CtEntry, TcConfig, counter, ct_state, proto};
+// Map helpers take `impl Borrow`: passing references keeps the big values (they live
+// in per-CPU scratch) off the 512-byte stack.
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "references keep big values off the 512-byte stack"
+)]
 
-use crate::maps::{TC_CONFIG, count};
-use crate::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use proxy_common::{
+    CT_F_REPLY, CT_F_SYNACK, CtEntry, CtKey, CtOpenEntry, TcConfig, counter, ct_state, proto,
+};
+
+use crate::maps::{CONNTRACK, CT_OPEN, Scratch, TC_CONFIG, count};
+use crate::packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use aya_ebpf::programs::TcContext;
 
 /// The agent's settings.
 #[inline(always)]
@@ -24,15 +37,18 @@ pub fn expired(cfg: &TcConfig, e: &CtEntry, l4proto: u8, now: u64) -> bool {
     now.wrapping_sub(e.last_seen_ns) > cfg.timeout_ns(l4proto, e.state)
 }
 
-/// The state after a packet with `flags` on a leg in `state`.
+/// The state after a packet with `flags` on a leg in `state`. Only a proof moves a
+/// flow from OPENING to ESTABLISHED ([`track_unassured`]); an entry an older data plane
+/// left OPENING in `CONNTRACK` gets there on its first ACK, as it used to.
 #[inline(always)]
-pub fn next_state(l4proto: u8, state: u8, flags: u8) -> u8 {
+pub fn next_state(l4proto: u8, state: u8, flags: u8, assured_table: bool) -> u8 {
     if l4proto != proto::TCP {
-        return ct_state::ESTABLISHED;
+        return state;
     }
     if flags & (TCP_FIN | TCP_RST) != 0 {
         ct_state::CLOSING
-    } else if state == ct_state::OPENING && flags & (TCP_ACK | TCP_SYN) == TCP_ACK {
+    } else if assured_table && state == ct_state::OPENING && flags & (TCP_ACK | TCP_SYN) == TCP_ACK
+    {
         ct_state::ESTABLISHED
     } else {
         state
@@ -41,16 +57,171 @@ pub fn next_state(l4proto: u8, state: u8, flags: u8) -> u8 {
 
 /// Accounts one packet of `len` bytes with `flags` on the leg `e` points to.
 #[inline(always)]
-pub fn touch(e: *mut CtEntry, l4proto: u8, flags: u8, len: u32, now: u64) {
+pub fn touch(e: *mut CtEntry, l4proto: u8, flags: u8, len: u32, now: u64, assured_table: bool) {
     // SAFETY: `e` points into the map value; plain stores, racing writers on other CPUs
     // can only make the counters approximate.
     unsafe {
         (*e).last_seen_ns = now;
         (*e).packets += 1;
         (*e).bytes += u64::from(len);
-        let s = next_state(l4proto, (*e).state, flags);
+        let s = next_state(l4proto, (*e).state, flags, assured_table);
         if s != (*e).state {
             (*e).state = s;
+        }
+    }
+}
+
+/// The tuple a leg's packets are rewritten to.
+#[inline(always)]
+pub fn nat_tuple(e: &CtEntry, l4proto: u8) -> CtKey {
+    CtKey {
+        saddr: e.nat_saddr,
+        daddr: e.nat_daddr,
+        sport_be: e.nat_sport_be,
+        dport_be: e.nat_dport_be,
+        proto: l4proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Whether leg `e` (of the flow whose other leg is keyed `key`) names that leg.
+#[inline(always)]
+fn names(e: &CtEntry, key: &CtKey) -> bool {
+    e.nat_saddr == key.daddr
+        && e.nat_daddr == key.saddr
+        && e.nat_sport_be == key.dport_be
+        && e.nat_dport_be == key.sport_be
+}
+
+/// A packet of an unassured flow on leg `o` (keyed `s.pkt.key`): sets `s.to` to the
+/// tuple it is rewritten to, records the backend's SYN-ACK on the reply leg, accounts
+/// the packet, and moves the flow to `CONNTRACK` when this packet assures it.
+// Not inlined: its frame stays out of the callers' 512 bytes.
+#[inline(never)]
+pub fn track_unassured(ctx: &TcContext, s: &mut Scratch, o: *mut CtOpenEntry, now: u64) {
+    let l4proto = s.pkt.key.proto;
+    let flags = s.pkt.tcp_flags;
+    // SAFETY: `o` points into the map value, valid for this program run (RCU), also
+    // after the entry is deleted below.
+    let e = unsafe { &mut (*o).ct };
+    s.to = nat_tuple(e, l4proto);
+    touch(e, l4proto, flags, ctx.len(), now, false);
+    if e.flags & CT_F_REPLY != 0 {
+        if l4proto == proto::TCP
+            && flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+            && let Some((seq, _)) = packet::tcp_seq_ack(ctx, &s.pkt)
+        {
+            // SAFETY: as above.
+            unsafe { (*o).ack_next = seq.wrapping_add(1) };
+            e.flags |= CT_F_SYNACK;
+        }
+        return;
+    }
+    // The client spoke: is the flow assured now? Its reply leg holds the evidence.
+    s.key = s.to.reversed();
+    let Some(r) = CT_OPEN.get_ptr_mut(&s.key) else {
+        // Evicted (or never written): nothing to prove it with; stays unassured.
+        return;
+    };
+    // SAFETY: map value, valid for this run.
+    let rev = unsafe { &*r };
+    if !names(&rev.ct, &s.pkt.key) {
+        return;
+    }
+    let assured = if l4proto != proto::TCP {
+        // Traffic went both ways and the client spoke again after the reply.
+        rev.ct.packets > 0
+    } else if e.state != ct_state::OPENING {
+        // Proven before (or closing): only the move to CONNTRACK failed.
+        e.state == ct_state::ESTABLISHED
+    } else if flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK || rev.ct.flags & CT_F_SYNACK == 0 {
+        false
+    } else {
+        let ack = packet::tcp_seq_ack(ctx, &s.pkt).map(|(_, ack)| ack);
+        if ack == Some(rev.ack_next) {
+            true
+        } else {
+            count(counter::CT_ACK_MISMATCH);
+            false
+        }
+    };
+    if !assured {
+        return;
+    }
+    let state = if flags & (TCP_FIN | TCP_RST) != 0 {
+        ct_state::CLOSING
+    } else {
+        ct_state::ESTABLISHED
+    };
+    s.fwd.ct = *e;
+    s.fwd.ct.state = state;
+    s.rev.ct = rev.ct;
+    s.rev.ct.state = state;
+    s.rev.ct.flags &= !CT_F_SYNACK;
+    // The reply leg first: a reply can never find a forward leg without its partner.
+    let moved = match CONNTRACK.insert(&s.key, &s.rev.ct, 0) {
+        Err(err) => {
+            count_insert_error(err);
+            false
+        }
+        Ok(()) => match CONNTRACK.insert(&s.pkt.key, &s.fwd.ct, 0) {
+            Err(err) => {
+                if CONNTRACK.remove(&s.key).is_err() {
+                    count(counter::CT_ROLLBACK_FAILED);
+                }
+                count_insert_error(err);
+                false
+            }
+            Ok(()) => true,
+        },
+    };
+    if !moved {
+        // Remember the proof, so the next packet retries without one.
+        e.state = state;
+        return;
+    }
+    // CONNTRACK is looked up first, so the flow is already served from there.
+    let _ = CT_OPEN.remove(&s.pkt.key);
+    let _ = CT_OPEN.remove(&s.key);
+    count(counter::CT_PROMOTED);
+}
+
+/// Deletes the flow whose forward leg `e` is keyed `key` from `CONNTRACK`, so that a
+/// new flow can take the tuple (uses `s.key`).
+#[inline(always)]
+pub fn forget_assured(s: &mut Scratch, e: &CtEntry) {
+    s.key = nat_tuple(e, s.pkt.key.proto).reversed();
+    // SAFETY: read in place.
+    if let Some(r) = unsafe { CONNTRACK.get(&s.key) }
+        && names(r, &s.pkt.key)
+    {
+        let _ = CONNTRACK.remove(&s.key);
+    }
+    let _ = CONNTRACK.remove(&s.pkt.key);
+}
+
+/// As [`forget_assured`], for an unassured flow.
+#[inline(always)]
+pub fn forget_unassured(s: &mut Scratch, e: &CtEntry) {
+    s.key = nat_tuple(e, s.pkt.key.proto).reversed();
+    // SAFETY: read in place.
+    if let Some(r) = unsafe { CT_OPEN.get(&s.key) }
+        && names(&r.ct, &s.pkt.key)
+    {
+        let _ = CT_OPEN.remove(&s.key);
+    }
+    let _ = CT_OPEN.remove(&s.pkt.key);
+    count(counter::CT_REOPENED);
+}
+
+/// The leg keyed `key` in either table (assured first), for reading.
+#[inline(always)]
+pub fn lookup(key: &CtKey) -> Option<&'static CtEntry> {
+    // SAFETY: map values, read in place for this program run.
+    unsafe {
+        match CONNTRACK.get(key) {
+            Some(e) => Some(e),
+            None => CT_OPEN.get(key).map(|o| &o.ct),
         }
     }
 }

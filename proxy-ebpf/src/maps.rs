@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use proxy_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, ClientAffinityKey, CtEntry, CtKey,
-    FrontendKey, FrontendValue, Iface, NodeAddr, RevSockKey, RevSockValue, ServiceName, SlotKey,
-    SourceRangeKey, TcConfig, counter, sizes,
+    CtOpenEntry, FrontendKey, FrontendValue, Iface, NodeAddr, RevSockKey, RevSockValue,
+    ServiceName, SlotKey, SourceRangeKey, TcConfig, counter, sizes,
 };
 
 // The service maps are updated while programs read them: BPF_F_NO_PREALLOC makes a
@@ -61,12 +61,21 @@ pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
 pub static CLIENT_AFFINITY: LruHashMap<ClientAffinityKey, AffinityValue> =
     LruHashMap::pinned(sizes::CLIENT_AFFINITY, 0);
 
-// A plain, preallocated hash rather than an LRU: an LRU would evict live flows when the
-// table fills, and a flow that loses its entry mid-stream would leak replies with the
-// backend's address (the very failure this table exists to prevent). Full means new
-// flows are refused (counted); the agent deletes expired entries.
+// Two tables, so that a flood cannot take what matters (see `proxy_common::CtOpenEntry`):
+// - CT_OPEN, an LRU, holds flows until they are assured. Anyone can open flows
+//   (spoofed SYNs, one-off datagrams), so when it is full the least recently used
+//   entry makes room: a flood evicts flood entries and stale handshakes, never an
+//   assured flow.
+// - CONNTRACK, a plain preallocated hash, holds assured flows only and never evicts:
+//   a flow that lost its entry mid-stream would leak replies with the backend's
+//   address (the very failure this table exists to prevent). Only the agent's
+//   collector deletes from it, once a flow has been idle past its timeout. When it is
+//   full, an assured flow stays in CT_OPEN (counted as ct_full).
 #[map]
 pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::pinned(sizes::CONNTRACK, 0);
+
+#[map]
+pub static CT_OPEN: LruHashMap<CtKey, CtOpenEntry> = LruHashMap::pinned(sizes::CT_OPEN, 0);
 
 #[map]
 pub static TC_CONFIG: Array<TcConfig> = Array::pinned(1, 0);
@@ -77,8 +86,8 @@ pub struct Scratch {
     pub pkt: crate::packet::Packet,
     /// The tuple it is translated to (or, for an ICMP error, sent as).
     pub to: CtKey,
-    pub fwd: CtEntry,
-    pub rev: CtEntry,
+    pub fwd: CtOpenEntry,
+    pub rev: CtOpenEntry,
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
     pub icmp: crate::packet::IcmpError,
     pub key: CtKey,

@@ -167,6 +167,14 @@ fn parse_packet(ctx: &TcContext) -> Result<Packet, Unparsed> {
     })
 }
 
+/// The TCP sequence and acknowledgment numbers of `p` (host order). Read only while
+/// a flow's handshake is proven, never on the established path.
+#[inline(always)]
+pub fn tcp_seq_ack(ctx: &TcContext, p: &Packet) -> Option<(u32, u32)> {
+    let w: [u32; 2] = ctx.load(p.l4_off + 4).ok()?;
+    Some((u32::from_be(w[0]), u32::from_be(w[1])))
+}
+
 /// Rewrites the packet's tuple to `to` (same family), fixing the IPv4 header checksum
 /// and the TCP/UDP checksum.
 #[inline(always)]

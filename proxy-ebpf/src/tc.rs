@@ -45,7 +45,9 @@ use proxy_common::{
     TcConfig, counter, ct_state, proto, scope,
 };
 
-use crate::maps::{CLIENT_AFFINITY, CONNTRACK, IFACES, SOURCE_RANGES, Scratch, count, scratch};
+use crate::maps::{
+    CLIENT_AFFINITY, CONNTRACK, CT_OPEN, IFACES, SOURCE_RANGES, Scratch, count, scratch,
+};
 use crate::packet::{self, Packet};
 use crate::{ct, lb};
 
@@ -107,17 +109,30 @@ fn ingress(ctx: &mut TcContext) -> i32 {
     // SAFETY: reading a field of the context the kernel gave us.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
 
+    // Assured flows first: the established path is one lookup.
     if let Some(e) = CONNTRACK.get_ptr_mut(&s.pkt.key) {
         // SAFETY: the value stays valid for this program run; read in place (no copy:
         // stack space is scarce) before `touch` writes to it.
         let keep = unsafe { !restarts(ct::config(), &*e, &s.pkt, now) };
         if keep {
             // SAFETY: as above.
-            s.to = unsafe { nat_tuple(&*e, s.pkt.key.proto) };
-            ct::touch(e, s.pkt.key.proto, s.pkt.tcp_flags, ctx.len(), now);
+            s.to = unsafe { ct::nat_tuple(&*e, s.pkt.key.proto) };
+            ct::touch(e, s.pkt.key.proto, s.pkt.tcp_flags, ctx.len(), now, true);
             count(counter::CT_TRANSLATED);
             return translate_and_forward(ctx, s);
         }
+        // SAFETY: as above.
+        ct::forget_assured(s, unsafe { &*e });
+    } else if let Some(o) = CT_OPEN.get_ptr_mut(&s.pkt.key) {
+        // SAFETY: as above.
+        let keep = unsafe { !restarts(ct::config(), &(*o).ct, &s.pkt, now) };
+        if keep {
+            ct::track_unassured(ctx, s, o, now);
+            count(counter::CT_TRANSLATED);
+            return translate_and_forward(ctx, s);
+        }
+        // SAFETY: as above.
+        ct::forget_unassured(s, unsafe { &(*o).ct });
     }
     if !s.pkt.may_open() {
         return PASS;
@@ -150,16 +165,21 @@ fn egress(ctx: &mut TcContext) -> i32 {
     if !packet::parse(ctx, &mut s.pkt) {
         return icmp_error(ctx, s, false);
     }
-    let Some(e) = CONNTRACK.get_ptr_mut(&s.pkt.key) else {
-        return egress_open(ctx, s);
-    };
-    // SAFETY: the value stays valid for this program run; read before `touch`.
-    let reply = unsafe { (*e).flags & CT_F_REPLY != 0 };
-    // SAFETY: as above.
-    s.to = unsafe { nat_tuple(&*e, s.pkt.key.proto) };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    ct::touch(e, s.pkt.key.proto, s.pkt.tcp_flags, ctx.len(), now);
+    let reply = if let Some(e) = CONNTRACK.get_ptr_mut(&s.pkt.key) {
+        // SAFETY: the value stays valid for this program run; read before `touch`.
+        s.to = unsafe { ct::nat_tuple(&*e, s.pkt.key.proto) };
+        ct::touch(e, s.pkt.key.proto, s.pkt.tcp_flags, ctx.len(), now, true);
+        // SAFETY: as above.
+        unsafe { (*e).flags & CT_F_REPLY != 0 }
+    } else if let Some(o) = CT_OPEN.get_ptr_mut(&s.pkt.key) {
+        ct::track_unassured(ctx, s, o, now);
+        // SAFETY: as above (still valid if the flow just moved to CONNTRACK).
+        unsafe { (*o).ct.flags & CT_F_REPLY != 0 }
+    } else {
+        return egress_open(ctx, s);
+    };
     count(counter::CT_TRANSLATED);
     if !reply {
         // A node process's flow (see `egress_open`): the backend may be elsewhere.
@@ -186,12 +206,11 @@ fn icmp_error(ctx: &mut TcContext, s: &mut Scratch, at_ingress: bool) -> i32 {
         return PASS;
     }
     // The error travels opposite to the quoted packet, as that packet's replies do.
-    // SAFETY: read in place.
-    let Some(entry) = (unsafe { CONNTRACK.get(&e.inner.reversed()) }) else {
+    let Some(entry) = ct::lookup(&e.inner.reversed()) else {
         return PASS;
     };
     let t = &mut s.key;
-    *t = nat_tuple(entry, e.inner.proto);
+    *t = ct::nat_tuple(entry, e.inner.proto);
     // Sent by the quoted packet's destination itself: it speaks for that address.
     let src = if e.outer_src == e.inner.daddr {
         t.saddr
@@ -268,22 +287,9 @@ fn restarts(cfg: &TcConfig, e: &CtEntry, p: &Packet, now: u64) -> bool {
     }
 }
 
-/// The tuple a leg's packets are rewritten to.
-#[inline(always)]
-fn nat_tuple(e: &CtEntry, l4proto: u8) -> CtKey {
-    CtKey {
-        saddr: e.nat_saddr,
-        daddr: e.nat_daddr,
-        sport_be: e.nat_sport_be,
-        dport_be: e.nat_dport_be,
-        proto: l4proto,
-        _pad: [0; 3],
-    }
-}
-
 /// Opens a flow from the packet in `s.pkt` to frontend `fe`: picks the backend,
-/// decides on SNAT (when `may_snat`), writes both conntrack legs, then translates and
-/// forwards the packet.
+/// decides on SNAT (when `may_snat`), writes both legs to the unassured table, then
+/// translates and forwards the packet.
 #[inline(never)]
 fn open(
     ctx: &mut TcContext,
@@ -375,13 +381,13 @@ fn open(
     }
 
     let p = &s.pkt;
-    let state = if p.key.proto == proto::TCP {
-        ct_state::OPENING
-    } else {
-        ct_state::ESTABLISHED
-    };
+    let state = ct_state::OPENING;
     let snat_flag = if snat { CT_F_SNAT } else { 0 };
-    let f = &mut s.fwd;
+    s.fwd.ack_next = 0;
+    s.fwd._pad = 0;
+    s.rev.ack_next = 0;
+    s.rev._pad = 0;
+    let f = &mut s.fwd.ct;
     f.nat_saddr = s.to.saddr;
     f.nat_daddr = s.to.daddr;
     f.nat_sport_be = s.to.sport_be;
@@ -395,7 +401,7 @@ fn open(
     f.last_seen_ns = now;
     f.packets = 1;
     f.bytes = u64::from(ctx.len());
-    let r = &mut s.rev;
+    let r = &mut s.rev.ct;
     r.nat_saddr = p.key.daddr;
     r.nat_daddr = p.key.saddr;
     r.nat_sport_be = p.key.dport_be;
@@ -411,12 +417,13 @@ fn open(
     r.bytes = 0;
     s.key = s.to.reversed();
     // The reply leg first: a reply can never find a forward leg without its partner.
-    if let Err(e) = CONNTRACK.insert(&s.key, &s.rev, 0) {
+    // An LRU makes room by evicting; an error here is the kernel's, not a full table.
+    if let Err(e) = CT_OPEN.insert(&s.key, &s.rev, 0) {
         ct::count_insert_error(e);
         return DROP;
     }
-    if let Err(e) = CONNTRACK.insert(&s.pkt.key, &s.fwd, 0) {
-        if CONNTRACK.remove(&s.key).is_err() {
+    if let Err(e) = CT_OPEN.insert(&s.pkt.key, &s.fwd, 0) {
+        if CT_OPEN.remove(&s.key).is_err() {
             count(counter::CT_ROLLBACK_FAILED);
         }
         ct::count_insert_error(e);
@@ -464,8 +471,7 @@ fn snat_port(
         };
         *reply = fwd.reversed();
         reply.dport_be = port;
-        // SAFETY: only read.
-        let free = match unsafe { CONNTRACK.get(&*reply) } {
+        let free = match ct::lookup(reply) {
             None => true,
             // Expired, or this very flow starting over (same client and frontend).
             Some(e) => {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::dataplane::ebpf::conntrack::{ConntrackSizes, cores};
 use crate::dataplane::ebpf::{DEFAULT_BPFFS, EbpfConfig, MapSizes};
 use crate::model::NodePortAddresses;
 
@@ -80,22 +81,40 @@ pub struct Config {
     /// `*`, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub pod_interfaces: Vec<String>,
-    /// Capacity of the tc path's connection table (two entries per flow). When full,
-    /// new flows are dropped and counted; existing ones are unaffected.
-    #[arg(long, default_value_t = proxy_common::sizes::CONNTRACK)]
+    /// Assured flows the tc path tracks, overriding `--conntrack-max-per-core` and
+    /// `--conntrack-min` (0: use them). Flows that are not assured yet have a table of
+    /// their own (`--conntrack-unassured-max`).
+    #[arg(long, default_value_t = 0)]
     pub conntrack_max: u32,
+    /// Assured flows to track per CPU core (kube-proxy's flag); the table holds
+    /// max(this × cores, `--conntrack-min`). 0: `--conntrack-min` alone.
+    #[arg(long, default_value_t = 32_768)]
+    pub conntrack_max_per_core: u32,
+    /// The least number of assured flows to track, whatever the core count.
+    #[arg(long, default_value_t = 131_072)]
+    pub conntrack_min: u32,
+    /// Flows not yet assured (handshake not proven, UDP not two-way) to track; the
+    /// oldest are evicted to make room. 0: a quarter of the assured table.
+    #[arg(long, default_value_t = 0)]
+    pub conntrack_unassured_max: u32,
     /// Idle timeout of an established TCP flow on the tc path.
     #[arg(long, value_parser = duration, default_value = "24h")]
     pub conntrack_tcp_timeout_established: Duration,
-    /// Idle timeout of a TCP flow whose handshake has not completed.
-    #[arg(long, value_parser = duration, default_value = "60s")]
+    /// Idle timeout of a TCP flow whose handshake is not proven yet (netfilter's
+    /// syn_sent/syn_recv).
+    #[arg(long, value_parser = duration, default_value = "30s")]
     pub conntrack_tcp_timeout_opening: Duration,
     /// Idle timeout of a TCP flow after FIN or RST.
     #[arg(long, value_parser = duration, default_value = "30s")]
     pub conntrack_tcp_timeout_closing: Duration,
-    /// Idle timeout of a UDP flow on the tc path.
-    #[arg(long, value_parser = duration, default_value = "60s")]
+    /// Idle timeout of a UDP flow that is not assured (no reply yet, or no datagram
+    /// from the client after it), as netfilter's nf_conntrack_udp_timeout.
+    #[arg(long, value_parser = duration, default_value = "30s")]
     pub conntrack_udp_timeout: Duration,
+    /// Idle timeout of an assured UDP flow, as netfilter's
+    /// nf_conntrack_udp_timeout_stream.
+    #[arg(long, value_parser = duration, default_value = "120s")]
+    pub conntrack_udp_timeout_stream: Duration,
     /// How often expired connection-tracking entries are removed.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub conntrack_gc_interval: Duration,
@@ -175,8 +194,19 @@ impl Config {
             udp_s: secs(self.conntrack_udp_timeout),
             snat_port_min: self.snat_port_range.0,
             snat_port_max: self.snat_port_range.1,
-            flags: 0,
+            udp_stream_s: secs(self.conntrack_udp_timeout_stream),
         }
+    }
+
+    /// The connection tables' sizes on a machine with `cores` cores.
+    pub fn conntrack_sizes(&self, cores: u32) -> ConntrackSizes {
+        ConntrackSizes::new(
+            self.conntrack_max,
+            self.conntrack_max_per_core,
+            self.conntrack_min,
+            self.conntrack_unassured_max,
+            cores,
+        )
     }
 
     /// This node's name: `--hostname-override` (or `$NODE_NAME`), else the hostname.
@@ -207,7 +237,7 @@ impl Config {
             cgroup,
             sizes: self.map_sizes(),
             tc: self.tc_config(),
-            conntrack_max: self.conntrack_max,
+            conntrack: self.conntrack_sizes(cores()),
             conntrack_gc_interval: self.conntrack_gc_interval,
             pod_interfaces: self.pod_interfaces.clone(),
         }

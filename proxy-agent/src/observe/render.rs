@@ -94,6 +94,9 @@ pub fn render_conntrack(flows: &[Flow]) -> String {
             Legs::ForwardOnly => note.push("no reply leg"),
             Legs::ReplyOnly => note.push("no forward leg"),
         }
+        if !f.assured {
+            note.push("unassured");
+        }
         if f.expired {
             note.push("expired");
         }
@@ -165,6 +168,7 @@ mod tests {
             bytes_out: 9000,
             expired,
             legs,
+            assured: true,
         }
     }
 

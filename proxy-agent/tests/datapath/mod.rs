@@ -28,9 +28,9 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader, Pod};
 use proxy_agent::dataplane::ebpf::PROGRAMS;
 use proxy_common::{
-    Addr, AffinityMatchKey, AffinityValue, Backend, ClientAffinityKey, CtEntry, CtKey, FrontendKey,
-    FrontendValue, IFACE_F_EXTERNAL, IFACE_F_POD, Iface, NodeAddr, SlotKey, SourceRangeKey,
-    TcConfig, counter, maps, programs,
+    Addr, AffinityMatchKey, AffinityValue, Backend, ClientAffinityKey, CtEntry, CtKey, CtOpenEntry,
+    FrontendKey, FrontendValue, IFACE_F_EXTERNAL, IFACE_F_POD, Iface, NodeAddr, SlotKey,
+    SourceRangeKey, TcConfig, counter, maps, programs,
 };
 
 use packet::{Mac, Macs};
@@ -113,6 +113,8 @@ neigh add fd00:244::5 lladdr 02:00:00:00:02:05 dev pod0 nud permanent
 
 /// Map sizes for tests: small, so that each load is quick (CONNTRACK is preallocated).
 pub const CONNTRACK_MAX: u32 = 256;
+/// `CT_OPEN`'s size in tests.
+pub const CT_OPEN_MAX: u32 = 256;
 
 /// One test's data plane. Fields drop in order: the object (closing its fds), then
 /// the bpffs, then the namespace.
@@ -138,12 +140,13 @@ impl Datapath {
     /// The node with both tc programs loaded and its interfaces and addresses in the
     /// maps, as the agent writes them; no services yet.
     pub fn new() -> Self {
-        Self::with_conntrack_max(CONNTRACK_MAX)
+        Self::with_tables(CONNTRACK_MAX, CT_OPEN_MAX)
     }
 
-    /// Like [`Datapath::new`] with `CONNTRACK` holding at most `max` entries.
-    pub fn with_conntrack_max(max: u32) -> Self {
-        let mut dp = Self::load(max);
+    /// Like [`Datapath::new`] with `CONNTRACK` (assured flows) and `CT_OPEN`
+    /// (unassured ones) holding at most these many entries.
+    pub fn with_tables(assured: u32, unassured: u32) -> Self {
+        let mut dp = Self::load_with(assured, unassured);
         for name in [programs::TC_INGRESS, programs::TC_EGRESS] {
             dp.classifier_mut(name)
                 .load()
@@ -165,6 +168,10 @@ impl Datapath {
 
     /// The object with its maps created (nothing verified yet), in a new namespace.
     pub fn load(conntrack_max: u32) -> Self {
+        Self::load_with(conntrack_max, CT_OPEN_MAX)
+    }
+
+    fn load_with(conntrack_max: u32, ct_open_max: u32) -> Self {
         assert!(
             !PROGRAMS.is_empty(),
             "the eBPF object is empty: built with AYA_BUILD_SKIP=1? These tests need it"
@@ -178,6 +185,7 @@ impl Datapath {
             .unwrap_or_else(|p| p.into_inner())
             .default_map_pin_directory(bpffs.path())
             .map_max_entries(maps::CONNTRACK, conntrack_max)
+            .map_max_entries(maps::CT_OPEN, ct_open_max)
             .map_max_entries(maps::REV_SOCK, 256)
             .map_max_entries(maps::AFFINITY, 256)
             .map_max_entries(maps::CLIENT_AFFINITY, 256)
@@ -404,13 +412,38 @@ impl Datapath {
 
     // --- CHECK: readers --------------------------------------------------------------
 
+    /// A leg in either table.
     pub fn ct_get(&self, key: &CtKey) -> Option<CtEntry> {
+        self.ct_assured(key)
+            .or_else(|| self.ct_unassured(key).map(|o| o.ct))
+    }
+
+    /// A leg in `CONNTRACK`, the table of assured flows.
+    pub fn ct_assured(&self, key: &CtKey) -> Option<CtEntry> {
         let m: HashMap<&MapData, CtKey, CtEntry> = self.hash_ro(maps::CONNTRACK);
         m.get(key, 0).ok()
     }
 
+    /// A leg in `CT_OPEN`, the table of unassured flows.
+    pub fn ct_unassured(&self, key: &CtKey) -> Option<CtOpenEntry> {
+        let m: HashMap<&MapData, CtKey, CtOpenEntry> = self.hash_ro(maps::CT_OPEN);
+        m.get(key, 0).ok()
+    }
+
+    /// Entries in both tables.
     pub fn ct_len(&self) -> usize {
+        self.ct_len_assured() + self.ct_len_unassured()
+    }
+
+    /// Entries in `CONNTRACK`.
+    pub fn ct_len_assured(&self) -> usize {
         let m: HashMap<&MapData, CtKey, CtEntry> = self.hash_ro(maps::CONNTRACK);
+        m.keys().count()
+    }
+
+    /// Entries in `CT_OPEN`.
+    pub fn ct_len_unassured(&self) -> usize {
+        let m: HashMap<&MapData, CtKey, CtOpenEntry> = self.hash_ro(maps::CT_OPEN);
         m.keys().count()
     }
 
@@ -456,6 +489,11 @@ pub struct Service {
 pub struct Counters(BTreeMap<&'static str, u64>);
 
 impl Counters {
+    /// One counter by name (0 when not counted).
+    pub fn get(&self, name: &str) -> u64 {
+        self.0.get(name).copied().unwrap_or_default()
+    }
+
     /// The counters that are not zero, by name: a test asserts the whole list, so an
     /// unexpected counter fails it too.
     pub fn nonzero(&self) -> Vec<(&'static str, u64)> {

@@ -64,11 +64,8 @@ pub fn legs(
     opening_len: usize,
 ) -> (CtKey, CtEntry, CtKey, CtEntry) {
     let nat = if snat { CT_F_SNAT } else { 0 };
-    let state = if proto == packet::TCP {
-        ct_state::OPENING
-    } else {
-        ct_state::ESTABLISHED
-    };
+    // Every flow starts unassured.
+    let state = ct_state::OPENING;
     let leg = |src: SocketAddr, dst: SocketAddr, flags: u8, packets: u64, bytes: u64| {
         let t = tuple(src, dst, proto);
         CtEntry {
@@ -104,11 +101,14 @@ pub fn untimed(e: CtEntry) -> CtEntry {
     }
 }
 
-/// Asserts that conntrack holds exactly these two legs (timestamps aside).
+/// Asserts that the unassured table holds exactly these two legs (timestamps aside),
+/// and the assured one nothing: where every flow starts.
 pub fn assert_tracked(dp: &Datapath, (fk, fe, rk, re): &(CtKey, CtEntry, CtKey, CtEntry)) {
-    assert_eq!(dp.ct_get(fk).map(untimed), Some(*fe), "forward leg");
-    assert_eq!(dp.ct_get(rk).map(untimed), Some(*re), "reply leg");
-    assert_eq!(dp.ct_len(), 2, "conntrack entries");
+    let open = |k| dp.ct_unassured(k).map(|o| untimed(o.ct));
+    assert_eq!(open(fk), Some(*fe), "forward leg");
+    assert_eq!(open(rk), Some(*re), "reply leg");
+    assert_eq!(dp.ct_len_unassured(), 2, "unassured entries");
+    assert_eq!(dp.ct_len_assured(), 0, "assured entries");
 }
 
 /// Runs `frame` through `tc_ingress` on `ifindex` and asserts it passed untouched,

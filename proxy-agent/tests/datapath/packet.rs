@@ -32,8 +32,17 @@ pub struct L4 {
     pub dport: u16,
     /// TCP flags (ignored for UDP).
     pub flags: u8,
+    /// TCP sequence number.
+    pub seq: u32,
+    /// TCP acknowledgment number (sent with ACK only).
+    pub ack: u32,
     pub payload: Vec<u8>,
 }
+
+/// The sequence number every segment carries unless a test sets one: both sides use
+/// it, so a default ACK (`SEQ + 1`) acknowledges a default SYN-ACK, and a default
+/// handshake is a valid one.
+pub const SEQ: u32 = 0x0102_0304;
 
 impl L4 {
     pub fn tcp(sport: u16, dport: u16, flags: u8) -> Self {
@@ -42,6 +51,8 @@ impl L4 {
             sport,
             dport,
             flags,
+            seq: SEQ,
+            ack: SEQ.wrapping_add(1),
             payload: Vec::new(),
         }
     }
@@ -52,6 +63,8 @@ impl L4 {
             sport,
             dport,
             flags: 0,
+            seq: 0,
+            ack: 0,
             payload: payload.to_vec(),
         }
     }
@@ -62,12 +75,8 @@ impl L4 {
         b.extend_from_slice(&self.sport.to_be_bytes());
         b.extend_from_slice(&self.dport.to_be_bytes());
         let csum_at = if self.proto == TCP {
-            b.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
-            let ack: u32 = if self.flags & ACK != 0 {
-                0x0a0b_0c0d
-            } else {
-                0
-            };
+            b.extend_from_slice(&self.seq.to_be_bytes());
+            let ack = if self.flags & ACK != 0 { self.ack } else { 0 };
             b.extend_from_slice(&ack.to_be_bytes());
             b.push(5 << 4); // data offset: 20 bytes, no options
             b.push(self.flags);

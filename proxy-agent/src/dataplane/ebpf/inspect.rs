@@ -132,14 +132,27 @@ pub fn affinities(bpffs: &Path) -> anyhow::Result<Vec<AffinityView>> {
     Ok(out)
 }
 
-/// `proxyctl conntrack`: the tc path's tracked flows with service names, sorted by
-/// service, frontend and client. Without a readable `TC_CONFIG`, nothing is shown as
-/// expired.
+/// `proxyctl conntrack`: the tc path's tracked flows, assured and not, with service
+/// names, sorted by service, frontend and client. Without a readable `TC_CONFIG`,
+/// nothing is shown as expired. A data plane older than the unassured table has only
+/// assured flows to show.
 pub fn conntrack(bpffs: &Path) -> anyhow::Result<Vec<Flow>> {
-    let table = conntrack::open_table(bpffs)?;
     let config = conntrack::read_config(bpffs).unwrap_or_default();
+    let now = conntrack::monotonic_ns();
+    let table = conntrack::open_table(bpffs)?;
     let entries = table.entries().context("reading CONNTRACK")?;
-    let mut out = conntrack::flows(&entries, conntrack::monotonic_ns(), &config);
+    let mut out = conntrack::flows(&entries, now, &config);
+    for f in &mut out {
+        f.assured = true;
+    }
+    match conntrack::open_unassured(bpffs) {
+        Ok(open) => {
+            let entries = open.entries().context("reading CT_OPEN")?;
+            out.extend(conntrack::flows(&entries, now, &config));
+        }
+        Err(e) if e.is_missing() => {}
+        Err(e) => return Err(e.into()),
+    }
     // Names are for operators only; a missing map leaves them empty.
     let names: Option<HashMap<MapData, u32, ServiceName>> =
         pins::open_optional(bpffs, maps::SVC_NAMES).ok().flatten();

@@ -13,10 +13,13 @@ use aya::maps::{Array, Map, MapData, MapError};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier};
 use aya::{Ebpf, EbpfLoader};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use proxy_common as pc;
 use proxy_common::maps;
 use tracing::{info, warn};
 
+use super::metrics::MapName;
 use super::{EbpfConfig, PROGRAMS};
 use crate::dataplane::DataplaneError;
 
@@ -107,6 +110,48 @@ fn replace_outgrown_counters(maps_dir: &Path) {
     }
 }
 
+/// The kernel memory each pinned map takes, logged once with the total: the
+/// connection tables are preallocated, so this is paid whether flows come or not.
+pub(super) fn map_memory(bpffs: &Path) -> Family<MapName, Gauge> {
+    let family = Family::<MapName, Gauge>::default();
+    let mut total = 0u64;
+    for map in maps::ALL {
+        match super::pins::memory_bytes(bpffs, map) {
+            Ok(bytes) => {
+                total += bytes;
+                family
+                    .get_or_create(&MapName { map })
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+            Err(e) => warn!(map, error = %e, "reading the map's memory use"),
+        }
+    }
+    info!(
+        mib = total / (1 << 20),
+        "the data plane's maps take {:.1} MiB of kernel memory",
+        total as f64 / f64::from(1 << 20)
+    );
+    family
+}
+
+/// Warns when a pinned connection table adopted from an earlier agent has another
+/// size than configured: pinned maps keep their size (and their flows).
+fn check_adopted_size(maps_dir: &Path, name: &str, configured: u32) {
+    let Ok(old) = MapData::from_pin(maps_dir.join(name)) else {
+        return;
+    };
+    if let Ok(n) = old.info().map(|i| i.max_entries())
+        && n != configured
+    {
+        warn!(
+            map = name,
+            pinned = n,
+            configured,
+            "keeping the pinned table and its flows at its old size; run --cleanup and restart to resize"
+        );
+    }
+}
+
 pub(super) fn load_and_attach(cfg: &EbpfConfig) -> Result<Ebpf, LoadError> {
     if PROGRAMS.is_empty() {
         return Err(LoadError::NoPrograms);
@@ -121,6 +166,8 @@ pub(super) fn load_and_attach(cfg: &EbpfConfig) -> Result<Ebpf, LoadError> {
         })?;
     }
     replace_outgrown_counters(&maps_dir);
+    check_adopted_size(&maps_dir, maps::CONNTRACK, cfg.conntrack.assured_entries());
+    check_adopted_size(&maps_dir, maps::CT_OPEN, cfg.conntrack.unassured_entries());
     let s = cfg.sizes;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&maps_dir)
@@ -131,7 +178,8 @@ pub(super) fn load_and_attach(cfg: &EbpfConfig) -> Result<Ebpf, LoadError> {
         .map_max_entries(maps::AFFINITY, s.affinity)
         .map_max_entries(maps::REV_SOCK, s.rev_sock)
         .map_max_entries(maps::SVC_NAMES, s.frontends)
-        .map_max_entries(maps::CONNTRACK, cfg.conntrack_max)
+        .map_max_entries(maps::CONNTRACK, cfg.conntrack.assured_entries())
+        .map_max_entries(maps::CT_OPEN, cfg.conntrack.unassured_entries())
         .load(PROGRAMS)?;
     for name in [pc::programs::TC_INGRESS, pc::programs::TC_EGRESS] {
         program::<SchedClassifier>(&mut ebpf, name)?

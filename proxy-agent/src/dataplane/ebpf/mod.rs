@@ -96,8 +96,8 @@ pub struct EbpfConfig {
     pub sizes: MapSizes,
     /// Connection tracking of the tc programs.
     pub tc: pc::TcConfig,
-    /// Capacity of the connection table (two entries per flow).
-    pub conntrack_max: u32,
+    /// The connection tables' sizes.
+    pub conntrack: conntrack::ConntrackSizes,
     /// How often idle flows are collected from the connection table (zero: never).
     pub conntrack_gc_interval: Duration,
     /// `--pod-interfaces`: pod-facing interfaces that get the tc ingress program;
@@ -150,6 +150,7 @@ impl EbpfDataplane {
         let services = Services::adopt(&mut tables, cfg.sizes).map_err(LoadError::Adopt)?;
         let metrics = EbpfMetrics {
             gc: GcMetrics::default(),
+            memory: load::map_memory(&cfg.bpffs),
             bpffs: cfg.bpffs.clone(),
         };
         let gc = conntrack::spawn_gc(
@@ -243,7 +244,7 @@ mod tests {
             cgroup: "/nonexistent/cgroup".into(),
             sizes: MapSizes::default(),
             tc: pc::TcConfig::default(),
-            conntrack_max: 1024,
+            conntrack: conntrack::ConntrackSizes::new(512, 0, 0, 0, 1),
             conntrack_gc_interval: Duration::from_secs(10),
             pod_interfaces: Vec::new(),
         }

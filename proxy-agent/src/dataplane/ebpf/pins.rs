@@ -39,6 +39,15 @@ pub enum PinError {
         #[source]
         source: MapError,
     },
+    /// A map's fdinfo could not be read.
+    #[error("reading {}", path.display())]
+    Fdinfo {
+        /// `/proc/self/fdinfo/<fd>`.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl PinError {
@@ -59,23 +68,56 @@ pub fn open<T>(bpffs: &Path, name: &'static str) -> Result<T, PinError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
+    let data = open_data(bpffs, name)?;
+    // The map's own type (hash, LRU hash, trie, array) picks the variant, so an LRU
+    // map opens as a HashMap like a plain one.
+    let map = Map::from_map_data(data).map_err(|source| PinError::Type { name, source })?;
+    T::try_from(map).map_err(|source| PinError::Type { name, source })
+}
+
+/// The map `name` pinned under `bpffs`, untyped: for what the kernel says about it.
+pub fn open_data(bpffs: &Path, name: &'static str) -> Result<MapData, PinError> {
     let path = map_path(bpffs, name);
     // Checked on the filesystem first: without CAP_BPF the syscall answers EPERM even
     // for a pin that does not exist, and "not there yet" must not read as a failure.
     if matches!(std::fs::symlink_metadata(&path), Err(e) if e.kind() == io::ErrorKind::NotFound) {
         return Err(PinError::Missing { path });
     }
-    let data = match MapData::from_pin(&path) {
-        Ok(d) => d,
+    match MapData::from_pin(&path) {
+        Ok(d) => Ok(d),
         Err(MapError::SyscallError(s)) if s.io_error.kind() == io::ErrorKind::NotFound => {
-            return Err(PinError::Missing { path });
+            Err(PinError::Missing { path })
         }
-        Err(source) => return Err(PinError::Open { path, source }),
-    };
-    // The map's own type (hash, LRU hash, trie, array) picks the variant, so an LRU
-    // map opens as a HashMap like a plain one.
-    let map = Map::from_map_data(data).map_err(|source| PinError::Type { name, source })?;
-    T::try_from(map).map_err(|source| PinError::Type { name, source })
+        Err(source) => Err(PinError::Open { path, source }),
+    }
+}
+
+/// The capacity (`max_entries`) the kernel gave the pinned map `name`.
+pub fn max_entries(bpffs: &Path, name: &'static str) -> Result<u32, PinError> {
+    let data = open_data(bpffs, name)?;
+    data.info()
+        .map(|i| i.max_entries())
+        .map_err(|source| PinError::Type { name, source })
+}
+
+/// The kernel memory the pinned map `name` takes, in bytes: what the kernel reports
+/// as its `memlock` in the map's fdinfo.
+pub fn memory_bytes(bpffs: &Path, name: &'static str) -> Result<u64, PinError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let data = open_data(bpffs, name)?;
+    let fd = data.fd().as_fd().as_raw_fd();
+    let path = PathBuf::from(format!("/proc/self/fdinfo/{fd}"));
+    let text =
+        std::fs::read_to_string(&path).map_err(|source| PinError::Fdinfo { path, source })?;
+    Ok(memlock(&text).unwrap_or(0))
+}
+
+/// The `memlock:` value of a map's fdinfo.
+fn memlock(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Like [`open`], but a map that is not pinned is `None`: for maps a data plane of an
@@ -96,6 +138,13 @@ mod tests {
     use aya::maps::HashMap;
 
     use super::*;
+
+    #[test]
+    fn memlock_is_read_from_fdinfo() {
+        let info = "pos:\t0\nflags:\t02000002\nmap_type:\t1\nmemlock:\t45350912\nmap_id:\t7\n";
+        assert_eq!(memlock(info), Some(45_350_912));
+        assert_eq!(memlock("pos:\t0\n"), None);
+    }
 
     #[test]
     fn a_map_that_is_not_pinned_is_missing_not_an_error() {

@@ -14,6 +14,7 @@ pub fn config() -> TcConfig {
         tcp_established_s: 3600,
         tcp_closing_s: 10,
         udp_s: 30,
+        udp_stream_s: 120,
         ..TcConfig::default()
     }
 }

@@ -14,9 +14,10 @@ use crate::model::Protocol;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FlowState {
-    /// TCP handshake not finished.
+    /// Not assured: TCP handshake not proven, UDP not two-way.
     Opening,
-    /// TCP established; UDP always.
+    /// Assured, or proven but left in the unassured table because the assured one
+    /// was full.
     Established,
     /// TCP FIN or RST seen.
     Closing,
@@ -94,6 +95,9 @@ pub struct Flow {
     pub expired: bool,
     /// Which entries exist; anything but `both` is an orphan.
     pub legs: Legs,
+    /// In the table of assured flows, which never evicts; else in the unassured
+    /// table, where new flows may evict it.
+    pub assured: bool,
 }
 
 /// Entries to delete together, with the values they were judged on: a flow's two
@@ -215,6 +219,7 @@ fn flow_of(entries: &[(CtKey, CtEntry)], g: Group, now_ns: u64, config: &TcConfi
                 bytes_out: re.bytes,
                 expired,
                 legs: Legs::Both,
+                assured: false,
             }
         }
         Group::Orphan(i) => {
@@ -236,6 +241,7 @@ fn flow_of(entries: &[(CtKey, CtEntry)], g: Group, now_ns: u64, config: &TcConfi
                 bytes_out: 0,
                 expired,
                 legs: Legs::ForwardOnly,
+                assured: false,
             };
             if is_reply(e) {
                 // Keyed backend -> client-or-SNAT; rewritten to frontend -> client.
@@ -321,6 +327,7 @@ mod tests {
                 bytes_out: 9000,
                 expired: false,
                 legs: Legs::Both,
+                assured: false,
             }]
         );
     }
@@ -436,7 +443,9 @@ mod tests {
             (proto::TCP, ct_state::OPENING, 60),
             (proto::TCP, ct_state::ESTABLISHED, 3600),
             (proto::TCP, ct_state::CLOSING, 10),
-            (proto::UDP, ct_state::ESTABLISHED, 30),
+            // UDP: unassured (no reply, or none after it), then assured.
+            (proto::UDP, ct_state::OPENING, 30),
+            (proto::UDP, ct_state::ESTABLISHED, 120),
         ] {
             let l = Legs2 {
                 proto,

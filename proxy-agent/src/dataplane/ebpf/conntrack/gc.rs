@@ -1,16 +1,18 @@
-//! The collector: deletes the flows [`plan_gc`] finds idle, through the [`CtTable`]
-//! seam, and the periodic task the data plane runs it in.
+//! The collector: deletes the flows [`plan_gc`] finds idle from both tables, through
+//! the [`CtTable`] seam, and the periodic task the data plane runs it in, which also
+//! measures how full each table is and how many unassured entries were evicted.
 
 use std::borrow::BorrowMut;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, MapData, MapError};
-use proxy_common::{CtEntry, CtKey, TcConfig, maps};
+use proxy_common::{CtEntry, CtKey, CtOpenEntry, TcConfig, counter, maps};
 use tracing::{debug, info, warn};
 
 use super::flows::plan_gc;
-use super::{ConntrackError, monotonic_ns, open_table, read_config};
+use super::{ConntrackError, monotonic_ns, open_table, open_unassured, read_config};
+use crate::dataplane::ebpf::counters;
 use crate::dataplane::ebpf::error::is_not_found;
 use crate::dataplane::ebpf::metrics::GcMetrics;
 
@@ -25,10 +27,24 @@ pub struct GcStats {
     pub live: usize,
 }
 
-/// The connection table as the collector needs it: the pinned map, or a plain map in
+/// One pass over both tables, with their capacities as the kernel has them (a pinned
+/// table adopted from an earlier agent keeps its size).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// `CONNTRACK`: assured flows.
+    pub assured: GcStats,
+    /// Its `max_entries`.
+    pub assured_capacity: u32,
+    /// `CT_OPEN`: unassured flows.
+    pub unassured: GcStats,
+    /// Its `max_entries`.
+    pub unassured_capacity: u32,
+}
+
+/// A connection table as the collector needs it: a pinned map, or a plain map in
 /// tests.
 pub trait CtTable {
-    /// A snapshot of every entry.
+    /// A snapshot of every entry, each once.
     fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapError>;
     /// One entry, if present.
     fn get(&self, key: &CtKey) -> Result<Option<CtEntry>, MapError>;
@@ -36,10 +52,85 @@ pub trait CtTable {
     fn remove(&mut self, key: &CtKey) -> Result<bool, MapError>;
 }
 
+/// Walks a pinned table. The kernel restarts a walk from the first key when the key
+/// it stood on was deleted meanwhile (promotions, evictions under a flood), so keys are
+/// deduplicated and the walk stops after `limit` steps.
+fn walk<T: BorrowMut<MapData>, V: aya::Pod>(
+    map: &HashMap<T, CtKey, V>,
+    limit: usize,
+    leg: impl Fn(V) -> CtEntry,
+) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
+    let mut seen = std::collections::HashMap::new();
+    for item in map.iter().take(limit) {
+        match item {
+            Ok((k, v)) => {
+                seen.insert(k, leg(v));
+            }
+            // Deleted between the key and its value: gone, as it should be.
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(seen.into_iter().collect())
+}
+
+/// How many steps a walk of a table of `capacity` entries may take.
+fn walk_limit(capacity: u32) -> usize {
+    (capacity as usize).saturating_mul(2).max(1024)
+}
+
+/// A pinned table with the capacity the kernel gave it.
+pub struct Pinned<V> {
+    map: HashMap<MapData, CtKey, V>,
+    capacity: u32,
+}
+
+impl<V: aya::Pod> Pinned<V> {
+    /// Wraps `map`, whose `max_entries` is `capacity`.
+    pub fn new(map: HashMap<MapData, CtKey, V>, capacity: u32) -> Self {
+        Pinned { map, capacity }
+    }
+}
+
+impl CtTable for Pinned<CtEntry> {
+    fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
+        walk(&self.map, walk_limit(self.capacity), |v| v)
+    }
+
+    fn get(&self, key: &CtKey) -> Result<Option<CtEntry>, MapError> {
+        CtTable::get(&self.map, key)
+    }
+
+    fn remove(&mut self, key: &CtKey) -> Result<bool, MapError> {
+        CtTable::remove(&mut self.map, key)
+    }
+}
+
+impl CtTable for Pinned<CtOpenEntry> {
+    fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
+        walk(&self.map, walk_limit(self.capacity), |v| v.ct)
+    }
+
+    fn get(&self, key: &CtKey) -> Result<Option<CtEntry>, MapError> {
+        match HashMap::get(&self.map, key, 0) {
+            Ok(e) => Ok(Some(e.ct)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove(&mut self, key: &CtKey) -> Result<bool, MapError> {
+        match HashMap::remove(&mut self.map, key) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl<T: BorrowMut<MapData>> CtTable for HashMap<T, CtKey, CtEntry> {
     fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
-        // Entries deleted by the data plane while we walk are skipped by the iterator.
-        self.iter().collect()
+        walk(self, usize::MAX, |v| v)
     }
 
     fn get(&self, key: &CtKey) -> Result<Option<CtEntry>, MapError> {
@@ -65,16 +156,11 @@ impl<T: BorrowMut<MapData>> CtTable for HashMap<T, CtKey, CtEntry> {
 /// of its group; a pair left half-deleted that way is an orphan for the next pass.
 pub fn gc(
     table: &mut impl CtTable,
+    name: &'static str,
     now_ns: u64,
     config: &TcConfig,
 ) -> Result<GcStats, ConntrackError> {
-    let map_err = |op| {
-        move |source| ConntrackError::Map {
-            op,
-            name: maps::CONNTRACK,
-            source,
-        }
-    };
+    let map_err = |op| move |source| ConntrackError::Map { op, name, source };
     let entries = table.entries().map_err(map_err("reading"))?;
     let mut deleted = 0;
     for group in plan_gc(&entries, now_ns, config) {
@@ -94,17 +180,75 @@ pub fn gc(
     })
 }
 
-/// One collection on the pinned maps; `None` while they are not pinned yet.
-pub fn gc_pinned(bpffs: &Path) -> Result<Option<GcStats>, ConntrackError> {
+/// One collection of both pinned tables; `None` while they are not pinned yet.
+pub fn gc_pinned(bpffs: &Path) -> Result<Option<GcReport>, ConntrackError> {
     let config = match read_config(bpffs) {
         Err(e) if e.is_missing() => return Ok(None),
         r => r?,
     };
-    let mut table = match open_table(bpffs) {
-        Err(e) if e.is_missing() => return Ok(None),
-        r => r?,
+    let (mut assured, mut unassured) = match (open_table(bpffs), open_unassured(bpffs)) {
+        (Err(e), _) | (_, Err(e)) if e.is_missing() => return Ok(None),
+        (a, u) => (a?, u?),
     };
-    gc(&mut table, monotonic_ns(), &config).map(Some)
+    let now = monotonic_ns();
+    Ok(Some(GcReport {
+        assured: gc(&mut assured, maps::CONNTRACK, now, &config)?,
+        assured_capacity: assured.capacity,
+        unassured: gc(&mut unassured, maps::CT_OPEN, now, &config)?,
+        unassured_capacity: unassured.capacity,
+    }))
+}
+
+/// The unassured table's accounting at one collection: the data plane's counters of
+/// what entered and left it, the collector's deletions, and what the walk found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenSample {
+    /// `ct_new`: flows opened (two entries each).
+    pub opened: u64,
+    /// `ct_promoted`: flows moved to the assured table (two entries each).
+    pub promoted: u64,
+    /// `ct_reopened`: flows replaced by a new one on their tuple (two entries each).
+    pub reopened: u64,
+    /// Entries the collector deleted, in total.
+    pub collected: u64,
+    /// Entries present.
+    pub live: u64,
+}
+
+impl OpenSample {
+    /// The sample of a collection that found `live` entries, with the counters read
+    /// just after it and the collector's running total of deletions.
+    pub fn new(counters: &[(&'static str, u64)], collected: u64, live: u64) -> Self {
+        let get = |index: u32| {
+            counters
+                .get(index as usize)
+                .map(|(_, v)| *v)
+                .unwrap_or_default()
+        };
+        OpenSample {
+            opened: get(counter::CT_NEW),
+            promoted: get(counter::CT_PROMOTED),
+            reopened: get(counter::CT_REOPENED),
+            collected,
+            live,
+        }
+    }
+}
+
+/// Entries the LRU evicted between two samples: what came in, less what left by the
+/// known ways, less what is still there. The kernel does not count LRU evictions, so
+/// this is an estimate (the walk is not atomic); `None` when the counters went back
+/// (a replaced COUNTERS map), as nothing can be said then.
+pub fn evicted(prev: &OpenSample, now: &OpenSample) -> Option<u64> {
+    let delta = |a: u64, b: u64| b.checked_sub(a);
+    let came = delta(prev.opened, now.opened)?.saturating_mul(2);
+    let left = delta(prev.promoted, now.promoted)?
+        .saturating_add(delta(prev.reopened, now.reopened)?)
+        .saturating_mul(2)
+        .saturating_add(delta(prev.collected, now.collected)?);
+    let stayed = i128::from(now.live) - i128::from(prev.live);
+    let gone = i128::from(came) - i128::from(left) - stayed;
+    Some(u64::try_from(gone.max(0)).unwrap_or(u64::MAX))
 }
 
 /// Runs [`gc_pinned`] every `interval` on a blocking thread, from now until the task is
@@ -126,20 +270,34 @@ pub fn spawn_gc(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The last problem reported, so that a persisting one is logged once.
         let mut problem: Option<(String, bool)> = None;
+        let mut collected = 0u64;
+        let mut last: Option<OpenSample> = None;
         loop {
             tick.tick().await;
             let path = bpffs.clone();
             let started = Instant::now();
-            let outcome = tokio::task::spawn_blocking(move || gc_pinned(&path)).await;
+            let outcome = tokio::task::spawn_blocking(move || {
+                gc_pinned(&path).map(|r| r.map(|r| (r, counters::read(&path).ok())))
+            })
+            .await;
             // (message, whether it is a failure rather than "not there yet")
             let now_problem = match outcome {
-                Ok(Ok(Some(stats))) => {
+                Ok(Ok(Some((report, counts)))) => {
                     let elapsed = started.elapsed();
-                    metrics.record(&stats, elapsed);
+                    collected += report.unassured.deleted as u64;
+                    let sample = counts
+                        .map(|c| OpenSample::new(&c, collected, report.unassured.live as u64));
+                    let evictions = match (&last, &sample) {
+                        (Some(a), Some(b)) => evicted(a, b),
+                        _ => None,
+                    };
+                    last = sample;
+                    metrics.record(&report, evictions.unwrap_or(0), elapsed);
                     debug!(
-                        scanned = stats.scanned,
-                        deleted = stats.deleted,
-                        live = stats.live,
+                        assured = report.assured.live,
+                        unassured = report.unassured.live,
+                        deleted = report.assured.deleted + report.unassured.deleted,
+                        evicted = evictions,
                         elapsed_ms = elapsed.as_millis(),
                         "conntrack garbage collected"
                     );
@@ -228,7 +386,7 @@ mod tests {
             Legs2::tcp("203.0.113.2:1000", "192.0.2.10:30080", "10.244.1.5:8080").entries(),
         );
         t.map.extend([old("203.0.113.3:1000").entries()[1]]);
-        let stats = gc(&mut t, 3700 * S, &cfg).unwrap();
+        let stats = gc(&mut t, maps::CONNTRACK, 3700 * S, &cfg).unwrap();
         assert_eq!(
             stats,
             GcStats {
@@ -242,7 +400,10 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].client, sa("203.0.113.2:1000"));
         // Nothing left to do.
-        assert_eq!(gc(&mut t, 3700 * S, &cfg).unwrap().deleted, 0);
+        assert_eq!(
+            gc(&mut t, maps::CONNTRACK, 3700 * S, &cfg).unwrap().deleted,
+            0
+        );
     }
 
     #[test]
@@ -260,7 +421,10 @@ mod tests {
             ..Fake::default()
         };
         t.map.extend([fwd, rep]);
-        assert_eq!(gc(&mut t, 3700 * S, &cfg).unwrap().deleted, 0);
+        assert_eq!(
+            gc(&mut t, maps::CONNTRACK, 3700 * S, &cfg).unwrap().deleted,
+            0
+        );
         assert_eq!((t.map.len(), t.removes), (2, 0));
         // A packet on the reply leg after the forward leg went: the reply leg stays,
         // an orphan for the next pass to judge.
@@ -269,9 +433,62 @@ mod tests {
             ..Fake::default()
         };
         t.map.extend([fwd, rep]);
-        let stats = gc(&mut t, 3700 * S, &cfg).unwrap();
+        let stats = gc(&mut t, maps::CONNTRACK, 3700 * S, &cfg).unwrap();
         assert_eq!((stats.deleted, stats.live), (1, 1));
         assert!(t.map.contains_key(&rep.0));
+    }
+
+    #[test]
+    fn evictions_are_what_came_in_less_what_left_and_what_stayed() {
+        let at = |opened, promoted, reopened, collected, live| OpenSample {
+            opened,
+            promoted,
+            reopened,
+            collected,
+            live,
+        };
+        let cases = [
+            // Quiet: two flows opened and promoted, nothing evicted.
+            (at(10, 5, 0, 0, 4), at(12, 7, 0, 0, 4), Some(0)),
+            // A flood of 1000 flows into a table that stays full at 100 entries.
+            (at(0, 0, 0, 0, 100), at(1000, 0, 0, 0, 100), Some(2000)),
+            // The same, with the collector and reopened flows taking some.
+            (at(0, 0, 0, 0, 100), at(1000, 0, 10, 30, 100), Some(1950)),
+            // The table grew by what came in: nothing evicted.
+            (at(0, 0, 0, 0, 0), at(50, 0, 0, 0, 100), Some(0)),
+            // An estimate never goes negative (a walk that missed entries).
+            (at(0, 0, 0, 0, 100), at(0, 0, 0, 0, 150), Some(0)),
+            // Counters that went back (a replaced COUNTERS map) say nothing.
+            (at(100, 0, 0, 0, 0), at(3, 0, 0, 0, 0), None),
+            (at(0, 0, 0, 9, 0), at(0, 0, 0, 3, 0), None),
+        ];
+        for (prev, now, want) in cases {
+            assert_eq!(evicted(&prev, &now), want, "{prev:?} -> {now:?}");
+        }
+    }
+
+    #[test]
+    fn a_sample_reads_its_counters_by_index_and_tolerates_a_short_map() {
+        let mut counts: Vec<(&'static str, u64)> = proxy_common::counter::NAMES
+            .iter()
+            .map(|n| (*n, 0))
+            .collect();
+        counts[counter::CT_NEW as usize].1 = 7;
+        counts[counter::CT_PROMOTED as usize].1 = 3;
+        counts[counter::CT_REOPENED as usize].1 = 1;
+        assert_eq!(
+            OpenSample::new(&counts, 4, 9),
+            OpenSample {
+                opened: 7,
+                promoted: 3,
+                reopened: 1,
+                collected: 4,
+                live: 9
+            }
+        );
+        // An older data plane's map has no promotion counters: they read 0.
+        let old = &counts[..counter::CT_PROMOTED as usize];
+        assert_eq!(OpenSample::new(old, 0, 0).promoted, 0);
     }
 
     #[tokio::test]

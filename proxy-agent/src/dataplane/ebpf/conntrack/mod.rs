@@ -1,8 +1,10 @@
-//! The tc data plane's connection table, seen from user space: `proxyctl conntrack`
-//! lists its flows, and the data plane's garbage collector deletes the flows that went
-//! idle.
+//! The tc data plane's connection tables, seen from user space: `proxyctl conntrack`
+//! lists their flows, and the data plane's garbage collector deletes the flows that
+//! went idle.
 //!
-//! `CONNTRACK` holds two entries per flow (see [`proxy_common::CtEntry`]):
+//! Flows start in `CT_OPEN`, an LRU, and move to `CONNTRACK` once assured (see
+//! [`proxy_common::CtOpenEntry`]). Each table holds two entries per flow (see
+//! [`proxy_common::CtEntry`]):
 //! - the forward leg, keyed by the client's tuple (client -> frontend), whose `nat_*`
 //!   tuple is the packet after translation (client or SNAT address -> backend);
 //! - the reply leg ([`proxy_common::CT_F_REPLY`]), keyed by the backend's reply tuple,
@@ -12,8 +14,9 @@
 //! other form a flow; a leg whose partner is missing (or belongs to another flow) is an
 //! orphan, shown and collected on its own.
 //!
-//! The table is a plain hash map, not an LRU (an evicted live flow would leak replies
-//! with the backend's address), so nothing but this collector removes idle flows.
+//! `CONNTRACK` is a plain hash map, not an LRU (an evicted live flow would leak replies
+//! with the backend's address), so nothing but this collector removes idle flows from
+//! it. `CT_OPEN` also loses its oldest entries to new flows when full.
 //! The decisions are pure functions of the entries, the clock and [`TcConfig`]
 //! ([`flows::flows`], [`flows::plan_gc`]), tested without a kernel; [`gc::gc`] applies
 //! them through [`gc::CtTable`].
@@ -22,14 +25,16 @@
 mod fixtures;
 pub mod flows;
 pub mod gc;
+pub mod sizes;
 
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData, MapError};
-use proxy_common::{CtEntry, CtKey, TcConfig, maps};
+use proxy_common::{CtEntry, CtOpenEntry, TcConfig, maps};
 
 pub use flows::{Flow, FlowState, GcGroup, Legs, flows, leg_expired, other_leg, plan_gc};
-pub use gc::{CtTable, GcStats, gc, gc_pinned, spawn_gc};
+pub use gc::{CtTable, GcReport, GcStats, OpenSample, Pinned, evicted, gc, gc_pinned, spawn_gc};
+pub use sizes::{ConntrackSizes, cores};
 
 use super::pins::{self, PinError};
 
@@ -59,9 +64,20 @@ impl ConntrackError {
     }
 }
 
-/// The pinned connection table.
-pub(super) fn open_table(bpffs: &Path) -> Result<HashMap<MapData, CtKey, CtEntry>, ConntrackError> {
-    Ok(pins::open(bpffs, maps::CONNTRACK)?)
+/// The pinned table of assured flows.
+pub(super) fn open_table(bpffs: &Path) -> Result<Pinned<CtEntry>, ConntrackError> {
+    open_pinned(bpffs, maps::CONNTRACK)
+}
+
+/// The pinned table of unassured flows.
+pub(super) fn open_unassured(bpffs: &Path) -> Result<Pinned<CtOpenEntry>, ConntrackError> {
+    open_pinned(bpffs, maps::CT_OPEN)
+}
+
+fn open_pinned<V: aya::Pod>(bpffs: &Path, name: &'static str) -> Result<Pinned<V>, ConntrackError> {
+    let capacity = pins::max_entries(bpffs, name)?;
+    let map: HashMap<MapData, _, V> = pins::open(bpffs, name)?;
+    Ok(Pinned::new(map, capacity))
 }
 
 /// The data plane's timeouts (`TC_CONFIG[0]`).
