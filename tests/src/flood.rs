@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::probe::own_bin;
 use crate::{
     Agent, BpfFs, Cgroup, ChildGuard, ManifestDir, Netns, NodesTopology, ProbeReply, ServiceSpec,
-    install_iptables, kube_proxy_nodeports_rules, probe_bin, spawn_guarded, tool,
+    install_iptables, kube_proxy_nodeports_rules, metric_value, probe_bin, spawn_guarded, tool,
 };
 
 /// Where the spoofed sources come from (RFC 2544's benchmarking range).
@@ -298,6 +298,30 @@ impl FloodEnv {
     /// The agent ([`Side::Ours`] only).
     pub fn agent(&self) -> Option<&Agent> {
         self.agent.as_ref()
+    }
+
+    /// Waits until the agent's connection-table collector has completed `n` more
+    /// passes (`proxy_agent_conntrack_gc_runs_total`), so the table metrics it samples
+    /// (entries, capacity, evictions) describe the present. Returns whether it did
+    /// within `timeout`; false also without an agent or that metric.
+    pub fn wait_collections(&self, n: u32, timeout: Duration) -> bool {
+        let Some(agent) = &self.agent else {
+            return false;
+        };
+        let runs = || metric_value(&agent.metrics(), "proxy_agent_conntrack_gc_runs_total", "");
+        let Some(start) = runs() else {
+            return false;
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if runs().is_some_and(|r| r >= start + f64::from(n)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// node-a's NodePort for `proto`.

@@ -16,8 +16,9 @@
 //!    be answered, and the held connection must still be exchanging data.
 //!
 //! The agent runs with `--conntrack-max 16384` (flows in the assured table since the
-//! `CT_OPEN` change; before it, entries, two per flow) and the default unassured table
-//! (a quarter of that). The same floods against kube-proxy-style iptables rules are the
+//! `CT_OPEN` change; before it, entries, two per flow), the default unassured table (a
+//! quarter of that: 4,096 flows) and `--conntrack-gc-interval 1s`, as its collector
+//! samples the table metrics (entries, evictions; both in entries, two per flow). The same floods against kube-proxy-style iptables rules are the
 //! reference: netfilter's table (`nf_conntrack_max`, host-global, never changed here;
 //! 262,144 on the development machine) takes the flood in, and would drop unassured
 //! entries early if it filled.
@@ -50,6 +51,10 @@ const REACHED: f64 = 0.9;
 /// Promotions to the assured table the flood window may see (the held connection is
 /// already assured; nothing else is connecting).
 const PROMOTED_MAX: u64 = 10;
+/// The agent's collector interval: it samples the table metrics (entries, evictions).
+const GC_INTERVAL: &str = "1s";
+/// How long two collector passes may take.
+const COLLECTED: std::time::Duration = std::time::Duration::from_secs(10);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -91,10 +96,6 @@ struct Snapshot {
     ct_new: Option<u64>,
     ct_full: Option<u64>,
     ct_promoted: Option<u64>,
-    evicted_unassured: Option<f64>,
-    capacity_unassured: Option<f64>,
-    entries_assured: Option<f64>,
-    entries_unassured: Option<f64>,
     /// Reference: netfilter's table and counters.
     nf_entries: u64,
     nf_drop: u64,
@@ -115,13 +116,6 @@ impl Snapshot {
                 s.ct_new = agent.counter("ct_new");
                 s.ct_full = agent.counter("ct_full");
                 s.ct_promoted = agent.counter("ct_promoted");
-                let m = agent.metrics();
-                let table =
-                    |name: &str, t: &str| metric_value(&m, name, &format!("{{table=\"{t}\"}}"));
-                s.evicted_unassured = table("proxy_agent_conntrack_evictions_total", "unassured");
-                s.capacity_unassured = table("proxy_agent_conntrack_capacity", "unassured");
-                s.entries_assured = table("proxy_agent_conntrack_entries", "assured");
-                s.entries_unassured = table("proxy_agent_conntrack_entries", "unassured");
             }
             None => {
                 s.nf_entries = env.netfilter_entries();
@@ -133,6 +127,34 @@ impl Snapshot {
             }
         }
         s
+    }
+}
+
+/// The agent's table metrics, in entries (two per flow), as its collector sampled them
+/// at its last pass (`None`: no such metric).
+#[derive(Debug, Default)]
+struct Tables {
+    evicted_unassured: Option<f64>,
+    capacity_unassured: Option<f64>,
+    entries_assured: Option<f64>,
+    entries_unassured: Option<f64>,
+}
+
+impl Tables {
+    /// After the collector's next full pass (when the agent has the metric; else at once).
+    fn sampled(env: &FloodEnv) -> Self {
+        env.wait_collections(2, COLLECTED);
+        let Some(agent) = env.agent() else {
+            return Tables::default();
+        };
+        let m = agent.metrics();
+        let table = |name: &str, t: &str| metric_value(&m, name, &format!("{{table=\"{t}\"}}"));
+        Tables {
+            evicted_unassured: table("proxy_agent_conntrack_evictions_total", "unassured"),
+            capacity_unassured: table("proxy_agent_conntrack_capacity", "unassured"),
+            entries_assured: table("proxy_agent_conntrack_entries", "assured"),
+            entries_unassured: table("proxy_agent_conntrack_entries", "unassured"),
+        }
     }
 }
 
@@ -154,11 +176,17 @@ fn flood_case(side: Side, proto: Proto) {
     let tag = format!("fl-{side}-{}", proto.name());
     let capacity = CAPACITY.to_string();
     let flags: &[&str] = match side {
-        Side::Ours => &["--conntrack-max", &capacity],
+        Side::Ours => &[
+            "--conntrack-max",
+            &capacity,
+            "--conntrack-gc-interval",
+            GC_INTERVAL,
+        ],
         Side::Iptables => &[],
     };
     let env = FloodEnv::new(&tag, side, flags);
     let mut hold = env.hold(100);
+    let tables_before = Tables::sampled(&env);
     let before = Snapshot::take(&env, proto);
     let seed = match proto {
         Proto::Tcp => 1,
@@ -169,6 +197,7 @@ fn flood_case(side: Side, proto: Proto) {
     let flooded = Snapshot::take(&env, proto);
     let legit = env.legit(proto, LEGIT, LEGIT_WORKERS, LEGIT_TIMEOUT_MS);
     let held_after = hold.check();
+    let tables_after = Tables::sampled(&env);
 
     let received = flooded.backends_received - before.backends_received;
     let answered = flooded.backends_sent - before.backends_sent;
@@ -191,7 +220,11 @@ fn flood_case(side: Side, proto: Proto) {
         ));
     }
     let summary = match side {
-        Side::Ours => ours_checks(&before, &flooded, &mut failures),
+        Side::Ours => ours_checks(
+            (&before, &tables_before),
+            (&flooded, &tables_after),
+            &mut failures,
+        ),
         Side::Iptables => reference_checks(&before, &flooded, &mut failures),
     };
     if let Err(e) = &held_through_flood {
@@ -237,7 +270,11 @@ fn flood_case(side: Side, proto: Proto) {
 
 /// The data plane saw the flood as new flows, held it in the unassured table (evicting
 /// as it went) and promoted none of it.
-fn ours_checks(before: &Snapshot, after: &Snapshot, failures: &mut Vec<String>) -> String {
+fn ours_checks(
+    (before, tables_before): (&Snapshot, &Tables),
+    (after, tables_after): (&Snapshot, &Tables),
+    failures: &mut Vec<String>,
+) -> String {
     let new = delta(before.ct_new, after.ct_new);
     let full = delta(before.ct_full, after.ct_full);
     let promoted = delta(before.ct_promoted, after.ct_promoted);
@@ -258,16 +295,18 @@ fn ours_checks(before: &Snapshot, after: &Snapshot, failures: &mut Vec<String>) 
         )),
         None => failures.push("no ct_promoted counter (proxyctl stats, /metrics)".to_owned()),
     }
-    let evicted = before
+    // Entries, two per flow: what came in, less what the table can hold, was evicted.
+    let evicted = tables_before
         .evicted_unassured
-        .zip(after.evicted_unassured)
+        .zip(tables_after.evicted_unassured)
         .map(|(a, b)| b - a);
-    match (evicted, after.capacity_unassured) {
-        #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-        (Some(e), Some(cap)) if e >= REACHED * FLOOD as f64 - cap => {}
+    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    let flood_entries = 2.0 * FLOOD as f64;
+    match (evicted, tables_after.capacity_unassured) {
+        (Some(e), Some(cap)) if e >= REACHED * flood_entries - cap => {}
         (Some(e), Some(cap)) => failures.push(format!(
-            "the unassured table (capacity {cap}) evicted only {e} flows during a flood of \
-             {FLOOD}"
+            "the unassured table ({cap} entries) evicted only {e} entries during a flood of \
+             {FLOOD} flows ({flood_entries} entries)"
         )),
         _ => failures.push(
             "no proxy_agent_conntrack_evictions_total{table=\"unassured\"} or \
@@ -276,15 +315,15 @@ fn ours_checks(before: &Snapshot, after: &Snapshot, failures: &mut Vec<String>) 
         ),
     }
     format!(
-        "ct_new +{} ct_full +{} ct_promoted +{}; unassured: evicted +{} entries {} (capacity \
-         {}); assured entries {}",
+        "ct_new +{} ct_full +{} ct_promoted +{}; unassured entries: evicted +{}, {} of {}; \
+         assured entries {}",
         show(new),
         show(full),
         show(promoted),
         show(evicted),
-        show(after.entries_unassured),
-        show(after.capacity_unassured),
-        show(after.entries_assured)
+        show(tables_after.entries_unassured),
+        show(tables_after.capacity_unassured),
+        show(tables_after.entries_assured)
     )
 }
 
