@@ -18,6 +18,8 @@
 //!   that), while [`WORKERS`] legitimate clients each open a new connection (UDP: a new
 //!   socket, one datagram) with a 1 s timeout, then pause 100 ms, until it ends;
 //! - **after**: straight after, 50 new connections (5 at a time, 1 s timeout each);
+//! - the agent collects its tables every second (`--conntrack-gc-interval 1s`), as the
+//!   table metrics in the last column are sampled by the collector;
 //! - **CPU** over the flood: the agent's (utime+stime from `/proc/<pid>/stat`) and the
 //!   machine's kernel time (system+softirq from `/proc/stat`, every CPU, so it includes
 //!   the generator's own sends: compare the sides, not the absolute figure).
@@ -141,7 +143,12 @@ fn case(side: Side, proto: Proto, multiple: u64) -> Result<Row> {
     let flows = multiple * CAPACITY;
     let capacity = CAPACITY.to_string();
     let flags: &[&str] = match side {
-        Side::Ours => &["--conntrack-max", &capacity],
+        Side::Ours => &[
+            "--conntrack-max",
+            &capacity,
+            "--conntrack-gc-interval",
+            "1s",
+        ],
         Side::Iptables => &[],
     };
     let env = FloodEnv::new(
@@ -184,6 +191,8 @@ fn case(side: Side, proto: Proto, multiple: u64) -> Result<Row> {
     let held_flood = hold.check();
     let after = env.legit(proto, AFTER, 5, TIMEOUT_MS);
     let held_after = hold.check();
+    // The table metrics are sampled by the agent's collector, every second here.
+    env.wait_collections(2, Duration::from_secs(10));
     let table = table_change(&env, &table_before)?;
     let during = during
         .lock()
@@ -232,7 +241,7 @@ struct TableState {
     counters: Vec<(&'static str, u64)>,
 }
 
-const OUR_COUNTERS: [&str; 3] = ["ct_new", "ct_full", "nat_snat_exhausted"];
+const OUR_COUNTERS: [&str; 4] = ["ct_new", "ct_promoted", "ct_full", "nat_snat_exhausted"];
 const NETFILTER_COUNTERS: [&str; 3] = ["drop", "early_drop", "insert_failed"];
 
 fn table_state(env: &FloodEnv) -> Result<TableState> {
@@ -259,8 +268,9 @@ fn table_state(env: &FloodEnv) -> Result<TableState> {
     Ok(TableState { counters })
 }
 
-/// What the table did since `before`: ours, the counters' rises (and the table
-/// metrics when the agent has them); netfilter, its entries and drop counters.
+/// What the table did since `before`: ours, the counters' rises and the table metrics
+/// (in entries, two per flow; the evictions since the agent started, so this flood's);
+/// netfilter, its entries and drop counters.
 fn table_change(env: &FloodEnv, before: &TableState) -> Result<String> {
     let now = table_state(env)?;
     let mut s = String::new();
