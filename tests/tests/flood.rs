@@ -65,25 +65,25 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 #[test]
 fn a_spoofed_syn_flood_at_a_nodeport_locks_out_neither_new_nor_established_clients() {
     let _turn = one_at_a_time();
-    flood_case(Side::Ours, Proto::Tcp);
+    flood_case(Side::Ours, Proto::Tcp, None);
 }
 
 #[test]
 fn a_spoofed_udp_flood_at_a_nodeport_locks_out_neither_new_nor_established_clients() {
     let _turn = one_at_a_time();
-    flood_case(Side::Ours, Proto::Udp);
+    flood_case(Side::Ours, Proto::Udp, None);
 }
 
 #[test]
 fn reference_kube_proxy_iptables_rules_under_the_same_syn_flood() {
     let _turn = one_at_a_time();
-    flood_case(Side::Iptables, Proto::Tcp);
+    flood_case(Side::Iptables, Proto::Tcp, None);
 }
 
 #[test]
 fn reference_kube_proxy_iptables_rules_under_the_same_udp_flood() {
     let _turn = one_at_a_time();
-    flood_case(Side::Iptables, Proto::Udp);
+    flood_case(Side::Iptables, Proto::Udp, None);
 }
 
 /// What the counters said at one moment.
@@ -172,19 +172,25 @@ fn share(n: u64) -> f64 {
     n as f64 / FLOOD as f64
 }
 
-fn flood_case(side: Side, proto: Proto) {
+/// One flood of [`FLOOD`] flows at `side`; for ours, `unassured` sets
+/// `--conntrack-unassured-max` (default: a quarter of [`CAPACITY`]).
+fn flood_case(side: Side, proto: Proto, unassured: Option<u32>) {
     let tag = format!("fl-{side}-{}", proto.name());
     let capacity = CAPACITY.to_string();
-    let flags: &[&str] = match side {
-        Side::Ours => &[
+    let unassured = unassured.map(|n| n.to_string());
+    let mut flags = Vec::new();
+    if side == Side::Ours {
+        flags.extend([
             "--conntrack-max",
             &capacity,
             "--conntrack-gc-interval",
             GC_INTERVAL,
-        ],
-        Side::Iptables => &[],
-    };
-    let env = FloodEnv::new(&tag, side, flags);
+        ]);
+        if let Some(n) = &unassured {
+            flags.extend(["--conntrack-unassured-max", n]);
+        }
+    }
+    let env = FloodEnv::new(&tag, side, &flags);
     let mut hold = env.hold(100);
     let tables_before = Tables::sampled(&env);
     let before = Snapshot::take(&env, proto);
