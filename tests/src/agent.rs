@@ -286,6 +286,11 @@ impl Agent {
         }
     }
 
+    /// The agent's process id (e.g. to read its CPU time in `/proc/<pid>/stat`).
+    pub fn pid(&self) -> u32 {
+        self.guard.id()
+    }
+
     /// Everything the agent logged.
     pub fn log(&self) -> String {
         self.guard.stderr()

@@ -17,6 +17,7 @@
 //!
 //! The `probe` binary (`src/bin/probe.rs`) is the traffic tool: [`probe_bin`] finds it,
 //! [`start_probe_server`] runs `probe serve`, [`ProbeReply::parse`] reads its output.
+//! [`flood`] is the spoofed-source flood scenario around the `flood` binary.
 //!
 //! All of this needs root and a real kernel. CI runs as root, so a test that cannot set up
 //! its environment fails with the reason rather than skipping.
@@ -26,6 +27,7 @@ mod agent;
 mod bpffs;
 mod cgroup;
 mod fake_api;
+pub mod flood;
 mod http;
 mod manifests;
 mod netns;
@@ -48,6 +50,7 @@ pub use netns::Netns;
 pub use nodes::{
     Node, NodesTopology, flush_nat, install_iptables, install_kube_proxy_nodeport,
     install_kube_proxy_nodeport_local, kube_proxy_nodeport_local_rules, kube_proxy_nodeport_rules,
+    kube_proxy_nodeports_rules,
 };
 pub use probe::{ProbeReply, probe_bin, start_probe_server};
 pub use process::{

@@ -376,29 +376,67 @@ pub fn kube_proxy_nodeport_rules(
     port: u16,
     backends: &[SocketAddrV4],
 ) -> String {
-    let svc = format!("KUBE-SVC-NP{port}");
-    let ext = format!("KUBE-EXT-NP{port}");
-    let seps: Vec<String> = (0..backends.len())
-        .map(|i| format!("KUBE-SEP-NP{port}-E{i}"))
+    kube_proxy_nodeports_rules(node_ip, &[("tcp", port, backends)])
+}
+
+/// Like [`kube_proxy_nodeport_rules`] for several NodePorts in one nat table, each
+/// `(protocol, port, backends)` with protocol `tcp` or `udp`.
+///
+/// # Panics
+/// If a protocol is neither.
+pub fn kube_proxy_nodeports_rules(
+    node_ip: Ipv4Addr,
+    ports: &[(&str, u16, &[SocketAddrV4])],
+) -> String {
+    struct Chains {
+        proto: String,
+        port: u16,
+        svc: String,
+        ext: String,
+        seps: Vec<String>,
+    }
+    let chains: Vec<Chains> = ports
+        .iter()
+        .map(|&(proto, port, backends)| {
+            // TCP keeps the names of the single-port ruleset.
+            let stem = match proto {
+                "tcp" => format!("NP{port}"),
+                "udp" => format!("NPU{port}"),
+                other => panic!("kube-proxy NodePort rules for {other:?}: want tcp or udp"),
+            };
+            Chains {
+                proto: proto.to_owned(),
+                port,
+                svc: format!("KUBE-SVC-{stem}"),
+                ext: format!("KUBE-EXT-{stem}"),
+                seps: (0..backends.len())
+                    .map(|i| format!("KUBE-SEP-{stem}-E{i}"))
+                    .collect(),
+            }
+        })
         .collect();
-    let comment = format!("\"default/np-{port}:tcp\"");
-    let mut r = nat_prelude(
-        [ext.as_str(), &svc]
+    let mut r = nat_prelude(chains.iter().flat_map(|c| {
+        [c.ext.as_str(), c.svc.as_str()]
             .into_iter()
-            .chain(seps.iter().map(String::as_str)),
-    );
-    let _ = writeln!(
-        r,
-        "-A KUBE-NODEPORTS -p tcp -m comment --comment {comment} -m tcp --dport {port} -j {ext}"
-    );
-    let _ = writeln!(
-        r,
-        "-A {ext} -m comment --comment \"masquerade traffic for default/np-{port}:tcp external destinations\" -j KUBE-MARK-MASQ"
-    );
-    let _ = writeln!(r, "-A {ext} -j {svc}");
-    let all: Vec<(&SocketAddrV4, &String)> = backends.iter().zip(&seps).collect();
-    write_spread(&mut r, &svc, &format!("default/np-{port}:tcp"), &all);
-    write_seps(&mut r, &comment, &all);
+            .chain(c.seps.iter().map(String::as_str))
+    }));
+    for (c, &(_, _, backends)) in chains.iter().zip(ports) {
+        let (proto, port, ext, svc) = (&c.proto, c.port, &c.ext, &c.svc);
+        let name = format!("default/np-{port}:{proto}");
+        let comment = format!("\"{name}\"");
+        let _ = writeln!(
+            r,
+            "-A KUBE-NODEPORTS -p {proto} -m comment --comment {comment} -m {proto} --dport {port} -j {ext}"
+        );
+        let _ = writeln!(
+            r,
+            "-A {ext} -m comment --comment \"masquerade traffic for {name} external destinations\" -j KUBE-MARK-MASQ"
+        );
+        let _ = writeln!(r, "-A {ext} -j {svc}");
+        let all: Vec<(&SocketAddrV4, &String)> = backends.iter().zip(&c.seps).collect();
+        write_spread(&mut r, svc, &name, &all);
+        write_seps(&mut r, proto, &comment, &all);
+    }
     // kube-proxy matches NodePorts on every local address (`--nodeport-addresses` unset);
     // node_ip only documents which address the test uses.
     let _ = writeln!(
@@ -494,7 +532,7 @@ pub fn kube_proxy_nodeport_local_rules(
         .collect();
     write_spread(&mut r, &svc, &name, &all);
     write_spread(&mut r, &svl, &name, &local);
-    write_seps(&mut r, &comment, &all);
+    write_seps(&mut r, "tcp", &comment, &all);
     let _ = writeln!(
         r,
         "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
@@ -506,7 +544,7 @@ pub fn kube_proxy_nodeport_local_rules(
 /// kube-proxy's random spread of `chain` over `targets` (`statistic` rules with
 /// probabilities 1/n, 1/(n-1), ..., then an unconditional jump).
 /// The `KUBE-SEP-*` chains: mark a pod's hairpin to itself for masquerade, then DNAT.
-fn write_seps(r: &mut String, comment: &str, targets: &[(&SocketAddrV4, &String)]) {
+fn write_seps(r: &mut String, proto: &str, comment: &str, targets: &[(&SocketAddrV4, &String)]) {
     for (be, sep) in targets {
         let _ = writeln!(
             r,
@@ -515,7 +553,7 @@ fn write_seps(r: &mut String, comment: &str, targets: &[(&SocketAddrV4, &String)
         );
         let _ = writeln!(
             r,
-            "-A {sep} -p tcp -m comment --comment {comment} -m tcp -j DNAT --to-destination {be}"
+            "-A {sep} -p {proto} -m comment --comment {comment} -m {proto} -j DNAT --to-destination {be}"
         );
     }
 }
@@ -623,6 +661,24 @@ mod tests {
         assert!(r.contains("--probability 0.50000000000 -j KUBE-SEP-NP30080-E0"));
         assert!(r.contains("-j DNAT --to-destination 10.244.2.11:8080"));
         assert!(!r.contains("INVALID"));
+    }
+
+    #[test]
+    fn several_nodeports_share_one_table_tcp_and_udp() {
+        let be: SocketAddrV4 = "10.244.1.11:5353".parse().unwrap();
+        let r = kube_proxy_nodeports_rules(
+            Ipv4Addr::new(192, 0, 2, 1),
+            &[("tcp", 30080, &[be]), ("udp", 30053, &[be])],
+        );
+        assert_eq!(r.matches("*nat").count(), 1, "{r}");
+        assert!(r.contains(
+            "-A KUBE-NODEPORTS -p udp -m comment --comment \"default/np-30053:udp\" -m udp --dport 30053 -j KUBE-EXT-NPU30053"
+        ));
+        assert!(r.contains(
+            "-A KUBE-SEP-NPU30053-E0 -p udp -m comment --comment \"default/np-30053:udp\" -m udp -j DNAT --to-destination 10.244.1.11:5353"
+        ));
+        assert!(r.contains("-m tcp --dport 30080 -j KUBE-EXT-NP30080"));
+        assert_eq!(r.matches("--dst-type LOCAL -j KUBE-NODEPORTS").count(), 1);
     }
 
     #[test]

@@ -17,8 +17,21 @@ use crate::{Cgroup, ChildGuard, Netns, spawn_guarded};
 /// # Panics
 /// If it is not found, saying how to build it.
 pub fn probe_bin() -> PathBuf {
-    for var in ["KPT_PROBE_BIN", "CARGO_BIN_EXE_probe"] {
-        if let Some(p) = std::env::var_os(var).map(PathBuf::from)
+    own_bin("probe")
+}
+
+/// Path of the binary `name` of this package (`probe`, `flood`): `$KPT_<NAME>_BIN`,
+/// `$CARGO_BIN_EXE_<name>`, then next to the running executable and in its parent
+/// directory (see [`probe_bin`]).
+///
+/// # Panics
+/// If it is not found, saying how to build it.
+pub(crate) fn own_bin(name: &str) -> PathBuf {
+    for var in [
+        format!("KPT_{}_BIN", name.to_ascii_uppercase()),
+        format!("CARGO_BIN_EXE_{name}"),
+    ] {
+        if let Some(p) = std::env::var_os(&var).map(PathBuf::from)
             && p.is_file()
         {
             return p;
@@ -29,7 +42,7 @@ pub fn probe_bin() -> PathBuf {
         .ancestors()
         .skip(1)
         .take(2)
-        .map(|dir| dir.join("probe"))
+        .map(|dir| dir.join(name))
         .collect();
     candidates
         .iter()
@@ -37,9 +50,10 @@ pub fn probe_bin() -> PathBuf {
         .cloned()
         .unwrap_or_else(|| {
             panic!(
-                "probe binary not found (looked at {candidates:?}); build it with \
-                 `cargo build -p tests --bin probe` (cargo test builds it for the \
-                 integration tests of the `tests` package) or set KPT_PROBE_BIN"
+                "{name} binary not found (looked at {candidates:?}); build it with \
+                 `cargo build -p tests --bin {name}` (cargo test builds it for the \
+                 integration tests of the `tests` package) or set KPT_{}_BIN",
+                name.to_ascii_uppercase()
             )
         })
 }

@@ -3,6 +3,7 @@
 //! carry over).
 
 mod clusterip;
+mod flood;
 mod nodeport;
 mod sync;
 
@@ -14,13 +15,14 @@ use crate::{cargo, run_streamed, workspace_root};
 pub fn run(name: &str) -> Result<()> {
     match name {
         "clusterip" => clusterip::run(),
+        "flood" => flood::run(),
         "nodeport" => nodeport::run(),
         "sync" => sync::run(),
-        other => bail!("unknown benchmark {other:?}; available: clusterip, nodeport, sync"),
+        other => bail!("unknown benchmark {other:?}; available: clusterip, flood, nodeport, sync"),
     }
 }
 
-/// Sets up the machine and builds the agent, `proxyctl` and `probe` in release mode, and
+/// Sets up the machine and builds the agent, `proxyctl`, `probe` and `flood` in release mode, and
 /// points the test harness at those builds (benchmarks never measure debug builds).
 pub(crate) fn release_binaries() -> Result<()> {
     crate::setup::run()?;
@@ -37,6 +39,7 @@ pub(crate) fn release_binaries() -> Result<()> {
     // SAFETY: single-threaded at this point; the harness reads these when spawning.
     unsafe {
         std::env::set_var("KPT_PROBE_BIN", release.join("probe"));
+        std::env::set_var("KPT_FLOOD_BIN", release.join("flood"));
         std::env::set_var("KPT_AGENT_BIN", release.join("proxy-agent"));
         std::env::set_var("KPT_PROXYCTL_BIN", release.join("proxyctl"));
     }
