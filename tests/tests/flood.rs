@@ -32,6 +32,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tests::flood::{FloodEnv, Proto, Side};
 use tests::metric_value;
 
+/// The unassured table's default on two cores: a quarter of max(32768 x 2, 131072).
+const DEFAULT_UNASSURED_2_CORES: u32 = 32_768;
 /// `--conntrack-max` of the agent under test.
 const CAPACITY: u64 = 16_384;
 /// Spoofed flows per flood: 4x the table.
@@ -72,6 +74,24 @@ fn a_spoofed_syn_flood_at_a_nodeport_locks_out_neither_new_nor_established_clien
 fn a_spoofed_udp_flood_at_a_nodeport_locks_out_neither_new_nor_established_clients() {
     let _turn = one_at_a_time();
     flood_case(Side::Ours, Proto::Udp, None);
+}
+
+/// The unassured table at its default size on two cores (32,768 flows, what
+/// `--conntrack-max` 0 gives there), flooded with twice that: as many flood flows are
+/// live at once toward the remote backend as SNAT has fallback ports, and a new client
+/// whose port a flood flow holds toward that backend must still get one.
+#[test]
+fn a_spoofed_syn_flood_filling_a_default_sized_unassured_table_leaves_snat_ports_for_new_clients() {
+    let _turn = one_at_a_time();
+    flood_case(Side::Ours, Proto::Tcp, Some(DEFAULT_UNASSURED_2_CORES));
+}
+
+/// [`a_spoofed_syn_flood_filling_a_default_sized_unassured_table_leaves_snat_ports_for_new_clients`]
+/// for UDP.
+#[test]
+fn a_spoofed_udp_flood_filling_a_default_sized_unassured_table_leaves_snat_ports_for_new_clients() {
+    let _turn = one_at_a_time();
+    flood_case(Side::Ours, Proto::Udp, Some(DEFAULT_UNASSURED_2_CORES));
 }
 
 #[test]
