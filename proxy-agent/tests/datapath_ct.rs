@@ -351,3 +351,57 @@ fn a_udp_flow_whose_backend_left_starts_over_on_a_remaining_one() {
         .expect("the new flow");
     assert_eq!(fwd.ct.backend_id, BACKEND_ID + 1);
 }
+
+#[test]
+fn an_unassured_flow_yields_its_snat_port_and_an_assured_one_keeps_it() {
+    let mut dp = Datapath::new();
+    dp.add_service(&nodeport(packet::TCP, REMOTE_BACKEND4.into()));
+    let frontend = sa(NODE4, NODE_PORT);
+    let backend = sa(REMOTE_BACKEND4, BACKEND_PORT);
+    let snat = sa(NODE4, CLIENT_PORT);
+    let from_gateway = packet::Macs {
+        src: GATEWAY_MAC,
+        dst: EXT_MAC,
+    };
+    // A spoofed client holds node:CLIENT_PORT toward the backend, never assured.
+    let spoofed = sa(Ipv4Addr::new(198, 18, 0, 1), CLIENT_PORT);
+    let syn = |c| tcp(FROM_CLIENT, c, frontend, SYN);
+    assert_eq!(dp.ingress(dp.ext, &syn(spoofed)).verdict, TC_ACT_REDIRECT);
+    assert!(
+        dp.ct_unassured(&tuple(backend, snat, packet::TCP))
+            .is_some()
+    );
+
+    // A new client with the same port gets that port: the unassured flow is evicted,
+    // both legs.
+    let client = sa(CLIENT4, CLIENT_PORT);
+    let r = dp.ingress(dp.ext, &syn(client));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(r.frame, tcp(TO_GATEWAY, snat, backend, SYN));
+    assert!(
+        dp.ct_unassured(&tuple(spoofed, frontend, packet::TCP))
+            .is_none()
+    );
+    assert_eq!(dp.ct_len_unassured(), 2);
+    assert_eq!(dp.counters().get("ct_tuple_reclaimed"), 1);
+
+    // Once that client's flow is assured, the port is its own: the next client with
+    // the same port is SNATed to another one.
+    let syn_ack = tcp(from_gateway, backend, snat, SYN | ACK);
+    assert_eq!(dp.ingress(dp.ext, &syn_ack).verdict, TC_ACT_REDIRECT);
+    let ack = tcp(FROM_CLIENT, client, frontend, ACK);
+    assert_eq!(dp.ingress(dp.ext, &ack).verdict, TC_ACT_REDIRECT);
+    assert!(dp.ct_assured(&tuple(backend, snat, packet::TCP)).is_some());
+    let third = sa(Ipv4Addr::new(192, 0, 2, 12), CLIENT_PORT);
+    let r = dp.ingress(dp.ext, &syn(third));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    let seen = packet::check(&r.frame);
+    assert_eq!(seen.src, IpAddr::V4(NODE4));
+    assert_ne!(seen.sport, CLIENT_PORT, "the assured flow's port was taken");
+    assert!((61_000..=65_535).contains(&seen.sport), "{}", seen.sport);
+    assert!(
+        dp.ct_assured(&tuple(client, frontend, packet::TCP))
+            .is_some()
+    );
+    assert_eq!(dp.counters().get("ct_tuple_reclaimed"), 1);
+}

@@ -236,8 +236,11 @@ pub mod counter {
     /// than the backend's SYN-ACK (a blind, spoofed ACK, or a stale one); the flow
     /// stays unassured.
     pub const CT_ACK_MISMATCH: u32 = 29;
+    /// tc: a new flow took the reply tuple (its SNAT port, usually) of an unassured
+    /// flow, which was evicted for it.
+    pub const CT_TUPLE_RECLAIMED: u32 = 30;
     /// Number of counters.
-    pub const COUNT: u32 = 30;
+    pub const COUNT: u32 = 31;
     /// Prometheus-style names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
         "lb_translated",
@@ -270,6 +273,7 @@ pub mod counter {
         "ct_promoted",
         "ct_reopened",
         "ct_ack_mismatch",
+        "ct_tuple_reclaimed",
     ];
 }
 

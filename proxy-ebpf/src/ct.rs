@@ -214,6 +214,32 @@ pub fn forget_unassured(s: &mut Scratch, e: &CtEntry) {
     count(counter::CT_REOPENED);
 }
 
+/// Deletes the flow whose reply leg is keyed `reply`, from whichever table holds it:
+/// a new flow is taking that tuple. An unassured flow evicted so is counted.
+// Not inlined: the forward key it builds stays out of `open`'s frame.
+#[inline(never)]
+pub fn evict_reply(reply: &CtKey) {
+    // SAFETY: read in place; the value stays valid for this program run.
+    if let Some(r) = unsafe { CONNTRACK.get(reply) } {
+        let fwd = nat_tuple(r, reply.proto).reversed();
+        // SAFETY: as above.
+        if unsafe { CONNTRACK.get(&fwd) }.is_some_and(|f| names(f, reply)) {
+            let _ = CONNTRACK.remove(&fwd);
+        }
+        let _ = CONNTRACK.remove(reply);
+    }
+    // SAFETY: as above.
+    if let Some(r) = unsafe { CT_OPEN.get(reply) } {
+        let fwd = nat_tuple(&r.ct, reply.proto).reversed();
+        // SAFETY: as above.
+        if unsafe { CT_OPEN.get(&fwd) }.is_some_and(|f| names(&f.ct, reply)) {
+            let _ = CT_OPEN.remove(&fwd);
+        }
+        let _ = CT_OPEN.remove(reply);
+        count(counter::CT_TUPLE_RECLAIMED);
+    }
+}
+
 /// The leg keyed `key` in either table (assured first), for reading.
 #[inline(always)]
 pub fn lookup(key: &CtKey) -> Option<&'static CtEntry> {

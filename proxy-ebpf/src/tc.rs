@@ -416,6 +416,9 @@ fn open(
     r.packets = 0;
     r.bytes = 0;
     s.key = s.to.reversed();
+    // Whatever held this reply tuple (an unassured flow, an expired one) goes whole:
+    // left in place, its legs would shadow or be mistaken for the new flow's.
+    ct::evict_reply(&s.key);
     // The reply leg first: a reply can never find a forward leg without its partner.
     // An LRU makes room by evicting; an error here is the kernel's, not a full table.
     if let Err(e) = CT_OPEN.insert(&s.key, &s.rev, 0) {
@@ -447,8 +450,10 @@ fn source_allowed(service_id: u32, saddr: &Addr) -> bool {
 }
 
 /// A source port for SNAT to `fwd.saddr`: the client's own if the reply tuple is free,
-/// else a random one from the configured range. Free means: no other tracked flow and
-/// no socket of this node would receive the backend's replies on it.
+/// else a random one from the configured range. Free means: no assured flow that is
+/// still live holds it, and no socket of this node would receive the backend's replies
+/// on it. An unassured flow yields its port (`open` evicts it, as the LRU would): under
+/// a flood, spoofed flows would otherwise hold every port toward a remote backend.
 #[inline(always)]
 fn snat_port(
     ctx: &TcContext,
@@ -471,7 +476,8 @@ fn snat_port(
         };
         *reply = fwd.reversed();
         reply.dport_be = port;
-        let free = match ct::lookup(reply) {
+        // SAFETY: only read.
+        let free = match unsafe { CONNTRACK.get(&*reply) } {
             None => true,
             // Expired, or this very flow starting over (same client and frontend).
             Some(e) => {
