@@ -1351,12 +1351,10 @@ fn a_pod_interface_created_later_is_attached_and_detached_when_it_goes() {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    let took = created.elapsed();
-    eprintln!("late0 had its tc program {took:?} after `ip link add` started");
-    assert!(
-        took < Duration::from_millis(100),
-        "late0 got its tc program only after {took:?} (bound 100 ms); agent log:\n{}",
-        env.agent().log()
+    // How fast is for `cargo xtask bench nodeport` to say; this test shows that it happens.
+    eprintln!(
+        "late0 had its tc program {:?} after `ip link add` started",
+        created.elapsed()
     );
     node_a.ip(&["link", "del", "late0"]);
     let deadline = Instant::now() + Duration::from_secs(10);

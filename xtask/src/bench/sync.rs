@@ -5,6 +5,10 @@
 //! agent until all 10,000 services are in the maps. Then a stream of single-endpoint
 //! changes, one at a time: the agent reports, per sync, the time from the change
 //! reaching it to the map write (p50, p99). Peak RSS is the agent's VmHWM.
+//!
+//! Then the observers under load: an agent on an empty manifest directory gets the
+//! same 10,000 services in one file while `/healthz`, `/livez` and `/metrics` are
+//! polled; their answer times during that sync are reported (target: under 100 ms).
 
 use std::time::{Duration, Instant};
 
@@ -109,6 +113,86 @@ pub fn run() -> Result<()> {
         rss_mb,
     );
     drop(agent);
+    observers_during_a_sync()
+}
+
+/// `/healthz`, `/livez` and `/metrics` answer times while 10,000 services are synced
+/// from manifests.
+fn observers_during_a_sync() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let dir = ManifestDir::new("bench-observers");
+    let bpffs = BpfFs::new("bench-observers");
+    let cgroup = Cgroup::new("bench-observers");
+    let mut agent = Agent::start(bpffs.path(), cgroup.path(), dir.path(), &[]);
+    let (metrics, health) = agent.http_addrs();
+    let mut text = String::new();
+    for i in 0..SERVICES {
+        let (a, b) = (i / 250, i % 250 + 1);
+        let ip = |net: u8| std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, net, a as u8, b as u8));
+        text.push_str(&tests::service(
+            &format!("s{i}"),
+            ip(97),
+            &[("http", 80, "TCP", 8080)],
+            &[ip(128)],
+            None,
+        ));
+        text.push_str("---\n");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let poller = {
+        let (stop, samples) = (Arc::clone(&stop), Arc::clone(&samples));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for (addr, path) in [
+                    (health, "/healthz"),
+                    (health, "/livez"),
+                    (metrics, "/metrics"),
+                ] {
+                    let t = Instant::now();
+                    let (code, _) = tests::http_get(addr, path);
+                    let ms = t.elapsed().as_secs_f64() * 1000.0;
+                    if code == 200 || code == 503 {
+                        samples.lock().unwrap_or_else(|e| e.into_inner()).push(ms);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let syncs = agent.syncs();
+    let started = Instant::now();
+    dir.write("many.yaml", &text);
+    agent.wait_syncs(syncs + 1, Duration::from_secs(120));
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    if poller.join().is_err() {
+        bail!("the poller panicked");
+    }
+    let mut ms = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    if ms.len() < 30 {
+        bail!(
+            "only {} answers during a {took:?} sync: nothing to measure",
+            ms.len()
+        );
+    }
+    println!(
+        "\nobservers while {SERVICES} services sync ({:.1} s, {} answers)\n\
+         {:<44} {:>10.2} ms\n\
+         {:<44} {:>10.2} ms   (target < 100)\n\
+         {:<44} {:>10.2} ms .. {:.2} ms",
+        took.as_secs_f64(),
+        ms.len(),
+        "/healthz, /livez, /metrics answer, p50",
+        quantile(&mut ms, 0.5),
+        "/healthz, /livez, /metrics answer, max",
+        quantile(&mut ms, 1.0),
+        "min .. p99",
+        quantile(&mut ms, 0.0),
+        quantile(&mut ms, 0.99),
+    );
     Ok(())
 }
 
