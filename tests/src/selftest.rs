@@ -292,17 +292,53 @@ fn a_panicking_test_still_cleans_up() {
 }
 
 #[test]
-fn leftovers_of_dead_processes_are_removed() {
-    // pid_max is at most 2^22, so this pid never exists.
-    let name = "kpt-stale-99999999-0";
-    let out = Command::new(tests::tool("ip"))
-        .args(["netns", "add", name])
-        .output()
-        .expect("ip netns add");
-    assert!(out.status.success(), "{out:?}");
-    let cgroup = cgroup2_mount().expect("cgroup2").join(name);
-    fs::create_dir(&cgroup).expect("mkdir cgroup");
+fn leftovers_of_runs_that_are_over_are_removed_and_nothing_else() {
+    use std::os::fd::AsRawFd;
+    // Runs as the harness names them (`kpt-<tag>-<run id>-<n>`), with lock files in
+    // /run/kpt-harness: one whose lock nobody holds (its process died), one whose lock
+    // is held (alive, maybe in another PID namespace), one without a lock file.
+    let lock = |run: u64| PathBuf::from(format!("/run/kpt-harness/{run}.lock"));
+    let (dead, alive, unknown) = (999_999_999_001u64, 999_999_999_002u64, 999_999_999_003u64);
+    fs::create_dir_all("/run/kpt-harness").expect("lock dir");
+    fs::write(lock(dead), "").expect("dead run's lock file");
+    let held = fs::File::create(lock(alive)).expect("live run's lock file");
+    // SAFETY: flock on a file we own.
+    let rc = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+    let _ = fs::remove_file(lock(unknown));
+    let mount = cgroup2_mount().expect("cgroup2");
+    let made: Vec<(String, PathBuf)> = [dead, alive, unknown]
+        .iter()
+        .map(|run| {
+            let name = format!("kpt-stale-{run}-0");
+            let out = Command::new(tests::tool("ip"))
+                .args(["netns", "add", &name])
+                .output()
+                .expect("ip netns add");
+            assert!(out.status.success(), "{out:?}");
+            let cgroup = mount.join(&name);
+            fs::create_dir(&cgroup).expect("mkdir cgroup");
+            (name, cgroup)
+        })
+        .collect();
+
     cleanup_stale();
-    assert!(!netns_exists(name));
-    assert!(!cgroup.exists());
+    let gone: Vec<bool> = made
+        .iter()
+        .map(|(name, cgroup)| !netns_exists(name) && !cgroup.exists())
+        .collect();
+    let dead_lock_gone = !lock(dead).exists();
+    // Tidy up what must have been kept, before asserting.
+    for (name, cgroup) in &made[1..] {
+        let _ = Command::new(tests::tool("ip")).args(["netns", "del", name]).output();
+        let _ = fs::remove_dir(cgroup);
+    }
+    drop(held);
+    let _ = fs::remove_file(lock(alive));
+    assert_eq!(
+        gone,
+        [true, false, false],
+        "removed (dead run, live run, run without a lock file)"
+    );
+    assert!(dead_lock_gone, "the dead run's lock file was left");
 }
