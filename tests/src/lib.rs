@@ -38,7 +38,7 @@ mod process;
 mod stale;
 mod topology;
 
-pub use agent::{Agent, ServiceView, agent_binary};
+pub use agent::{Agent, LogLine, ServiceView, agent_binary};
 pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup, cgroup2_mount};
 pub use fake_api::{FakeApiServer, Resource};
@@ -52,7 +52,7 @@ pub use nodes::{
     install_kube_proxy_nodeport_local, kube_proxy_nodeport_local_rules, kube_proxy_nodeport_rules,
     kube_proxy_nodeports_rules,
 };
-pub use probe::{ProbeReply, probe_bin, start_probe_server};
+pub use probe::{ProbeReply, Stamped, probe_bin, start_probe_server, unix_us};
 pub use process::{
     ChildGuard, RunTimedOut, run, spawn, spawn_guarded, stdout_lines, tool, try_run,
 };
