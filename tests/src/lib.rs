@@ -48,9 +48,11 @@ pub use manifests::{
 };
 pub use netns::Netns;
 pub use nodes::{
-    Node, NodesTopology, flush_nat, install_iptables, install_kube_proxy_nodeport,
-    install_kube_proxy_nodeport_local, kube_proxy_nodeport_local_rules, kube_proxy_nodeport_rules,
-    kube_proxy_nodeports_rules,
+    COUNT_INVALID_RULES, Node, NodesTopology, flush_filter, flush_nat, forward_invalid_drops,
+    install_iptables, install_kube_proxy_clusterip, install_kube_proxy_forward,
+    install_kube_proxy_nodeport, install_kube_proxy_nodeport_local, kube_proxy_clusterip_rules,
+    kube_proxy_forward_rules, kube_proxy_nodeport_local_rules, kube_proxy_nodeport_rules,
+    kube_proxy_nodeports_rules, rule_packets,
 };
 pub use probe::{ProbeReply, Stamped, probe_bin, start_probe_server, unix_us};
 pub use process::{

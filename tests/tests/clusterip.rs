@@ -813,59 +813,273 @@ fn a_full_map_refuses_a_whole_service_keeps_the_rest_and_retries_when_room_appea
     agent.wait_gone("10.96.0.20:80/TCP", SYNC);
 }
 
-/// The ClusterIP half of kubernetes issue 74839 (see `iptables_baseline.rs` for the
-/// bug itself): the same out-of-window segment injected from the backend pod. The
-/// socket layer chose the backend at connect(), so the connection carries the backend's
-/// real address end to end and no translation exists that conntrack could skip: the
-/// client answers the segment with an ACK, never a RST, and the connection lives on.
+/// The ClusterIP half of kubernetes issue 74839 (`reset.rs` has the NodePort half), with
+/// its controls, in one topology and with one injection: an out-of-window segment from
+/// the backend pod to the client, a quarter of the sequence space ahead.
+///
+/// 1. **Control, the bug:** a kube-proxy-style ClusterIP (nat `KUBE-SERVICES` /
+///    `KUBE-SVC-*` / `KUBE-SEP-*` DNAT of the VIP to the pod on the node), the pods on a
+///    bridge with `bridge-nf-call-iptables=1` (so conntrack sees the bridged replies and
+///    un-DNATs them, as kube-proxy requires), no INVALID drop. The segment is INVALID for
+///    conntrack, reaches the client un-translated, from the pod's address; the client
+///    answers with a RST at exactly the pod's next sequence number, and the pod's socket
+///    is reset. Each step is asserted, so the injection is known to break a NATed
+///    ClusterIP here.
+/// 2. **Control, kube-proxy's fix:** the same, plus kube-proxy's
+///    `KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP`: the rule drops the segment
+///    (its counter rises), the client never sees it, the connection lives on.
+/// 3. **Ours:** the nat rules and the INVALID drop gone (bridge netfilter still on, and
+///    a FORWARD rule that only counts INVALID packets keeps conntrack at work, as a CNI's
+///    rules would), the agent serves the VIP at the socket layer. The socket is
+///    connected to the pod itself, so the segment reaches the client with the
+///    connection's own addresses: netfilter still calls it INVALID (the counting rule
+///    counts it), but there is no translation to skip. The client only ACKs it; no RST,
+///    and the connection lives on.
 #[test]
-fn an_out_of_window_segment_from_the_backend_does_not_reset_a_clusterip_connection() {
-    use tests::packet::{TCP_RST, capture_socket, capture_until, inject, newest_data_segment};
+fn an_out_of_window_segment_resets_a_kube_proxy_clusterip_unless_invalid_is_dropped_and_never_ours()
+{
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use tests::packet::{Segment, TCP_RST, capture_until, conntrack_invalid};
+    use tests::{
+        COUNT_INVALID_RULES, flush_filter, flush_nat, forward_invalid_drops, install_iptables,
+        install_kube_proxy_clusterip, install_kube_proxy_forward, rule_packets,
+    };
 
-    let ips = ["10.244.0.11"].map(ip);
-    let env = Env::new(
-        "invalid",
-        1,
-        &[8080],
-        &[],
-        &[("web.yaml", web(&ips, VIP4, None))],
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+    const CLUSTER_CIDR: &str = "10.244.0.0/16";
+    let topo = ClusterTopology::new("invalid", 1);
+    let servers = topo.serve_backends(&[8080], &[]);
+    let node = &topo.node;
+    let pod = &topo.backends[0];
+    let client_ip = topo.client.ipv4;
+    topo.enable_bridge_netfilter();
+    let is_rst = |s: &Segment| s.flags & TCP_RST != 0;
+    let resets = || servers[0].stderr().matches("reset by peer").count();
+
+    // --- 1. kube-proxy's ClusterIP without the INVALID drop: the connection is reset.
+    install_kube_proxy_clusterip(
+        node,
+        VIP,
+        80,
+        CLUSTER_CIDR,
+        &[SocketAddrV4::new(pod.ipv4, 8080)],
     );
-    env.agent()
-        .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
-    let pod = &env.topo.backends[0];
-    let capture = pod.netns.run(capture_socket);
-    let at_client = env.topo.client.netns.run(capture_socket);
-    let mut hold = env.topo.spawn_client_probe(&[
-        "hold",
-        "--to",
-        "10.96.0.10:80",
-        "--rounds",
-        "6",
-        "--interval-ms",
-        "1000",
-    ]);
-    hold.expect_line(Duration::from_secs(5));
+    let mut phase = InjectionPhase::start(&topo, "iptables");
+    // On the wire the client talks to the VIP: conntrack un-DNATs the bridged replies.
+    let greeting = capture_until(&phase.at_client, Duration::from_secs(5), |s| {
+        s.dst == client_ip && s.payload_len > 0
+    })
+    .expect("iptables: no data segment reached the client");
+    assert_eq!(
+        (greeting.src, greeting.sport),
+        (VIP, 80),
+        "iptables: the pod's replies must reach the client translated back to the VIP"
+    );
+    let before = conntrack_invalid(node);
+    let (echo, bogus) = phase.inject(pod);
+    let delivered = capture_until(&phase.at_client, RST_WINDOW, |s| s.seq == bogus.seq)
+        .expect("iptables: the injected segment never reached the client");
+    assert_eq!(
+        (delivered.src, delivered.sport),
+        (pod.ipv4, 8080),
+        "iptables: the INVALID segment should reach the client un-NATed, from the pod"
+    );
+    let after = conntrack_invalid(node);
+    assert!(
+        after > before,
+        "iptables: conntrack's invalid count did not rise ({before} -> {after})"
+    );
+    let client_rst = capture_until(&phase.at_client, RST_WINDOW, |s| {
+        is_rst(s) && s.src == client_ip
+    })
+    .expect("iptables: the client sent no RST for the stray segment");
+    assert_eq!(
+        (client_rst.dst, client_rst.dport, client_rst.seq),
+        (pod.ipv4, 8080, echo.ack),
+        "iptables: the client's RST goes to the pod's address at exactly its next \
+         expected sequence number: {client_rst:?}"
+    );
+    capture_until(&phase.at_pod, RST_WINDOW, |s| {
+        is_rst(s) && s.dst == pod.ipv4
+    })
+    .expect("iptables: the client's RST never reached the pod");
+    let err = phase
+        .hold
+        .wait_for_line(Duration::from_secs(10), |l| l.contains(" err "));
+    assert!(
+        err.contains("ECONNRESET"),
+        "iptables: the held connection ended with {err}"
+    );
+    wait_until("the server logs the reset", Duration::from_secs(5), || {
+        resets() == 1
+    });
+    eprintln!("iptables reproduced the reset: invalid {before} -> {after}, {client_rst:?}");
+    drop(phase);
 
-    let bogus = newest_data_segment(&capture, pod.ipv4, 8080).out_of_window();
-    pod.netns.run(|| inject(&bogus, b"bogus\n"));
-    // It reaches the client with the addresses of the connection.
-    let delivered = capture_until(&at_client, Duration::from_secs(2), |s| {
-        s.seq == bogus.seq && s.src == pod.ipv4 && s.sport == 8080
+    // --- 2. kube-proxy's INVALID drop in FORWARD protects the bridged ClusterIP.
+    install_kube_proxy_forward(node);
+    let mut phase = InjectionPhase::start(&topo, "iptables + INVALID drop");
+    let drops = forward_invalid_drops(node);
+    let (_, bogus) = phase.inject(pod);
+    wait_until(
+        "the INVALID rule drops the injected segment",
+        Duration::from_secs(5),
+        || forward_invalid_drops(node) > drops,
+    );
+    phase.survives("iptables + INVALID drop");
+    let leaked = capture_until(&phase.at_client, CAPTURED, |s| {
+        s.seq == bogus.seq || is_rst(s)
     });
     assert!(
-        delivered.is_some(),
-        "the injected segment never reached the client"
+        leaked.is_none(),
+        "INVALID drop: the segment (or a RST) reached the client: {leaked:?}"
     );
-    let rst = capture_until(&capture, Duration::from_secs(2), |s| {
-        s.dst == pod.ipv4 && s.dport == 8080 && s.flags & TCP_RST != 0
-    });
-    assert!(rst.is_none(), "the client reset the connection: {rst:?}");
-    let status = hold.wait(Duration::from_secs(20));
+    let pod_rst = capture_until(&phase.at_pod, CAPTURED, is_rst);
+    assert!(pod_rst.is_none(), "INVALID drop: a RST: {pod_rst:?}");
+    assert_eq!(resets(), 1, "INVALID drop: {}", servers[0].stderr());
+    drop(phase);
+
+    // --- 3. Ours: no nat, no INVALID drop; the socket layer serves the VIP.
+    flush_nat(node);
+    flush_filter(node);
+    install_iptables(node, COUNT_INVALID_RULES);
+    let dir = ManifestDir::new("invalid");
+    dir.write("web.yaml", &web(&[IpAddr::V4(pod.ipv4)], VIP4, None));
+    let bpffs = BpfFs::new("invalid");
+    let agent = Agent::start(bpffs.path(), topo.client_cgroup.path(), dir.path(), &[]);
+    agent.wait_for(
+        "10.96.0.10:80/TCP",
+        &[SocketAddr::new(IpAddr::V4(pod.ipv4), 8080)],
+        SYNC,
+    );
+    let translated = agent.counter("lb_translated").unwrap_or(0);
+    let mut phase = InjectionPhase::start(&topo, "agent");
     assert!(
-        status.success(),
-        "the connection broke: {:?}",
-        hold.seen_lines()
+        agent.counter("lb_translated").unwrap_or(0) > translated,
+        "the agent did not balance the held connection"
     );
+    let before = rule_packets(node, "FORWARD", &["INVALID"]);
+    let (_, bogus) = phase.inject(pod);
+    let delivered = capture_until(&phase.at_client, RST_WINDOW, |s| s.seq == bogus.seq)
+        .expect("agent: the injected segment never reached the client");
+    assert_eq!(
+        (delivered.src, delivered.sport, delivered.dst),
+        (pod.ipv4, 8080, client_ip),
+        "agent: the socket is connected to the pod itself, so the segment arrives with \
+         the connection's own addresses"
+    );
+    let after = rule_packets(node, "FORWARD", &["INVALID"]);
+    assert!(
+        after > before,
+        "agent: netfilter should still call the segment INVALID ({before} -> {after} \
+         counted): the trigger is the same as in the control"
+    );
+    phase.survives("agent");
+    let rst = capture_until(&phase.at_client, CAPTURED, is_rst)
+        .or_else(|| capture_until(&phase.at_pod, CAPTURED, is_rst));
+    assert!(
+        rst.is_none(),
+        "agent: a RST was sent: {rst:?}\nagent log:\n{}",
+        agent.log()
+    );
+    assert_eq!(resets(), 1, "agent: {}", servers[0].stderr());
+    drop(phase);
+    drop(agent);
+}
+
+/// How long a segment (or the RST it provokes) has to show on a capture.
+const RST_WINDOW: Duration = Duration::from_secs(2);
+/// How long to read what a capture already holds, once a later fact (a round trip after
+/// the injection) proves that anything the injection provoked was sent before it.
+const CAPTURED: Duration = Duration::from_millis(200);
+
+/// Waits until `fact` holds; panics after `timeout`.
+fn wait_until(what: &str, timeout: Duration, fact: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !fact() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One phase of the injection test: captures in the pod and the client, and a held
+/// connection from the client (in its cgroup) to the VIP.
+struct InjectionPhase {
+    hold: ChildGuard,
+    at_pod: std::os::fd::OwnedFd,
+    at_client: std::os::fd::OwnedFd,
+    injected_us: u64,
+}
+
+impl InjectionPhase {
+    /// Captures first, then `probe hold` to the VIP (a round trip a second, until
+    /// SIGTERM), whose greeting must come from the backend through the VIP.
+    fn start(topo: &ClusterTopology, what: &str) -> Self {
+        use tests::packet::capture_socket;
+        let at_pod = topo.backends[0].netns.run(capture_socket);
+        let at_client = topo.client.netns.run(capture_socket);
+        let mut hold = topo.spawn_client_probe(&[
+            "hold",
+            "--to",
+            "10.96.0.10:80",
+            "--rounds",
+            "0",
+            "--interval-ms",
+            "1000",
+            "--timestamps",
+        ]);
+        let line = hold.expect_line(Duration::from_secs(5));
+        let greeting = tests::Stamped::parse(&line).and_then(|s| s.reply());
+        assert_eq!(
+            greeting,
+            Some(ProbeReply::Ok {
+                name: "backend-0".into(),
+                addr: sa("10.96.0.10:80"),
+                peer: None
+            }),
+            "{what}: holding a connection to the VIP: {line}"
+        );
+        Self {
+            hold,
+            at_pod,
+            at_client,
+            injected_us: 0,
+        }
+    }
+
+    /// Injects from `pod` the out-of-window successor of its newest data segment;
+    /// returns that segment and the injected one.
+    fn inject(&mut self, pod: &tests::Pod) -> (tests::packet::Segment, tests::packet::Segment) {
+        use tests::packet::{inject, newest_data_segment};
+        let echo = newest_data_segment(&self.at_pod, pod.ipv4, 8080);
+        let bogus = echo.out_of_window();
+        self.injected_us = tests::unix_us();
+        pod.netns.run(|| inject(&bogus, b"bogus\n"));
+        (echo, bogus)
+    }
+
+    /// The held connection completes a round trip that began after the injection, then
+    /// ends cleanly on SIGTERM.
+    fn survives(&mut self, what: &str) {
+        let after = self.injected_us;
+        let line = self.hold.wait_for_line(Duration::from_secs(10), |l| {
+            l.contains(" err ") || tests::Stamped::parse(l).is_some_and(|s| s.start_us > after)
+        });
+        let round = tests::Stamped::parse(&line);
+        assert!(
+            round
+                .as_ref()
+                .is_some_and(|r| !r.is_err() && r.text.starts_with("round ")),
+            "{what}: the held connection broke after the injection: {line}"
+        );
+        self.hold.signal(libc::SIGTERM);
+        let status = self.hold.wait(Duration::from_secs(10));
+        assert!(
+            status.success(),
+            "{what}: the held connection broke: {:?}",
+            self.hold.seen_lines()
+        );
+    }
 }
 
 #[test]
