@@ -26,6 +26,7 @@
 mod agent;
 mod bpffs;
 mod cgroup;
+mod continuity;
 mod fake_api;
 pub mod flood;
 mod http;
@@ -41,6 +42,7 @@ mod topology;
 pub use agent::{Agent, LogLine, ServiceView, agent_binary};
 pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup, cgroup2_mount};
+pub use continuity::{Restart, TrafficWatch};
 pub use fake_api::{FakeApiServer, Resource};
 pub use http::{http_get, metric_value};
 pub use manifests::{

@@ -934,6 +934,13 @@ fn idle_udp_flows_leave_the_connection_table_after_their_timeout() {
     assert_eq!(oks(&env, to, &replies).len(), 3);
 }
 
+/// An agent restart keeps the tc data plane serving, shown on the clock: for a NodePort
+/// to a local backend and one to a remote backend (SNAT), a held connection exchanges a
+/// round trip every 10 ms and the client opens a new connection every 10 ms, before the
+/// old agent stops, while no agent runs, while the new one loads and adopts the maps and
+/// links (between its spawn and its "eBPF data plane loaded" line), and after its first
+/// sync; none fails. Adoption rewrites nothing: the new agent's first sync reports
+/// `upserted=0` (the first agent's reported every frontend, so the field counts).
 #[test]
 fn restarting_the_agent_keeps_nodeport_connections_and_a_stopped_agent_keeps_serving() {
     let mut env = Env::new("nprestart", 1, &local_and_remote_files(), &[]);
@@ -941,52 +948,104 @@ fn restarting_the_agent_keeps_nodeport_connections_and_a_stopped_agent_keeps_ser
     for to in targets {
         env.wait_served("tcp", to);
     }
-    let mut holds: Vec<ChildGuard> = targets
-        .iter()
-        .map(|to| {
-            let mut h = spawn_guarded(
-                &env.topo.client,
-                None,
-                Command::new(probe_bin()).args([
-                    "hold",
-                    "--to",
-                    to,
-                    "--rounds",
-                    "16",
-                    "--interval-ms",
-                    "500",
-                ]),
-            );
-            let first = h.expect_line(Duration::from_secs(5));
-            assert!(first.starts_with("ok "), "{to}: {first}");
-            h
-        })
-        .collect();
-
-    env.agent.take().expect("agent").stop();
-    // Stopped, the pinned data plane keeps serving new connections too.
+    let frontends = env.agent().programmed().len();
+    let first = env.agent().syncs_logged();
+    assert_eq!(
+        first.first().map(|l| l.count("upserted")),
+        Some(frontends as u64),
+        "the first agent writes every frontend: {first:?}"
+    );
+    let client =
+        |args: &[&str]| spawn_guarded(&env.topo.client, None, Command::new(probe_bin()).args(args));
+    let mut watch = tests::TrafficWatch::default();
     for to in targets {
-        let replies = env.probe(&["tcp", "--to", to, "--count", "3", "--peer"]);
-        assert_eq!(
-            oks(&env, &format!("{to} with the agent stopped"), &replies).len(),
-            3
-        );
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    env.start_agent(&[]);
-    for to in targets {
-        let replies = env.probe(&["tcp", "--to", to, "--count", "3", "--peer"]);
-        assert_eq!(
-            oks(&env, &format!("{to} after the restart"), &replies).len(),
-            3
-        );
-    }
-    for (to, h) in targets.iter().zip(&mut holds) {
-        let status = h.wait(Duration::from_secs(20));
+        let mut hold = client(&[
+            "hold",
+            "--to",
+            to,
+            "--rounds",
+            "0",
+            "--interval-ms",
+            "10",
+            "--timestamps",
+        ]);
+        let greeting = hold.expect_line(Duration::from_secs(5));
         assert!(
-            status.success(),
-            "{to}: the held connection broke across the restart: {:?}\n{}",
-            h.seen_lines(),
+            tests::Stamped::parse(&greeting).is_some_and(|s| s.text.starts_with("ok ")),
+            "{to}: {greeting}"
+        );
+        watch.add(&format!("the connection held to {to}"), hold);
+        watch.add(
+            &format!("new connections to {to}"),
+            client(&[
+                "tcp",
+                "--to",
+                to,
+                "--count",
+                "0",
+                "--interval-ms",
+                "10",
+                "--timestamps",
+            ]),
+        );
+    }
+    let phase = Duration::from_secs(10);
+    watch.wait_each("before the stop", tests::unix_us(), 3, phase);
+
+    let stopping = tests::unix_us();
+    env.agent.take().expect("agent").stop();
+    let stopped = tests::unix_us();
+    // Stopped, the pinned data plane keeps serving, old and new connections.
+    watch.wait_each("with the agent stopped", stopped, 3, phase);
+
+    env.start_agent(&[]);
+    let agent = env.agent();
+    let adopted = agent.first_logged("eBPF data plane loaded");
+    assert_eq!(
+        adopted.count("adopted"),
+        frontends as u64,
+        "the new agent must adopt every frontend"
+    );
+    let sync = agent.syncs_logged().remove(0);
+    assert_eq!(
+        (
+            sync.count("upserted"),
+            sync.count("removed"),
+            sync.count("failed")
+        ),
+        (0, 0, 0),
+        "adoption must rewrite nothing that was right: {}",
+        sync.text
+    );
+    let restart = tests::Restart {
+        stopping,
+        stopped,
+        spawned: agent.spawned_us(),
+        adopted: adopted.at_us,
+        first_sync: sync.at_us,
+    };
+    watch.wait_each("after the new agent's first sync", sync.at_us, 3, phase);
+    eprintln!(
+        "restart: no agent for {} ms, the new one adopted {} ms after its spawn",
+        (restart.spawned - restart.stopped) / 1000,
+        (restart.adopted - restart.spawned) / 1000
+    );
+    for (label, lines) in watch.finish() {
+        restart.check(&label, &lines);
+        // Every connection and round trip reached the pod of its NodePort.
+        let names: BTreeSet<String> = lines
+            .iter()
+            .filter_map(|l| l.reply().and_then(|r| r.name().map(str::to_owned)))
+            .collect();
+        let want = if label.ends_with(targets[0]) {
+            "a-pod-0"
+        } else {
+            "b-pod-0"
+        };
+        assert_eq!(
+            names,
+            BTreeSet::from([want.to_owned()]),
+            "{label}\n{}",
             env.diagnostics()
         );
     }
