@@ -249,15 +249,6 @@ impl Agent {
         agent
     }
 
-    /// SIGTERM, and waits for a clean exit (like [`stop`](Self::stop)); returns the
-    /// log, for what a test checks after the agent is gone.
-    pub fn stop_and_log(mut self) -> String {
-        let status = self.guard.terminate(Duration::from_secs(10));
-        let log = self.log();
-        assert!(status.success(), "agent exited with {status}:\n{log}");
-        log
-    }
-
     /// Runs `f` in the agent's network namespace (on a thread that entered it), or
     /// right here for an agent in the root namespace; e.g. to reach its metrics.
     pub fn run_in_netns<F, R>(&self, f: F) -> R

@@ -48,6 +48,32 @@ impl TrafficWatch {
         }
     }
 
+    /// Waits until some probe prints a failure line, and returns (its label, the line):
+    /// the control that shows a watch does notice a gap in service.
+    ///
+    /// # Panics
+    /// If none fails within `timeout`.
+    pub fn wait_failure(&mut self, what: &str, timeout: Duration) -> (String, Stamped) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for (label, probe) in &mut self.probes {
+                // What is queued, a bounded number at a time so no probe starves another.
+                for _ in 0..100 {
+                    let Some(line) = probe.next_line(Duration::from_millis(5)) else {
+                        break;
+                    };
+                    if let Some(s) = Stamped::parse(&line).filter(Stamped::is_err) {
+                        return (label.clone(), s);
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no probe failed {what} within {timeout:?}"
+            );
+        }
+    }
+
     /// Stops every probe (SIGTERM: each finishes what it does), checks that each exits
     /// 0, and returns each one's lines.
     ///

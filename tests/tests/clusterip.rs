@@ -434,6 +434,9 @@ fn multi_port_services_and_the_same_port_on_tcp_and_udp() {
 /// its first sync; none fails. A service deleted while no agent ran is removed, and
 /// adoption rewrites nothing that was already right: the new agent's first sync reports
 /// `upserted=0` (where the first agent's reported `upserted=4`, so the field counts).
+///
+/// Control: the same watch on new connections, with the data plane removed
+/// (`proxy-agent --cleanup`) instead of adopted, sees them fail at once.
 #[test]
 fn restarting_the_agent_neither_breaks_open_connections_nor_refuses_new_ones() {
     let ips = ["10.244.0.11", "10.244.0.12", "10.244.0.13"].map(ip);
@@ -469,19 +472,7 @@ fn restarting_the_agent_neither_breaks_open_connections_nor_refuses_new_ones() {
         "{greeting}"
     );
     watch.add("the held connection", hold);
-    watch.add(
-        "new connections",
-        env.topo.spawn_client_probe(&[
-            "tcp",
-            "--to",
-            "10.96.0.10:80",
-            "--count",
-            "0",
-            "--interval-ms",
-            "10",
-            "--timestamps",
-        ]),
-    );
+    watch.add("new connections", new_connections(&env.topo));
     let phase = Duration::from_secs(10);
     watch.wait_each("before the stop", tests::unix_us(), 3, phase);
 
@@ -545,7 +536,49 @@ fn restarting_the_agent_neither_breaks_open_connections_nor_refuses_new_ones() {
         format!("{after:?}"),
         "the restart must not change what is programmed"
     );
-    env.agent = Some(agent);
+
+    // Control: a gap in service is seen.
+    let mut watch = tests::TrafficWatch::default();
+    watch.add("new connections", new_connections(&env.topo));
+    watch.wait_each("before the cleanup", tests::unix_us(), 3, phase);
+    let pins = agent.bpffs.clone();
+    agent.stop();
+    cleanup(&pins);
+    let (label, failed) = watch.wait_failure("with the data plane removed", phase);
+    eprintln!(
+        "control: {label} failed at once without a data plane: {}",
+        failed.text
+    );
+}
+
+/// `probe tcp` from the client pod to the VIP, a connection every 10 ms until SIGTERM,
+/// timestamped.
+fn new_connections(topo: &ClusterTopology) -> ChildGuard {
+    topo.spawn_client_probe(&[
+        "tcp",
+        "--to",
+        "10.96.0.10:80",
+        "--count",
+        "0",
+        "--interval-ms",
+        "10",
+        "--timestamps",
+    ])
+}
+
+/// `proxy-agent --cleanup --bpffs PINS`: detaches the programs and removes every pin.
+fn cleanup(pins: &std::path::Path) {
+    let out = Command::new(tests::agent_binary("proxy-agent"))
+        .arg("--cleanup")
+        .arg("--bpffs")
+        .arg(pins)
+        .output()
+        .expect("running proxy-agent --cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -1159,17 +1192,7 @@ fn cleanup_detaches_the_programs_and_removes_every_pin() {
         1
     );
 
-    let out = Command::new(tests::agent_binary("proxy-agent"))
-        .arg("--cleanup")
-        .arg("--bpffs")
-        .arg(&pins)
-        .output()
-        .expect("running proxy-agent --cleanup");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cleanup(&pins);
     assert!(!pins.exists(), "{} still exists", pins.display());
     let r = env.probe(&[
         "tcp",

@@ -941,6 +941,9 @@ fn idle_udp_flows_leave_the_connection_table_after_their_timeout() {
 /// links (between its spawn and its "eBPF data plane loaded" line), and after its first
 /// sync; none fails. Adoption rewrites nothing: the new agent's first sync reports
 /// `upserted=0` (the first agent's reported every frontend, so the field counts).
+///
+/// Control: the same watch, with the data plane removed (`proxy-agent --cleanup`)
+/// instead of adopted, sees the NodePorts fail at once.
 #[test]
 fn restarting_the_agent_keeps_nodeport_connections_and_a_stopped_agent_keeps_serving() {
     let mut env = Env::new("nprestart", 1, &local_and_remote_files(), &[]);
@@ -955,20 +958,21 @@ fn restarting_the_agent_keeps_nodeport_connections_and_a_stopped_agent_keeps_ser
         Some(frontends as u64),
         "the first agent writes every frontend: {first:?}"
     );
-    let client =
-        |args: &[&str]| spawn_guarded(&env.topo.client, None, Command::new(probe_bin()).args(args));
     let mut watch = tests::TrafficWatch::default();
     for to in targets {
-        let mut hold = client(&[
-            "hold",
-            "--to",
-            to,
-            "--rounds",
-            "0",
-            "--interval-ms",
-            "10",
-            "--timestamps",
-        ]);
+        let mut hold = client_probe(
+            &env.topo,
+            &[
+                "hold",
+                "--to",
+                to,
+                "--rounds",
+                "0",
+                "--interval-ms",
+                "10",
+                "--timestamps",
+            ],
+        );
         let greeting = hold.expect_line(Duration::from_secs(5));
         assert!(
             tests::Stamped::parse(&greeting).is_some_and(|s| s.text.starts_with("ok ")),
@@ -977,16 +981,19 @@ fn restarting_the_agent_keeps_nodeport_connections_and_a_stopped_agent_keeps_ser
         watch.add(&format!("the connection held to {to}"), hold);
         watch.add(
             &format!("new connections to {to}"),
-            client(&[
-                "tcp",
-                "--to",
-                to,
-                "--count",
-                "0",
-                "--interval-ms",
-                "10",
-                "--timestamps",
-            ]),
+            client_probe(
+                &env.topo,
+                &[
+                    "tcp",
+                    "--to",
+                    to,
+                    "--count",
+                    "0",
+                    "--interval-ms",
+                    "10",
+                    "--timestamps",
+                ],
+            ),
         );
     }
     let phase = Duration::from_secs(10);
@@ -1049,6 +1056,50 @@ fn restarting_the_agent_keeps_nodeport_connections_and_a_stopped_agent_keeps_ser
             env.diagnostics()
         );
     }
+
+    // Control: a gap in service is seen.
+    let mut watch = tests::TrafficWatch::default();
+    for to in targets {
+        watch.add(
+            &format!("new connections to {to}"),
+            client_probe(
+                &env.topo,
+                &[
+                    "tcp",
+                    "--to",
+                    to,
+                    "--count",
+                    "0",
+                    "--interval-ms",
+                    "10",
+                    "--timestamps",
+                ],
+            ),
+        );
+    }
+    watch.wait_each("before the cleanup", tests::unix_us(), 3, phase);
+    env.agent.take().expect("agent").stop();
+    let out = Command::new(tests::agent_binary("proxy-agent"))
+        .arg("--cleanup")
+        .arg("--bpffs")
+        .arg(env.bpffs.path().join("agent"))
+        .output()
+        .expect("running proxy-agent --cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (label, failed) = watch.wait_failure("with the data plane removed", phase);
+    eprintln!(
+        "control: {label} failed at once without a data plane: {}",
+        failed.text
+    );
+}
+
+/// `probe ARGS` in the external client, read line by line (see [`ChildGuard`]).
+fn client_probe(topo: &NodesTopology, args: &[&str]) -> ChildGuard {
+    spawn_guarded(&topo.client, None, Command::new(probe_bin()).args(args))
 }
 
 /// Source NAT toward a remote backend keeps the client's port when it can. When that
