@@ -1337,10 +1337,7 @@ fn the_churn_judge_flags_removed_backends_failures_and_unexercised_updates() {
 /// by [`judge_churn`]. `unsafe_order` runs a debug agent with
 /// `PROXY_AGENT_TEST_UNSAFE_WRITE_ORDER=1`.
 fn churn(tag: &str, unsafe_order: bool) -> ChurnOutcome {
-    let mut topo = ClusterTopology::new(tag, 0);
-    for _ in 0..CHURN_BACKENDS {
-        topo.add_backend();
-    }
+    let topo = ClusterTopology::new(tag, CHURN_BACKENDS);
     // A connect() left untranslated fails at once rather than after its timeout, so a
     // client keeps hammering: the node knows the service range is not routed.
     topo.node
