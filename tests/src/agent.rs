@@ -90,6 +90,45 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
     newest
 }
 
+/// One line of the agent's log with its timestamp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// When the agent logged it, in microseconds since the Unix epoch (the clock of
+    /// [`unix_us`](crate::unix_us) and of `probe --timestamps`).
+    pub at_us: u64,
+    /// The whole line.
+    pub text: String,
+}
+
+impl LogLine {
+    /// Parses a line of the agent's log (`2026-12-01T23:19:10.179074Z  INFO ...`);
+    /// `None` if it does not start with an RFC 3339 timestamp.
+    pub fn parse(line: &str) -> Option<Self> {
+        let stamp: jiff::Timestamp = line.split_whitespace().next()?.parse().ok()?;
+        Some(Self {
+            at_us: u64::try_from(stamp.as_microsecond()).ok()?,
+            text: line.to_owned(),
+        })
+    }
+
+    /// The value of `key=value` on the line, if any.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// The number `key=N` on the line.
+    ///
+    /// # Panics
+    /// If the line has no such number.
+    pub fn count(&self, key: &str) -> u64 {
+        self.field(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no number {key}= in the log line {:?}", self.text))
+    }
+}
+
 /// A running agent; SIGKILLed on drop (its pins die with the test's bpffs).
 pub struct Agent {
     guard: ChildGuard,
@@ -97,6 +136,8 @@ pub struct Agent {
     pub bpffs: PathBuf,
     /// The network namespace it runs in (`None`: the root namespace).
     netns: Option<PathBuf>,
+    /// When the process was spawned (unix µs).
+    spawned_us: u64,
 }
 
 impl Agent {
@@ -104,12 +145,24 @@ impl Agent {
     /// `extra` arguments, in the root network namespace (it sends no traffic) and
     /// outside the test cgroup, and waits for its first sync.
     pub fn start(bpffs: &Path, cgroup: &Path, manifests: &Path, extra: &[&str]) -> Agent {
-        Agent::start_with(None, bpffs, cgroup, "--manifests", manifests, extra)
+        Agent::start_with(None, bpffs, cgroup, "--manifests", manifests, extra, &[])
+    }
+
+    /// Like [`Agent::start`], with environment variables `env` set for the agent (e.g.
+    /// a test-only switch of a debug build).
+    pub fn start_env(
+        bpffs: &Path,
+        cgroup: &Path,
+        manifests: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
+        Agent::start_with(None, bpffs, cgroup, "--manifests", manifests, extra, env)
     }
 
     /// Like [`Agent::start`], with the Kubernetes source on `kubeconfig`.
     pub fn start_kube(bpffs: &Path, cgroup: &Path, kubeconfig: &Path, extra: &[&str]) -> Agent {
-        Agent::start_with(None, bpffs, cgroup, "--kubeconfig", kubeconfig, extra)
+        Agent::start_with(None, bpffs, cgroup, "--kubeconfig", kubeconfig, extra, &[])
     }
 
     /// Like [`Agent::start`], but inside `netns` (a node of a
@@ -128,7 +181,15 @@ impl Agent {
         manifests: &Path,
         extra: &[&str],
     ) -> Agent {
-        Agent::start_with(Some(netns), bpffs, cgroup, "--manifests", manifests, extra)
+        Agent::start_with(
+            Some(netns),
+            bpffs,
+            cgroup,
+            "--manifests",
+            manifests,
+            extra,
+            &[],
+        )
     }
 
     fn start_with(
@@ -138,6 +199,7 @@ impl Agent {
         flag: &str,
         source: &Path,
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Agent {
         let pins = bpffs.join("agent");
         let mut cmd = Command::new(agent_binary("proxy-agent"));
@@ -162,10 +224,12 @@ impl Agent {
         cmd.args(["--metrics-bind-address", "127.0.0.1:0"])
             .args(["--healthz-bind-address", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let spawned_us = crate::unix_us();
         let child = match netns {
             Some(ns) => try_spawn(&ns.path(), None, &mut cmd)
                 .unwrap_or_else(|e| panic!("spawning the agent in netns {}: {e}", ns.name())),
@@ -179,6 +243,7 @@ impl Agent {
             guard: ChildGuard::with_label(child, label),
             bpffs: pins,
             netns: netns.map(Netns::path),
+            spawned_us,
         };
         agent.wait_syncs(1, Duration::from_secs(30));
         agent
@@ -294,6 +359,38 @@ impl Agent {
     /// Everything the agent logged.
     pub fn log(&self) -> String {
         self.guard.stderr()
+    }
+
+    /// When the agent's process was spawned (unix µs, taken just before the spawn).
+    pub fn spawned_us(&self) -> u64 {
+        self.spawned_us
+    }
+
+    /// The log lines containing `needle`, with their timestamps, oldest first.
+    pub fn logged(&self, needle: &str) -> Vec<LogLine> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(LogLine::parse)
+            .collect()
+    }
+
+    /// The first log line containing `needle`.
+    ///
+    /// # Panics
+    /// If there is none, with the log.
+    pub fn first_logged(&self, needle: &str) -> LogLine {
+        self.logged(needle)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("the agent never logged {needle:?}:\n{}", self.log()))
+    }
+
+    /// The "synced" lines so far with their timestamps (`upserted=`, `removed=`,
+    /// `unchanged=`, `failed=` ... read with [`LogLine::count`]). A sync is logged after
+    /// its map writes.
+    pub fn syncs_logged(&self) -> Vec<LogLine> {
+        self.logged(" synced ")
     }
 
     /// Waits until the agent has logged `n` completed syncs in total.

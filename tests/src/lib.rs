@@ -26,6 +26,7 @@
 mod agent;
 mod bpffs;
 mod cgroup;
+mod continuity;
 mod fake_api;
 pub mod flood;
 mod http;
@@ -38,9 +39,10 @@ mod process;
 mod stale;
 mod topology;
 
-pub use agent::{Agent, ServiceView, agent_binary};
+pub use agent::{Agent, LogLine, ServiceView, agent_binary};
 pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup, cgroup2_mount};
+pub use continuity::{Restart, TrafficWatch};
 pub use fake_api::{FakeApiServer, Resource};
 pub use http::{http_get, metric_value};
 pub use manifests::{
@@ -48,11 +50,13 @@ pub use manifests::{
 };
 pub use netns::Netns;
 pub use nodes::{
-    Node, NodesTopology, flush_nat, install_iptables, install_kube_proxy_nodeport,
-    install_kube_proxy_nodeport_local, kube_proxy_nodeport_local_rules, kube_proxy_nodeport_rules,
-    kube_proxy_nodeports_rules,
+    COUNT_INVALID_RULES, Node, NodesTopology, flush_filter, flush_nat, forward_invalid_drops,
+    install_iptables, install_kube_proxy_clusterip, install_kube_proxy_forward,
+    install_kube_proxy_nodeport, install_kube_proxy_nodeport_local, kube_proxy_clusterip_rules,
+    kube_proxy_forward_rules, kube_proxy_nodeport_local_rules, kube_proxy_nodeport_rules,
+    kube_proxy_nodeports_rules, rule_packets,
 };
-pub use probe::{ProbeReply, probe_bin, start_probe_server};
+pub use probe::{ProbeReply, Stamped, probe_bin, start_probe_server, unix_us};
 pub use process::{
     ChildGuard, RunTimedOut, run, spawn, spawn_guarded, stdout_lines, tool, try_run,
 };

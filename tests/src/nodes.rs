@@ -594,6 +594,132 @@ pub fn install_kube_proxy_nodeport_local(
     );
 }
 
+/// The kube-proxy iptables-mode nat rules for a ClusterIP `vip:port`/TCP, in
+/// `iptables-restore` format: `KUBE-SERVICES` matches the VIP and port and jumps to
+/// `KUBE-SVC-*`, which marks traffic from outside `cluster_cidr` for masquerade and
+/// spreads over the `KUBE-SEP-*` DNAT chains; jumps from `PREROUTING` (pods) and
+/// `OUTPUT` (the node), masquerade of marked traffic in `POSTROUTING`. As kube-proxy
+/// writes it, and without any filter rule (see [`kube_proxy_forward_rules`]).
+///
+/// # Panics
+/// If `backends` is empty.
+pub fn kube_proxy_clusterip_rules(
+    vip: Ipv4Addr,
+    port: u16,
+    cluster_cidr: &str,
+    backends: &[SocketAddrV4],
+) -> String {
+    assert!(
+        !backends.is_empty(),
+        "a ClusterIP needs at least one backend"
+    );
+    let svc = format!("KUBE-SVC-CIP{port}");
+    let seps: Vec<String> = (0..backends.len())
+        .map(|i| format!("KUBE-SEP-CIP{port}-E{i}"))
+        .collect();
+    let name = format!("default/cip-{port}:tcp");
+    let comment = format!("\"{name}\"");
+    let mut r = nat_prelude(std::iter::once(svc.as_str()).chain(seps.iter().map(String::as_str)));
+    let _ = writeln!(
+        r,
+        "-A KUBE-SERVICES -d {vip}/32 -p tcp -m comment --comment \"{name} cluster IP\" -m tcp --dport {port} -j {svc}"
+    );
+    let _ = writeln!(
+        r,
+        "-A {svc} ! -s {cluster_cidr} -d {vip}/32 -p tcp -m comment --comment \"{name} cluster IP\" -m tcp --dport {port} -j KUBE-MARK-MASQ"
+    );
+    let all: Vec<(&SocketAddrV4, &String)> = backends.iter().zip(&seps).collect();
+    write_spread(&mut r, &svc, &name, &all);
+    write_seps(&mut r, "tcp", &comment, &all);
+    let _ = writeln!(
+        r,
+        "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
+    );
+    r.push_str("COMMIT\n");
+    r
+}
+
+/// Programs [`kube_proxy_clusterip_rules`] inside `node` (replacing its nat table).
+///
+/// # Panics
+/// If `iptables-restore` fails or `backends` is empty.
+pub fn install_kube_proxy_clusterip(
+    node: &Netns,
+    vip: Ipv4Addr,
+    port: u16,
+    cluster_cidr: &str,
+    backends: &[SocketAddrV4],
+) {
+    install_iptables(
+        node,
+        &kube_proxy_clusterip_rules(vip, port, cluster_cidr, backends),
+    );
+}
+
+/// kube-proxy's filter rules for forwarded traffic, in `iptables-restore` format:
+/// `FORWARD` jumps to `KUBE-FORWARD`, whose first rule drops what conntrack calls
+/// INVALID (the fix of kubernetes issue 74839, PR 74840), then accepts marked and
+/// established traffic. Replaces the filter table when loaded.
+pub fn kube_proxy_forward_rules() -> String {
+    String::from(
+        "*filter\n\
+         :KUBE-FORWARD - [0:0]\n\
+         -A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n\
+         -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n\
+         -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n\
+         -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+         COMMIT\n",
+    )
+}
+
+/// Programs [`kube_proxy_forward_rules`] inside `node`.
+///
+/// # Panics
+/// If `iptables-restore` fails.
+pub fn install_kube_proxy_forward(node: &Netns) {
+    install_iptables(node, &kube_proxy_forward_rules());
+}
+
+/// Packets dropped so far by the INVALID rule of [`kube_proxy_forward_rules`] in `node`.
+///
+/// # Panics
+/// If the rule is not there.
+pub fn forward_invalid_drops(node: &Netns) -> u64 {
+    rule_packets(node, "KUBE-FORWARD", &["DROP", "INVALID"])
+}
+
+/// Filter rules that only count (in `FORWARD`) what conntrack calls INVALID, dropping
+/// nothing: conntrack is at work, as on any node whose CNI uses it, without kube-proxy's
+/// fix. Read the count with [`rule_packets`]`(node, "FORWARD", &["INVALID"])`.
+pub const COUNT_INVALID_RULES: &str = "*filter\n\
+     -A FORWARD -m conntrack --ctstate INVALID -m comment --comment \"count only\"\n\
+     COMMIT\n";
+
+/// Packets matched so far by the first rule of the filter table's `chain` in `node`
+/// whose listing (`iptables -L chain -v -x -n`) contains every word of `has`.
+///
+/// # Panics
+/// If there is no such rule.
+pub fn rule_packets(node: &Netns, chain: &str, has: &[&str]) -> u64 {
+    let bin = tool("iptables").to_string_lossy().into_owned();
+    let out = node.exec(&[&bin, "-w", "5", "-L", chain, "-v", "-x", "-n"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| has.iter().all(|w| l.contains(w)))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no rule with {has:?} in {chain}:\n{text}"))
+}
+
+/// Empties the IPv4 filter table of `node` (every rule and user chain).
+///
+/// # Panics
+/// If a command fails.
+pub fn flush_filter(node: &Netns) {
+    let bin = tool("iptables").to_string_lossy().into_owned();
+    node.exec(&[&bin, "-w", "5", "-F"]);
+    node.exec(&[&bin, "-w", "5", "-X"]);
+}
+
 /// Loads `rules` (`iptables-restore` format) inside `node`.
 ///
 /// # Panics
@@ -704,5 +830,30 @@ mod tests {
         assert_eq!(ext_masq.len(), 1, "{r}");
         assert!(ext_masq[0].contains("--src-type LOCAL"));
         assert!(!r.contains("INVALID"));
+    }
+
+    #[test]
+    fn cluster_ip_rules_dnat_the_vip_and_masquerade_only_outside_the_cluster() {
+        let be: SocketAddrV4 = "10.244.0.11:8080".parse().unwrap();
+        let r =
+            kube_proxy_clusterip_rules(Ipv4Addr::new(10, 96, 0, 10), 80, "10.244.0.0/16", &[be]);
+        assert!(r.contains(
+            "-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment \"default/cip-80:tcp cluster IP\" -m tcp --dport 80 -j KUBE-SVC-CIP80\n"
+        ));
+        assert!(r.contains("-A KUBE-SVC-CIP80 ! -s 10.244.0.0/16 -d 10.96.0.10/32"));
+        assert!(r.contains("-j DNAT --to-destination 10.244.0.11:8080"));
+        assert!(r.contains(
+            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
+        ));
+        assert!(!r.contains("INVALID"));
+        let f = kube_proxy_forward_rules();
+        let first = f
+            .lines()
+            .find(|l| l.starts_with("-A KUBE-FORWARD"))
+            .unwrap();
+        assert_eq!(
+            first,
+            "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"
+        );
     }
 }

@@ -172,6 +172,69 @@ impl ProbeReply {
     }
 }
 
+/// A line of `probe tcp --timestamps` or `probe hold --timestamps`: when the connection
+/// (or round) began and ended, in microseconds since the Unix epoch (the clock of
+/// [`unix_us`] and of the agent's log lines), and the line itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamped {
+    /// When it began (unix µs).
+    pub start_us: u64,
+    /// When it ended (unix µs).
+    pub end_us: u64,
+    /// The rest of the line: `ok ...`, `err ...` or `round <k> ok`.
+    pub text: String,
+}
+
+impl Stamped {
+    /// Parses `<start_us> <end_us> <text>`; `None` for any other shape.
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut parts = line.splitn(3, ' ');
+        let start_us = parts.next()?.parse().ok()?;
+        let end_us = parts.next()?.parse().ok()?;
+        let text = parts.next()?.to_owned();
+        (start_us <= end_us).then_some(Self {
+            start_us,
+            end_us,
+            text,
+        })
+    }
+
+    /// Parses every line of a `--timestamps` probe's output.
+    ///
+    /// # Panics
+    /// On a line without timestamps.
+    pub fn parse_all<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<Self> {
+        lines
+            .into_iter()
+            .map(|l| Self::parse(l).unwrap_or_else(|| panic!("not a timestamped line: {l:?}")))
+            .collect()
+    }
+
+    /// The `ok`/`err` reply of the line, if it is one.
+    pub fn reply(&self) -> Option<ProbeReply> {
+        ProbeReply::parse(&self.text)
+    }
+
+    /// Whether it is a failure (`err ...`).
+    pub fn is_err(&self) -> bool {
+        self.text.starts_with("err ")
+    }
+
+    /// Whether it lay entirely inside `[from_us, to_us]`.
+    pub fn within(&self, from_us: u64, to_us: u64) -> bool {
+        from_us <= self.start_us && self.end_us <= to_us
+    }
+}
+
+/// Microseconds since the Unix epoch now (CLOCK_REALTIME): the clock of
+/// [`Stamped`] lines and of the agent's log.
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +265,32 @@ mod tests {
             })
         );
         assert_eq!(ProbeReply::parse("round 1 ok"), None);
+    }
+
+    #[test]
+    fn stamped_lines_parse() {
+        let s = Stamped::parse("100 250 ok backend-0 10.96.0.10:80").expect("stamped");
+        assert_eq!((s.start_us, s.end_us), (100, 250));
+        assert_eq!(
+            s.reply()
+                .and_then(|r| r.name().map(str::to_owned))
+                .as_deref(),
+            Some("backend-0")
+        );
+        assert!(s.within(100, 250) && !s.within(101, 250) && !s.within(100, 249));
+        let r = Stamped::parse("1 2 round 7 ok").expect("stamped");
+        assert_eq!(r.reply(), None);
+        assert!(!r.is_err());
+        assert!(
+            Stamped::parse("1 2 err ECONNRESET 3 round 4")
+                .expect("stamped")
+                .is_err()
+        );
+        assert_eq!(Stamped::parse("ok backend-0 10.96.0.10:80"), None);
+        assert_eq!(
+            Stamped::parse("250 100 ok b 10.0.0.1:80"),
+            None,
+            "ends before it starts"
+        );
     }
 }

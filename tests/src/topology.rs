@@ -202,6 +202,34 @@ impl ClusterTopology {
         self.spawn_client(Command::new(probe_bin()).args(args))
     }
 
+    /// Makes the node's netfilter see bridged IPv4 traffic
+    /// (`net.bridge.bridge-nf-call-iptables=1` in the node namespace), as kube-proxy
+    /// requires: pod-to-pod replies cross `br0` without being routed, so without it
+    /// conntrack never sees them and cannot un-DNAT a ClusterIP's replies.
+    ///
+    /// # Panics
+    /// If the kernel has no per-namespace `br_netfilter` sysctl (with the reason), or the
+    /// value does not read back as 1.
+    pub fn enable_bridge_netfilter(&self) {
+        const KEY: &str = "net.bridge.bridge-nf-call-iptables";
+        let sysctl = crate::tool("sysctl").to_string_lossy().into_owned();
+        let have = self.node.try_exec(&[&sysctl, "-n", KEY]);
+        assert!(
+            have.status.success(),
+            "{KEY} does not exist in the node's namespace ({}): this kernel lacks \
+             br_netfilter (CONFIG_BRIDGE_NETFILTER) or does not make it per-namespace, \
+             so netfilter cannot see bridged pod traffic as kube-proxy requires",
+            String::from_utf8_lossy(&have.stderr).trim()
+        );
+        self.node.sysctl(KEY, "1");
+        let now = self.node.exec(&[&sysctl, "-n", KEY]);
+        assert_eq!(
+            String::from_utf8_lossy(&now.stdout).trim(),
+            "1",
+            "{KEY} did not stick in the node's namespace"
+        );
+    }
+
     /// Runs a probe server on every backend ([`Pod::serve`]), each answering with its pod
     /// name.
     pub fn serve_backends(&self, tcp_ports: &[u16], udp_ports: &[u16]) -> Vec<ChildGuard> {

@@ -427,6 +427,16 @@ fn multi_port_services_and_the_same_port_on_tcp_and_udp() {
     drop(agent);
 }
 
+/// An agent restart is seamless, shown on the clock: a held connection exchanges a
+/// round trip every 10 ms and a client opens a new connection every 10 ms, before the
+/// old agent stops, while no agent runs, while the new one loads and adopts the maps
+/// (between its spawn and its "eBPF data plane loaded ... adopted=4" line), and after
+/// its first sync; none fails. A service deleted while no agent ran is removed, and
+/// adoption rewrites nothing that was already right: the new agent's first sync reports
+/// `upserted=0` (where the first agent's reported `upserted=4`, so the field counts).
+///
+/// Control: the same watch on new connections, with the data plane removed
+/// (`proxy-agent --cleanup`) instead of adopted, sees them fail at once.
 #[test]
 fn restarting_the_agent_neither_breaks_open_connections_nor_refuses_new_ones() {
     let ips = ["10.244.0.11", "10.244.0.12", "10.244.0.13"].map(ip);
@@ -438,24 +448,41 @@ fn restarting_the_agent_neither_breaks_open_connections_nor_refuses_new_ones() {
     env.agent()
         .wait_for("10.96.0.99:80/TCP", &backends(&env.v4(), 8080), SYNC);
     let before = env.agent().programmed();
+    let first = env.agent().syncs_logged();
+    assert_eq!(
+        first.first().map(|l| l.count("upserted")),
+        Some(4),
+        "the first agent writes its 4 frontends: {first:?}"
+    );
 
+    let mut watch = tests::TrafficWatch::default();
     let mut hold = env.topo.spawn_client_probe(&[
         "hold",
         "--to",
         "10.96.0.10:80",
         "--rounds",
-        "50",
+        "0",
         "--interval-ms",
-        "100",
+        "10",
+        "--timestamps",
     ]);
-    hold.expect_line(Duration::from_secs(5));
+    let greeting = hold.expect_line(Duration::from_secs(5));
+    assert!(
+        tests::Stamped::parse(&greeting).is_some_and(|s| s.text.starts_with("ok backend-")),
+        "{greeting}"
+    );
+    watch.add("the held connection", hold);
+    watch.add("new connections", new_connections(&env.topo));
+    let phase = Duration::from_secs(10);
+    watch.wait_each("before the stop", tests::unix_us(), 3, phase);
 
+    let stopping = tests::unix_us();
     env.agent.take().expect("agent").stop();
+    let stopped = tests::unix_us();
     // Deleted while no agent runs: the next agent must remove it.
     env.dir.remove("old.yaml");
-    // No agent: the pinned programs and maps keep serving.
-    let down = env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "20"]);
-    assert_spread(&spread(&down), 3, 1);
+    // No agent: the pinned programs and maps keep serving, old and new connections.
+    watch.wait_each("with no agent", stopped, 3, phase);
 
     let agent = Agent::start(
         env.bpffs.path(),
@@ -463,13 +490,41 @@ fn restarting_the_agent_neither_breaks_open_connections_nor_refuses_new_ones() {
         env.dir.path(),
         &[],
     );
-    assert!(
-        agent.log().contains("adopted=4"),
-        "the new agent must adopt the maps:\n{}",
-        agent.log()
+    let adopted = agent.first_logged("eBPF data plane loaded");
+    assert_eq!(
+        adopted.count("adopted"),
+        4,
+        "the new agent must adopt the maps"
     );
-    let mid = env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "20"]);
-    assert_spread(&spread(&mid), 3, 1);
+    let sync = agent.syncs_logged().remove(0);
+    assert_eq!(
+        (
+            sync.count("upserted"),
+            sync.count("removed"),
+            sync.count("unchanged"),
+            sync.count("failed")
+        ),
+        (0, 2, 2, 0),
+        "adoption must rewrite nothing that was right, and remove the deleted service: {}",
+        sync.text
+    );
+    watch.wait_each("after the new agent's first sync", sync.at_us, 3, phase);
+    let restart = tests::Restart {
+        stopping,
+        stopped,
+        spawned: agent.spawned_us(),
+        adopted: adopted.at_us,
+        first_sync: sync.at_us,
+    };
+    eprintln!(
+        "restart: no agent for {} ms, the new one adopted {} ms after its spawn",
+        (restart.spawned - restart.stopped) / 1000,
+        (restart.adopted - restart.spawned) / 1000
+    );
+    for (label, lines) in watch.finish() {
+        restart.check(&label, &lines);
+    }
+
     agent.wait_gone("10.96.0.99:80/TCP", SYNC);
     let before: Vec<_> = before
         .into_iter()
@@ -481,13 +536,48 @@ fn restarting_the_agent_neither_breaks_open_connections_nor_refuses_new_ones() {
         format!("{after:?}"),
         "the restart must not change what is programmed"
     );
-    env.agent = Some(agent);
 
-    let status = hold.wait(Duration::from_secs(20));
+    // Control: a gap in service is seen.
+    let mut watch = tests::TrafficWatch::default();
+    watch.add("new connections", new_connections(&env.topo));
+    watch.wait_each("before the cleanup", tests::unix_us(), 3, phase);
+    let pins = agent.bpffs.clone();
+    agent.stop();
+    cleanup(&pins);
+    let (label, failed) = watch.wait_failure("with the data plane removed", phase);
+    eprintln!(
+        "control: {label} failed at once without a data plane: {}",
+        failed.text
+    );
+}
+
+/// `probe tcp` from the client pod to the VIP, a connection every 10 ms until SIGTERM,
+/// timestamped.
+fn new_connections(topo: &ClusterTopology) -> ChildGuard {
+    topo.spawn_client_probe(&[
+        "tcp",
+        "--to",
+        "10.96.0.10:80",
+        "--count",
+        "0",
+        "--interval-ms",
+        "10",
+        "--timestamps",
+    ])
+}
+
+/// `proxy-agent --cleanup --bpffs PINS`: detaches the programs and removes every pin.
+fn cleanup(pins: &std::path::Path) {
+    let out = Command::new(tests::agent_binary("proxy-agent"))
+        .arg("--cleanup")
+        .arg("--bpffs")
+        .arg(pins)
+        .output()
+        .expect("running proxy-agent --cleanup");
     assert!(
-        status.success(),
-        "the open connection broke: {:?}",
-        hold.seen_lines()
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -813,59 +903,273 @@ fn a_full_map_refuses_a_whole_service_keeps_the_rest_and_retries_when_room_appea
     agent.wait_gone("10.96.0.20:80/TCP", SYNC);
 }
 
-/// The ClusterIP half of kubernetes issue 74839 (see `iptables_baseline.rs` for the
-/// bug itself): the same out-of-window segment injected from the backend pod. The
-/// socket layer chose the backend at connect(), so the connection carries the backend's
-/// real address end to end and no translation exists that conntrack could skip: the
-/// client answers the segment with an ACK, never a RST, and the connection lives on.
+/// The ClusterIP half of kubernetes issue 74839 (`reset.rs` has the NodePort half), with
+/// its controls, in one topology and with one injection: an out-of-window segment from
+/// the backend pod to the client, a quarter of the sequence space ahead.
+///
+/// 1. **Control, the bug:** a kube-proxy-style ClusterIP (nat `KUBE-SERVICES` /
+///    `KUBE-SVC-*` / `KUBE-SEP-*` DNAT of the VIP to the pod on the node), the pods on a
+///    bridge with `bridge-nf-call-iptables=1` (so conntrack sees the bridged replies and
+///    un-DNATs them, as kube-proxy requires), no INVALID drop. The segment is INVALID for
+///    conntrack, reaches the client un-translated, from the pod's address; the client
+///    answers with a RST at exactly the pod's next sequence number, and the pod's socket
+///    is reset. Each step is asserted, so the injection is known to break a NATed
+///    ClusterIP here.
+/// 2. **Control, kube-proxy's fix:** the same, plus kube-proxy's
+///    `KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP`: the rule drops the segment
+///    (its counter rises), the client never sees it, the connection lives on.
+/// 3. **Ours:** the nat rules and the INVALID drop gone (bridge netfilter still on, and
+///    a FORWARD rule that only counts INVALID packets keeps conntrack at work, as a CNI's
+///    rules would), the agent serves the VIP at the socket layer. The socket is
+///    connected to the pod itself, so the segment reaches the client with the
+///    connection's own addresses: netfilter still calls it INVALID (the counting rule
+///    counts it), but there is no translation to skip. The client only ACKs it; no RST,
+///    and the connection lives on.
 #[test]
-fn an_out_of_window_segment_from_the_backend_does_not_reset_a_clusterip_connection() {
-    use tests::packet::{TCP_RST, capture_socket, capture_until, inject, newest_data_segment};
+fn an_out_of_window_segment_resets_a_kube_proxy_clusterip_unless_invalid_is_dropped_and_never_ours()
+{
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use tests::packet::{Segment, TCP_RST, capture_until, conntrack_invalid};
+    use tests::{
+        COUNT_INVALID_RULES, flush_filter, flush_nat, forward_invalid_drops, install_iptables,
+        install_kube_proxy_clusterip, install_kube_proxy_forward, rule_packets,
+    };
 
-    let ips = ["10.244.0.11"].map(ip);
-    let env = Env::new(
-        "invalid",
-        1,
-        &[8080],
-        &[],
-        &[("web.yaml", web(&ips, VIP4, None))],
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+    const CLUSTER_CIDR: &str = "10.244.0.0/16";
+    let topo = ClusterTopology::new("invalid", 1);
+    let servers = topo.serve_backends(&[8080], &[]);
+    let node = &topo.node;
+    let pod = &topo.backends[0];
+    let client_ip = topo.client.ipv4;
+    topo.enable_bridge_netfilter();
+    let is_rst = |s: &Segment| s.flags & TCP_RST != 0;
+    let resets = || servers[0].stderr().matches("reset by peer").count();
+
+    // --- 1. kube-proxy's ClusterIP without the INVALID drop: the connection is reset.
+    install_kube_proxy_clusterip(
+        node,
+        VIP,
+        80,
+        CLUSTER_CIDR,
+        &[SocketAddrV4::new(pod.ipv4, 8080)],
     );
-    env.agent()
-        .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
-    let pod = &env.topo.backends[0];
-    let capture = pod.netns.run(capture_socket);
-    let at_client = env.topo.client.netns.run(capture_socket);
-    let mut hold = env.topo.spawn_client_probe(&[
-        "hold",
-        "--to",
-        "10.96.0.10:80",
-        "--rounds",
-        "6",
-        "--interval-ms",
-        "1000",
-    ]);
-    hold.expect_line(Duration::from_secs(5));
+    let mut phase = InjectionPhase::start(&topo, "iptables");
+    // On the wire the client talks to the VIP: conntrack un-DNATs the bridged replies.
+    let greeting = capture_until(&phase.at_client, Duration::from_secs(5), |s| {
+        s.dst == client_ip && s.payload_len > 0
+    })
+    .expect("iptables: no data segment reached the client");
+    assert_eq!(
+        (greeting.src, greeting.sport),
+        (VIP, 80),
+        "iptables: the pod's replies must reach the client translated back to the VIP"
+    );
+    let before = conntrack_invalid(node);
+    let (echo, bogus) = phase.inject(pod);
+    let delivered = capture_until(&phase.at_client, RST_WINDOW, |s| s.seq == bogus.seq)
+        .expect("iptables: the injected segment never reached the client");
+    assert_eq!(
+        (delivered.src, delivered.sport),
+        (pod.ipv4, 8080),
+        "iptables: the INVALID segment should reach the client un-NATed, from the pod"
+    );
+    let after = conntrack_invalid(node);
+    assert!(
+        after > before,
+        "iptables: conntrack's invalid count did not rise ({before} -> {after})"
+    );
+    let client_rst = capture_until(&phase.at_client, RST_WINDOW, |s| {
+        is_rst(s) && s.src == client_ip
+    })
+    .expect("iptables: the client sent no RST for the stray segment");
+    assert_eq!(
+        (client_rst.dst, client_rst.dport, client_rst.seq),
+        (pod.ipv4, 8080, echo.ack),
+        "iptables: the client's RST goes to the pod's address at exactly its next \
+         expected sequence number: {client_rst:?}"
+    );
+    capture_until(&phase.at_pod, RST_WINDOW, |s| {
+        is_rst(s) && s.dst == pod.ipv4
+    })
+    .expect("iptables: the client's RST never reached the pod");
+    let err = phase
+        .hold
+        .wait_for_line(Duration::from_secs(10), |l| l.contains(" err "));
+    assert!(
+        err.contains("ECONNRESET"),
+        "iptables: the held connection ended with {err}"
+    );
+    wait_until("the server logs the reset", Duration::from_secs(5), || {
+        resets() == 1
+    });
+    eprintln!("iptables reproduced the reset: invalid {before} -> {after}, {client_rst:?}");
+    drop(phase);
 
-    let bogus = newest_data_segment(&capture, pod.ipv4, 8080).out_of_window();
-    pod.netns.run(|| inject(&bogus, b"bogus\n"));
-    // It reaches the client with the addresses of the connection.
-    let delivered = capture_until(&at_client, Duration::from_secs(2), |s| {
-        s.seq == bogus.seq && s.src == pod.ipv4 && s.sport == 8080
+    // --- 2. kube-proxy's INVALID drop in FORWARD protects the bridged ClusterIP.
+    install_kube_proxy_forward(node);
+    let mut phase = InjectionPhase::start(&topo, "iptables + INVALID drop");
+    let drops = forward_invalid_drops(node);
+    let (_, bogus) = phase.inject(pod);
+    wait_until(
+        "the INVALID rule drops the injected segment",
+        Duration::from_secs(5),
+        || forward_invalid_drops(node) > drops,
+    );
+    phase.survives("iptables + INVALID drop");
+    let leaked = capture_until(&phase.at_client, CAPTURED, |s| {
+        s.seq == bogus.seq || is_rst(s)
     });
     assert!(
-        delivered.is_some(),
-        "the injected segment never reached the client"
+        leaked.is_none(),
+        "INVALID drop: the segment (or a RST) reached the client: {leaked:?}"
     );
-    let rst = capture_until(&capture, Duration::from_secs(2), |s| {
-        s.dst == pod.ipv4 && s.dport == 8080 && s.flags & TCP_RST != 0
-    });
-    assert!(rst.is_none(), "the client reset the connection: {rst:?}");
-    let status = hold.wait(Duration::from_secs(20));
+    let pod_rst = capture_until(&phase.at_pod, CAPTURED, is_rst);
+    assert!(pod_rst.is_none(), "INVALID drop: a RST: {pod_rst:?}");
+    assert_eq!(resets(), 1, "INVALID drop: {}", servers[0].stderr());
+    drop(phase);
+
+    // --- 3. Ours: no nat, no INVALID drop; the socket layer serves the VIP.
+    flush_nat(node);
+    flush_filter(node);
+    install_iptables(node, COUNT_INVALID_RULES);
+    let dir = ManifestDir::new("invalid");
+    dir.write("web.yaml", &web(&[IpAddr::V4(pod.ipv4)], VIP4, None));
+    let bpffs = BpfFs::new("invalid");
+    let agent = Agent::start(bpffs.path(), topo.client_cgroup.path(), dir.path(), &[]);
+    agent.wait_for(
+        "10.96.0.10:80/TCP",
+        &[SocketAddr::new(IpAddr::V4(pod.ipv4), 8080)],
+        SYNC,
+    );
+    let translated = agent.counter("lb_translated").unwrap_or(0);
+    let mut phase = InjectionPhase::start(&topo, "agent");
     assert!(
-        status.success(),
-        "the connection broke: {:?}",
-        hold.seen_lines()
+        agent.counter("lb_translated").unwrap_or(0) > translated,
+        "the agent did not balance the held connection"
     );
+    let before = rule_packets(node, "FORWARD", &["INVALID"]);
+    let (_, bogus) = phase.inject(pod);
+    let delivered = capture_until(&phase.at_client, RST_WINDOW, |s| s.seq == bogus.seq)
+        .expect("agent: the injected segment never reached the client");
+    assert_eq!(
+        (delivered.src, delivered.sport, delivered.dst),
+        (pod.ipv4, 8080, client_ip),
+        "agent: the socket is connected to the pod itself, so the segment arrives with \
+         the connection's own addresses"
+    );
+    let after = rule_packets(node, "FORWARD", &["INVALID"]);
+    assert!(
+        after > before,
+        "agent: netfilter should still call the segment INVALID ({before} -> {after} \
+         counted): the trigger is the same as in the control"
+    );
+    phase.survives("agent");
+    let rst = capture_until(&phase.at_client, CAPTURED, is_rst)
+        .or_else(|| capture_until(&phase.at_pod, CAPTURED, is_rst));
+    assert!(
+        rst.is_none(),
+        "agent: a RST was sent: {rst:?}\nagent log:\n{}",
+        agent.log()
+    );
+    assert_eq!(resets(), 1, "agent: {}", servers[0].stderr());
+    drop(phase);
+    drop(agent);
+}
+
+/// How long a segment (or the RST it provokes) has to show on a capture.
+const RST_WINDOW: Duration = Duration::from_secs(2);
+/// How long to read what a capture already holds, once a later fact (a round trip after
+/// the injection) proves that anything the injection provoked was sent before it.
+const CAPTURED: Duration = Duration::from_millis(200);
+
+/// Waits until `fact` holds; panics after `timeout`.
+fn wait_until(what: &str, timeout: Duration, fact: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !fact() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One phase of the injection test: captures in the pod and the client, and a held
+/// connection from the client (in its cgroup) to the VIP.
+struct InjectionPhase {
+    hold: ChildGuard,
+    at_pod: std::os::fd::OwnedFd,
+    at_client: std::os::fd::OwnedFd,
+    injected_us: u64,
+}
+
+impl InjectionPhase {
+    /// Captures first, then `probe hold` to the VIP (a round trip a second, until
+    /// SIGTERM), whose greeting must come from the backend through the VIP.
+    fn start(topo: &ClusterTopology, what: &str) -> Self {
+        use tests::packet::capture_socket;
+        let at_pod = topo.backends[0].netns.run(capture_socket);
+        let at_client = topo.client.netns.run(capture_socket);
+        let mut hold = topo.spawn_client_probe(&[
+            "hold",
+            "--to",
+            "10.96.0.10:80",
+            "--rounds",
+            "0",
+            "--interval-ms",
+            "1000",
+            "--timestamps",
+        ]);
+        let line = hold.expect_line(Duration::from_secs(5));
+        let greeting = tests::Stamped::parse(&line).and_then(|s| s.reply());
+        assert_eq!(
+            greeting,
+            Some(ProbeReply::Ok {
+                name: "backend-0".into(),
+                addr: sa("10.96.0.10:80"),
+                peer: None
+            }),
+            "{what}: holding a connection to the VIP: {line}"
+        );
+        Self {
+            hold,
+            at_pod,
+            at_client,
+            injected_us: 0,
+        }
+    }
+
+    /// Injects from `pod` the out-of-window successor of its newest data segment;
+    /// returns that segment and the injected one.
+    fn inject(&mut self, pod: &tests::Pod) -> (tests::packet::Segment, tests::packet::Segment) {
+        use tests::packet::{inject, newest_data_segment};
+        let echo = newest_data_segment(&self.at_pod, pod.ipv4, 8080);
+        let bogus = echo.out_of_window();
+        self.injected_us = tests::unix_us();
+        pod.netns.run(|| inject(&bogus, b"bogus\n"));
+        (echo, bogus)
+    }
+
+    /// The held connection completes a round trip that began after the injection, then
+    /// ends cleanly on SIGTERM.
+    fn survives(&mut self, what: &str) {
+        let after = self.injected_us;
+        let line = self.hold.wait_for_line(Duration::from_secs(10), |l| {
+            l.contains(" err ") || tests::Stamped::parse(l).is_some_and(|s| s.start_us > after)
+        });
+        let round = tests::Stamped::parse(&line);
+        assert!(
+            round
+                .as_ref()
+                .is_some_and(|r| !r.is_err() && r.text.starts_with("round ")),
+            "{what}: the held connection broke after the injection: {line}"
+        );
+        self.hold.signal(libc::SIGTERM);
+        let status = self.hold.wait(Duration::from_secs(10));
+        assert!(
+            status.success(),
+            "{what}: the held connection broke: {:?}",
+            self.hold.seen_lines()
+        );
+    }
 }
 
 #[test]
@@ -888,17 +1192,7 @@ fn cleanup_detaches_the_programs_and_removes_every_pin() {
         1
     );
 
-    let out = Command::new(tests::agent_binary("proxy-agent"))
-        .arg("--cleanup")
-        .arg("--bpffs")
-        .arg(&pins)
-        .output()
-        .expect("running proxy-agent --cleanup");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cleanup(&pins);
     assert!(!pins.exists(), "{} still exists", pins.display());
     let r = env.probe(&[
         "tcp",
@@ -912,5 +1206,311 @@ fn cleanup_detaches_the_programs_and_removes_every_pin() {
     assert!(
         r[0].error().is_some(),
         "the VIP still answers after cleanup: {r:?}"
+    );
+}
+
+/// Backends of the write-order test; every one serves throughout, so a connection can
+/// only fail because of what the maps held.
+const CHURN_BACKENDS: usize = 32;
+/// Bursts of generations, and generations per burst.
+const CHURN_BURSTS: usize = 8;
+const CHURN_BURST_LEN: usize = 8;
+/// Clients hammering the VIP with short connections, each in its own process.
+const CHURN_CLIENTS: usize = 2;
+
+/// The backends (indexes) of generation `g`: small and large sets in turn, shifted each
+/// time, so that every change grows or shrinks the frontend and replaces backends.
+fn churn_generation(g: usize) -> Vec<usize> {
+    let n = CHURN_BACKENDS;
+    let size = if g.is_multiple_of(2) {
+        1 + g % 3
+    } else {
+        n - g % 3
+    };
+    let start = (g * 5) % n;
+    (0..size).map(|i| (start + i) % n).collect()
+}
+
+/// What one run of [`churn`] saw.
+#[derive(Debug)]
+struct ChurnOutcome {
+    /// Connections made, over all clients.
+    connections: usize,
+    /// Connections whose lifetime overlapped an update (from a manifest write to the
+    /// log line of the sync that programmed it).
+    during_updates: usize,
+    /// Generations whose update no connection overlapped.
+    unexercised: Vec<usize>,
+    /// Lines of failed connections.
+    failures: Vec<String>,
+    /// Connections that reached a backend removed before they started.
+    stale: Vec<String>,
+    /// The data plane's `lb_backend_missing` counter at the end.
+    backend_missing: u64,
+    /// Generations programmed.
+    generations: usize,
+}
+
+/// Judges the lines of `probe tcp --timestamps` clients against `times`, the (manifest
+/// written, sync logged) pair of each generation ([`churn_generation`]; generation 0's
+/// is `(0, 0)`): generation `g` may be in the maps from its write until the sync that
+/// replaced it was logged, so a connection may reach a backend of any generation live at
+/// some instant of its lifetime, and no other.
+fn judge_churn(times: &[(u64, u64)], lines: &[String]) -> ChurnOutcome {
+    let last = times.len() - 1;
+    let live = |g: usize| (times[g].0, times.get(g + 1).map_or(u64::MAX, |t| t.1));
+    let overlaps =
+        |c: &tests::Stamped, (from, to): (u64, u64)| c.start_us <= to && from <= c.end_us;
+    let connections = tests::Stamped::parse_all(lines.iter().map(String::as_str));
+    let mut outcome = ChurnOutcome {
+        connections: connections.len(),
+        during_updates: 0,
+        unexercised: (1..=last)
+            .filter(|&k| !connections.iter().any(|c| overlaps(c, times[k])))
+            .collect(),
+        failures: Vec::new(),
+        stale: Vec::new(),
+        backend_missing: 0,
+        generations: last,
+    };
+    for (c, line) in connections.iter().zip(lines) {
+        if times[1..].iter().any(|&t| overlaps(c, t)) {
+            outcome.during_updates += 1;
+        }
+        let Some(name) = c.reply().and_then(|r| r.name().map(str::to_owned)) else {
+            outcome.failures.push(line.clone());
+            continue;
+        };
+        let index: usize = name
+            .strip_prefix("backend-")
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("an unknown server answered: {line}"));
+        let valid =
+            (0..=last).any(|k| churn_generation(k).contains(&index) && overlaps(c, live(k)));
+        if !valid {
+            outcome.stale.push(line.clone());
+        }
+    }
+    outcome
+}
+
+/// The judge of the write-order test is not vacuous: it flags a backend reached after
+/// the sync that removed it was logged, a failed connection, and an update no
+/// connection overlapped; and it accepts a backend reached while it was live.
+#[test]
+fn the_churn_judge_flags_removed_backends_failures_and_unexercised_updates() {
+    // Generation 1 is written at 100 and its sync logged at 200; generation 2 at 300
+    // and 400. Backend 5 is in generation 1 only: live from 100 to 400.
+    assert!(churn_generation(1).contains(&5));
+    assert!(!churn_generation(0).contains(&5) && !churn_generation(2).contains(&5));
+    let times = [(0, 0), (100, 200), (300, 400)];
+    let lines = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let judged = judge_churn(
+        &times,
+        &lines(&[
+            "50 60 ok backend-5 10.96.0.10:80",
+            "90 110 ok backend-5 10.96.0.10:80",
+            "350 360 ok backend-5 10.96.0.10:80",
+            "390 450 ok backend-5 10.96.0.10:80",
+            "450 460 ok backend-5 10.96.0.10:80",
+        ]),
+    );
+    // Before its write and after the sync that removed it: flagged; in between, or
+    // overlapping either bound: fine.
+    assert_eq!(
+        judged.stale,
+        lines(&[
+            "50 60 ok backend-5 10.96.0.10:80",
+            "450 460 ok backend-5 10.96.0.10:80",
+        ])
+    );
+    assert_eq!(judged.during_updates, 3);
+    assert!(judged.unexercised.is_empty() && judged.failures.is_empty());
+    let bad = judge_churn(&times, &lines(&["150 160 err EHOSTUNREACH 0"]));
+    assert_eq!(bad.failures.len(), 1);
+    assert_eq!(bad.unexercised, vec![2]);
+}
+
+/// Runs the write-order experiment once: clients open short connections to the VIP
+/// without pause while the Service's backends are replaced in bursts (each generation
+/// written as soon as the previous one's sync is logged), and every connection is judged
+/// by [`judge_churn`]. `unsafe_order` runs a debug agent with
+/// `PROXY_AGENT_TEST_UNSAFE_WRITE_ORDER=1`.
+fn churn(tag: &str, unsafe_order: bool) -> ChurnOutcome {
+    let topo = ClusterTopology::new(tag, CHURN_BACKENDS);
+    // A connect() left untranslated fails at once rather than after its timeout, so a
+    // client keeps hammering: the node knows the service range is not routed.
+    topo.node
+        .ip(&["route", "add", "unreachable", "10.96.0.0/16"]);
+    let _servers = topo.serve_backends(&[8080], &[]);
+    let ips: Vec<IpAddr> = topo.backends.iter().map(|p| IpAddr::V4(p.ipv4)).collect();
+    let set = |g: usize| -> Vec<IpAddr> { churn_generation(g).iter().map(|&i| ips[i]).collect() };
+    let dir = ManifestDir::new(tag);
+    dir.write("web.yaml", &web(&set(0), VIP4, None));
+    let bpffs = BpfFs::new(tag);
+    let env: &[(&str, &str)] = if unsafe_order {
+        &[("PROXY_AGENT_TEST_UNSAFE_WRITE_ORDER", "1")]
+    } else {
+        &[]
+    };
+    let agent = Agent::start_env(
+        bpffs.path(),
+        topo.client_cgroup.path(),
+        dir.path(),
+        &[],
+        env,
+    );
+    assert_eq!(
+        agent.log().contains("written in a WRONG order"),
+        unsafe_order,
+        "the agent must say whether the test-only write order is on:\n{}",
+        agent.log()
+    );
+    let frontend = "10.96.0.10:80/TCP";
+    agent.wait_for(frontend, &backends(&set(0), 8080), SYNC);
+
+    let mut clients: Vec<ChildGuard> = (0..CHURN_CLIENTS)
+        .map(|_| {
+            topo.spawn_client_probe(&[
+                "tcp",
+                "--to",
+                "10.96.0.10:80",
+                "--count",
+                "0",
+                "--timestamps",
+            ])
+        })
+        .collect();
+    // Waits until every client finished a connection that began after `t`.
+    let exercised = |clients: &mut [ChildGuard], t: u64| {
+        for c in clients.iter_mut() {
+            c.wait_for_line(Duration::from_secs(10), |l| {
+                tests::Stamped::parse(l).is_some_and(|s| s.start_us > t)
+            });
+        }
+    };
+    exercised(&mut clients, tests::unix_us());
+
+    // (manifest written, sync logged) per generation; generation 0 was there first.
+    let mut times: Vec<(u64, u64)> = vec![(0, 0)];
+    let mut attributed = agent.syncs_logged().len();
+    let mut g = 0;
+    for _ in 0..CHURN_BURSTS {
+        for _ in 0..CHURN_BURST_LEN {
+            g += 1;
+            let written = tests::unix_us();
+            dir.write("web.yaml", &web(&set(g), VIP4, None));
+            agent.wait_for(frontend, &backends(&set(g), 8080), SYNC);
+            // The sync that wrote it: the first one logged since the last generation's
+            // that wrote anything (a sync logs after its map writes).
+            let deadline = Instant::now() + SYNC;
+            let logged = loop {
+                let syncs = agent.syncs_logged();
+                if let Some((i, l)) = syncs
+                    .iter()
+                    .enumerate()
+                    .skip(attributed)
+                    .find(|(_, l)| l.count("upserted") > 0)
+                {
+                    assert!(
+                        l.at_us >= written,
+                        "generation {g}: a sync logged before its manifest was written \
+                         wrote something: {}",
+                        l.text
+                    );
+                    attributed = i + 1;
+                    break l.at_us;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "generation {g} is programmed but no sync that wrote it was logged:\n{}",
+                    agent.log()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            times.push((written, logged));
+        }
+        // Between bursts every client makes a connection on the settled service.
+        exercised(&mut clients, times[g].1);
+    }
+    for c in &clients {
+        c.signal(libc::SIGTERM);
+    }
+    let mut lines = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.drain_lines(Duration::from_secs(10));
+        let status = c.wait(Duration::from_secs(10));
+        assert!(
+            status.success(),
+            "client {i} exited with {status}: {}",
+            c.stderr()
+        );
+        lines.extend(c.seen_lines().iter().cloned());
+    }
+
+    let outcome = ChurnOutcome {
+        backend_missing: agent.counter("lb_backend_missing").unwrap_or(0),
+        ..judge_churn(&times, &lines)
+    };
+    eprintln!(
+        "{tag}: {} connections ({} during updates) over {} generations: {} failed, {} reached \
+         a removed backend, lb_backend_missing={}",
+        outcome.connections,
+        outcome.during_updates,
+        outcome.generations,
+        outcome.failures.len(),
+        outcome.stale.len(),
+        outcome.backend_missing
+    );
+    for f in outcome.failures.iter().chain(&outcome.stale).take(5) {
+        eprintln!("{tag}:   {f}");
+    }
+    outcome
+}
+
+/// "Never half-written": clients hammer a ClusterIP with short connections while its
+/// backends are replaced in bursts (growing, shrinking, replacing), and no connection
+/// fails or reaches a backend removed before it started.
+///
+/// Control, in the same test: the same run against a debug agent told to write in a
+/// wrong order (`PROXY_AGENT_TEST_UNSAFE_WRITE_ORDER=1`: the frontend's new count before
+/// the slots it counts, surplus slots deleted before the count shrinks). There the same
+/// clients must see failures: the traffic is dense enough to land inside an update, so
+/// the clean run means the real order leaves nothing half-written to land on.
+#[test]
+fn connections_during_backend_churn_never_fail_nor_reach_a_removed_backend_unlike_a_wrong_write_order()
+ {
+    let control = churn("churn-ctl", true);
+    assert!(
+        !control.failures.is_empty() || !control.stale.is_empty(),
+        "the wrong write order went unnoticed: the test cannot see a half-written \
+         service ({control:?})"
+    );
+    assert!(
+        control.backend_missing > 0,
+        "the wrong write order left no missing slot for the data plane to count: {control:?}"
+    );
+
+    let real = churn("churn", false);
+    assert_eq!(
+        real.unexercised,
+        Vec::<usize>::new(),
+        "updates of these generations saw no traffic"
+    );
+    assert_eq!(
+        real.failures,
+        Vec::<String>::new(),
+        "connections failed during updates ({} of {})",
+        real.failures.len(),
+        real.connections
+    );
+    assert_eq!(
+        real.stale,
+        Vec::<String>::new(),
+        "connections reached a backend removed before they started"
+    );
+    assert_eq!(
+        real.backend_missing, 0,
+        "the data plane found a missing slot or backend during updates"
     );
 }

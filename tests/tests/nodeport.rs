@@ -934,6 +934,16 @@ fn idle_udp_flows_leave_the_connection_table_after_their_timeout() {
     assert_eq!(oks(&env, to, &replies).len(), 3);
 }
 
+/// An agent restart keeps the tc data plane serving, shown on the clock: for a NodePort
+/// to a local backend and one to a remote backend (SNAT), a held connection exchanges a
+/// round trip every 10 ms and the client opens a new connection every 10 ms, before the
+/// old agent stops, while no agent runs, while the new one loads and adopts the maps and
+/// links (between its spawn and its "eBPF data plane loaded" line), and after its first
+/// sync; none fails. Adoption rewrites nothing: the new agent's first sync reports
+/// `upserted=0` (the first agent's reported every frontend, so the field counts).
+///
+/// Control: the same watch, with the data plane removed (`proxy-agent --cleanup`)
+/// instead of adopted, sees the NodePorts fail at once.
 #[test]
 fn restarting_the_agent_keeps_nodeport_connections_and_a_stopped_agent_keeps_serving() {
     let mut env = Env::new("nprestart", 1, &local_and_remote_files(), &[]);
@@ -941,55 +951,155 @@ fn restarting_the_agent_keeps_nodeport_connections_and_a_stopped_agent_keeps_ser
     for to in targets {
         env.wait_served("tcp", to);
     }
-    let mut holds: Vec<ChildGuard> = targets
-        .iter()
-        .map(|to| {
-            let mut h = spawn_guarded(
-                &env.topo.client,
-                None,
-                Command::new(probe_bin()).args([
-                    "hold",
+    let frontends = env.agent().programmed().len();
+    let first = env.agent().syncs_logged();
+    assert_eq!(
+        first.first().map(|l| l.count("upserted")),
+        Some(frontends as u64),
+        "the first agent writes every frontend: {first:?}"
+    );
+    let mut watch = tests::TrafficWatch::default();
+    for to in targets {
+        let mut hold = client_probe(
+            &env.topo,
+            &[
+                "hold",
+                "--to",
+                to,
+                "--rounds",
+                "0",
+                "--interval-ms",
+                "10",
+                "--timestamps",
+            ],
+        );
+        let greeting = hold.expect_line(Duration::from_secs(5));
+        assert!(
+            tests::Stamped::parse(&greeting).is_some_and(|s| s.text.starts_with("ok ")),
+            "{to}: {greeting}"
+        );
+        watch.add(&format!("the connection held to {to}"), hold);
+        watch.add(
+            &format!("new connections to {to}"),
+            client_probe(
+                &env.topo,
+                &[
+                    "tcp",
                     "--to",
                     to,
-                    "--rounds",
-                    "16",
+                    "--count",
+                    "0",
                     "--interval-ms",
-                    "500",
-                ]),
-            );
-            let first = h.expect_line(Duration::from_secs(5));
-            assert!(first.starts_with("ok "), "{to}: {first}");
-            h
-        })
-        .collect();
+                    "10",
+                    "--timestamps",
+                ],
+            ),
+        );
+    }
+    let phase = Duration::from_secs(10);
+    watch.wait_each("before the stop", tests::unix_us(), 3, phase);
 
+    let stopping = tests::unix_us();
     env.agent.take().expect("agent").stop();
-    // Stopped, the pinned data plane keeps serving new connections too.
-    for to in targets {
-        let replies = env.probe(&["tcp", "--to", to, "--count", "3", "--peer"]);
-        assert_eq!(
-            oks(&env, &format!("{to} with the agent stopped"), &replies).len(),
-            3
-        );
-    }
-    std::thread::sleep(Duration::from_secs(1));
+    let stopped = tests::unix_us();
+    // Stopped, the pinned data plane keeps serving, old and new connections.
+    watch.wait_each("with the agent stopped", stopped, 3, phase);
+
     env.start_agent(&[]);
-    for to in targets {
-        let replies = env.probe(&["tcp", "--to", to, "--count", "3", "--peer"]);
+    let agent = env.agent();
+    let adopted = agent.first_logged("eBPF data plane loaded");
+    assert_eq!(
+        adopted.count("adopted"),
+        frontends as u64,
+        "the new agent must adopt every frontend"
+    );
+    let sync = agent.syncs_logged().remove(0);
+    assert_eq!(
+        (
+            sync.count("upserted"),
+            sync.count("removed"),
+            sync.count("failed")
+        ),
+        (0, 0, 0),
+        "adoption must rewrite nothing that was right: {}",
+        sync.text
+    );
+    let restart = tests::Restart {
+        stopping,
+        stopped,
+        spawned: agent.spawned_us(),
+        adopted: adopted.at_us,
+        first_sync: sync.at_us,
+    };
+    watch.wait_each("after the new agent's first sync", sync.at_us, 3, phase);
+    eprintln!(
+        "restart: no agent for {} ms, the new one adopted {} ms after its spawn",
+        (restart.spawned - restart.stopped) / 1000,
+        (restart.adopted - restart.spawned) / 1000
+    );
+    for (label, lines) in watch.finish() {
+        restart.check(&label, &lines);
+        // Every connection and round trip reached the pod of its NodePort.
+        let names: BTreeSet<String> = lines
+            .iter()
+            .filter_map(|l| l.reply().and_then(|r| r.name().map(str::to_owned)))
+            .collect();
+        let want = if label.ends_with(targets[0]) {
+            "a-pod-0"
+        } else {
+            "b-pod-0"
+        };
         assert_eq!(
-            oks(&env, &format!("{to} after the restart"), &replies).len(),
-            3
-        );
-    }
-    for (to, h) in targets.iter().zip(&mut holds) {
-        let status = h.wait(Duration::from_secs(20));
-        assert!(
-            status.success(),
-            "{to}: the held connection broke across the restart: {:?}\n{}",
-            h.seen_lines(),
+            names,
+            BTreeSet::from([want.to_owned()]),
+            "{label}\n{}",
             env.diagnostics()
         );
     }
+
+    // Control: a gap in service is seen.
+    let mut watch = tests::TrafficWatch::default();
+    for to in targets {
+        watch.add(
+            &format!("new connections to {to}"),
+            client_probe(
+                &env.topo,
+                &[
+                    "tcp",
+                    "--to",
+                    to,
+                    "--count",
+                    "0",
+                    "--interval-ms",
+                    "10",
+                    "--timestamps",
+                ],
+            ),
+        );
+    }
+    watch.wait_each("before the cleanup", tests::unix_us(), 3, phase);
+    env.agent.take().expect("agent").stop();
+    let out = Command::new(tests::agent_binary("proxy-agent"))
+        .arg("--cleanup")
+        .arg("--bpffs")
+        .arg(env.bpffs.path().join("agent"))
+        .output()
+        .expect("running proxy-agent --cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (label, failed) = watch.wait_failure("with the data plane removed", phase);
+    eprintln!(
+        "control: {label} failed at once without a data plane: {}",
+        failed.text
+    );
+}
+
+/// `probe ARGS` in the external client, read line by line (see [`ChildGuard`]).
+fn client_probe(topo: &NodesTopology, args: &[&str]) -> ChildGuard {
+    spawn_guarded(&topo.client, None, Command::new(probe_bin()).args(args))
 }
 
 /// Source NAT toward a remote backend keeps the client's port when it can. When that

@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! probe serve --name NAME [--tcp ADDR:PORT]... [--udp ADDR:PORT]...
-//! probe tcp   --to ADDR:PORT [--count N] [--timeout-ms T] [--peer] [--source-port P]
+//! probe tcp   --to ADDR:PORT [--count N] [--interval-ms I] [--timeout-ms T] [--peer]
+//!             [--source-port P] [--timestamps]
 //! probe udp   --to ADDR:PORT [--count N] [--same-socket] [--connected] [--timeout-ms T] [--peer]
 //! probe hold  --to ADDR:PORT --rounds R --interval-ms I [--timeout-ms T] [--source-port P]
+//!             [--timestamps]
 //! probe crr   --to ADDR:PORT --duration-ms D [--timeout-ms T]
 //! probe rr    --to ADDR:PORT --duration-ms D [--timeout-ms T]
 //! probe send  --to ADDR:PORT --bytes N [--direction up|down|both] [--timeout-ms T]
@@ -14,6 +16,13 @@
 //! an errno name (`ECONNREFUSED`, `EPERM`, `ETIMEDOUT` for a connect timeout, ...),
 //! `timeout` (no answer in time), `EOF` (closed before answering) or `mismatch`.
 //! Every socket operation has a timeout (default 2000 ms), so nothing hangs.
+//!
+//! `tcp --count 0` and `hold --rounds 0` run until SIGTERM, then finish the connection
+//! or round under way and exit 0 (a failed `hold` still exits 1). With `--timestamps`
+//! every line of `tcp` and `hold` starts with `<start_us> <end_us> `: when the
+//! connection (or round) began and ended, in microseconds since the Unix epoch
+//! (CLOCK_REALTIME, the clock of the agent's log lines), e.g.
+//! `1764630000123456 1764630000123789 ok backend-0 10.96.0.10:80`.
 //!
 //! `send` moves N bytes of a seeded pseudo-random pattern through one connection and
 //! verifies them end to end: up, the server (`SINK n`) answers `sunk <count> <hash>` and
@@ -27,6 +36,7 @@ use std::mem;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -56,14 +66,20 @@ enum Cmd {
         #[arg(long)]
         udp: Vec<SocketAddr>,
     },
-    /// Open COUNT TCP connections, one result line each.
+    /// Open COUNT TCP connections (0: until SIGTERM), one result line each.
     Tcp {
         #[arg(long)]
         to: SocketAddr,
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// Pause between two connections.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// Start each line with the connection's start and end time (unix µs).
+        #[arg(long)]
+        timestamps: bool,
         /// Also ask the server for the client address it sees (4th field).
         #[arg(long)]
         peer: bool,
@@ -90,7 +106,7 @@ enum Cmd {
         #[arg(long)]
         peer: bool,
     },
-    /// Keep one TCP connection and ping-pong on it ROUNDS times.
+    /// Keep one TCP connection and ping-pong on it ROUNDS times (0: until SIGTERM).
     Hold {
         #[arg(long)]
         to: SocketAddr,
@@ -100,6 +116,9 @@ enum Cmd {
         interval_ms: u64,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// Start each line with the round's start and end time (unix µs).
+        #[arg(long)]
+        timestamps: bool,
         /// Bind this local port (SO_REUSEADDR).
         #[arg(long)]
         source_port: Option<u16>,
@@ -152,16 +171,28 @@ fn main() -> ExitCode {
         Cmd::Tcp {
             to,
             count,
+            interval_ms,
             timeout_ms,
+            timestamps,
             peer,
             source_port,
         } => {
-            for _ in 0..count {
-                let start = Instant::now();
-                match tcp_once(to, ms(timeout_ms), peer, source_port) {
-                    Ok(line) => say(&line),
-                    Err(e) => say(&format!("err {} {}", e, elapsed_ms(start))),
+            if count == 0 {
+                stop_on_sigterm();
+            }
+            let mut done = 0u32;
+            while (count == 0 || done < count) && !stopped() {
+                if done > 0 && interval_ms > 0 {
+                    thread::sleep(ms(interval_ms));
                 }
+                let clock = Stamp::now(timestamps);
+                let start = Instant::now();
+                let line = match tcp_once(to, ms(timeout_ms), peer, source_port) {
+                    Ok(line) => line,
+                    Err(e) => format!("err {} {}", e, elapsed_ms(start)),
+                };
+                say(&clock.line(&line));
+                done = done.saturating_add(1);
             }
             ExitCode::SUCCESS
         }
@@ -178,8 +209,16 @@ fn main() -> ExitCode {
             rounds,
             interval_ms,
             timeout_ms,
+            timestamps,
             source_port,
-        } => hold(to, rounds, ms(interval_ms), ms(timeout_ms), source_port),
+        } => hold(
+            to,
+            rounds,
+            ms(interval_ms),
+            ms(timeout_ms),
+            source_port,
+            timestamps,
+        ),
         Cmd::Crr {
             to,
             duration_ms,
@@ -208,6 +247,58 @@ fn say(line: &str) {
 
 fn elapsed_ms(start: Instant) -> u128 {
     start.elapsed().as_millis()
+}
+
+/// Microseconds since the Unix epoch (CLOCK_REALTIME).
+fn unix_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or_default()
+}
+
+/// When an operation began, for `--timestamps` (`None`: no timestamps).
+struct Stamp(Option<u128>);
+
+impl Stamp {
+    fn now(on: bool) -> Self {
+        Self(on.then(unix_us))
+    }
+
+    /// `line`, prefixed with `<start_us> <end_us> ` if timestamps are on.
+    fn line(&self, line: &str) -> String {
+        match self.0 {
+            Some(start) => format!("{start} {} {line}", unix_us()),
+            None => line.to_owned(),
+        }
+    }
+}
+
+/// Set by SIGTERM once [`stop_on_sigterm`] ran.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// From now on SIGTERM only sets [`STOP`] (system calls restart), so a loop can finish
+/// what it does and exit cleanly.
+fn stop_on_sigterm() {
+    // SAFETY: an all-zero sigaction is valid; the handler only stores to an atomic,
+    // which is async-signal-safe.
+    unsafe {
+        let mut sa: libc::sigaction = mem::zeroed();
+        sa.sa_sigaction = on_sigterm as *const () as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&raw mut sa.sa_mask);
+        if libc::sigaction(libc::SIGTERM, &raw const sa, std::ptr::null_mut()) != 0 {
+            eprintln!("probe: sigaction: {}", io::Error::last_os_error());
+        }
+    }
+}
+
+fn stopped() -> bool {
+    STOP.load(Ordering::Relaxed)
 }
 
 /// Why a probe failed, printed as one word.
@@ -874,28 +965,36 @@ fn hold(
     interval: Duration,
     timeout: Duration,
     source_port: Option<u16>,
+    timestamps: bool,
 ) -> ExitCode {
+    if rounds == 0 {
+        stop_on_sigterm();
+    }
+    let clock = Stamp::now(timestamps);
     let start = Instant::now();
     let mut conn = match Conn::open_from(to, timeout, source_port).and_then(|mut c| {
         let addr = c.stream.peer_addr()?;
         let name = c.read_line()?;
-        say(&format!("ok {name} {addr}"));
+        say(&clock.line(&format!("ok {name} {addr}")));
         Ok(c)
     }) {
         Ok(c) => c,
         Err(e) => {
-            say(&format!("err {e} {} round 0", elapsed_ms(start)));
+            say(&clock.line(&format!("err {e} {} round 0", elapsed_ms(start))));
             return ExitCode::FAILURE;
         }
     };
-    for k in 1..=rounds {
+    let mut k = 0u32;
+    while (rounds == 0 || k < rounds) && !stopped() {
+        k = k.saturating_add(1);
         thread::sleep(interval);
+        let clock = Stamp::now(timestamps);
         let round_start = Instant::now();
         if let Err(e) = conn.ping() {
-            say(&format!("err {e} {} round {k}", elapsed_ms(round_start)));
+            say(&clock.line(&format!("err {e} {} round {k}", elapsed_ms(round_start))));
             return ExitCode::FAILURE;
         }
-        say(&format!("round {k} ok"));
+        say(&clock.line(&format!("round {k} ok")));
     }
     ExitCode::SUCCESS
 }

@@ -38,6 +38,9 @@ pub struct FakeTables {
     pub capacity: HashMap<&'static str, usize>,
     /// Reads of `SLOTS` fail (an unreadable map).
     pub fail_slot_reads: bool,
+    /// When set, the contents after every successful write are appended: what a
+    /// lookup in the data plane could see between two writes.
+    pub history: Option<Vec<Contents>>,
 }
 
 impl FakeTables {
@@ -75,6 +78,14 @@ impl FakeTables {
         }
         Ok(())
     }
+
+    /// Records the contents after a successful write (see `history`).
+    fn written(&mut self) -> Result<(), DataplaneError> {
+        if let Some(h) = &mut self.history {
+            h.push(self.contents.clone());
+        }
+        Ok(())
+    }
 }
 
 impl Tables for FakeTables {
@@ -82,39 +93,39 @@ impl Tables for FakeTables {
         let c = &self.contents.backends;
         self.write("insert", maps::BACKENDS, c.len(), !c.contains_key(&id))?;
         self.contents.backends.insert(id, *backend);
-        Ok(())
+        self.written()
     }
 
     fn delete_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
         self.write("delete", maps::BACKENDS, 0, false)?;
         self.contents.backends.remove(&id);
-        Ok(())
+        self.written()
     }
 
     fn put_slot(&mut self, key: SlotKey, backend_id: u32) -> Result<(), DataplaneError> {
         let c = &self.contents.slots;
         self.write("insert", maps::SLOTS, c.len(), !c.contains_key(&key))?;
         self.contents.slots.insert(key, backend_id);
-        Ok(())
+        self.written()
     }
 
     fn delete_slot(&mut self, key: SlotKey) -> Result<(), DataplaneError> {
         self.write("delete", maps::SLOTS, 0, false)?;
         self.contents.slots.remove(&key);
-        Ok(())
+        self.written()
     }
 
     fn put_member(&mut self, key: AffinityMatchKey) -> Result<(), DataplaneError> {
         let c = &self.contents.members;
         self.write("insert", maps::AFFINITY_MATCH, c.len(), !c.contains(&key))?;
         self.contents.members.insert(key);
-        Ok(())
+        self.written()
     }
 
     fn delete_member(&mut self, key: AffinityMatchKey) -> Result<(), DataplaneError> {
         self.write("delete", maps::AFFINITY_MATCH, 0, false)?;
         self.contents.members.remove(&key);
-        Ok(())
+        self.written()
     }
 
     fn put_source_range(&mut self, service_id: u32, net: &IpNetwork) -> Result<(), DataplaneError> {
@@ -122,7 +133,7 @@ impl Tables for FakeTables {
         let new = !c.contains(&(service_id, *net));
         self.write("insert", maps::SOURCE_RANGES, c.len(), new)?;
         self.contents.source_ranges.insert((service_id, *net));
-        Ok(())
+        self.written()
     }
 
     fn delete_source_range(
@@ -132,7 +143,7 @@ impl Tables for FakeTables {
     ) -> Result<(), DataplaneError> {
         self.write("delete", maps::SOURCE_RANGES, 0, false)?;
         self.contents.source_ranges.remove(&(service_id, *net));
-        Ok(())
+        self.written()
     }
 
     fn put_frontend(
@@ -143,13 +154,13 @@ impl Tables for FakeTables {
         let c = &self.contents.frontends;
         self.write("insert", maps::FRONTENDS, c.len(), !c.contains_key(key))?;
         self.contents.frontends.insert(*key, *value);
-        Ok(())
+        self.written()
     }
 
     fn delete_frontend(&mut self, key: &pc::FrontendKey) -> Result<(), DataplaneError> {
         self.write("delete", maps::FRONTENDS, 0, false)?;
         self.contents.frontends.remove(key);
-        Ok(())
+        self.written()
     }
 
     fn put_name(&mut self, service_id: u32, name: &ServiceName) -> Result<(), DataplaneError> {
@@ -161,13 +172,13 @@ impl Tables for FakeTables {
             !c.contains_key(&service_id),
         )?;
         self.contents.names.insert(service_id, *name);
-        Ok(())
+        self.written()
     }
 
     fn delete_name(&mut self, service_id: u32) -> Result<(), DataplaneError> {
         self.write("delete", maps::SVC_NAMES, 0, false)?;
         self.contents.names.remove(&service_id);
-        Ok(())
+        self.written()
     }
 
     fn backends(&self) -> Result<Vec<(u32, Backend)>, DataplaneError> {

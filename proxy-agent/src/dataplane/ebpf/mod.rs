@@ -38,7 +38,7 @@ use std::time::Duration;
 use aya::Ebpf;
 use proxy_common as pc;
 use proxy_common::sizes;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 pub use bpffs::{cleanup, ensure_bpffs, is_bpffs};
 pub use load::LoadError;
@@ -161,6 +161,13 @@ impl EbpfDataplane {
         // Before the daemon's first `set_node` lists the interfaces, so that nothing
         // that changes in between is missed.
         let watch = DeviceWatch::new().map_err(LoadError::DeviceWatch)?;
+        if services.write_order() == services::WriteOrder::Unsafe {
+            warn!(
+                "{} is set: services are written in a WRONG order (test-only; \
+                 traffic during updates will fail)",
+                services::UNSAFE_WRITE_ORDER_ENV
+            );
+        }
         info!(
             bpffs = %cfg.bpffs.display(),
             cgroup = %cfg.cgroup.display(),

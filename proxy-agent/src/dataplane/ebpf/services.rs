@@ -20,6 +20,10 @@
 //!
 //! A removal deletes the frontend first (new connections stop matching at once), then
 //! its slots, memberships, unreferenced backends, source ranges and name.
+//!
+//! A debug build can be told to break this order on purpose
+//! ([`UNSAFE_WRITE_ORDER_ENV`], [`WriteOrder::Unsafe`]): the integration test of the
+//! order runs against it to show that it notices. Release builds never read it.
 
 #[cfg(test)]
 mod tests;
@@ -100,6 +104,39 @@ impl Ids {
     }
 }
 
+/// The environment variable that, in a debug build only, makes upserts write in
+/// [`WriteOrder::Unsafe`]. Test-only: `tests/tests/clusterip.rs` sets it to `1` for the
+/// control run of its write-order test.
+pub(super) const UNSAFE_WRITE_ORDER_ENV: &str = "PROXY_AGENT_TEST_UNSAFE_WRITE_ORDER";
+
+/// The order of an upsert's writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum WriteOrder {
+    /// The order documented at the top of this module; the only one a release build
+    /// has.
+    #[default]
+    Safe,
+    /// TEST ONLY, deliberately wrong: slots past the new count are deleted while the
+    /// frontend still counts them, then the frontend is written with its new count
+    /// *before* the backends, memberships and slots it counts. Traffic during an update
+    /// then finds missing slots.
+    Unsafe,
+}
+
+impl WriteOrder {
+    /// [`WriteOrder::Unsafe`] if this is a debug build and [`UNSAFE_WRITE_ORDER_ENV`]
+    /// is `1`; else [`WriteOrder::Safe`].
+    pub(super) fn from_env() -> Self {
+        if cfg!(debug_assertions)
+            && std::env::var_os(UNSAFE_WRITE_ORDER_ENV).is_some_and(|v| v == "1")
+        {
+            WriteOrder::Unsafe
+        } else {
+            WriteOrder::Safe
+        }
+    }
+}
+
 /// A backend's id and the number of slots (over all services) referencing it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct BackendRef {
@@ -118,6 +155,8 @@ pub(super) struct Services {
     backend_ids: Ids,
     /// Slots over all frontends (the sum of their backend counts).
     slots_used: u32,
+    /// [`WriteOrder::Safe`] except in a test's control run.
+    write_order: WriteOrder,
 }
 
 /// A full table, before anything is written.
@@ -140,7 +179,13 @@ impl Services {
             service_ids: Ids::default(),
             backend_ids: Ids::default(),
             slots_used: 0,
+            write_order: WriteOrder::from_env(),
         }
+    }
+
+    /// The order upserts write in.
+    pub(super) fn write_order(&self) -> WriteOrder {
+        self.write_order
     }
 
     /// Rebuilds the index from what a previous agent left in the tables, so that the
@@ -300,8 +345,21 @@ impl Services {
             affinity_timeout_s: svc.affinity_timeout_s.unwrap_or(0),
         };
 
+        let unsafe_order = self.write_order == WriteOrder::Unsafe;
+        if unsafe_order {
+            // TEST ONLY (WriteOrder::Unsafe): the surplus slots go while the frontend
+            // still counts them.
+            for slot in new_slots.len()..old_slots.len() {
+                delete_slot(tables, service_id, slot);
+            }
+        }
         {
             let mut undo = Undo::new(tables);
+            let previous = existing.as_ref().map(|p| p.value);
+            if unsafe_order && previous != Some(value) {
+                // TEST ONLY (WriteOrder::Unsafe): the new count before what it counts.
+                undo.put_frontend(&key, &value, previous)?;
+            }
             // 1. Backends.
             for (id, be) in &new_backends {
                 undo.put_backend(*id, be)?;
@@ -337,8 +395,7 @@ impl Services {
                 }
             }
             // 5. The frontend.
-            let previous = existing.as_ref().map(|p| p.value);
-            if previous != Some(value) {
+            if !unsafe_order && previous != Some(value) {
                 undo.put_frontend(&key, &value, previous)?;
             }
             undo.commit();
@@ -366,8 +423,10 @@ impl Services {
         {
             debug!(service = %svc.name, error = %e, "recording the service name");
         }
-        for slot in new_slots.len()..old_slots.len() {
-            delete_slot(tables, service_id, slot);
+        if !unsafe_order {
+            for slot in new_slots.len()..old_slots.len() {
+                delete_slot(tables, service_id, slot);
+            }
         }
         for &id in &want {
             self.adjust_refs(id, 1);

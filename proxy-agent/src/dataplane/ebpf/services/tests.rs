@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::*;
 use crate::dataplane::ebpf::fake::FakeTables;
@@ -588,5 +588,107 @@ fn ipv6_and_udp_frontends_are_programmed_like_the_others() {
     assert_eq!(
         held(&Services::adopt(&mut t, MapSizes::default()).unwrap()),
         vec![v]
+    );
+}
+
+/// What a connection picking each slot of `v`'s frontend finds in `c`: the backend's
+/// address, or `None` for a slot (or its backend) that is missing. `None` overall if
+/// the frontend is not there.
+fn lookups(
+    c: &crate::dataplane::ebpf::fake::Contents,
+    v: &VirtualService,
+) -> Option<Vec<Option<SocketAddr>>> {
+    let fe = c.frontends.get(&frontend_key(&v.frontend))?;
+    Some(
+        (0..fe.backend_count)
+            .map(|slot| {
+                let key = SlotKey {
+                    service_id: fe.service_id,
+                    slot,
+                };
+                let id = c.slots.get(&key)?;
+                c.backends.get(id).map(keys::backend_addr)
+            })
+            .collect(),
+    )
+}
+
+/// Runs `steps` (each replaces the service's backends) with every write recorded, and
+/// returns, for each state between two writes, the lookups that failed or reached a
+/// backend of neither the step's old nor its new set.
+fn bad_lookups(order: WriteOrder, steps: &[&[&str]]) -> Vec<String> {
+    let mut s = Services::new(MapSizes::default());
+    s.write_order = order;
+    let mut t = FakeTables::default();
+    let mut old = svc(80, steps[0]);
+    s.upsert(&mut t, &old).unwrap();
+    let mut bad = Vec::new();
+    for step in &steps[1..] {
+        let new = svc(80, step);
+        t.history = Some(Vec::new());
+        s.upsert(&mut t, &new).unwrap();
+        let allowed: HashSet<SocketAddr> =
+            old.backends.iter().chain(&new.backends).copied().collect();
+        for (i, c) in t.history.take().unwrap().iter().enumerate() {
+            let seen = lookups(c, &new);
+            let ok = seen
+                .as_ref()
+                .is_some_and(|l| l.iter().all(|a| a.is_some_and(|a| allowed.contains(&a))));
+            if !ok {
+                bad.push(format!(
+                    "{:?} -> {:?}, after write {}: {seen:?}",
+                    old.backends,
+                    new.backends,
+                    i + 1
+                ));
+            }
+        }
+        old = new;
+    }
+    bad
+}
+
+/// Growing, shrinking and replacing in one go: between any two writes, every slot the
+/// frontend counts resolves to a backend of the old or the new set. The unsafe order
+/// (the control of the real-kernel test) breaks exactly that.
+#[test]
+fn between_any_two_writes_every_counted_slot_reaches_an_old_or_new_backend() {
+    let steps: &[&[&str]] = &[
+        &["10.0.0.1:80", "10.0.0.2:80"],
+        &[
+            "10.0.0.1:80",
+            "10.0.0.3:80",
+            "10.0.0.4:80",
+            "10.0.0.5:80",
+            "10.0.0.6:80",
+        ],
+        &["10.0.0.6:80"],
+        &["10.0.0.7:80", "10.0.0.8:80", "10.0.0.9:80"],
+        &["10.0.0.1:80", "10.0.0.2:80"],
+    ];
+    assert_eq!(bad_lookups(WriteOrder::Safe, steps), Vec::<String>::new());
+    let unsafe_bad = bad_lookups(WriteOrder::Unsafe, steps);
+    assert!(
+        !unsafe_bad.is_empty(),
+        "the unsafe order must expose missing slots"
+    );
+    // Both hazards show: a count grown before its slots, slots gone before the count
+    // shrinks.
+    assert!(
+        unsafe_bad
+            .iter()
+            .any(|b| b.starts_with("[10.0.0.1:80, 10.0.0.2:80] ->"))
+    );
+    assert!(unsafe_bad.iter().any(|b| b.contains("-> [10.0.0.6:80]")));
+}
+
+#[test]
+fn the_write_order_is_safe_unless_a_debug_build_is_told_otherwise() {
+    // The test process does not set the variable.
+    assert!(std::env::var_os(UNSAFE_WRITE_ORDER_ENV).is_none());
+    assert_eq!(WriteOrder::from_env(), WriteOrder::Safe);
+    assert_eq!(
+        Services::new(MapSizes::default()).write_order(),
+        WriteOrder::Safe
     );
 }
