@@ -330,7 +330,9 @@ fn leftovers_of_runs_that_are_over_are_removed_and_nothing_else() {
     let dead_lock_gone = !lock(dead).exists();
     // Tidy up what must have been kept, before asserting.
     for (name, cgroup) in &made[1..] {
-        let _ = Command::new(tests::tool("ip")).args(["netns", "del", name]).output();
+        let _ = Command::new(tests::tool("ip"))
+            .args(["netns", "del", name])
+            .output();
         let _ = fs::remove_dir(cgroup);
     }
     drop(held);
