@@ -4,6 +4,7 @@
 
 mod clusterip;
 mod nodeport;
+mod pkt;
 mod sync;
 
 use anyhow::{Result, bail};
@@ -15,8 +16,9 @@ pub fn run(name: &str) -> Result<()> {
     match name {
         "clusterip" => clusterip::run(),
         "nodeport" => nodeport::run(),
+        "pkt" => pkt::run(),
         "sync" => sync::run(),
-        other => bail!("unknown benchmark {other:?}; available: clusterip, nodeport, sync"),
+        other => bail!("unknown benchmark {other:?}; available: clusterip, nodeport, pkt, sync"),
     }
 }
 

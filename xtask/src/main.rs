@@ -36,7 +36,7 @@ enum Task {
     Demo,
     /// Run the benchmark NAME.
     Bench {
-        /// Which benchmark: clusterip, nodeport or sync.
+        /// Which benchmark: clusterip, nodeport, pkt or sync.
         name: String,
     },
 }
