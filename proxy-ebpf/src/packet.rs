@@ -71,16 +71,55 @@ impl Packet {
 // Not inlined, and filling `p` in place: its frame stays out of the callers' 512 bytes.
 #[inline(never)]
 pub fn parse(ctx: &TcContext, p: &mut Packet) -> bool {
-    match parse_packet(ctx) {
-        Ok(parsed) => {
-            *p = parsed;
-            true
-        }
+    match parse_packet(ctx, p) {
+        Ok(()) => true,
         Err(Unparsed::NotOurs) => false,
         Err(Unparsed::Counted(reason)) => {
             count(reason);
             false
         }
+    }
+}
+
+/// `*d = *s`, a word at a time. (A plain assignment between memory LLVM cannot prove
+/// apart, such as scratch space and a map value, compiles to a call of the BPF
+/// `memmove`, a loop over bytes.)
+#[inline(always)]
+pub fn copy_addr(d: &mut Addr, s: &Addr) {
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: an element of `s`; volatile keeps the copies from being merged back.
+        d.0[i] = unsafe { core::ptr::read_volatile(&raw const s.0[i]) };
+        i += 1;
+    }
+}
+
+/// Sets `k` to the tuple given, its padding zero. (The three padding bytes of a struct
+/// literal compile to a call of the BPF `memset`, a loop over bytes: the protocol and
+/// its padding are written as one word instead.)
+#[inline(always)]
+pub fn set_tuple(
+    k: &mut CtKey,
+    saddr: &Addr,
+    daddr: &Addr,
+    sport_be: u16,
+    dport_be: u16,
+    l4proto: u8,
+) {
+    const _: () =
+        assert!(core::mem::offset_of!(CtKey, proto) == 36 && core::mem::size_of::<CtKey>() == 40);
+    copy_addr(&mut k.saddr, saddr);
+    copy_addr(&mut k.daddr, daddr);
+    k.sport_be = sport_be;
+    k.dport_be = dport_be;
+    // SAFETY: bytes 36..40 of the repr(C) key are `proto` then `_pad`, 4-aligned (the
+    // key holds u32 arrays); BPF is little-endian, so the low byte is `proto`.
+    unsafe {
+        core::ptr::from_mut(k)
+            .cast::<u8>()
+            .add(36)
+            .cast::<u32>()
+            .write(u32::from(l4proto));
     }
 }
 
@@ -107,7 +146,7 @@ fn is_ipv6_ext(next: u8) -> bool {
 }
 
 #[inline(always)]
-fn parse_packet(ctx: &TcContext) -> Result<Packet, Unparsed> {
+fn parse_packet(ctx: &TcContext, p: &mut Packet) -> Result<(), Unparsed> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).map_err(|_| Unparsed::NotOurs)?);
     let (saddr, daddr, l4proto, l4_off) = if ethertype == ETH_P_IP {
         let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| TRUNCATED)?;
@@ -153,18 +192,10 @@ fn parse_packet(ctx: &TcContext) -> Result<Packet, Unparsed> {
     } else {
         0
     };
-    Ok(Packet {
-        key: CtKey {
-            saddr,
-            daddr,
-            sport_be: ports[0],
-            dport_be: ports[1],
-            proto: l4proto,
-            _pad: [0; 3],
-        },
-        l4_off,
-        tcp_flags,
-    })
+    set_tuple(&mut p.key, &saddr, &daddr, ports[0], ports[1], l4proto);
+    p.l4_off = l4_off;
+    p.tcp_flags = tcp_flags;
+    Ok(())
 }
 
 /// Rewrites the packet's tuple to `to` (same family), fixing the IPv4 header checksum

@@ -113,7 +113,7 @@ fn ingress(ctx: &mut TcContext) -> i32 {
         let keep = unsafe { !restarts(ct::config(), &*e, &s.pkt, now) };
         if keep {
             // SAFETY: as above.
-            s.to = unsafe { nat_tuple(&*e, s.pkt.key.proto) };
+            unsafe { nat_tuple(&mut s.to, &*e, s.pkt.key.proto) };
             ct::touch(e, s.pkt.key.proto, s.pkt.tcp_flags, ctx.len(), now);
             count(counter::CT_TRANSLATED);
             return translate_and_forward(ctx, s);
@@ -156,7 +156,7 @@ fn egress(ctx: &mut TcContext) -> i32 {
     // SAFETY: the value stays valid for this program run; read before `touch`.
     let reply = unsafe { (*e).flags & CT_F_REPLY != 0 };
     // SAFETY: as above.
-    s.to = unsafe { nat_tuple(&*e, s.pkt.key.proto) };
+    unsafe { nat_tuple(&mut s.to, &*e, s.pkt.key.proto) };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     ct::touch(e, s.pkt.key.proto, s.pkt.tcp_flags, ctx.len(), now);
@@ -191,7 +191,7 @@ fn icmp_error(ctx: &mut TcContext, s: &mut Scratch, at_ingress: bool) -> i32 {
         return PASS;
     };
     let t = &mut s.key;
-    *t = nat_tuple(entry, e.inner.proto);
+    nat_tuple(t, entry, e.inner.proto);
     // Sent by the quoted packet's destination itself: it speaks for that address.
     let src = if e.outer_src == e.inner.daddr {
         t.saddr
@@ -268,17 +268,17 @@ fn restarts(cfg: &TcConfig, e: &CtEntry, p: &Packet, now: u64) -> bool {
     }
 }
 
-/// The tuple a leg's packets are rewritten to.
+/// Sets `to` to the tuple a leg's packets are rewritten to.
 #[inline(always)]
-fn nat_tuple(e: &CtEntry, l4proto: u8) -> CtKey {
-    CtKey {
-        saddr: e.nat_saddr,
-        daddr: e.nat_daddr,
-        sport_be: e.nat_sport_be,
-        dport_be: e.nat_dport_be,
-        proto: l4proto,
-        _pad: [0; 3],
-    }
+fn nat_tuple(to: &mut CtKey, e: &CtEntry, l4proto: u8) {
+    packet::set_tuple(
+        to,
+        &e.nat_saddr,
+        &e.nat_daddr,
+        e.nat_sport_be,
+        e.nat_dport_be,
+        l4proto,
+    );
 }
 
 /// Opens a flow from the packet in `s.pkt` to frontend `fe`: picks the backend,
@@ -589,8 +589,20 @@ fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16) -> i32 {
 /// answer (egress interface, MACs, next hop). `tot_len` 0 skips the MTU check.
 #[inline(always)]
 fn fib_lookup(ctx: &TcContext, f: &mut FibParams, t: &CtKey, ifindex: u32, tot_len: u16) -> i64 {
-    // SAFETY: an all-zero bpf_fib_lookup is valid input.
-    *f = unsafe { core::mem::zeroed() };
+    // All-zero is valid input. Zeroed a word at a time: `mem::zeroed()` compiles to a
+    // call of the BPF `memset`, a loop over its 64 bytes.
+    const WORDS: usize = core::mem::size_of::<FibParams>() / 4;
+    const _: () = assert!(
+        WORDS * 4 == core::mem::size_of::<FibParams>() && core::mem::align_of::<FibParams>() == 4
+    );
+    let words = core::ptr::from_mut(f).cast::<u32>();
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: within `*f`, which is 4-aligned; volatile keeps the stores from being
+        // merged back into a memset.
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
+    }
     // With a length the FIB checks it against the route's MTU (for GSO packets the
     // kernel checks the segments instead).
     f.__bindgen_anon_1.tot_len = tot_len;
