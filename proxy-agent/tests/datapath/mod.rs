@@ -143,7 +143,13 @@ impl Datapath {
 
     /// Like [`Datapath::new`] with `CONNTRACK` holding at most `max` entries.
     pub fn with_conntrack_max(max: u32) -> Self {
-        let mut dp = Self::load(max);
+        Self::with_object(max, PROGRAMS)
+    }
+
+    /// Like [`Datapath::with_conntrack_max`] with another build of the object (to
+    /// compare builds).
+    pub fn with_object(max: u32, object: &[u8]) -> Self {
+        let mut dp = Self::load_object(max, object);
         for name in [programs::TC_INGRESS, programs::TC_EGRESS] {
             dp.classifier_mut(name)
                 .load()
@@ -165,8 +171,12 @@ impl Datapath {
 
     /// The object with its maps created (nothing verified yet), in a new namespace.
     pub fn load(conntrack_max: u32) -> Self {
+        Self::load_object(conntrack_max, PROGRAMS)
+    }
+
+    fn load_object(conntrack_max: u32, object: &[u8]) -> Self {
         assert!(
-            !PROGRAMS.is_empty(),
+            !object.is_empty(),
             "the eBPF object is empty: built with AYA_BUILD_SKIP=1? These tests need it"
         );
         let netns = Netns::enter();
@@ -181,7 +191,7 @@ impl Datapath {
             .map_max_entries(maps::REV_SOCK, 256)
             .map_max_entries(maps::AFFINITY, 256)
             .map_max_entries(maps::CLIENT_AFFINITY, 256)
-            .load(PROGRAMS)
+            .load(object)
             .unwrap_or_else(|e| panic!("loading the eBPF object: {e:?}"));
         Datapath {
             ebpf,
