@@ -71,7 +71,13 @@ impl Packet {
 // Not inlined, and filling `p` in place: its frame stays out of the callers' 512 bytes.
 #[inline(never)]
 pub fn parse(ctx: &TcContext, p: &mut Packet) -> bool {
-    match parse_packet(ctx, p) {
+    // The headers are nearly always in the linear data, read in place; else (or when
+    // anything there is short) the helpers read them, and decide.
+    let r = match parse_linear(ctx, p) {
+        Some(r) => r,
+        None => parse_packet(ctx, p),
+    };
+    match r {
         Ok(()) => true,
         Err(Unparsed::NotOurs) => false,
         Err(Unparsed::Counted(reason)) => {
@@ -143,6 +149,91 @@ const UDP_HLEN: usize = 8;
 #[inline(always)]
 fn is_ipv6_ext(next: u8) -> bool {
     matches!(next, 0 | 43 | 44 | 60 | 51)
+}
+
+/// `len` bytes at `off` of the packet, if the linear data holds them.
+#[inline(always)]
+fn linear(ctx: &TcContext, off: usize, len: usize) -> Option<*const u8> {
+    let start = ctx.data();
+    if start + off + len > ctx.data_end() {
+        return None;
+    }
+    Some((start + off) as *const u8)
+}
+
+/// A `T` read in place at `at` (no alignment assumed).
+#[inline(always)]
+fn read<T: Copy>(at: *const u8, off: usize) -> T {
+    // SAFETY: callers pass a pointer from `linear` with `off + size_of::<T>()` within the
+    // bytes it checked.
+    unsafe { at.add(off).cast::<T>().read_unaligned() }
+}
+
+/// [`parse_packet`] on the linear data, with direct reads instead of helper calls:
+/// `None` when the bytes it needs are not all there (then the helpers decide, so the
+/// outcome never depends on where the kernel put the bytes).
+#[inline(always)]
+fn parse_linear(ctx: &TcContext, p: &mut Packet) -> Option<Result<(), Unparsed>> {
+    let eth = linear(ctx, 0, ETH_HLEN)?;
+    let ethertype = u16::from_be(read::<u16>(eth, 12));
+    let (l4proto, l4_off) = if ethertype == ETH_P_IP {
+        // The fixed part of the header: options are skipped, never read.
+        let ip = linear(ctx, ETH_HLEN, 20)?;
+        let vihl: u8 = read(ip, 0);
+        let ihl = usize::from(vihl & 0x0f) * 4;
+        if vihl >> 4 != 4 || ihl < 20 {
+            return Some(Err(Unparsed::NotOurs));
+        }
+        if u16::from_be(read::<u16>(ip, 6)) & 0x3fff != 0 {
+            return Some(Err(Unparsed::Counted(counter::FRAGMENT_PASSED)));
+        }
+        let s: u32 = read(ip, 12);
+        let d: u32 = read(ip, 16);
+        p.key.saddr = Addr::from_v4_be(s);
+        p.key.daddr = Addr::from_v4_be(d);
+        (read::<u8>(ip, 9), ETH_HLEN + ihl)
+    } else if ethertype == ETH_P_IPV6 {
+        let ip = linear(ctx, ETH_HLEN, IP6_HLEN)?;
+        let next: u8 = read(ip, 6);
+        if is_ipv6_ext(next) {
+            return Some(Err(Unparsed::Counted(counter::IPV6_EXT_PASSED)));
+        }
+        let mut i = 0;
+        while i < 4 {
+            p.key.saddr.0[i] = read(ip, 8 + 4 * i);
+            p.key.daddr.0[i] = read(ip, 24 + 4 * i);
+            i += 1;
+        }
+        (next, ETH_HLEN + IP6_HLEN)
+    } else {
+        return Some(Err(Unparsed::NotOurs));
+    };
+    let l4_hlen = if l4proto == proto::TCP {
+        TCP_HLEN
+    } else if l4proto == proto::UDP {
+        UDP_HLEN
+    } else {
+        return Some(Err(Unparsed::NotOurs));
+    };
+    let l4 = linear(ctx, l4_off, l4_hlen)?;
+    let tcp_flags = if l4proto == proto::TCP {
+        read(l4, 13)
+    } else {
+        0
+    };
+    p.key.sport_be = read(l4, 0);
+    p.key.dport_be = read(l4, 2);
+    // SAFETY: as in `set_tuple`: `proto` and its padding as one word.
+    unsafe {
+        core::ptr::from_mut(&mut p.key)
+            .cast::<u8>()
+            .add(36)
+            .cast::<u32>()
+            .write(u32::from(l4proto));
+    }
+    p.l4_off = l4_off;
+    p.tcp_flags = tcp_flags;
+    Some(Ok(()))
 }
 
 #[inline(always)]
