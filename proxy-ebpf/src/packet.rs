@@ -356,13 +356,6 @@ fn csum_diff(old: &Addr, new: &Addr) -> Result<u64, i64> {
     if diff < 0 { Err(diff) } else { Ok(diff as u64) }
 }
 
-/// Sets the Ethernet destination and source addresses.
-#[inline(always)]
-pub fn set_macs(ctx: &mut TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), i64> {
-    ctx.store(0, dst, 0)?;
-    ctx.store(6, src, 0)
-}
-
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 const ICMP_HLEN: usize = 8;

@@ -47,7 +47,7 @@ use proxy_common::{
 
 use crate::maps::{CLIENT_AFFINITY, CONNTRACK, IFACES, SOURCE_RANGES, Scratch, count, scratch};
 use crate::packet::{self, Packet};
-use crate::{ct, lb};
+use crate::{ct, fib, lb};
 
 // The bindings' types for these differ between targets.
 #[allow(
@@ -547,15 +547,27 @@ fn translate_and_forward(ctx: &mut TcContext, s: &mut Scratch) -> i32 {
 fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16) -> i32 {
     // SAFETY: reading a field of the context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // The FIB's answer for this flow, if it gave it a moment ago (see `fib`).
+    let now = fib::now();
+    if let Some(r) = fib::cached(&s.to, ifindex, tot_len, now) {
+        return redirect(ctx, &r.macs, r.out_ifindex);
+    }
     let fib = &mut s.fib;
     let rc = fib_lookup(ctx, fib, &s.to, ifindex, tot_len);
     if rc == FIB_SUCCESS {
-        if packet::set_macs(ctx, &fib.dmac, &fib.smac).is_err() {
-            count(counter::MAC_REWRITE_FAILED);
-            return DROP;
-        }
-        // SAFETY: plain helper call.
-        return unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
+        fib::remember(
+            &s.to,
+            ifindex,
+            tot_len,
+            fib.ifindex,
+            &fib.dmac,
+            &fib.smac,
+            now,
+        );
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&fib.dmac);
+        macs[6..].copy_from_slice(&fib.smac);
+        return redirect(ctx, &macs, fib.ifindex);
     }
     if rc == FIB_NO_NEIGH {
         // The kernel resolves the neighbour (the FIB left the next hop in *_dst).
@@ -583,6 +595,18 @@ fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16) -> i32 {
     // Local delivery, no route, or too big for the route: the stack knows best.
     count(counter::FIB_PASS);
     PASS
+}
+
+/// Sets the packet's MACs (`macs`: destination then source) and redirects it out of
+/// `ifindex`.
+#[inline(always)]
+fn redirect(ctx: &mut TcContext, macs: &[u8; 12], ifindex: u32) -> i32 {
+    if ctx.store(0, macs, 0).is_err() {
+        count(counter::MAC_REWRITE_FAILED);
+        return DROP;
+    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
 }
 
 /// Looks up where a packet with tuple `t` arriving on `ifindex` goes; `f` holds the
