@@ -601,7 +601,7 @@ fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16) -> i32 {
 /// `ifindex`.
 #[inline(always)]
 fn redirect(ctx: &mut TcContext, macs: &[u8; 12], ifindex: u32) -> i32 {
-    if ctx.store(0, macs, 0).is_err() {
+    if packet::set_macs(ctx, macs).is_err() {
         count(counter::MAC_REWRITE_FAILED);
         return DROP;
     }
