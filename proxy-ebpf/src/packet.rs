@@ -44,9 +44,23 @@ pub struct Packet {
     ip_len: u16,
     /// When `linear`: the L4 header's length (TCP data offset; 8 for UDP).
     l4_hlen: u16,
+    /// [`Packet::clock`] once read; 0 before.
+    now: u64,
 }
 
 impl Packet {
+    /// The time this packet is handled at: `bpf_ktime_get_coarse_ns()`, read once. The
+    /// clock of the connection table and of the FIB cache (a tick's resolution is
+    /// plenty for their timeouts; the precise clock costs a serialised TSC read, a good
+    /// part of a translated packet's cost).
+    #[inline(always)]
+    pub fn clock(&mut self) -> u64 {
+        if self.now == 0 {
+            self.now = crate::fib::now();
+        }
+        self.now
+    }
+
     /// A TCP SYN without ACK, or any UDP datagram: a packet that may open a flow.
     #[inline(always)]
     pub fn may_open(&self) -> bool {
@@ -85,7 +99,10 @@ pub fn parse(ctx: &TcContext, p: &mut Packet) -> bool {
         None => parse_packet(ctx, p),
     };
     match r {
-        Ok(()) => true,
+        Ok(()) => {
+            p.now = 0;
+            true
+        }
         Err(Unparsed::NotOurs) => false,
         Err(Unparsed::Counted(reason)) => {
             count(reason);

@@ -30,7 +30,7 @@ use aya_ebpf::{
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
-        bpf_get_prandom_u32, bpf_ktime_get_ns,
+        bpf_get_prandom_u32,
         generated::{
             bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_sk_lookup_udp, bpf_sk_release,
             bpf_skc_lookup_tcp,
@@ -102,8 +102,7 @@ fn ingress(ctx: &mut TcContext) -> i32 {
     if !packet::parse(ctx, &mut s.pkt) {
         return icmp_error(ctx, s, true);
     }
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = s.pkt.clock();
     // SAFETY: reading a field of the context the kernel gave us.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
 
@@ -157,8 +156,7 @@ fn egress(ctx: &mut TcContext) -> i32 {
     let reply = unsafe { (*e).flags & CT_F_REPLY != 0 };
     // SAFETY: as above.
     unsafe { nat_tuple(&mut s.to, &*e, s.pkt.key.proto) };
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = s.pkt.clock();
     ct::touch(e, s.pkt.key.proto, s.pkt.tcp_flags, ctx.len(), now);
     count(counter::CT_TRANSLATED);
     if !reply {
@@ -222,7 +220,7 @@ fn icmp_error(ctx: &mut TcContext, s: &mut Scratch, at_ingress: bool) -> i32 {
         _pad: [0; 3],
     };
     let len = packet::ip_len(ctx, src.is_v4());
-    forward(ctx, s, len)
+    forward(ctx, s, len, fib::now())
 }
 
 /// A node process outside the attached cgroup reaching a service: its packet leaves
@@ -292,8 +290,7 @@ fn open(
     ifindex: u32,
     may_snat: bool,
 ) -> i32 {
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = s.pkt.clock();
     let p = &s.pkt;
     if fe.backend_count == 0 {
         count(counter::NAT_NO_BACKEND);
@@ -536,19 +533,20 @@ fn translate_and_forward(ctx: &mut TcContext, s: &mut Scratch) -> i32 {
         return DROP;
     }
     let len = packet::seg_len(ctx, &s.pkt);
-    forward(ctx, s, len)
+    let now = s.pkt.clock();
+    forward(ctx, s, len, now)
 }
 
 /// Sends the (translated) packet with tuple `s.to` where the FIB says `s.to.daddr` is.
 /// `tot_len` is what the route's MTU is checked against (one segment of a GSO packet).
 /// A packet too big for that route goes to the stack, which answers with the ICMP
-/// error path MTU discovery needs (and `icmp_error` translates it).
+/// error path MTU discovery needs (and `icmp_error` translates it). `now` is
+/// `fib::now()`.
 #[inline(always)]
-fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16) -> i32 {
+fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16, now: u64) -> i32 {
     // SAFETY: reading a field of the context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // The FIB's answer for this flow, if it gave it a moment ago (see `fib`).
-    let now = fib::now();
     if let Some(r) = fib::cached(&s.to, ifindex, tot_len, now) {
         return redirect(ctx, &r.macs, r.out_ifindex);
     }
