@@ -25,8 +25,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
-        bpf_fib_lookup as FibParams, bpf_redir_neigh, bpf_sock_tuple,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams, bpf_redir_neigh, bpf_sock_tuple,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
@@ -70,6 +70,11 @@ const FIB_SUCCESS: i64 = BPF_FIB_LKUP_RET_SUCCESS as i64;
     reason = "the bindings' types differ between targets"
 )]
 const FIB_NO_NEIGH: i64 = BPF_FIB_LKUP_RET_NO_NEIGH as i64;
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "the bindings' types differ between targets"
+)]
+const FIB_FRAG_NEEDED: i64 = BPF_FIB_LKUP_RET_FRAG_NEEDED as i64;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 /// Ports tried for SNAT: the client's own, then random ones from the configured range.
@@ -347,7 +352,7 @@ fn open(
     };
     // Would the backend's replies come back through this interface? Then only a source
     // of ours brings them back to us (remote backend; a pod reaching itself).
-    let rc = fib_lookup(ctx, &mut s.fib, &s.to, ifindex, 0);
+    let rc = route(ctx, s, ifindex);
     let routed = rc == FIB_SUCCESS || rc == FIB_NO_NEIGH;
     let snat = may_snat && routed && s.fib.ifindex == ifindex;
     if snat {
@@ -593,6 +598,26 @@ fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16, now: u64) -> i32 
     // Local delivery, no route, or too big for the route: the stack knows best.
     count(counter::FIB_PASS);
     PASS
+}
+
+/// Where the FIB sends `s.to` arriving on `ifindex` (`open` decides on SNAT by it):
+/// its return code, the answer in `s.fib`. Asked with the packet's length, so that a
+/// success is also the answer `forward` needs next: remembered in the FIB cache, the
+/// flow's first packet asks the FIB once, not twice. (The MTU check only adds a failure:
+/// a packet too big for the route is asked about again without it, as the decision
+/// needs the route itself.)
+#[inline(always)]
+fn route(ctx: &TcContext, s: &mut Scratch, ifindex: u32) -> i64 {
+    let len = packet::seg_len(ctx, &s.pkt);
+    let rc = fib_lookup(ctx, &mut s.fib, &s.to, ifindex, len);
+    if rc == FIB_SUCCESS {
+        let now = s.pkt.clock();
+        let f = &s.fib;
+        fib::remember(&s.to, ifindex, len, f.ifindex, &f.dmac, &f.smac, now);
+    } else if rc == FIB_FRAG_NEEDED {
+        return fib_lookup(ctx, &mut s.fib, &s.to, ifindex, 0);
+    }
+    rc
 }
 
 /// Sets the packet's MACs (`macs`: destination then source) and redirects it out of
