@@ -31,6 +31,10 @@
 //! descriptor, so the previous setting is back once it is closed, also if this process
 //! fails or is killed.
 //!
+//! For profiling (e.g. under `perf record`), `KPT_PKT_TRAFFIC=syn` (or `bulk`, `crr`,
+//! comma-separated) runs only those kinds of traffic and `KPT_PKT_ROUNDS=N` sets the
+//! rounds.
+//!
 //! The floor's object: `tc_floor` is loaded from the very object the release agent
 //! embeds, the file the agent's build script left in its `OUT_DIR` (cargo names that
 //! directory in its JSON messages). xtask itself stays a plain user-space crate that
@@ -121,6 +125,15 @@ enum Traffic {
 
 impl Traffic {
     const ALL: [Traffic; 3] = [Traffic::Bulk, Traffic::Crr, Traffic::Syn];
+
+    /// Its name in `KPT_PKT_TRAFFIC`.
+    fn key(self) -> &'static str {
+        match self {
+            Traffic::Bulk => "bulk",
+            Traffic::Crr => "crr",
+            Traffic::Syn => "syn",
+        }
+    }
 
     fn label(self) -> &'static str {
         match self {
@@ -220,6 +233,23 @@ pub fn run() -> Result<()> {
         HOOKS.map(|h| h.label()).join(", ")
     );
 
+    let rounds = std::env::var("KPT_PKT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROUNDS);
+    let traffics: Vec<Traffic> = match std::env::var("KPT_PKT_TRAFFIC") {
+        Ok(list) => Traffic::ALL
+            .into_iter()
+            .filter(|t| list.split(',').any(|w| w == t.key()))
+            .collect(),
+        Err(_) => Traffic::ALL.to_vec(),
+    };
+    // Every SYN has a port of its own, below the client's ephemeral range.
+    if traffics.contains(&Traffic::Syn)
+        && usize::from(SYN_SPORT_BASE) + 2 * rounds * usize::from(SYNS) > 32_768
+    {
+        bail!("{rounds} rounds of SYNs need more distinct source ports than there are");
+    }
     let mut sport = SYN_SPORT_BASE;
     let mut results = Vec::new();
     let mut notes = String::new();
@@ -235,9 +265,9 @@ pub fn run() -> Result<()> {
         // Only for the rounds: closed again (and the previous setting back) on return.
         let stats = enable_stats()?;
         let mut samples = Samples::new();
-        for round in 0..ROUNDS {
+        for round in 0..rounds {
             let mut line = format!("  {table} round {}:", round + 1);
-            for traffic in Traffic::ALL {
+            for &traffic in &traffics {
                 let a = snapshot(&node.netns)?;
                 let what = match traffic {
                     Traffic::Bulk => {
@@ -301,7 +331,7 @@ pub fn run() -> Result<()> {
     println!(
         "\npkt: ns per program run (kernel BPF statistics), {services} services, NodePort to \
          a local pod; floor = tc_floor on the same hooks in the same traffic; medians of \
-         {ROUNDS} rounds ({} s in all)\n{out}{notes}",
+         {rounds} rounds ({} s in all)\n{out}{notes}",
         started.elapsed().as_secs_f64().round()
     );
     Ok(())
