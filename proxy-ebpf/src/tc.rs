@@ -42,7 +42,7 @@ use aya_ebpf::{
 use proxy_common::{
     Addr, AffinityValue, CT_F_REPLY, CT_F_SNAT, ClientAffinityKey, CtEntry, CtKey,
     FRONTEND_F_AFFINITY, FRONTEND_F_SOURCE_RANGES, FrontendValue, IFACE_F_EXTERNAL, SourceRangeKey,
-    TcConfig, counter, ct_state, proto, scope,
+    counter, ct_state, proto, scope,
 };
 
 use crate::maps::{CLIENT_AFFINITY, CONNTRACK, IFACES, SOURCE_RANGES, Scratch, count, scratch};
@@ -114,7 +114,7 @@ fn ingress(ctx: &mut TcContext) -> i32 {
     if let Some(e) = CONNTRACK.get_ptr_mut(&s.pkt.key) {
         // SAFETY: the value stays valid for this program run; read in place (no copy:
         // stack space is scarce) before `touch` writes to it.
-        let keep = unsafe { !restarts(ct::config(), &*e, &s.pkt, now) };
+        let keep = unsafe { !restarts(&*e, &s.pkt, now) };
         if keep {
             // SAFETY: as above.
             unsafe { nat_tuple(&mut s.to, &*e, s.pkt.key.proto) };
@@ -256,12 +256,14 @@ fn egress_open(ctx: &mut TcContext, s: &mut Scratch) -> i32 {
 /// Whether a packet hitting the forward leg `e` starts a new flow instead: a SYN or
 /// datagram after the flow expired, a SYN reusing the ports of a closed connection, or
 /// a datagram whose backend left the service (kube-proxy clears such UDP entries).
+/// (The settings are read only for a packet that may open a flow: most packets of an
+/// established flow need not touch them.)
 #[inline(always)]
-fn restarts(cfg: &TcConfig, e: &CtEntry, p: &Packet, now: u64) -> bool {
+fn restarts(e: &CtEntry, p: &Packet, now: u64) -> bool {
     if e.flags & CT_F_REPLY != 0 || !p.may_open() {
         return false;
     }
-    if ct::expired(cfg, e, p.key.proto, now) {
+    if ct::expired(ct::config(), e, p.key.proto, now) {
         return true;
     }
     if p.key.proto == proto::TCP {
