@@ -449,6 +449,12 @@ impl Datapath {
         m.get(key, 0).ok()
     }
 
+    /// Every entry of the connection table.
+    pub fn ct_entries(&self) -> Vec<(CtKey, CtEntry)> {
+        let m: HashMap<&MapData, CtKey, CtEntry> = self.hash_ro(maps::CONNTRACK);
+        m.iter().map(|r| r.expect("reading CONNTRACK")).collect()
+    }
+
     pub fn ct_len(&self) -> usize {
         let m: HashMap<&MapData, CtKey, CtEntry> = self.hash_ro(maps::CONNTRACK);
         m.keys().count()
