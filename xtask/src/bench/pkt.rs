@@ -35,6 +35,10 @@
 //! comma-separated) runs only those kinds of traffic and `KPT_PKT_ROUNDS=N` sets the
 //! rounds.
 //!
+//! `KPT_PKT_AGENT=/path/to/proxy-agent` measures another build of the agent (e.g. of an
+//! older commit, for a comparison in the same session; its maps must be laid out as
+//! this build's are).
+//!
 //! The floor's object: `tc_floor` is loaded from the very object the release agent
 //! embeds, the file the agent's build script left in its `OUT_DIR` (cargo names that
 //! directory in its JSON messages). xtask itself stays a plain user-space crate that
@@ -171,6 +175,11 @@ struct Floors {
 pub fn run() -> Result<()> {
     super::release_binaries()?;
     let object = agent_object()?;
+    if let Some(agent) = std::env::var_os("KPT_PKT_AGENT") {
+        // SAFETY: single-threaded at this point; the harness reads it when spawning.
+        unsafe { std::env::set_var("KPT_AGENT_BIN", &agent) };
+        println!("pkt: measuring the agent {}", agent.to_string_lossy());
+    }
     for t in ["iperf3", "nft"] {
         if !tool(t).is_absolute() {
             bail!("{t} not found (run `cargo xtask setup`)");
