@@ -84,6 +84,20 @@ pub fn nat_tuple(e: &CtEntry, l4proto: u8) -> CtKey {
     }
 }
 
+/// Sets `to` to the tuple a leg's packets are rewritten to, in place (no copy of a
+/// whole key through the stack, which the BPF backend turns into a byte loop).
+#[inline(always)]
+pub fn set_nat_tuple(to: &mut CtKey, e: &CtEntry, l4proto: u8) {
+    crate::packet::set_tuple(
+        to,
+        &e.nat_saddr,
+        &e.nat_daddr,
+        e.nat_sport_be,
+        e.nat_dport_be,
+        l4proto,
+    );
+}
+
 /// Whether leg `e` (of the flow whose other leg is keyed `key`) names that leg.
 #[inline(always)]
 fn names(e: &CtEntry, key: &CtKey) -> bool {
@@ -104,7 +118,7 @@ pub fn track_unassured(ctx: &TcContext, s: &mut Scratch, o: *mut CtOpenEntry, no
     // SAFETY: `o` points into the map value, valid for this program run (RCU), also
     // after the entry is deleted below.
     let e = unsafe { &mut (*o).ct };
-    s.to = nat_tuple(e, l4proto);
+    set_nat_tuple(&mut s.to, e, l4proto);
     touch(e, l4proto, flags, ctx.len(), now, false);
     if e.flags & CT_F_REPLY != 0 {
         if l4proto == proto::TCP

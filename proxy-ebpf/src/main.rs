@@ -6,13 +6,14 @@
 //!   connection tracking ([`ct`]).
 //!
 //! Shared helpers: [`lb`] (service lookup, backend choice), [`packet`] (parsing,
-//! rewriting, checksums), [`maps`].
+//! rewriting, checksums), [`fib`] (the FIB's answers for forwarded flows), [`maps`].
 // For the host (`cargo build --workspace`, clippy) this is an ordinary program with an
 // empty `main`, so that workspace-wide commands work; the programs are for BPF.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod ct;
+mod fib;
 mod lb;
 mod maps;
 mod packet;

@@ -37,9 +37,30 @@ pub struct Packet {
     pub l4_off: usize,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
+    /// The headers (through the L4 header's fixed part) are in the linear data, and
+    /// were read there.
+    linear: bool,
+    /// When `linear`: the IP length (for IPv6, with the fixed header).
+    ip_len: u16,
+    /// When `linear`: the L4 header's length (TCP data offset; 8 for UDP).
+    l4_hlen: u16,
+    /// [`Packet::clock`] once read; 0 before.
+    now: u64,
 }
 
 impl Packet {
+    /// The time this packet is handled at: `bpf_ktime_get_coarse_ns()`, read once. The
+    /// clock of the connection table and of the FIB cache (a tick's resolution is
+    /// plenty for their timeouts; the precise clock costs a serialised TSC read, a good
+    /// part of a translated packet's cost).
+    #[inline(always)]
+    pub fn clock(&mut self) -> u64 {
+        if self.now == 0 {
+            self.now = crate::fib::now();
+        }
+        self.now
+    }
+
     /// A TCP SYN without ACK, or any UDP datagram: a packet that may open a flow.
     #[inline(always)]
     pub fn may_open(&self) -> bool {
@@ -71,9 +92,15 @@ impl Packet {
 // Not inlined, and filling `p` in place: its frame stays out of the callers' 512 bytes.
 #[inline(never)]
 pub fn parse(ctx: &TcContext, p: &mut Packet) -> bool {
-    match parse_packet(ctx) {
-        Ok(parsed) => {
-            *p = parsed;
+    // The headers are nearly always in the linear data, read in place; else (or when
+    // anything there is short) the helpers read them, and decide.
+    let r = match parse_linear(ctx, p) {
+        Some(r) => r,
+        None => parse_packet(ctx, p),
+    };
+    match r {
+        Ok(()) => {
+            p.now = 0;
             true
         }
         Err(Unparsed::NotOurs) => false,
@@ -81,6 +108,48 @@ pub fn parse(ctx: &TcContext, p: &mut Packet) -> bool {
             count(reason);
             false
         }
+    }
+}
+
+/// `*d = *s`, a word at a time. (A plain assignment between memory LLVM cannot prove
+/// apart, such as scratch space and a map value, compiles to a call of the BPF
+/// `memmove`, a loop over bytes.)
+#[inline(always)]
+pub fn copy_addr(d: &mut Addr, s: &Addr) {
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: an element of `s`; volatile keeps the copies from being merged back.
+        d.0[i] = unsafe { core::ptr::read_volatile(&raw const s.0[i]) };
+        i += 1;
+    }
+}
+
+/// Sets `k` to the tuple given, its padding zero. (The three padding bytes of a struct
+/// literal compile to a call of the BPF `memset`, a loop over bytes: the protocol and
+/// its padding are written as one word instead.)
+#[inline(always)]
+pub fn set_tuple(
+    k: &mut CtKey,
+    saddr: &Addr,
+    daddr: &Addr,
+    sport_be: u16,
+    dport_be: u16,
+    l4proto: u8,
+) {
+    const _: () =
+        assert!(core::mem::offset_of!(CtKey, proto) == 36 && core::mem::size_of::<CtKey>() == 40);
+    copy_addr(&mut k.saddr, saddr);
+    copy_addr(&mut k.daddr, daddr);
+    k.sport_be = sport_be;
+    k.dport_be = dport_be;
+    // SAFETY: bytes 36..40 of the repr(C) key are `proto` then `_pad`, 4-aligned (the
+    // key holds u32 arrays); BPF is little-endian, so the low byte is `proto`.
+    unsafe {
+        core::ptr::from_mut(k)
+            .cast::<u8>()
+            .add(36)
+            .cast::<u32>()
+            .write(u32::from(l4proto));
     }
 }
 
@@ -106,8 +175,101 @@ fn is_ipv6_ext(next: u8) -> bool {
     matches!(next, 0 | 43 | 44 | 60 | 51)
 }
 
+/// `len` bytes at `off` of the packet, if the linear data holds them. (`off` is at most
+/// the offset of an L4 header after IPv4 options; the bound is the verifier's.)
 #[inline(always)]
-fn parse_packet(ctx: &TcContext) -> Result<Packet, Unparsed> {
+fn linear(ctx: &TcContext, off: usize, len: usize) -> Option<*const u8> {
+    if off > ETH_HLEN + 60 {
+        return None;
+    }
+    let start = ctx.data();
+    if start + off + len > ctx.data_end() {
+        return None;
+    }
+    Some((start + off) as *const u8)
+}
+
+/// A `T` read in place at `at` (no alignment assumed).
+#[inline(always)]
+fn read<T: Copy>(at: *const u8, off: usize) -> T {
+    // SAFETY: callers pass a pointer from `linear` with `off + size_of::<T>()` within the
+    // bytes it checked.
+    unsafe { at.add(off).cast::<T>().read_unaligned() }
+}
+
+/// [`parse_packet`] on the linear data, with direct reads instead of helper calls:
+/// `None` when the bytes it needs are not all there (then the helpers decide, so the
+/// outcome never depends on where the kernel put the bytes).
+#[inline(always)]
+fn parse_linear(ctx: &TcContext, p: &mut Packet) -> Option<Result<(), Unparsed>> {
+    let eth = linear(ctx, 0, ETH_HLEN)?;
+    let ethertype = u16::from_be(read::<u16>(eth, 12));
+    let (l4proto, l4_off) = if ethertype == ETH_P_IP {
+        // The fixed part of the header: options are skipped, never read.
+        let ip = linear(ctx, ETH_HLEN, 20)?;
+        let vihl: u8 = read(ip, 0);
+        let ihl = usize::from(vihl & 0x0f) * 4;
+        if vihl >> 4 != 4 || ihl < 20 {
+            return Some(Err(Unparsed::NotOurs));
+        }
+        if u16::from_be(read::<u16>(ip, 6)) & 0x3fff != 0 {
+            return Some(Err(Unparsed::Counted(counter::FRAGMENT_PASSED)));
+        }
+        let s: u32 = read(ip, 12);
+        let d: u32 = read(ip, 16);
+        p.key.saddr = Addr::from_v4_be(s);
+        p.key.daddr = Addr::from_v4_be(d);
+        p.ip_len = u16::from_be(read(ip, 2));
+        (read::<u8>(ip, 9), ETH_HLEN + ihl)
+    } else if ethertype == ETH_P_IPV6 {
+        let ip = linear(ctx, ETH_HLEN, IP6_HLEN)?;
+        let next: u8 = read(ip, 6);
+        if is_ipv6_ext(next) {
+            return Some(Err(Unparsed::Counted(counter::IPV6_EXT_PASSED)));
+        }
+        let mut i = 0;
+        while i < 4 {
+            p.key.saddr.0[i] = read(ip, 8 + 4 * i);
+            p.key.daddr.0[i] = read(ip, 24 + 4 * i);
+            i += 1;
+        }
+        p.ip_len = u16::from_be(read(ip, 4)).saturating_add(IP6_HLEN as u16);
+        (next, ETH_HLEN + IP6_HLEN)
+    } else {
+        return Some(Err(Unparsed::NotOurs));
+    };
+    let l4_hlen = if l4proto == proto::TCP {
+        TCP_HLEN
+    } else if l4proto == proto::UDP {
+        UDP_HLEN
+    } else {
+        return Some(Err(Unparsed::NotOurs));
+    };
+    let l4 = linear(ctx, l4_off, l4_hlen)?;
+    let (tcp_flags, hlen) = if l4proto == proto::TCP {
+        (read(l4, 13), u16::from(read::<u8>(l4, 12) >> 4) * 4)
+    } else {
+        (0, UDP_HLEN as u16)
+    };
+    p.l4_hlen = hlen;
+    p.linear = true;
+    p.key.sport_be = read(l4, 0);
+    p.key.dport_be = read(l4, 2);
+    // SAFETY: as in `set_tuple`: `proto` and its padding as one word.
+    unsafe {
+        core::ptr::from_mut(&mut p.key)
+            .cast::<u8>()
+            .add(36)
+            .cast::<u32>()
+            .write(u32::from(l4proto));
+    }
+    p.l4_off = l4_off;
+    p.tcp_flags = tcp_flags;
+    Some(Ok(()))
+}
+
+#[inline(always)]
+fn parse_packet(ctx: &TcContext, p: &mut Packet) -> Result<(), Unparsed> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).map_err(|_| Unparsed::NotOurs)?);
     let (saddr, daddr, l4proto, l4_off) = if ethertype == ETH_P_IP {
         let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| TRUNCATED)?;
@@ -153,18 +315,11 @@ fn parse_packet(ctx: &TcContext) -> Result<Packet, Unparsed> {
     } else {
         0
     };
-    Ok(Packet {
-        key: CtKey {
-            saddr,
-            daddr,
-            sport_be: ports[0],
-            dport_be: ports[1],
-            proto: l4proto,
-            _pad: [0; 3],
-        },
-        l4_off,
-        tcp_flags,
-    })
+    set_tuple(&mut p.key, &saddr, &daddr, ports[0], ports[1], l4proto);
+    p.l4_off = l4_off;
+    p.tcp_flags = tcp_flags;
+    p.linear = false;
+    Ok(())
 }
 
 /// The TCP sequence and acknowledgment numbers of `p` (host order). Read only while
@@ -179,6 +334,16 @@ pub fn tcp_seq_ack(ctx: &TcContext, p: &Packet) -> Option<(u32, u32)> {
 /// and the TCP/UDP checksum.
 #[inline(always)]
 pub fn rewrite(ctx: &mut TcContext, p: &Packet, to: &CtKey) -> Result<(), i64> {
+    if p.linear {
+        rewrite_linear(ctx, p, to)
+    } else {
+        rewrite_helpers(ctx, p, to)
+    }
+}
+
+/// [`rewrite`] with the helpers for every write.
+#[inline(always)]
+fn rewrite_helpers(ctx: &mut TcContext, p: &Packet, to: &CtKey) -> Result<(), i64> {
     let from = &p.key;
     if from.saddr != to.saddr {
         set_addr(ctx, p, &from.saddr, &to.saddr, true)?;
@@ -193,6 +358,155 @@ pub fn rewrite(ctx: &mut TcContext, p: &Packet, to: &CtKey) -> Result<(), i64> {
         set_port(ctx, p, 2, from.dport_be, to.dport_be)?;
     }
     Ok(())
+}
+
+/// [`rewrite`] for headers in the linear data: the TCP/UDP checksum by the helpers,
+/// which know the skb's checksum state (offloaded, complete), in the same steps as
+/// [`rewrite_helpers`] takes; the fields and the IPv4 header checksum written in place,
+/// with the arithmetic of the kernel's `csum_replace4`. The same bytes as
+/// [`rewrite_helpers`] writes, with two to four helper calls fewer.
+#[inline(always)]
+fn rewrite_linear(ctx: &mut TcContext, p: &Packet, to: &CtKey) -> Result<(), i64> {
+    let from = &p.key;
+    let (s_changed, d_changed) = (from.saddr != to.saddr, from.daddr != to.daddr);
+    let v4 = from.saddr.is_v4();
+    // The agent never pairs families; refuse rather than corrupt.
+    if (s_changed && to.saddr.is_v4() != v4) || (d_changed && to.daddr.is_v4() != v4) {
+        return Err(-22);
+    }
+    let pseudo = p.l4_flags() | u64::from(BPF_F_PSEUDO_HDR);
+    // The checksum helpers first: they may move the packet's data.
+    if s_changed {
+        l4_addr_csum(ctx, p, &from.saddr, &to.saddr, pseudo)?;
+    }
+    if d_changed {
+        l4_addr_csum(ctx, p, &from.daddr, &to.daddr, pseudo)?;
+    }
+    let l4 = p.l4_flags() | 2;
+    if from.sport_be != to.sport_be {
+        ctx.l4_csum_replace(
+            p.csum_off(),
+            u64::from(from.sport_be),
+            u64::from(to.sport_be),
+            l4,
+        )?;
+    }
+    if from.dport_be != to.dport_be {
+        ctx.l4_csum_replace(
+            p.csum_off(),
+            u64::from(from.dport_be),
+            u64::from(to.dport_be),
+            l4,
+        )?;
+    }
+    // Parse found these in the linear data, and the helpers keep the linear length.
+    let ports = linear_mut(ctx, p.l4_off, 4).ok_or(-14i64)?;
+    if v4 {
+        let hdr = linear_mut(ctx, 0, ETH_HLEN + 20).ok_or(-14i64)?;
+        let mut check: u16 = read(hdr, IP4_CSUM);
+        if s_changed {
+            let (o, n) = (from.saddr.0[3], to.saddr.0[3]);
+            check = csum_replace4(check, o, n);
+            write(hdr, IP4_SADDR, n);
+        }
+        if d_changed {
+            let (o, n) = (from.daddr.0[3], to.daddr.0[3]);
+            check = csum_replace4(check, o, n);
+            write(hdr, IP4_DADDR, n);
+        }
+        write(hdr, IP4_CSUM, check);
+    } else {
+        let hdr = linear_mut(ctx, 0, ETH_HLEN + IP6_HLEN).ok_or(-14i64)?;
+        let mut i = 0;
+        while i < 4 {
+            if s_changed {
+                write(hdr, IP6_SADDR + 4 * i, to.saddr.0[i]);
+            }
+            if d_changed {
+                write(hdr, IP6_DADDR + 4 * i, to.daddr.0[i]);
+            }
+            i += 1;
+        }
+    }
+    write(ports, 0, to.sport_be);
+    write(ports, 2, to.dport_be);
+    Ok(())
+}
+
+/// The TCP/UDP checksum update for an address change (pseudo-header), as
+/// [`set_addr`] makes it.
+#[inline(always)]
+fn l4_addr_csum(
+    ctx: &mut TcContext,
+    p: &Packet,
+    old: &Addr,
+    new: &Addr,
+    flags: u64,
+) -> Result<(), i64> {
+    if old.is_v4() {
+        let (o, n) = (old.0[3], new.0[3]);
+        ctx.l4_csum_replace(p.csum_off(), u64::from(o), u64::from(n), flags | 4)
+    } else {
+        let diff = csum_diff(old, new)?;
+        ctx.l4_csum_replace(p.csum_off(), 0, diff, flags)
+    }
+}
+
+/// The kernel's `csum_add`: 32-bit ones' complement addition.
+#[inline(always)]
+fn csum_add(a: u32, b: u32) -> u32 {
+    let r = a.wrapping_add(b);
+    r.wrapping_add(u32::from(r < b))
+}
+
+/// The kernel's `csum_fold`.
+#[inline(always)]
+fn csum_fold(c: u32) -> u16 {
+    let s = (c & 0xffff) + (c >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
+/// The kernel's `csum_replace4` (what `bpf_l3_csum_replace` does with size 4): the
+/// checksum `check` after the 32-bit word `from` became `to`.
+#[inline(always)]
+fn csum_replace4(check: u16, from: u32, to: u32) -> u16 {
+    let tmp = csum_add(!u32::from(check), !from);
+    csum_fold(csum_add(tmp, to))
+}
+
+/// [`linear`], for writing in place.
+#[inline(always)]
+fn linear_mut(ctx: &TcContext, off: usize, len: usize) -> Option<*mut u8> {
+    linear(ctx, off, len).map(|p| p.cast_mut())
+}
+
+/// Writes `v` in place at `at + off` (no alignment assumed).
+#[inline(always)]
+fn write<T: Copy>(at: *mut u8, off: usize, v: T) {
+    // SAFETY: callers pass a pointer from `linear_mut` with `off + size_of::<T>()` within
+    // the bytes it checked.
+    unsafe { at.add(off).cast::<T>().write_unaligned(v) }
+}
+
+/// Sets the Ethernet destination and source MACs (`macs`: destination first).
+#[inline(always)]
+pub fn set_macs(ctx: &mut TcContext, macs: &[u8; 12]) -> Result<(), i64> {
+    match linear_mut(ctx, 0, ETH_HLEN) {
+        Some(eth) => {
+            let mut i = 0;
+            while i < 12 {
+                // SAFETY: byte `i` of `macs`; volatile keeps the copies from being merged
+                // into a call of the BPF `memmove`, a loop over bytes.
+                write(eth, i, unsafe {
+                    core::ptr::read_volatile(&raw const macs[i])
+                });
+                i += 1;
+            }
+            Ok(())
+        }
+        None => ctx.store(0, macs, 0),
+    }
 }
 
 #[inline(always)]
@@ -240,13 +554,6 @@ fn csum_diff(old: &Addr, new: &Addr) -> Result<u64, i64> {
         )
     };
     if diff < 0 { Err(diff) } else { Ok(diff as u64) }
-}
-
-/// Sets the Ethernet destination and source addresses.
-#[inline(always)]
-pub fn set_macs(ctx: &mut TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), i64> {
-    ctx.store(0, dst, 0)?;
-    ctx.store(6, src, 0)
 }
 
 const IPPROTO_ICMP: u8 = 1;
@@ -416,9 +723,14 @@ pub fn seg_len(ctx: &TcContext, p: &Packet) -> u16 {
     // SAFETY: reading a field of the context the kernel gave us.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     if gso_size == 0 {
+        if p.linear {
+            return p.ip_len;
+        }
         return ip_len(ctx, p.key.saddr.is_v4());
     }
-    let l4_hdr = if p.key.proto == proto::TCP {
+    let l4_hdr = if p.linear {
+        u32::from(p.l4_hlen)
+    } else if p.key.proto == proto::TCP {
         ctx.load::<u8>(p.l4_off + 12)
             .map(|doff| u32::from(doff >> 4) * 4)
             .unwrap_or(20)

@@ -25,12 +25,12 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
-        bpf_fib_lookup as FibParams, bpf_redir_neigh, bpf_sock_tuple,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams, bpf_redir_neigh, bpf_sock_tuple,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
-        bpf_get_prandom_u32, bpf_ktime_get_ns,
+        bpf_get_prandom_u32,
         generated::{
             bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_sk_lookup_udp, bpf_sk_release,
             bpf_skc_lookup_tcp,
@@ -42,14 +42,14 @@ use aya_ebpf::{
 use proxy_common::{
     Addr, AffinityValue, CT_F_REPLY, CT_F_SNAT, ClientAffinityKey, CtEntry, CtKey,
     FRONTEND_F_AFFINITY, FRONTEND_F_SOURCE_RANGES, FrontendValue, IFACE_F_EXTERNAL, SourceRangeKey,
-    TcConfig, counter, ct_state, proto, scope,
+    counter, ct_state, proto, scope,
 };
 
 use crate::maps::{
     CLIENT_AFFINITY, CONNTRACK, CT_OPEN, IFACES, SOURCE_RANGES, Scratch, count, scratch,
 };
 use crate::packet::{self, Packet};
-use crate::{ct, lb};
+use crate::{ct, fib, lb};
 
 // The bindings' types for these differ between targets.
 #[allow(
@@ -72,6 +72,11 @@ const FIB_SUCCESS: i64 = BPF_FIB_LKUP_RET_SUCCESS as i64;
     reason = "the bindings' types differ between targets"
 )]
 const FIB_NO_NEIGH: i64 = BPF_FIB_LKUP_RET_NO_NEIGH as i64;
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "the bindings' types differ between targets"
+)]
+const FIB_FRAG_NEEDED: i64 = BPF_FIB_LKUP_RET_FRAG_NEEDED as i64;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 /// Ports tried for SNAT: the client's own, then random ones from the configured range.
@@ -104,8 +109,7 @@ fn ingress(ctx: &mut TcContext) -> i32 {
     if !packet::parse(ctx, &mut s.pkt) {
         return icmp_error(ctx, s, true);
     }
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = s.pkt.clock();
     // SAFETY: reading a field of the context the kernel gave us.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
 
@@ -113,10 +117,10 @@ fn ingress(ctx: &mut TcContext) -> i32 {
     if let Some(e) = CONNTRACK.get_ptr_mut(&s.pkt.key) {
         // SAFETY: the value stays valid for this program run; read in place (no copy:
         // stack space is scarce) before `touch` writes to it.
-        let keep = unsafe { !restarts(ct::config(), &*e, &s.pkt, now) };
+        let keep = unsafe { !restarts(&*e, &s.pkt, now) };
         if keep {
             // SAFETY: as above.
-            s.to = unsafe { ct::nat_tuple(&*e, s.pkt.key.proto) };
+            unsafe { ct::set_nat_tuple(&mut s.to, &*e, s.pkt.key.proto) };
             ct::touch(e, s.pkt.key.proto, s.pkt.tcp_flags, ctx.len(), now, true);
             count(counter::CT_TRANSLATED);
             return translate_and_forward(ctx, s);
@@ -125,7 +129,7 @@ fn ingress(ctx: &mut TcContext) -> i32 {
         ct::forget_assured(s, unsafe { &*e });
     } else if let Some(o) = CT_OPEN.get_ptr_mut(&s.pkt.key) {
         // SAFETY: as above.
-        let keep = unsafe { !restarts(ct::config(), &(*o).ct, &s.pkt, now) };
+        let keep = unsafe { !restarts(&(*o).ct, &s.pkt, now) };
         if keep {
             ct::track_unassured(ctx, s, o, now);
             count(counter::CT_TRANSLATED);
@@ -165,11 +169,10 @@ fn egress(ctx: &mut TcContext) -> i32 {
     if !packet::parse(ctx, &mut s.pkt) {
         return icmp_error(ctx, s, false);
     }
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = s.pkt.clock();
     let reply = if let Some(e) = CONNTRACK.get_ptr_mut(&s.pkt.key) {
         // SAFETY: the value stays valid for this program run; read before `touch`.
-        s.to = unsafe { ct::nat_tuple(&*e, s.pkt.key.proto) };
+        unsafe { ct::set_nat_tuple(&mut s.to, &*e, s.pkt.key.proto) };
         ct::touch(e, s.pkt.key.proto, s.pkt.tcp_flags, ctx.len(), now, true);
         // SAFETY: as above.
         unsafe { (*e).flags & CT_F_REPLY != 0 }
@@ -210,7 +213,7 @@ fn icmp_error(ctx: &mut TcContext, s: &mut Scratch, at_ingress: bool) -> i32 {
         return PASS;
     };
     let t = &mut s.key;
-    *t = ct::nat_tuple(entry, e.inner.proto);
+    ct::set_nat_tuple(t, entry, e.inner.proto);
     // Sent by the quoted packet's destination itself: it speaks for that address.
     let src = if e.outer_src == e.inner.daddr {
         t.saddr
@@ -241,7 +244,7 @@ fn icmp_error(ctx: &mut TcContext, s: &mut Scratch, at_ingress: bool) -> i32 {
         _pad: [0; 3],
     };
     let len = packet::ip_len(ctx, src.is_v4());
-    forward(ctx, s, len)
+    forward(ctx, s, len, fib::now())
 }
 
 /// A node process outside the attached cgroup reaching a service: its packet leaves
@@ -272,12 +275,14 @@ fn egress_open(ctx: &mut TcContext, s: &mut Scratch) -> i32 {
 /// Whether a packet hitting the forward leg `e` starts a new flow instead: a SYN or
 /// datagram after the flow expired, a SYN reusing the ports of a closed connection, or
 /// a datagram whose backend left the service (kube-proxy clears such UDP entries).
+/// (The settings are read only for a packet that may open a flow: most packets of an
+/// established flow need not touch them.)
 #[inline(always)]
-fn restarts(cfg: &TcConfig, e: &CtEntry, p: &Packet, now: u64) -> bool {
+fn restarts(e: &CtEntry, p: &Packet, now: u64) -> bool {
     if e.flags & CT_F_REPLY != 0 || !p.may_open() {
         return false;
     }
-    if ct::expired(cfg, e, p.key.proto, now) {
+    if ct::expired(ct::config(), e, p.key.proto, now) {
         return true;
     }
     if p.key.proto == proto::TCP {
@@ -298,8 +303,7 @@ fn open(
     ifindex: u32,
     may_snat: bool,
 ) -> i32 {
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = s.pkt.clock();
     let p = &s.pkt;
     if fe.backend_count == 0 {
         count(counter::NAT_NO_BACKEND);
@@ -356,7 +360,7 @@ fn open(
     };
     // Would the backend's replies come back through this interface? Then only a source
     // of ours brings them back to us (remote backend; a pod reaching itself).
-    let rc = fib_lookup(ctx, &mut s.fib, &s.to, ifindex, 0);
+    let rc = route(ctx, s, ifindex);
     let routed = rc == FIB_SUCCESS || rc == FIB_NO_NEIGH;
     let snat = may_snat && routed && s.fib.ifindex == ifindex;
     if snat {
@@ -548,26 +552,39 @@ fn translate_and_forward(ctx: &mut TcContext, s: &mut Scratch) -> i32 {
         return DROP;
     }
     let len = packet::seg_len(ctx, &s.pkt);
-    forward(ctx, s, len)
+    let now = s.pkt.clock();
+    forward(ctx, s, len, now)
 }
 
 /// Sends the (translated) packet with tuple `s.to` where the FIB says `s.to.daddr` is.
 /// `tot_len` is what the route's MTU is checked against (one segment of a GSO packet).
 /// A packet too big for that route goes to the stack, which answers with the ICMP
-/// error path MTU discovery needs (and `icmp_error` translates it).
+/// error path MTU discovery needs (and `icmp_error` translates it). `now` is
+/// `fib::now()`.
 #[inline(always)]
-fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16) -> i32 {
+fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16, now: u64) -> i32 {
     // SAFETY: reading a field of the context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // The FIB's answer for this flow, if it gave it a moment ago (see `fib`).
+    if let Some(r) = fib::cached(&s.to, ifindex, tot_len, now) {
+        return redirect(ctx, &r.macs, r.out_ifindex);
+    }
     let fib = &mut s.fib;
     let rc = fib_lookup(ctx, fib, &s.to, ifindex, tot_len);
     if rc == FIB_SUCCESS {
-        if packet::set_macs(ctx, &fib.dmac, &fib.smac).is_err() {
-            count(counter::MAC_REWRITE_FAILED);
-            return DROP;
-        }
-        // SAFETY: plain helper call.
-        return unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
+        fib::remember(
+            &s.to,
+            ifindex,
+            tot_len,
+            fib.ifindex,
+            &fib.dmac,
+            &fib.smac,
+            now,
+        );
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&fib.dmac);
+        macs[6..].copy_from_slice(&fib.smac);
+        return redirect(ctx, &macs, fib.ifindex);
     }
     if rc == FIB_NO_NEIGH {
         // The kernel resolves the neighbour (the FIB left the next hop in *_dst).
@@ -597,12 +614,56 @@ fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16) -> i32 {
     PASS
 }
 
+/// Where the FIB sends `s.to` arriving on `ifindex` (`open` decides on SNAT by it):
+/// its return code, the answer in `s.fib`. Asked with the packet's length, so that a
+/// success is also the answer `forward` needs next: remembered in the FIB cache, the
+/// flow's first packet asks the FIB once, not twice. (The MTU check only adds a failure:
+/// a packet too big for the route is asked about again without it, as the decision
+/// needs the route itself.)
+#[inline(always)]
+fn route(ctx: &TcContext, s: &mut Scratch, ifindex: u32) -> i64 {
+    let len = packet::seg_len(ctx, &s.pkt);
+    let rc = fib_lookup(ctx, &mut s.fib, &s.to, ifindex, len);
+    if rc == FIB_SUCCESS {
+        let now = s.pkt.clock();
+        let f = &s.fib;
+        fib::remember(&s.to, ifindex, len, f.ifindex, &f.dmac, &f.smac, now);
+    } else if rc == FIB_FRAG_NEEDED {
+        return fib_lookup(ctx, &mut s.fib, &s.to, ifindex, 0);
+    }
+    rc
+}
+
+/// Sets the packet's MACs (`macs`: destination then source) and redirects it out of
+/// `ifindex`.
+#[inline(always)]
+fn redirect(ctx: &mut TcContext, macs: &[u8; 12], ifindex: u32) -> i32 {
+    if packet::set_macs(ctx, macs).is_err() {
+        count(counter::MAC_REWRITE_FAILED);
+        return DROP;
+    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
 /// Looks up where a packet with tuple `t` arriving on `ifindex` goes; `f` holds the
 /// answer (egress interface, MACs, next hop). `tot_len` 0 skips the MTU check.
 #[inline(always)]
 fn fib_lookup(ctx: &TcContext, f: &mut FibParams, t: &CtKey, ifindex: u32, tot_len: u16) -> i64 {
-    // SAFETY: an all-zero bpf_fib_lookup is valid input.
-    *f = unsafe { core::mem::zeroed() };
+    // All-zero is valid input. Zeroed a word at a time: `mem::zeroed()` compiles to a
+    // call of the BPF `memset`, a loop over its 64 bytes.
+    const WORDS: usize = core::mem::size_of::<FibParams>() / 4;
+    const _: () = assert!(
+        WORDS * 4 == core::mem::size_of::<FibParams>() && core::mem::align_of::<FibParams>() == 4
+    );
+    let words = core::ptr::from_mut(f).cast::<u32>();
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: within `*f`, which is 4-aligned; volatile keeps the stores from being
+        // merged back into a memset.
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
+    }
     // With a length the FIB checks it against the route's MTU (for GSO packets the
     // kernel checks the segments instead).
     f.__bindgen_anon_1.tot_len = tot_len;

@@ -5,6 +5,7 @@
 mod clusterip;
 mod flood;
 mod nodeport;
+mod pkt;
 mod sync;
 
 use anyhow::{Result, bail};
@@ -17,8 +18,11 @@ pub fn run(name: &str) -> Result<()> {
         "clusterip" => clusterip::run(),
         "flood" => flood::run(),
         "nodeport" => nodeport::run(),
+        "pkt" => pkt::run(),
         "sync" => sync::run(),
-        other => bail!("unknown benchmark {other:?}; available: clusterip, flood, nodeport, sync"),
+        other => {
+            bail!("unknown benchmark {other:?}; available: clusterip, flood, nodeport, pkt, sync")
+        }
     }
 }
 

@@ -36,7 +36,7 @@ enum Task {
     Demo,
     /// Run the benchmark NAME.
     Bench {
-        /// Which benchmark: clusterip, flood, nodeport or sync.
+        /// Which benchmark: clusterip, flood, nodeport, pkt or sync.
         name: String,
     },
 }

@@ -250,6 +250,36 @@ impl Datapath {
         }
     }
 
+    /// Loads `tc_floor`, the do-nothing program, for [`Datapath::time`].
+    pub fn load_floor(&mut self) {
+        self.classifier_mut(programs::TC_FLOOR)
+            .load()
+            .unwrap_or_else(|e| panic!("loading tc_floor: {e:?}"));
+    }
+
+    /// Runs program `name` `repeat` times on `frame` (on interface `ifindex`; the packet
+    /// is not reset between runs) and returns the kernel's time per run.
+    pub fn time(&self, name: &str, ifindex: u32, frame: &[u8], repeat: u32) -> (u32, f64) {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .unwrap_or_else(|| panic!("no program {name}"))
+            .try_into()
+            .unwrap_or_else(|e| panic!("{name} is not a classifier: {e:?}"));
+        let ctx = skb_ctx(ifindex);
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e:?}"));
+        (r.return_value, r.duration.as_nanos() as f64)
+    }
+
     // --- SETUP: named map writers, as the agent writes them --------------------------
 
     fn hash<K: Pod, V: Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
@@ -359,7 +389,8 @@ impl Datapath {
         };
         // SAFETY: writes only into `ts`; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let now = u64::try_from(ts.tv_sec).expect("time") * 1_000_000_000
+        // A second ago: the programs stamp with the coarse clock, which may lag this one.
+        let now = u64::try_from(ts.tv_sec - 1).expect("time") * 1_000_000_000
             + u64::try_from(ts.tv_nsec).expect("time");
         self.hash(maps::CLIENT_AFFINITY)
             .insert(

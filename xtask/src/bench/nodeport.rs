@@ -56,17 +56,17 @@ const IPERF_SECS: &str = "2";
 /// CRR milliseconds per round.
 const CRR_MS: &str = "1500";
 /// Services besides the measured one at the large scale.
-const OTHER_SERVICES: usize = 9_999;
+pub(super) const OTHER_SERVICES: usize = 9_999;
 /// Every `NODEPORT_EVERY`-th other service is a NodePort (the rest are ClusterIP): as
 /// many as fit in the default NodePort range.
 const NODEPORT_EVERY: usize = 4;
 /// First NodePort of the other services.
 const OTHER_NODEPORT_BASE: u16 = 30_202;
 /// The measured service's ports (pod side) and NodePorts.
-const HTTP_PORT: u16 = 8080;
-const IPERF_PORT: u16 = 5201;
-const HTTP_NODEPORT: u16 = 30_080;
-const IPERF_NODEPORT: u16 = 30_201;
+pub(super) const HTTP_PORT: u16 = 8080;
+pub(super) const IPERF_PORT: u16 = 5201;
+pub(super) const HTTP_NODEPORT: u16 = 30_080;
+pub(super) const IPERF_NODEPORT: u16 = 30_201;
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const AGENT_FLAGS: &[&str] = &[
@@ -103,25 +103,25 @@ struct Figures {
 }
 
 /// One service of the programmed set, for both the manifest and the iptables rules.
-struct Svc {
+pub(super) struct Svc {
     /// Chain-name stem (`BENCH`, `S00042`).
-    id: String,
+    pub(super) id: String,
     name: String,
     cluster_ip: Ipv4Addr,
     /// (name, port, target port, node port).
-    ports: Vec<(&'static str, u16, u16, Option<u16>)>,
+    pub(super) ports: Vec<(&'static str, u16, u16, Option<u16>)>,
     endpoint: Ipv4Addr,
     node: &'static str,
 }
 
-struct Env<'a> {
-    topo: &'a NodesTopology,
-    pod: &'a Pod,
-    dir: ManifestDir,
-    bpffs: BpfFs,
-    cgroup: Cgroup,
+pub(super) struct Env<'a> {
+    pub(super) topo: &'a NodesTopology,
+    pub(super) pod: &'a Pod,
+    pub(super) dir: ManifestDir,
+    pub(super) bpffs: BpfFs,
+    pub(super) cgroup: Cgroup,
     /// The pod's probe server; it logs every connection that ends in an error.
-    server: ChildGuard,
+    pub(super) server: ChildGuard,
 }
 
 /// Runs the benchmark and prints its table.
@@ -354,7 +354,7 @@ fn server_errors(env: &Env<'_>) -> usize {
 }
 
 /// The agent in node-a, serving the NodePort, with every service in its maps.
-fn start_agent(env: &Env<'_>, services: usize) -> Result<Agent> {
+pub(super) fn start_agent(env: &Env<'_>, services: usize) -> Result<Agent> {
     let node = env.topo.node_a();
     let agent = Agent::start_in(
         &node.netns,
@@ -393,7 +393,7 @@ fn start_agent(env: &Env<'_>, services: usize) -> Result<Agent> {
 }
 
 /// SIGTERM, then `proxy-agent --cleanup` on its pins (which detaches its tc programs).
-fn stop_agent(agent: Agent) -> Result<()> {
+pub(super) fn stop_agent(agent: Agent) -> Result<()> {
     let pins = agent.bpffs.clone();
     agent.stop();
     let out = Command::new(agent_binary("proxy-agent"))
@@ -414,7 +414,7 @@ fn stop_agent(agent: Agent) -> Result<()> {
 
 /// Deletes node-a's whole nftables ruleset (the nat table of `iptables-nft`, so that
 /// netfilter conntrack stops running there too) and its conntrack table.
-fn clear_node(netns: &Netns) -> Result<()> {
+pub(super) fn clear_node(netns: &Netns) -> Result<()> {
     netns.exec(&[&tool("nft").to_string_lossy(), "flush", "ruleset"]);
     netns.exec(&[&tool("conntrack").to_string_lossy(), "-F"]);
     let left = netns.exec(&[&tool("nft").to_string_lossy(), "list", "ruleset"]);
@@ -519,7 +519,7 @@ fn diagnostics(env: &Env<'_>) -> String {
     d
 }
 
-fn client_probe(env: &Env<'_>, args: &[&str]) -> Result<Output> {
+pub(super) fn client_probe(env: &Env<'_>, args: &[&str]) -> Result<Output> {
     try_run(
         &env.topo.client,
         None,
@@ -530,11 +530,11 @@ fn client_probe(env: &Env<'_>, args: &[&str]) -> Result<Output> {
 }
 
 /// One CRR round.
-struct Crr {
+pub(super) struct Crr {
     /// Connections per second (a failed connection's wait counts in the time).
-    rate: f64,
-    conns: u64,
-    errs: u64,
+    pub(super) rate: f64,
+    pub(super) conns: u64,
+    pub(super) errs: u64,
     /// The first failure, as the probe reported it.
     first_err: String,
     /// SYNs the client had to send again (each costs a 1 s wait).
@@ -544,7 +544,7 @@ struct Crr {
 /// New connections per second (`probe crr`) to `addr:port`. A connection that fails
 /// (the machine is noisy: a lost SYN can exceed the 2 s connect timeout) is reported,
 /// and its wait is in the figure; more than 1% failures are an error.
-fn crr(env: &Env<'_>, addr: &str, port: u16) -> Result<Crr> {
+pub(super) fn crr(env: &Env<'_>, addr: &str, port: u16) -> Result<Crr> {
     let to = format!("{addr}:{port}");
     let syn_before = syn_retransmits(&env.topo.client)?;
     let out = client_probe(env, &["crr", "--to", &to, "--duration-ms", CRR_MS])?;
@@ -595,7 +595,7 @@ fn syn_retransmits(netns: &Netns) -> Result<u64> {
 }
 
 /// iperf3 throughput to `addr:port` in Gbit/s (what the server received).
-fn iperf(env: &Env<'_>, addr: &str, port: u16) -> Result<f64> {
+pub(super) fn iperf(env: &Env<'_>, addr: &str, port: u16) -> Result<f64> {
     let out = try_run(
         &env.topo.client,
         None,
@@ -626,7 +626,7 @@ fn iperf(env: &Env<'_>, addr: &str, port: u16) -> Result<f64> {
 }
 
 /// Retries iperf3 until the server answers (it needs a moment to listen).
-fn wait_iperf(env: &Env<'_>, addr: &str, port: u16) -> Result<()> {
+pub(super) fn wait_iperf(env: &Env<'_>, addr: &str, port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match iperf(env, addr, port) {
@@ -647,7 +647,7 @@ fn sync_field(line: &str, key: &str) -> usize {
 /// The measured service (two NodePorts: the probe server and iperf3) amid `others`
 /// other services, placed in the middle (kube-proxy writes services in map order, so on
 /// average a service's rules sit halfway down its chains).
-fn service_set(pod: Ipv4Addr, others: usize) -> Vec<Svc> {
+pub(super) fn service_set(pod: Ipv4Addr, others: usize) -> Vec<Svc> {
     let mut svcs: Vec<Svc> = (0..others)
         .map(|i| {
             let (a, b) = (i / 250, i % 250 + 1);
@@ -680,7 +680,7 @@ fn service_set(pod: Ipv4Addr, others: usize) -> Vec<Svc> {
 }
 
 impl Svc {
-    fn yaml(&self) -> String {
+    pub(super) fn yaml(&self) -> String {
         let np = self.ports.iter().any(|p| p.3.is_some());
         let mut spec = ServiceSpec::new(&self.name, if np { "NodePort" } else { "ClusterIP" })
             .cluster_ip(IpAddr::V4(self.cluster_ip))
