@@ -1461,7 +1461,7 @@ fn a_pod_interface_created_later_is_attached_and_detached_when_it_goes() {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    // How fast is for `cargo xtask bench nodeport` to say; this test shows that it happens.
+    // The test shows that it happens, not how fast (the figure is printed for the README).
     eprintln!(
         "late0 had its tc program {:?} after `ip link add` started",
         created.elapsed()
