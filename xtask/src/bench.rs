@@ -61,6 +61,14 @@ pub(crate) fn median(xs: &mut [f64]) -> f64 {
     }
 }
 
+/// `min..max` of `xs` (which must not be empty), with `prec` decimals: the spread the
+/// README prints next to each median.
+pub(crate) fn spread(xs: &[f64], prec: usize) -> String {
+    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.prec$}..{max:.prec$}")
+}
+
 /// The value after `key` in a probe summary line (`conns 123 secs 2.0 ...`).
 pub(crate) fn field(line: &str, key: &str) -> Result<f64> {
     let mut words = line.split_whitespace();
@@ -79,4 +87,21 @@ pub(crate) fn quantile(xs: &mut [f64], q: f64) -> f64 {
     xs.sort_by(f64::total_cmp);
     let rank = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
     xs[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_min_to_max_whatever_the_order() {
+        assert_eq!(spread(&[3.0, 1.25, 2.0], 2), "1.25..3.00");
+        assert_eq!(spread(&[7.0], 0), "7..7");
+    }
+
+    #[test]
+    fn a_missing_field_is_an_error_not_zero() {
+        assert_eq!(field("conns 12 secs 2.0", "secs").ok(), Some(2.0));
+        assert!(field("conns 12", "secs").is_err());
+    }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tests::{Agent, BpfFs, ClusterTopology, ManifestDir};
 
-use super::{field, median};
+use super::{field, median, spread};
 
 const ROUNDS: usize = 15;
 const ROUND_MS: &str = "1500";
@@ -112,6 +112,14 @@ fn measure(topo: &ClusterTopology, backend: &str) -> Result<(Figures, Figures)> 
             samples[side][1].push(field(&rr, "p50_us")?);
             samples[side][2].push(field(&rr, "p99_us")?);
         }
+    }
+    for (s, name) in samples.iter().zip(["direct", "VIP"]) {
+        println!(
+            "  spread over {ROUNDS} rounds, {name}: {} conn/s, RR p50 {} us, p99 {} us",
+            spread(&s[0], 0),
+            spread(&s[1], 0),
+            spread(&s[2], 0)
+        );
     }
     let fig = |s: &mut [Vec<f64>; 3]| Figures {
         crr: median(&mut s[0]),

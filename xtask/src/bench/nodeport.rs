@@ -47,7 +47,7 @@ use ::tests::{
 };
 use anyhow::{Context, Result, bail};
 
-use super::{field, median};
+use super::{field, median, spread};
 
 /// Rounds per scale: each of the six orders of the three sides, twice.
 const ROUNDS: usize = 12;
@@ -292,6 +292,13 @@ fn measure(env: &Env<'_>, services: usize, rules: &str) -> Result<[(Figures, u64
             line.push(';');
         }
         println!("{line}  ({:.1} s)", t.elapsed().as_secs_f64());
+    }
+    for ((g, c, _, _), name) in samples.iter().zip(["direct", "ours", "iptables"]) {
+        println!(
+            "  spread over {ROUNDS} rounds, {name}: {} Gbit/s, {} conn/s",
+            spread(g, 2),
+            spread(c, 0)
+        );
     }
     Ok(samples.map(|(mut g, mut c, errs, conns)| {
         let fig = Figures {
