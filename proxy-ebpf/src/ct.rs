@@ -200,56 +200,56 @@ pub fn track_unassured(ctx: &TcContext, s: &mut Scratch, o: *mut CtOpenEntry, no
     count(counter::CT_PROMOTED);
 }
 
-/// Deletes the flow whose forward leg `e` is keyed `key` from `CONNTRACK`, so that a
-/// new flow can take the tuple (uses `s.key`).
-#[inline(always)]
-pub fn forget_assured(s: &mut Scratch, e: &CtEntry) {
-    s.key = nat_tuple(e, s.pkt.key.proto).reversed();
-    // SAFETY: read in place.
-    if let Some(r) = unsafe { CONNTRACK.get(&s.key) }
-        && names(r, &s.pkt.key)
-    {
-        let _ = CONNTRACK.remove(&s.key);
+/// Deletes from `CONNTRACK` the leg keyed `key` (value `e`) and, if it names it back,
+/// the flow's other leg.
+// Not inlined (nor `drop_unassured`): the other leg's key stays out of the callers'
+// frames.
+#[inline(never)]
+fn drop_assured(key: &CtKey, e: &CtEntry) {
+    let other = nat_tuple(e, key.proto).reversed();
+    // SAFETY: read in place; the value stays valid for this program run.
+    if unsafe { CONNTRACK.get(&other) }.is_some_and(|o| names(o, key)) {
+        let _ = CONNTRACK.remove(&other);
     }
-    let _ = CONNTRACK.remove(&s.pkt.key);
+    let _ = CONNTRACK.remove(key);
+}
+
+/// As [`drop_assured`], in `CT_OPEN`.
+#[inline(never)]
+fn drop_unassured(key: &CtKey, e: &CtEntry) {
+    let other = nat_tuple(e, key.proto).reversed();
+    // SAFETY: as in `drop_assured`.
+    if unsafe { CT_OPEN.get(&other) }.is_some_and(|o| names(&o.ct, key)) {
+        let _ = CT_OPEN.remove(&other);
+    }
+    let _ = CT_OPEN.remove(key);
+}
+
+/// Deletes the assured flow whose forward leg `e` the packet in `s.pkt` hit, so that a
+/// new flow can take the tuple.
+#[inline(always)]
+pub fn forget_assured(s: &Scratch, e: &CtEntry) {
+    drop_assured(&s.pkt.key, e);
 }
 
 /// As [`forget_assured`], for an unassured flow.
 #[inline(always)]
-pub fn forget_unassured(s: &mut Scratch, e: &CtEntry) {
-    s.key = nat_tuple(e, s.pkt.key.proto).reversed();
-    // SAFETY: read in place.
-    if let Some(r) = unsafe { CT_OPEN.get(&s.key) }
-        && names(&r.ct, &s.pkt.key)
-    {
-        let _ = CT_OPEN.remove(&s.key);
-    }
-    let _ = CT_OPEN.remove(&s.pkt.key);
+pub fn forget_unassured(s: &Scratch, e: &CtEntry) {
+    drop_unassured(&s.pkt.key, e);
     count(counter::CT_REOPENED);
 }
 
 /// Deletes the flow whose reply leg is keyed `reply`, from whichever table holds it:
 /// a new flow is taking that tuple. An unassured flow evicted so is counted.
-// Not inlined: the forward key it builds stays out of `open`'s frame.
-#[inline(never)]
+#[inline(always)]
 pub fn evict_reply(reply: &CtKey) {
     // SAFETY: read in place; the value stays valid for this program run.
     if let Some(r) = unsafe { CONNTRACK.get(reply) } {
-        let fwd = nat_tuple(r, reply.proto).reversed();
-        // SAFETY: as above.
-        if unsafe { CONNTRACK.get(&fwd) }.is_some_and(|f| names(f, reply)) {
-            let _ = CONNTRACK.remove(&fwd);
-        }
-        let _ = CONNTRACK.remove(reply);
+        drop_assured(reply, r);
     }
     // SAFETY: as above.
     if let Some(r) = unsafe { CT_OPEN.get(reply) } {
-        let fwd = nat_tuple(&r.ct, reply.proto).reversed();
-        // SAFETY: as above.
-        if unsafe { CT_OPEN.get(&fwd) }.is_some_and(|f| names(&f.ct, reply)) {
-            let _ = CT_OPEN.remove(&fwd);
-        }
-        let _ = CT_OPEN.remove(reply);
+        drop_unassured(reply, &r.ct);
         count(counter::CT_TUPLE_RECLAIMED);
     }
 }

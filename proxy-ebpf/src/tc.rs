@@ -109,12 +109,13 @@ fn ingress(ctx: &mut TcContext) -> i32 {
     if !packet::parse(ctx, &mut s.pkt) {
         return icmp_error(ctx, s, true);
     }
-    let now = s.pkt.clock();
     // SAFETY: reading a field of the context the kernel gave us.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
 
-    // Assured flows first: the established path is one lookup.
+    // Assured flows first: the established path is one lookup. (The clock is read
+    // only for a tracked flow: `open` reads its own.)
     if let Some(e) = CONNTRACK.get_ptr_mut(&s.pkt.key) {
+        let now = s.pkt.clock();
         // SAFETY: the value stays valid for this program run; read in place (no copy:
         // stack space is scarce) before `touch` writes to it.
         let keep = unsafe { !restarts(&*e, &s.pkt, now) };
@@ -128,6 +129,7 @@ fn ingress(ctx: &mut TcContext) -> i32 {
         // SAFETY: as above.
         ct::forget_assured(s, unsafe { &*e });
     } else if let Some(o) = CT_OPEN.get_ptr_mut(&s.pkt.key) {
+        let now = s.pkt.clock();
         // SAFETY: as above.
         let keep = unsafe { !restarts(&(*o).ct, &s.pkt, now) };
         if keep {
@@ -169,14 +171,15 @@ fn egress(ctx: &mut TcContext) -> i32 {
     if !packet::parse(ctx, &mut s.pkt) {
         return icmp_error(ctx, s, false);
     }
-    let now = s.pkt.clock();
     let reply = if let Some(e) = CONNTRACK.get_ptr_mut(&s.pkt.key) {
+        let now = s.pkt.clock();
         // SAFETY: the value stays valid for this program run; read before `touch`.
         unsafe { ct::set_nat_tuple(&mut s.to, &*e, s.pkt.key.proto) };
         ct::touch(e, s.pkt.key.proto, s.pkt.tcp_flags, ctx.len(), now, true);
         // SAFETY: as above.
         unsafe { (*e).flags & CT_F_REPLY != 0 }
     } else if let Some(o) = CT_OPEN.get_ptr_mut(&s.pkt.key) {
+        let now = s.pkt.clock();
         ct::track_unassured(ctx, s, o, now);
         // SAFETY: as above (still valid if the flow just moved to CONNTRACK).
         unsafe { (*o).ct.flags & CT_F_REPLY != 0 }

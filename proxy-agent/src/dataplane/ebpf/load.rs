@@ -83,20 +83,13 @@ pub enum LoadError {
     NoRuntime,
 }
 
-/// Loads the object with the configured map sizes (reusing maps pinned under
-/// `<bpffs>/maps`), loads the tc programs for later attachment, writes `TC_CONFIG`, and
-/// attaches every socket program to the cgroup (see the module documentation).
 /// A `COUNTERS` map pinned by an older agent may have fewer entries than this one
 /// counts; reused as it is, the newer counters would silently never count. It holds
 /// statistics only, so it is replaced (counts restart from zero; the previous agent's
 /// programs keep their map until the new ones are attached).
-fn replace_outgrown_counters(maps_dir: &Path) {
-    let pin = maps_dir.join(maps::COUNTERS);
-    let Ok(old) = MapData::from_pin(&pin) else {
-        return;
-    };
-    let entries = old.info().map(|i| i.max_entries());
-    if let Ok(n) = entries
+fn replace_outgrown_counters(bpffs: &Path) {
+    let pin = super::pins::map_path(bpffs, maps::COUNTERS);
+    if let Ok(n) = super::pins::max_entries(bpffs, maps::COUNTERS)
         && n != pc::counter::COUNT
     {
         match std::fs::remove_file(&pin) {
@@ -136,11 +129,8 @@ pub(super) fn map_memory(bpffs: &Path) -> Family<MapName, Gauge> {
 
 /// Warns when a pinned connection table adopted from an earlier agent has another
 /// size than configured: pinned maps keep their size (and their flows).
-fn check_adopted_size(maps_dir: &Path, name: &str, configured: u32) {
-    let Ok(old) = MapData::from_pin(maps_dir.join(name)) else {
-        return;
-    };
-    if let Ok(n) = old.info().map(|i| i.max_entries())
+fn check_adopted_size(bpffs: &Path, name: &'static str, configured: u32) {
+    if let Ok(n) = super::pins::max_entries(bpffs, name)
         && n != configured
     {
         warn!(
@@ -152,6 +142,9 @@ fn check_adopted_size(maps_dir: &Path, name: &str, configured: u32) {
     }
 }
 
+/// Loads the object with the configured map sizes (reusing maps pinned under
+/// `<bpffs>/maps`), loads the tc programs for later attachment, writes `TC_CONFIG`, and
+/// attaches every socket program to the cgroup (see the module documentation).
 pub(super) fn load_and_attach(cfg: &EbpfConfig) -> Result<Ebpf, LoadError> {
     if PROGRAMS.is_empty() {
         return Err(LoadError::NoPrograms);
@@ -165,9 +158,9 @@ pub(super) fn load_and_attach(cfg: &EbpfConfig) -> Result<Ebpf, LoadError> {
             source,
         })?;
     }
-    replace_outgrown_counters(&maps_dir);
-    check_adopted_size(&maps_dir, maps::CONNTRACK, cfg.conntrack.assured_entries());
-    check_adopted_size(&maps_dir, maps::CT_OPEN, cfg.conntrack.unassured_entries());
+    replace_outgrown_counters(&cfg.bpffs);
+    check_adopted_size(&cfg.bpffs, maps::CONNTRACK, cfg.conntrack.assured_entries());
+    check_adopted_size(&cfg.bpffs, maps::CT_OPEN, cfg.conntrack.unassured_entries());
     let s = cfg.sizes;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&maps_dir)

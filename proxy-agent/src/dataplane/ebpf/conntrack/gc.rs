@@ -61,7 +61,7 @@ pub struct Pinned<V> {
     capacity: u32,
 }
 
-impl<V: aya::Pod> Pinned<V> {
+impl<V: Leg> Pinned<V> {
     /// Wraps `map`, also open as `data`, whose `max_entries` is `capacity`.
     pub fn new(map: HashMap<MapData, CtKey, V>, data: MapData, capacity: u32) -> Self {
         Pinned {
@@ -70,10 +70,30 @@ impl<V: aya::Pod> Pinned<V> {
             capacity,
         }
     }
+}
 
-    /// Every entry, each once: one batch walk, bounded by the capacity (entries
-    /// inserted during the walk may be seen or not).
-    fn snapshot(&self, leg: impl Fn(V) -> CtEntry) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
+/// A value of either table, as the leg the collector judges.
+pub trait Leg: aya::Pod {
+    /// The leg.
+    fn leg(self) -> CtEntry;
+}
+
+impl Leg for CtEntry {
+    fn leg(self) -> CtEntry {
+        self
+    }
+}
+
+impl Leg for CtOpenEntry {
+    fn leg(self) -> CtEntry {
+        self.ct
+    }
+}
+
+impl<V: Leg> CtTable for Pinned<V> {
+    /// One batch walk, bounded by the capacity (entries inserted during the walk may
+    /// be seen or not).
+    fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
         let all = lookup_all::<CtKey, V>(self.data.fd().as_fd(), self.capacity as usize).map_err(
             |io_error| {
                 MapError::SyscallError(aya::sys::SyscallError {
@@ -82,54 +102,23 @@ impl<V: aya::Pod> Pinned<V> {
                 })
             },
         )?;
-        Ok(all.into_iter().map(|(k, v)| (k, leg(v))).collect())
-    }
-}
-
-impl CtTable for Pinned<CtEntry> {
-    fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
-        self.snapshot(|v| v)
+        Ok(all.into_iter().map(|(k, v)| (k, v.leg())).collect())
     }
 
     fn get(&self, key: &CtKey) -> Result<Option<CtEntry>, MapError> {
         match HashMap::get(&self.map, key, 0) {
-            Ok(e) => Ok(Some(e)),
+            Ok(e) => Ok(Some(e.leg())),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     fn remove(&mut self, key: &CtKey) -> Result<bool, MapError> {
-        remove(&mut self.map, key)
-    }
-}
-
-impl CtTable for Pinned<CtOpenEntry> {
-    fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapError> {
-        self.snapshot(|v| v.ct)
-    }
-
-    fn get(&self, key: &CtKey) -> Result<Option<CtEntry>, MapError> {
-        match HashMap::get(&self.map, key, 0) {
-            Ok(e) => Ok(Some(e.ct)),
-            Err(e) if is_not_found(&e) => Ok(None),
+        match self.map.remove(key) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(e),
         }
-    }
-
-    fn remove(&mut self, key: &CtKey) -> Result<bool, MapError> {
-        remove(&mut self.map, key)
-    }
-}
-
-fn remove<V: aya::Pod>(
-    map: &mut HashMap<MapData, CtKey, V>,
-    key: &CtKey,
-) -> Result<bool, MapError> {
-    match map.remove(key) {
-        Ok(()) => Ok(true),
-        Err(e) if is_not_found(&e) => Ok(false),
-        Err(e) => Err(e),
     }
 }
 

@@ -75,10 +75,17 @@ pub(super) fn open_unassured(bpffs: &Path) -> Result<Pinned<CtOpenEntry>, Conntr
     open_pinned(bpffs, maps::CT_OPEN)
 }
 
-fn open_pinned<V: aya::Pod>(bpffs: &Path, name: &'static str) -> Result<Pinned<V>, ConntrackError> {
-    let capacity = pins::max_entries(bpffs, name)?;
-    let map: HashMap<MapData, _, V> = pins::open(bpffs, name)?;
+fn open_pinned<V: gc::Leg>(bpffs: &Path, name: &'static str) -> Result<Pinned<V>, ConntrackError> {
     let data = pins::open_data(bpffs, name)?;
+    let capacity = data
+        .info()
+        .map(|i| i.max_entries())
+        .map_err(|source| ConntrackError::Map {
+            op: "reading the info of",
+            name,
+            source,
+        })?;
+    let map: HashMap<MapData, _, V> = pins::open(bpffs, name)?;
     Ok(Pinned::new(map, data, capacity))
 }
 
