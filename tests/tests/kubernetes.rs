@@ -54,7 +54,14 @@ fn services_and_endpoint_slices_follow_the_api_server_through_relists_and_outage
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig);
     let bpffs = BpfFs::new("kube");
-    let mut agent = Agent::start_kube(bpffs.path(), topo.client_cgroup.path(), &kubeconfig, &[]);
+    // A full resync every second: after any moment, a sync that starts later is
+    // at most a second away, whether or not an object changed.
+    let mut agent = Agent::start_kube(
+        bpffs.path(),
+        topo.client_cgroup.path(),
+        &kubeconfig,
+        &["--sync-period", "1"],
+    );
 
     agent.wait_for("10.96.0.10:80/TCP", &addrs(&ips[..2]), SYNC);
     assert_eq!(reached(&topo, 30).len(), 2);
@@ -78,7 +85,6 @@ fn services_and_endpoint_slices_follow_the_api_server_through_relists_and_outage
     api.expire_history();
     apply_all(&api, &web(&ips[..1]));
     agent.wait_for("10.96.0.10:80/TCP", &addrs(&ips[..1]), SYNC);
-    let syncs_before_relist = agent.syncs();
     let deadline = std::time::Instant::now() + SYNC;
     while api
         .requests()
@@ -94,9 +100,11 @@ fn services_and_endpoint_slices_follow_the_api_server_through_relists_and_outage
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The relist completes (its swap-in is a change, so a sync follows it) and the
-    // world is the same: still programmed, still served.
-    agent.wait_syncs(syncs_before_relist + 1, SYNC);
+    // Two syncs after the relist request was seen (with a resync every second, the
+    // second runs after the list was answered and swapped in), the world is the same:
+    // still programmed, still served.
+    let seen = agent.syncs();
+    agent.wait_syncs(seen + 2, SYNC);
     agent.wait_for("10.96.0.10:80/TCP", &addrs(&ips[..1]), SYNC);
     assert_eq!(reached(&topo, 5).len(), 1);
 
