@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::netns::run_in;
+use crate::netns::{run_in, spawn_in};
 use crate::process::try_spawn;
-use crate::{ChildGuard, Netns, http_get, metric_value};
+use crate::{ChildGuard, FakeApiServer, Netns, http_get, metric_value};
 
 /// One programmed frontend, as `proxyctl list --json` prints it. (A copy of
 /// `proxy_agent::dataplane::ebpf::inspect::ServiceView`'s shape: this crate does not depend on
@@ -134,16 +134,19 @@ pub struct Agent {
     guard: ChildGuard,
     /// The agent's pin directory.
     pub bpffs: PathBuf,
-    /// The network namespace it runs in (`None`: the root namespace).
-    netns: Option<PathBuf>,
+    /// The network namespace it runs in: a node's, the fake API server's, or its own.
+    netns: PathBuf,
+    /// The private namespace made for an agent that serves no node traffic.
+    _own_netns: Option<Netns>,
     /// When the process was spawned (unix µs).
     spawned_us: u64,
 }
 
 impl Agent {
     /// Starts `agent --manifests DIR --bpffs BPFFS/agent --cgroup-path CGROUP` plus
-    /// `extra` arguments, in the root network namespace (it sends no traffic) and
-    /// outside the test cgroup, and waits for its first sync.
+    /// `extra` arguments, outside the test cgroup and in a network namespace of its own
+    /// (it serves only the socket path, which is per cgroup, and its HTTP servers must
+    /// not listen on the machine), and waits for its first sync.
     pub fn start(bpffs: &Path, cgroup: &Path, manifests: &Path, extra: &[&str]) -> Agent {
         Agent::start_with(None, bpffs, cgroup, "--manifests", manifests, extra, &[])
     }
@@ -160,9 +163,24 @@ impl Agent {
         Agent::start_with(None, bpffs, cgroup, "--manifests", manifests, extra, env)
     }
 
-    /// Like [`Agent::start`], with the Kubernetes source on `kubeconfig`.
-    pub fn start_kube(bpffs: &Path, cgroup: &Path, kubeconfig: &Path, extra: &[&str]) -> Agent {
-        Agent::start_with(None, bpffs, cgroup, "--kubeconfig", kubeconfig, extra, &[])
+    /// Like [`Agent::start`], with the Kubernetes source on `kubeconfig`, inside the
+    /// namespace where `api` listens.
+    pub fn start_kube(
+        api: &FakeApiServer,
+        bpffs: &Path,
+        cgroup: &Path,
+        kubeconfig: &Path,
+        extra: &[&str],
+    ) -> Agent {
+        Agent::start_with(
+            Some(api.netns()),
+            bpffs,
+            cgroup,
+            "--kubeconfig",
+            kubeconfig,
+            extra,
+            &[],
+        )
     }
 
     /// Like [`Agent::start`], but inside `netns` (a node of a
@@ -212,15 +230,17 @@ impl Agent {
         if !extra.contains(&"--hostname-override") {
             cmd.args(["--hostname-override", "node-a"]);
         }
-        if netns.is_none() {
-            // In the root namespace the tc programs would attach to the machine's own
-            // interfaces: never. Tests of the tc path run the agent in a node namespace.
+        let own_netns = netns.is_none().then(|| {
+            // An agent of the socket path only: no tc programs. Tests of the tc path run
+            // the agent in a node namespace (Agent::start_in).
             assert!(
                 !extra.contains(&"--nodeport-addresses") && !extra.contains(&"--pod-interfaces"),
-                "tc programs attach only inside a test namespace: use Agent::start_in"
+                "tc programs attach only to a node namespace: use Agent::start_in"
             );
             cmd.args(["--nodeport-addresses", "none"]);
-        }
+            Netns::new("agent")
+        });
+        let ns = netns.or(own_netns.as_ref()).expect("a namespace");
         cmd.args(["--metrics-bind-address", "127.0.0.1:0"])
             .args(["--healthz-bind-address", "127.0.0.1:0"])
             .args(extra)
@@ -230,42 +250,61 @@ impl Agent {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let spawned_us = crate::unix_us();
-        let child = match netns {
-            Some(ns) => try_spawn(&ns.path(), None, &mut cmd)
-                .unwrap_or_else(|e| panic!("spawning the agent in netns {}: {e}", ns.name())),
-            None => cmd.spawn().expect("spawning the agent"),
-        };
-        let label = match netns {
-            Some(ns) => format!("agent@{}", ns.name()),
-            None => "agent".into(),
-        };
+        let child = try_spawn(&ns.path(), None, &mut cmd)
+            .unwrap_or_else(|e| panic!("spawning the agent in netns {}: {e}", ns.name()));
+        let ns_of = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        assert_ne!(
+            ns_of(&child.id().to_string()),
+            ns_of("self"),
+            "the agent must not run in the test's own (root) network namespace"
+        );
         let mut agent = Agent {
-            guard: ChildGuard::with_label(child, label),
+            guard: ChildGuard::with_label(child, format!("agent@{}", ns.name())),
             bpffs: pins,
-            netns: netns.map(Netns::path),
+            netns: ns.path(),
+            _own_netns: own_netns,
             spawned_us,
         };
         agent.wait_syncs(1, Duration::from_secs(30));
         agent
     }
 
-    /// Runs `f` in the agent's network namespace (on a thread that entered it), or
-    /// right here for an agent in the root namespace; e.g. to reach its metrics.
+    /// Runs `f` in the agent's network namespace (on a thread that entered it); e.g. to
+    /// reach its HTTP servers.
     pub fn run_in_netns<F, R>(&self, f: F) -> R
     where
         F: FnOnce() -> R + Send,
         R: Send,
     {
-        match &self.netns {
-            Some(path) => run_in(path, f),
-            None => f(),
-        }
+        run_in(&self.netns, f)
+    }
+
+    /// Spawns a thread that runs `f` in the agent's network namespace.
+    pub fn spawn_in_netns<F, R>(&self, f: F) -> std::thread::JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        spawn_in(self.netns.clone(), f)
+    }
+
+    /// `GET path` from the agent's metrics server (`/metrics`, `/proxyMode`), from
+    /// inside its namespace: (status, body).
+    pub fn get_metrics(&self, path: &str) -> (u16, String) {
+        let (metrics, _) = self.http_addrs();
+        self.run_in_netns(|| http_get(metrics, path))
+    }
+
+    /// `GET path` from the agent's health server (`/healthz`, `/livez`), from inside
+    /// its namespace: (status, body).
+    pub fn get_health(&self, path: &str) -> (u16, String) {
+        let (_, health) = self.http_addrs();
+        self.run_in_netns(|| http_get(health, path))
     }
 
     /// `GET /metrics` from the agent's metrics address (in its namespace).
     pub fn metrics(&self) -> String {
-        let (metrics, _) = self.http_addrs();
-        let (code, body) = self.run_in_netns(|| http_get(metrics, "/metrics"));
+        let (code, body) = self.get_metrics("/metrics");
         assert_eq!(code, 200, "/metrics answered {code}: {body}");
         body
     }

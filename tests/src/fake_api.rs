@@ -1,4 +1,4 @@
-//! A fake Kubernetes API server on 127.0.0.1 that speaks just enough list and watch
+//! A fake Kubernetes API server on 127.0.0.1 of a namespace of its own that speaks just enough list and watch
 //! for the agent's real kube-rs client: namespaced and cluster-wide lists (with
 //! `resourceVersion`), chunked watch streams with ADDED/MODIFIED/DELETED events, and the
 //! failure modes that matter: dropped watches, "410 Gone" (expired resource versions,
@@ -15,6 +15,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+use crate::Netns;
 
 /// A resource the fake serves: its URL collection and list kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -104,12 +106,19 @@ struct Shared {
 pub struct FakeApiServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    /// Where it listens; the agent that talks to it runs there too.
+    netns: Netns,
 }
 
 impl FakeApiServer {
-    /// Starts serving on an ephemeral port of 127.0.0.1.
+    /// Starts serving on an ephemeral port of 127.0.0.1, in a new network namespace
+    /// (never on the machine's own loopback).
     pub fn start() -> FakeApiServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake API server");
+        let netns = Netns::new("api");
+        // The listening socket belongs to the namespace it was made in.
+        let listener = netns
+            .run(|| TcpListener::bind("127.0.0.1:0"))
+            .expect("binding the fake API server");
         let addr = listener.local_addr().expect("local_addr");
         listener
             .set_nonblocking(true)
@@ -139,10 +148,19 @@ impl FakeApiServer {
                 }
             }
         });
-        FakeApiServer { shared, addr }
+        FakeApiServer {
+            shared,
+            addr,
+            netns,
+        }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// The namespace it listens in.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// `http://127.0.0.1:PORT` (inside [`netns`](Self::netns)).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -134,16 +134,7 @@ where
     let file = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
     thread::scope(|s| {
         let handle = s.spawn(move || {
-            // SAFETY: plain syscall on an open descriptor; only this thread changes
-            // namespace.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                panic!(
-                    "setns into {}: {}",
-                    path.display(),
-                    io::Error::last_os_error()
-                );
-            }
-            drop(file);
+            enter(file, path);
             f()
         });
         match handle.join() {
@@ -151,6 +142,31 @@ where
             Err(payload) => std::panic::resume_unwind(payload),
         }
     })
+}
+
+/// Spawns a thread that enters the namespace bind-mounted at `path` and runs `f`.
+pub(crate) fn spawn_in<F, R>(path: PathBuf, f: F) -> thread::JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let file = File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    thread::spawn(move || {
+        enter(file, &path);
+        f()
+    })
+}
+
+/// Moves the calling thread into the namespace `file` (opened from `path`) refers to.
+fn enter(file: File, path: &Path) {
+    // SAFETY: plain syscall on an open descriptor; only this thread changes namespace.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        panic!(
+            "setns into {}: {}",
+            path.display(),
+            io::Error::last_os_error()
+        );
+    }
 }
 
 pub(crate) fn pids_of(name: &str) -> io::Result<Vec<i32>> {

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tests::{
-    BpfFs, Cgroup, ClusterTopology, Netns, ProbeReply, cgroup2_mount, cleanup_stale, run, spawn,
-    spawn_guarded, stdout_lines, try_run,
+    BpfFs, Cgroup, ClusterTopology, FakeApiServer, Netns, ProbeReply, cgroup2_mount, cleanup_stale,
+    run, spawn, spawn_guarded, stdout_lines, try_run,
 };
 
 fn netns_exists(name: &str) -> bool {
@@ -343,4 +343,23 @@ fn leftovers_of_runs_that_are_over_are_removed_and_nothing_else() {
         "removed (dead run, live run, run without a lock file)"
     );
     assert!(dead_lock_gone, "the dead run's lock file was left");
+}
+
+#[test]
+fn the_fake_api_server_listens_only_inside_its_own_namespace() {
+    let api = FakeApiServer::start();
+    let addr: std::net::SocketAddr = api
+        .url()
+        .strip_prefix("http://")
+        .and_then(|a| a.parse().ok())
+        .expect("the fake's address");
+    let (code, body) = api
+        .netns()
+        .run(|| tests::http_get(addr, "/api/v1/services"));
+    assert_eq!(code, 200, "inside its namespace: {body}");
+    // Control: the machine's own loopback has nothing there. (Another process of the
+    // machine listening on that very ephemeral port would fail this, never pass it.)
+    let err = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .expect_err("the fake answered on the machine's own loopback");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
 }

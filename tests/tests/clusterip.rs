@@ -665,9 +665,8 @@ fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
     env.agent()
         .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
     env.agent().wait_for("10.96.0.11:80/TCP", &[], SYNC);
-    let (metrics, health) = env.agent().http_addrs();
-
-    let (code, body) = tests::http_get(health, "/healthz");
+    let agent = env.agent();
+    let (code, body) = agent.get_health("/healthz");
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("healthz JSON");
     assert!(
@@ -675,16 +674,12 @@ fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
         "{body}"
     );
     assert_eq!(v["nodeEligible"], true, "{body}");
-    assert_eq!(tests::http_get(health, "/livez").0, 200);
-    assert_eq!(
-        tests::http_get(metrics, "/proxyMode"),
-        (200, "ebpf".to_owned())
-    );
+    assert_eq!(agent.get_health("/livez").0, 200);
+    assert_eq!(agent.get_metrics("/proxyMode"), (200, "ebpf".to_owned()));
 
     env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "5"]);
     env.probe(&["tcp", "--to", "10.96.0.11:80", "--count", "3"]);
-    let (code, text) = tests::http_get(metrics, "/metrics");
-    assert_eq!(code, 200);
+    let text = agent.metrics();
     let value = |m: &str, l: &str| {
         tests::metric_value(&text, m, l).unwrap_or_else(|| panic!("no {m}{l} in\n{text}"))
     };
@@ -707,7 +702,7 @@ fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
         text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket"),
         "{text}"
     );
-    let stats = env.agent().proxyctl(&["stats"]);
+    let stats = agent.proxyctl(&["stats"]);
     assert!(
         stats.contains("lb_translated") && stats.contains("lb_no_backend"),
         "{stats}"
@@ -884,8 +879,7 @@ fn a_full_map_refuses_a_whole_service_keeps_the_rest_and_retries_when_room_appea
         "{}",
         agent.log()
     );
-    let (metrics, _) = agent.http_addrs();
-    let text = tests::http_get(metrics, "/metrics").1;
+    let text = agent.metrics();
     assert!(
         tests::metric_value(
             &text,

@@ -57,6 +57,7 @@ fn services_and_endpoint_slices_follow_the_api_server_through_relists_and_outage
     // A full resync every second: after any moment, a sync that starts later is
     // at most a second away, whether or not an object changed.
     let mut agent = Agent::start_kube(
+        &api,
         bpffs.path(),
         topo.client_cgroup.path(),
         &kubeconfig,
@@ -173,6 +174,7 @@ fn bad_objects_conflicts_and_missing_families_are_skipped_with_a_reason_and_the_
     // A full resync every second: after each bad object, a resync re-translates
     // everything, which would withdraw the service if the bad version had been taken.
     let mut agent = Agent::start_kube(
+        &api,
         bpffs.path(),
         topo.client_cgroup.path(),
         &kubeconfig,
@@ -248,8 +250,7 @@ fn bad_objects_conflicts_and_missing_families_are_skipped_with_a_reason_and_the_
     api.apply(slice);
     agent.wait_for("10.96.0.10:80/TCP", &addrs[..1], SYNC);
 
-    let (metrics, _) = agent.http_addrs();
-    let text = tests::http_get(metrics, "/metrics").1;
+    let text = agent.metrics();
     let value =
         |m: &str| tests::metric_value(&text, m, "").unwrap_or_else(|| panic!("no {m} in\n{text}"));
     assert!(value("proxy_agent_input_errors_total") >= 1.0, "{text}");
@@ -269,10 +270,9 @@ fn bad_objects_conflicts_and_missing_families_are_skipped_with_a_reason_and_the_
         "metadata": {"name": "node-a", "deletionTimestamp": "2026-01-01T00:00:00Z",
                      "finalizers": ["test"]},
         "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.10"}]}}));
-    let (_, health) = agent.http_addrs();
     let deadline = std::time::Instant::now() + SYNC;
     loop {
-        let (code, body) = tests::http_get(health, "/healthz");
+        let (code, body) = agent.get_health("/healthz");
         if code == 503 {
             assert!(body.contains("\"nodeEligible\":false"), "{body}");
             break;
@@ -283,7 +283,7 @@ fn bad_objects_conflicts_and_missing_families_are_skipped_with_a_reason_and_the_
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(tests::http_get(health, "/livez").0, 200);
+    assert_eq!(agent.get_health("/livez").0, 200);
 }
 
 fn wait_log(agent: &Agent, needle: &str) {

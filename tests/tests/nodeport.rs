@@ -560,7 +560,8 @@ fn load_balancer_source_ranges_admit_listed_clients_and_drop_the_rest() {
         &[
             (
                 "allowed.yaml",
-                make("allowed", "203.0.113.20", 30020, "192.0.2.100/32"),
+                // The client, 192.0.2.100, inside a /28: prefixes are matched, not addresses.
+                make("allowed", "203.0.113.20", 30020, "192.0.2.96/28"),
             ),
             (
                 "denied.yaml",

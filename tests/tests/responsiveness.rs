@@ -50,7 +50,8 @@ fn health_and_metrics_answer_while_10000_services_are_synced() {
     let samples: Arc<Mutex<Vec<(&'static str, Instant)>>> = Arc::default();
     let poller = {
         let (stop, samples) = (Arc::clone(&stop), Arc::clone(&samples));
-        std::thread::spawn(move || {
+        // The agent's servers listen in its namespace.
+        agent.spawn_in_netns(move || {
             while !stop.load(Ordering::Relaxed) {
                 for (addr, path) in [
                     (health, "/healthz"),

@@ -55,6 +55,7 @@ pub fn run() -> Result<()> {
     let cgroup = Cgroup::new("bench-sync");
     let started = Instant::now();
     let mut agent = Agent::start_kube(
+        &api,
         bpffs.path(),
         cgroup.path(),
         &kubeconfig,
@@ -144,7 +145,8 @@ fn observers_during_a_sync() -> Result<()> {
     let samples: Arc<Mutex<Vec<f64>>> = Arc::default();
     let poller = {
         let (stop, samples) = (Arc::clone(&stop), Arc::clone(&samples));
-        std::thread::spawn(move || {
+        // The agent's servers listen in its namespace.
+        agent.spawn_in_netns(move || {
             while !stop.load(Ordering::Relaxed) {
                 for (addr, path) in [
                     (health, "/healthz"),
