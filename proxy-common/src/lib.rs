@@ -239,8 +239,14 @@ pub mod counter {
     /// tc: a new flow took the reply tuple (its SNAT port, usually) of an unassured
     /// flow, which was evicted for it.
     pub const CT_TUPLE_RECLAIMED: u32 = 30;
+    /// tc: a packet of a translated flow was too big for the route to its destination
+    /// (and may not be fragmented); it was answered with the ICMP error path MTU
+    /// discovery needs, quoting it as its sender sent it.
+    pub const ICMP_TOO_BIG_SENT: u32 = 31;
+    /// tc: turning a too-big packet into that ICMP error failed half way; dropped.
+    pub const ICMP_TOO_BIG_FAILED: u32 = 32;
     /// Number of counters.
-    pub const COUNT: u32 = 31;
+    pub const COUNT: u32 = 33;
     /// Prometheus-style names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
         "lb_translated",
@@ -274,6 +280,8 @@ pub mod counter {
         "ct_reopened",
         "ct_ack_mismatch",
         "ct_tuple_reclaimed",
+        "icmp_too_big_sent",
+        "icmp_too_big_failed",
     ];
 }
 

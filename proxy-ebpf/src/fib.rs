@@ -9,7 +9,7 @@
 //! [`TTL_NS`], then the FIB is asked again; only successes are kept (no neighbour yet,
 //! local delivery, no route: the FIB decides every time). The route's MTU is honoured
 //! by remembering the largest length that passed the FIB's check: a longer packet asks
-//! the FIB, which checks it (and so sends it to the stack when it is too big).
+//! the FIB, which checks it (and so gets it answered by `too_big` when it is too big).
 //!
 //! What the cache gives up: a change of route, of neighbour MAC, or of MTU reaches
 //! packets of a flow that is already cached up to [`TTL_NS`] late. New flows always ask

@@ -6,7 +6,8 @@
 //!   connection tracking ([`ct`]).
 //!
 //! Shared helpers: [`lb`] (service lookup, backend choice), [`packet`] (parsing,
-//! rewriting, checksums), [`fib`] (the FIB's answers for forwarded flows), [`maps`].
+//! rewriting, checksums), [`fib`] (the FIB's answers for forwarded flows), [`too_big`]
+//! (path MTU discovery's ICMP errors for translated flows), [`maps`].
 // For the host (`cargo build --workspace`, clippy) this is an ordinary program with an
 // empty `main`, so that workspace-wide commands work; the programs are for BPF.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -19,6 +20,7 @@ mod maps;
 mod packet;
 mod sock;
 mod tc;
+mod too_big;
 
 #[cfg(all(not(test), target_arch = "bpf"))]
 #[panic_handler]

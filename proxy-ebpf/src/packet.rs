@@ -12,7 +12,7 @@ use proxy_common::{Addr, CtKey, counter, proto};
 
 use crate::maps::count;
 
-const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 /// Offsets in the IPv4 header.
@@ -22,7 +22,7 @@ const IP4_DADDR: usize = ETH_HLEN + 16;
 /// Offsets in the IPv6 header.
 const IP6_SADDR: usize = ETH_HLEN + 8;
 const IP6_DADDR: usize = ETH_HLEN + 24;
-const IP6_HLEN: usize = 40;
+pub const IP6_HLEN: usize = 40;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -191,7 +191,7 @@ fn linear(ctx: &TcContext, off: usize, len: usize) -> Option<*const u8> {
 
 /// A `T` read in place at `at` (no alignment assumed).
 #[inline(always)]
-fn read<T: Copy>(at: *const u8, off: usize) -> T {
+pub fn read<T: Copy>(at: *const u8, off: usize) -> T {
     // SAFETY: callers pass a pointer from `linear` with `off + size_of::<T>()` within the
     // bytes it checked.
     unsafe { at.add(off).cast::<T>().read_unaligned() }
@@ -454,14 +454,14 @@ fn l4_addr_csum(
 
 /// The kernel's `csum_add`: 32-bit ones' complement addition.
 #[inline(always)]
-fn csum_add(a: u32, b: u32) -> u32 {
+pub fn csum_add(a: u32, b: u32) -> u32 {
     let r = a.wrapping_add(b);
     r.wrapping_add(u32::from(r < b))
 }
 
 /// The kernel's `csum_fold`.
 #[inline(always)]
-fn csum_fold(c: u32) -> u16 {
+pub fn csum_fold(c: u32) -> u16 {
     let s = (c & 0xffff) + (c >> 16);
     let s = (s & 0xffff) + (s >> 16);
     !(s as u16)
@@ -477,13 +477,13 @@ fn csum_replace4(check: u16, from: u32, to: u32) -> u16 {
 
 /// [`linear`], for writing in place.
 #[inline(always)]
-fn linear_mut(ctx: &TcContext, off: usize, len: usize) -> Option<*mut u8> {
+pub fn linear_mut(ctx: &TcContext, off: usize, len: usize) -> Option<*mut u8> {
     linear(ctx, off, len).map(|p| p.cast_mut())
 }
 
 /// Writes `v` in place at `at + off` (no alignment assumed).
 #[inline(always)]
-fn write<T: Copy>(at: *mut u8, off: usize, v: T) {
+pub fn write<T: Copy>(at: *mut u8, off: usize, v: T) {
     // SAFETY: callers pass a pointer from `linear_mut` with `off + size_of::<T>()` within
     // the bytes it checked.
     unsafe { at.add(off).cast::<T>().write_unaligned(v) }

@@ -49,6 +49,7 @@ use crate::maps::{
     CLIENT_AFFINITY, CONNTRACK, CT_OPEN, IFACES, SOURCE_RANGES, Scratch, count, scratch,
 };
 use crate::packet::{self, Packet};
+use crate::too_big::{self, Answer};
 use crate::{ct, fib, lb};
 
 // The bindings' types for these differ between targets.
@@ -124,7 +125,7 @@ fn ingress(ctx: &mut TcContext) -> i32 {
             unsafe { ct::set_nat_tuple(&mut s.to, &*e, s.pkt.key.proto) };
             ct::touch(e, s.pkt.key.proto, s.pkt.tcp_flags, ctx.len(), now, true);
             count(counter::CT_TRANSLATED);
-            return translate_and_forward(ctx, s);
+            return translate_and_forward(ctx, s, true);
         }
         // SAFETY: as above.
         ct::forget_assured(s, unsafe { &*e });
@@ -135,7 +136,7 @@ fn ingress(ctx: &mut TcContext) -> i32 {
         if keep {
             ct::track_unassured(ctx, s, o, now);
             count(counter::CT_TRANSLATED);
-            return translate_and_forward(ctx, s);
+            return translate_and_forward(ctx, s, true);
         }
         // SAFETY: as above.
         ct::forget_unassured(s, unsafe { &(*o).ct });
@@ -189,7 +190,7 @@ fn egress(ctx: &mut TcContext) -> i32 {
     count(counter::CT_TRANSLATED);
     if !reply {
         // A node process's flow (see `egress_open`): the backend may be elsewhere.
-        return translate_and_forward(ctx, s);
+        return translate_and_forward(ctx, s, false);
     }
     // A reply the stack already routed toward the client.
     if packet::rewrite(ctx, &s.pkt, &s.to).is_err() {
@@ -296,8 +297,8 @@ fn restarts(e: &CtEntry, p: &Packet, now: u64) -> bool {
 }
 
 /// Opens a flow from the packet in `s.pkt` to frontend `fe`: picks the backend,
-/// decides on SNAT (when `may_snat`), writes both legs to the unassured table, then
-/// translates and forwards the packet.
+/// decides on SNAT (when `may_snat`: at ingress), writes both legs to the unassured
+/// table, then translates and forwards the packet.
 #[inline(never)]
 fn open(
     ctx: &mut TcContext,
@@ -440,7 +441,7 @@ fn open(
         return DROP;
     }
     count(counter::CT_NEW);
-    translate_and_forward(ctx, s)
+    translate_and_forward(ctx, s, may_snat)
 }
 
 /// Whether `loadBalancerSourceRanges` of service `service_id` admit `saddr`.
@@ -546,31 +547,68 @@ fn local_socket(ctx: &TcContext, t: &CtKey, tuple: &mut bpf_sock_tuple) -> bool 
 }
 
 /// Rewrites the packet in `s.pkt` to `s.to` and sends it where the FIB says
-/// `s.to.daddr` is.
+/// `s.to.daddr` is. At ingress, a packet too big for that route is answered with the
+/// ICMP error path MTU discovery needs instead (see [`too_big`]).
 #[inline(never)]
-fn translate_and_forward(ctx: &mut TcContext, s: &mut Scratch) -> i32 {
+fn translate_and_forward(ctx: &mut TcContext, s: &mut Scratch, at_ingress: bool) -> i32 {
+    // The route is asked for before the rewrite, so that a too-big packet can still be
+    // quoted as its sender sent it. (Its length does not change.)
+    let len = packet::seg_len(ctx, &s.pkt);
+    let now = s.pkt.clock();
+    let hop = next_hop(ctx, s, len, now);
+    if at_ingress && matches!(hop, Hop::TooBig) {
+        // SAFETY: the union field the kernel writes with FRAG_NEEDED.
+        let mtu = unsafe { s.fib.__bindgen_anon_1.mtu_result };
+        match too_big::answer(ctx, &s.pkt.key, s.pkt.l4_off, u32::from(mtu)) {
+            Answer::Sent(verdict) => {
+                count(counter::ICMP_TOO_BIG_SENT);
+                return verdict;
+            }
+            Answer::Failed => {
+                count(counter::ICMP_TOO_BIG_FAILED);
+                return DROP;
+            }
+            Answer::Declined => {}
+        }
+    }
     if packet::rewrite(ctx, &s.pkt, &s.to).is_err() {
         // Possibly half rewritten: never let it out.
         count(counter::REWRITE_FAILED);
         return DROP;
     }
-    let len = packet::seg_len(ctx, &s.pkt);
-    let now = s.pkt.clock();
-    forward(ctx, s, len, now)
+    send(ctx, s, hop)
 }
 
-/// Sends the (translated) packet with tuple `s.to` where the FIB says `s.to.daddr` is.
-/// `tot_len` is what the route's MTU is checked against (one segment of a GSO packet).
-/// A packet too big for that route goes to the stack, which answers with the ICMP
-/// error path MTU discovery needs (and `icmp_error` translates it). `now` is
-/// `fib::now()`.
+/// Sends the packet, already carrying tuple `s.to`, where the FIB says `s.to.daddr`
+/// is. `tot_len` is what the route's MTU is checked against; `now` is `fib::now()`.
 #[inline(always)]
 fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16, now: u64) -> i32 {
+    let hop = next_hop(ctx, s, tot_len, now);
+    send(ctx, s, hop)
+}
+
+/// Where a packet goes next.
+enum Hop {
+    /// As the FIB cache remembers.
+    Cached(&'static fib::Route),
+    /// As the FIB answered in `s.fib`.
+    Found,
+    /// To the next hop in `s.fib`, whose neighbour the kernel must resolve.
+    Neigh,
+    /// Nowhere as it is: too big for the route (whose MTU is in `s.fib`).
+    TooBig,
+    /// To the stack: local delivery, or no route.
+    Stack,
+}
+
+/// The next hop of a packet of `tot_len` bytes (one segment of a GSO packet) with
+/// tuple `s.to`, from the FIB cache (see `fib`) or else the FIB.
+#[inline(always)]
+fn next_hop(ctx: &TcContext, s: &mut Scratch, tot_len: u16, now: u64) -> Hop {
     // SAFETY: reading a field of the context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // The FIB's answer for this flow, if it gave it a moment ago (see `fib`).
     if let Some(r) = fib::cached(&s.to, ifindex, tot_len, now) {
-        return redirect(ctx, &r.macs, r.out_ifindex);
+        return Hop::Cached(r);
     }
     let fib = &mut s.fib;
     let rc = fib_lookup(ctx, fib, &s.to, ifindex, tot_len);
@@ -584,37 +622,59 @@ fn forward(ctx: &mut TcContext, s: &mut Scratch, tot_len: u16, now: u64) -> i32 
             &fib.smac,
             now,
         );
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&fib.dmac);
-        macs[6..].copy_from_slice(&fib.smac);
-        return redirect(ctx, &macs, fib.ifindex);
+        Hop::Found
+    } else if rc == FIB_NO_NEIGH {
+        Hop::Neigh
+    } else if rc == FIB_FRAG_NEEDED {
+        Hop::TooBig
+    } else {
+        Hop::Stack
     }
-    if rc == FIB_NO_NEIGH {
-        // The kernel resolves the neighbour (the FIB left the next hop in *_dst).
-        // SAFETY: all-zero is a valid bpf_redir_neigh; its fields are set below.
-        let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-        if s.to.daddr.is_v4() {
-            nh.nh_family = u32::from(AF_INET);
-            // SAFETY: the kernel wrote this union field for this family.
-            nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
-        } else {
-            nh.nh_family = u32::from(AF_INET6);
-            // SAFETY: the kernel wrote this union field for this family.
-            nh.__bindgen_anon_1.ipv6_nh = unsafe { fib.__bindgen_anon_4.ipv6_dst };
+}
+
+/// Sends the packet to `hop`.
+#[inline(always)]
+fn send(ctx: &mut TcContext, s: &mut Scratch, hop: Hop) -> i32 {
+    let fib = &mut s.fib;
+    match hop {
+        Hop::Cached(r) => redirect(ctx, &r.macs, r.out_ifindex),
+        Hop::Found => {
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(&fib.dmac);
+            macs[6..].copy_from_slice(&fib.smac);
+            redirect(ctx, &macs, fib.ifindex)
         }
-        // SAFETY: `nh` on our stack, size given.
-        return unsafe {
-            bpf_redirect_neigh(
-                fib.ifindex,
-                &mut nh,
-                core::mem::size_of::<bpf_redir_neigh>() as i32,
-                0,
-            )
-        } as i32;
+        Hop::Neigh => {
+            // The kernel resolves the neighbour (the FIB left the next hop in *_dst).
+            // SAFETY: all-zero is a valid bpf_redir_neigh; its fields are set below.
+            let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+            if s.to.daddr.is_v4() {
+                nh.nh_family = u32::from(AF_INET);
+                // SAFETY: the kernel wrote this union field for this family.
+                nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+            } else {
+                nh.nh_family = u32::from(AF_INET6);
+                // SAFETY: the kernel wrote this union field for this family.
+                nh.__bindgen_anon_1.ipv6_nh = unsafe { fib.__bindgen_anon_4.ipv6_dst };
+            }
+            // SAFETY: `nh` on our stack, size given.
+            let verdict = unsafe {
+                bpf_redirect_neigh(
+                    fib.ifindex,
+                    &mut nh,
+                    core::mem::size_of::<bpf_redir_neigh>() as i32,
+                    0,
+                )
+            };
+            verdict as i32
+        }
+        // Local delivery, no route, or too big for the route (an ICMP error itself, a
+        // packet leaving the node, or one `too_big` declined): the stack knows best.
+        Hop::TooBig | Hop::Stack => {
+            count(counter::FIB_PASS);
+            PASS
+        }
     }
-    // Local delivery, no route, or too big for the route: the stack knows best.
-    count(counter::FIB_PASS);
-    PASS
 }
 
 /// Where the FIB sends `s.to` arriving on `ifindex` (`open` decides on SNAT by it):

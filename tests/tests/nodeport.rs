@@ -1361,13 +1361,23 @@ fn path_mtu_discovery_works_through_a_nodeport_to_local_and_remote_backends() {
         stdout.starts_with("transfer ok"),
         "control: node-a -> b-pod-0 directly: {stdout}"
     );
+    let client = &env.topo.client;
+    let route_mtu = |node: &str| {
+        let out = client.ip(&["route", "get", node]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     let mut failures = Vec::new();
-    for to in [
-        "192.0.2.1:30080",
-        "192.0.2.1:30081",
-        "[2001:db8::1]:30080",
-        "[2001:db8::1]:30081",
+    for (to, node) in [
+        ("192.0.2.1:30080", "192.0.2.1"),
+        ("192.0.2.1:30081", "192.0.2.1"),
+        ("[2001:db8::1]:30080", "2001:db8::1"),
+        ("[2001:db8::1]:30081", "2001:db8::1"),
     ] {
+        // Each upload starts with no path MTU learned, so each must learn it again.
+        client.ip(&["-4", "route", "flush", "cache"]);
+        client.ip(&["-6", "route", "flush", "cache"]);
+        let before = route_mtu(node);
+        assert!(!before.contains("mtu 1280"), "not flushed: {before}");
         let out = env.topo.client_probe(&[
             "send",
             "--to",
@@ -1383,11 +1393,26 @@ fn path_mtu_discovery_works_through_a_nodeport_to_local_and_remote_backends() {
         if !stdout.starts_with("transfer ok") {
             failures.push(format!("{to}: {}", stdout.trim()));
         }
+        // It went through PMTU discovery: the translated ICMP error reached the client,
+        // which learned the narrow link (as the iptables baseline checks).
+        let route = route_mtu(node);
+        if !route.contains("mtu 1280") {
+            failures.push(format!("{to}: the client learned no path MTU: {route}"));
+        }
     }
     assert!(
         failures.is_empty(),
-        "uploads through the NodePort stalled:\n{}\n{}",
+        "uploads through the NodePort stalled or learned no path MTU:\n{}\n{}",
         failures.join("\n"),
+        env.diagnostics()
+    );
+    // The errors were the data plane's own: node-a's stack would have dropped the
+    // SNATed packets to the remote pod as martians (node-a learned that pod's path
+    // MTU in the control above), so nobody else could have told the client.
+    let sent = env.agent().counter("icmp_too_big_sent").unwrap_or(0);
+    assert!(
+        sent >= 4,
+        "icmp_too_big_sent = {sent}\n{}",
         env.diagnostics()
     );
 }

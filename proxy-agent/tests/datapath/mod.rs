@@ -215,6 +215,11 @@ impl Datapath {
 
     // --- running ---------------------------------------------------------------------
 
+    /// Runs `ip -batch` lines in the node's namespace (a route's MTU, say).
+    pub fn ip_batch(&self, script: &str) {
+        self.netns.ip_batch(script);
+    }
+
     /// Runs `tc_ingress` on `frame` as if it arrived on interface `ifindex`.
     pub fn ingress(&self, ifindex: u32, frame: &[u8]) -> Run {
         self.run(programs::TC_INGRESS, ifindex, frame)

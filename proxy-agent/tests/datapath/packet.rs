@@ -295,13 +295,13 @@ fn v6(b: &[u8]) -> IpAddr {
 // --- the Internet checksum (RFC 1071) ------------------------------------------------
 
 /// The one's-complement sum of `b` as big-endian 16-bit words, not yet folded.
-fn sum(b: &[u8]) -> u32 {
+pub fn sum(b: &[u8]) -> u32 {
     b.chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
         .sum()
 }
 
-fn fold(mut s: u32) -> u16 {
+pub fn fold(mut s: u32) -> u16 {
     while s > 0xffff {
         s = (s & 0xffff) + (s >> 16);
     }
