@@ -11,7 +11,7 @@ mod datapath;
 use std::net::{IpAddr, SocketAddr};
 
 use datapath::nodeport::*;
-use datapath::packet::{self, ACK, L4};
+use datapath::packet::{self, ACK, L4, Macs};
 use datapath::*;
 
 /// IPv4 "don't fragment".
@@ -20,6 +20,18 @@ const DF: u16 = 0x4000;
 /// A frame from the client of `ip_len` IP bytes: a TCP segment (with ACK) or a UDP
 /// datagram; `frag` is the IPv4 flags/fragment field.
 fn big(proto: u8, src: SocketAddr, dst: SocketAddr, ip_len: usize, frag: u16) -> Vec<u8> {
+    big_from(FROM_CLIENT, proto, src, dst, ip_len, frag)
+}
+
+/// [`big`] in a frame with `macs`.
+fn big_from(
+    macs: Macs,
+    proto: u8,
+    src: SocketAddr,
+    dst: SocketAddr,
+    ip_len: usize,
+    frag: u16,
+) -> Vec<u8> {
     let ip_hlen = if src.is_ipv4() { 20 } else { 40 };
     let l4_hlen = if proto == packet::TCP { 20 } else { 8 };
     let payload = vec![0xa5; ip_len - ip_hlen - l4_hlen];
@@ -37,17 +49,29 @@ fn big(proto: u8, src: SocketAddr, dst: SocketAddr, ip_len: usize, frag: u16) ->
         (IpAddr::V6(s), IpAddr::V6(d)) => packet::ipv6(s, d, proto, &seg),
         _ => panic!("mixed families"),
     };
-    packet::eth(FROM_CLIENT, &ip)
+    packet::eth(macs, &ip)
 }
 
 /// Asserts that `frame` is the ICMP error about `sent` (a frame of protocol `proto`)
-/// for `mtu`, from `from` (the address the client reached) back to the client: every
-/// checksum right, also after a checksum offload pending on the packet fills in the
-/// quoted transport checksum on the way out (as it would for a GSO or GRO packet).
+/// for `mtu`, from `from` (the node's address on the interface) back to the sender
+/// (to the MAC it came from): every checksum right, also after a checksum offload
+/// pending on the packet fills in the quoted transport checksum on the way out (as it
+/// would for a GSO or GRO packet).
 fn assert_answers(frame: &[u8], sent: &[u8], proto: u8, mtu: u32, from: IpAddr) {
     let v4 = from.is_ipv4();
     let seen = packet::check(frame);
-    assert_eq!(seen.macs, TO_CLIENT, "back to the MAC it came from");
+    let came = Macs {
+        src: sent[6..12].try_into().expect("6 bytes"),
+        dst: sent[0..6].try_into().expect("6 bytes"),
+    };
+    assert_eq!(
+        seen.macs,
+        Macs {
+            src: came.dst,
+            dst: came.src
+        },
+        "back to the MAC it came from"
+    );
     assert_eq!((seen.src, seen.proto), (from, if v4 { 1 } else { 58 }));
     let ip_hlen = if v4 { 20 } else { 40 };
     let outer = &frame[packet::ETH_HLEN..];
@@ -163,4 +187,32 @@ fn an_ipv4_packet_that_may_be_fragmented_is_translated_and_left_to_the_stack() {
     assert_eq!(r.verdict, TC_ACT_OK);
     assert_eq!(r.frame, big(packet::UDP, client, backend, 1400, 0));
     assert_eq!(dp.counters().nonzero(), [("ct_new", 1), ("fib_pass", 1)]);
+}
+
+#[test]
+fn a_local_backends_reply_too_big_for_the_route_to_the_client_is_answered_to_the_backend() {
+    let mut dp = Datapath::new();
+    dp.add_service(&nodeport(packet::TCP, BACKEND4.into()));
+    dp.ip_batch("link set ext0 mtu 1280\n");
+    let (client, frontend, backend) = (
+        sa(CLIENT4, CLIENT_PORT),
+        sa(NODE4, NODE_PORT),
+        sa(BACKEND4, BACKEND_PORT),
+    );
+    let syn = tcp(FROM_CLIENT, client, frontend, packet::SYN);
+    assert_eq!(dp.ingress(dp.ext, &syn).verdict, TC_ACT_REDIRECT);
+    let before = dp.counters();
+
+    let sent = big_from(FROM_BACKEND, packet::TCP, backend, client, 1400, DF);
+    let r = dp.ingress(dp.pod, &sent);
+
+    // The backend learns the path MTU toward the client, about its own packet, from
+    // the node's address on its side (as a router would answer).
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_answers(&r.frame, &sent, packet::TCP, 1280, POD_NODE4.into());
+    assert_eq!(packet::check(&r.frame).dst, IpAddr::from(BACKEND4));
+    assert_eq!(
+        dp.counters().since(&before),
+        [("ct_translated", 1), ("icmp_too_big_sent", 1)]
+    );
 }

@@ -19,8 +19,9 @@ use aya_ebpf::{
     helpers::generated::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
-use proxy_common::{CtKey, proto};
+use proxy_common::{Addr, CtKey, proto};
 
+use crate::maps::IFACES;
 use crate::packet::{ETH_HLEN, IP6_HLEN, csum_add, csum_fold, linear_mut, read, write};
 
 const IP4_HLEN: usize = 20;
@@ -41,7 +42,8 @@ pub enum Answer {
 }
 
 /// Answers the packet in `ctx` (tuple `key` as its sender sent it, transport header at
-/// `l4_off`) with "fragmentation needed" (IPv4) or "packet too big" (IPv6) for `mtu`.
+/// `l4_off`) with "fragmentation needed" (IPv4) or "packet too big" (IPv6) for `mtu`,
+/// back to the sender (`key.saddr`).
 #[inline(always)]
 pub fn answer(ctx: &mut TcContext, key: &CtKey, l4_off: usize, mtu: u32) -> Answer {
     let v4 = key.saddr.is_v4();
@@ -54,12 +56,29 @@ pub fn answer(ctx: &mut TcContext, key: &CtKey, l4_off: usize, mtu: u32) -> Answ
             _ => return Answer::Declined,
         }
     }
+    // SAFETY: reading a field of the context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // From this node, as a router answers: from the interface's own address, else (it
+    // has none of the family) from the one the sender reached.
+    // SAFETY: read in place.
+    let src = match unsafe { IFACES.get(ifindex) } {
+        Some(i) if v4 && is_set(&i.v4) => &i.v4,
+        Some(i) if !v4 && is_set(&i.v6) => &i.v6,
+        _ => &key.daddr,
+    };
     match (v4, key.proto == proto::TCP) {
-        (true, true) => reply::<false, 20>(ctx, key, mtu),
-        (true, false) => reply::<false, 8>(ctx, key, mtu),
-        (false, true) => reply::<true, 20>(ctx, key, mtu),
-        (false, false) => reply::<true, 8>(ctx, key, mtu),
+        (true, true) => reply::<false, 20>(ctx, key, src, mtu),
+        (true, false) => reply::<false, 8>(ctx, key, src, mtu),
+        (false, true) => reply::<true, 20>(ctx, key, src, mtu),
+        (false, false) => reply::<true, 8>(ctx, key, src, mtu),
     }
+}
+
+/// Whether `a` is an address, not all zero. (Word by word: an array comparison would
+/// become a call of the BPF `bcmp`.)
+#[inline(always)]
+fn is_set(a: &Addr) -> bool {
+    a.0[0] | a.0[1] | a.0[2] | a.0[3] != 0
 }
 
 /// [`answer`] for one family (`V6`) and a quoted transport header of `L4` bytes (all
@@ -67,7 +86,12 @@ pub fn answer(ctx: &mut TcContext, key: &CtKey, l4_off: usize, mtu: u32) -> Answ
 // Not inlined: each is a BPF function of its own, whose frame stays out of the
 // caller's 512 bytes.
 #[inline(never)]
-fn reply<const V6: bool, const L4: usize>(ctx: &mut TcContext, key: &CtKey, mtu: u32) -> Answer {
+fn reply<const V6: bool, const L4: usize>(
+    ctx: &mut TcContext,
+    key: &CtKey,
+    src: &Addr,
+    mtu: u32,
+) -> Answer {
     let ip_hlen = if V6 { IP6_HLEN } else { IP4_HLEN };
     let quote = ip_hlen + L4;
     let head = ip_hlen + ICMP_HLEN;
@@ -104,8 +128,7 @@ fn reply<const V6: bool, const L4: usize>(ctx: &mut TcContext, key: &CtKey, mtu:
         );
         let mut w = 0;
         while w < 4 {
-            // From the address the sender reached, to the sender.
-            write(p, ip + 8 + 4 * w, key.daddr.0[w]);
+            write(p, ip + 8 + 4 * w, src.0[w]);
             write(p, ip + 24 + 4 * w, key.saddr.0[w]);
             w += 1;
         }
@@ -117,7 +140,7 @@ fn reply<const V6: bool, const L4: usize>(ctx: &mut TcContext, key: &CtKey, mtu:
         write(p, ip, u32::to_be(0x45c0_0000 | (head + quote) as u32));
         write(p, ip + 4, u32::to_be(u32::from(IP4_DF)));
         write(p, ip + 8, u32::to_be(0x4001_0000));
-        write(p, ip + 12, key.daddr.0[3]);
+        write(p, ip + 12, src.0[3]);
         write(p, ip + 16, key.saddr.0[3]);
         let Some(sum) = sum(p, ip, IP4_HLEN, 0) else {
             return Answer::Failed;

@@ -615,6 +615,10 @@ fn a_process_outside_the_attached_cgroup_is_not_balanced() {
         r[0].error().is_some(),
         "outside the cgroup the VIP must not answer: {r:?}"
     );
+    // The control: the same probe from the same namespace, inside the cgroup, is
+    // balanced.
+    let inside = env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "1"]);
+    assert_eq!(spread(&inside).values().sum::<usize>(), 1, "{inside:?}");
 }
 
 #[test]

@@ -61,10 +61,10 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use proxy_common::{Addr, CT_F_REPLY, CtEntry, CtKey, ct_state, maps, programs, proto};
 
-use super::median;
 use super::nodeport::{
     self, Env, HTTP_NODEPORT, HTTP_PORT, IPERF_NODEPORT, IPERF_PORT, OTHER_SERVICES,
 };
+use super::{median, spread};
 use crate::{cargo, display, workspace_root};
 
 /// Rounds per table state.
@@ -321,26 +321,27 @@ pub fn run() -> Result<()> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<6} {:<16} {:<11} {:>9} {:>9} {:>9} {:>11}",
-        "table", "traffic", "program", "runs", "floor ns", "ours ns", "ours-floor"
+        "{:<6} {:<16} {:<11} {:>9} {:>9} {:>9} {:>11}  {}",
+        "table", "traffic", "program", "runs", "floor ns", "ours ns", "ours-floor", "min..max"
     );
     for r in results.iter().filter(|r| r.runs >= 1.0) {
         let _ = writeln!(
             out,
-            "{:<6} {:<16} {:<11} {:>9.0} {:>9.0} {:>9.0} {:>11.0}",
+            "{:<6} {:<16} {:<11} {:>9.0} {:>9.0} {:>9.0} {:>11.0}  {}",
             r.table,
             r.traffic.label(),
             r.program,
             r.runs,
             r.floor,
             r.ours,
-            r.diff
+            r.diff,
+            r.diff_spread
         );
     }
     println!(
         "\npkt: ns per program run (kernel BPF statistics), {services} services, NodePort to \
-         a local pod; floor = tc_floor on the same hooks in the same traffic; medians of \
-         {rounds} rounds ({} s in all)\n{out}{notes}",
+         a local pod; floor = tc_floor on the same hooks in the same traffic; medians (and \
+         min..max of ours-floor) of {rounds} rounds ({} s in all)\n{out}{notes}",
         started.elapsed().as_secs_f64().round()
     );
     Ok(())
@@ -373,7 +374,7 @@ struct Sample {
 /// Per traffic and program id, one sample per round.
 type Samples = BTreeMap<(Traffic, u32), Vec<Sample>>;
 
-/// A line of the table: medians over the rounds.
+/// A line of the table: medians over the rounds, and the spread of ours-floor.
 struct Row {
     table: &'static str,
     traffic: Traffic,
@@ -382,6 +383,7 @@ struct Row {
     floor: f64,
     ours: f64,
     diff: f64,
+    diff_spread: String,
 }
 
 impl Row {
@@ -395,6 +397,7 @@ impl Row {
             floor: m(&|x| x.floor),
             ours: m(&|x| x.ours),
             diff: m(&|x| x.ours - x.floor),
+            diff_spread: spread(&s.iter().map(|x| x.ours - x.floor).collect::<Vec<_>>(), 0),
         }
     }
 }
