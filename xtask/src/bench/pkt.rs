@@ -321,8 +321,8 @@ pub fn run() -> Result<()> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<6} {:<16} {:<11} {:>9} {:>9} {:>9} {:>11}  {}",
-        "table", "traffic", "program", "runs", "floor ns", "ours ns", "ours-floor", "min..max"
+        "{:<6} {:<16} {:<11} {:>9} {:>9} {:>9} {:>11}  min..max",
+        "table", "traffic", "program", "runs", "floor ns", "ours ns", "ours-floor"
     );
     for r in results.iter().filter(|r| r.runs >= 1.0) {
         let _ = writeln!(
