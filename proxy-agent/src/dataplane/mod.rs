@@ -4,6 +4,7 @@
 pub mod ebpf;
 #[cfg(test)]
 pub mod fake;
+pub mod ipvs;
 pub mod netdev;
 
 use std::borrow::Cow;
