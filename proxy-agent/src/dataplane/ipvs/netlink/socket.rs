@@ -261,4 +261,4 @@ fn retrying<R>(mut call: impl FnMut() -> io::Result<R>) -> io::Result<R> {
 
 #[cfg(test)]
 #[path = "socket_tests.rs"]
-pub(super) mod tests;
+pub(crate) mod tests;
