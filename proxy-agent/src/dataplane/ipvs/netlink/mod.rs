@@ -8,11 +8,15 @@
 pub mod attr;
 pub mod error;
 pub mod genl;
+pub mod ipset;
+pub mod ipset_conn;
 pub mod ipvs;
 pub mod ipvs_conn;
 pub mod socket;
 
 pub use error::{IpsetErrno, IpsetError, IpvsError, NetlinkError};
+pub use ipset::{Entry, SetFamily, SetInfo, SetSpec, SetType};
+pub use ipset_conn::Ipset;
 pub use ipvs::{
     Destination, DestinationInfo, ForwardMethod, Protocol, Service, ServiceFlags, ServiceId,
     ServiceInfo, Stats,
