@@ -41,7 +41,7 @@ enum Task {
         #[arg(long = "bin", value_name = "NAME")]
         bins: Vec<String>,
         /// Kill the VM and fail after this many seconds.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = vm::DEFAULT_TIMEOUT.as_secs())]
         timeout: u64,
     },
     /// Run the demo.

@@ -37,14 +37,16 @@ pub struct Guest {
 
 /// Downloads what is missing and builds what is stale; fast when all is cached.
 pub fn prepare(cache: &Path) -> Result<Guest> {
-    let kernel_pkg = kernel_package()?;
-    let kernel_version = kernel_pkg
-        .strip_prefix("linux-image-")
-        .unwrap_or(&kernel_pkg)
-        .to_owned();
     let debs = cache.join("debs");
-    let kernel_deb = fetch(&debs, &kernel_pkg)?;
-    let busybox_deb = fetch(&debs, BUSYBOX)?;
+    let resolved = resolve(cache)?;
+    let kernel_version = resolved
+        .kernel
+        .package
+        .strip_prefix("linux-image-")
+        .unwrap_or(&resolved.kernel.package)
+        .to_owned();
+    let kernel_deb = fetch(&debs, &resolved.kernel)?;
+    let busybox_deb = fetch(&debs, &resolved.busybox)?;
 
     let dir = cache.join(&kernel_version);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -79,6 +81,76 @@ pub fn prepare(cache: &Path) -> Result<Guest> {
     Ok(guest)
 }
 
+/// A package and the exact file `apt-get download` fetches for it.
+#[derive(Debug, PartialEq)]
+struct Deb {
+    package: String,
+    file: String,
+    size: u64,
+}
+
+/// The guest's packages as the apt lists name them now.
+struct Resolved {
+    kernel: Deb,
+    busybox: Deb,
+}
+
+/// Asks apt which packages and files make the guest, or reads the answer saved by an
+/// earlier run if the apt lists have not changed since (`apt-get update` renames fresh
+/// lists into place, which changes the directory's time). Asking apt takes a second
+/// or two of a run that otherwise takes a few.
+fn resolve(cache: &Path) -> Result<Resolved> {
+    let saved = cache.join("resolved");
+    let lists = fs::metadata(APT_LISTS)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| format!("lists {}", d.as_nanos()));
+    if let (Some(lists), Ok(text)) = (&lists, fs::read_to_string(&saved)) {
+        let mut lines = text.lines();
+        if lines.next() == Some(lists.as_str()) {
+            let mut debs = lines.filter_map(parse_saved);
+            if let (Some(kernel), Some(busybox)) = (debs.next(), debs.next()) {
+                return Ok(Resolved { kernel, busybox });
+            }
+        }
+    }
+    let kernel = kernel_package()?;
+    let mut debs = deb_files(&[&kernel, BUSYBOX]).or_else(|_| {
+        // The apt lists may be older than the archive; refresh them once.
+        crate::run_streamed(Command::new("apt-get").arg("update"))?;
+        deb_files(&[&kernel, BUSYBOX])
+    })?;
+    let (Some(busybox), Some(kernel)) = (debs.pop(), debs.pop()) else {
+        bail!("apt-get download --print-uris named fewer files than packages");
+    };
+    if let Some(lists) = lists {
+        let text = format!(
+            "{lists}\n{}\n{}\n",
+            saved_line(&kernel),
+            saved_line(&busybox)
+        );
+        fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+        fs::write(&saved, text).with_context(|| format!("writing {}", saved.display()))?;
+    }
+    Ok(Resolved { kernel, busybox })
+}
+
+const APT_LISTS: &str = "/var/lib/apt/lists";
+
+fn saved_line(deb: &Deb) -> String {
+    format!("{} {} {}", deb.package, deb.file, deb.size)
+}
+
+fn parse_saved(line: &str) -> Option<Deb> {
+    let mut words = line.split_whitespace();
+    Some(Deb {
+        package: words.next()?.to_owned(),
+        file: words.next()?.to_owned(),
+        size: words.next()?.parse().ok()?,
+    })
+}
+
 /// `linux-image-6.1.0-N-amd64`, the package `linux-image-amd64` depends on now.
 fn kernel_package() -> Result<String> {
     let mut cmd = Command::new("apt-cache");
@@ -92,54 +164,64 @@ fn kernel_package() -> Result<String> {
         .with_context(|| format!("`{}` names no linux-image-*-amd64", display(&cmd)))
 }
 
-/// The path of `package`'s .deb in `debs`, downloading it if it is not there.
-fn fetch(debs: &Path, package: &str) -> Result<PathBuf> {
-    let (file, size) = match deb_file(package) {
-        Ok(found) => found,
-        Err(_) => {
-            // The apt lists may be older than the archive; refresh them once.
-            crate::run_streamed(Command::new("apt-get").arg("update"))?;
-            deb_file(package)?
-        }
-    };
-    let path = debs.join(&file);
-    if fs::metadata(&path).is_ok_and(|m| m.len() == size) {
+/// The path of `deb` in `debs`, downloading it if it is not there.
+fn fetch(debs: &Path, deb: &Deb) -> Result<PathBuf> {
+    let path = debs.join(&deb.file);
+    if fs::metadata(&path).is_ok_and(|m| m.len() == deb.size) {
         return Ok(path);
     }
-    println!("vm-test: downloading {file} ({} MB)", size / 1_000_000);
+    println!(
+        "vm-test: downloading {} ({} MB)",
+        deb.file,
+        deb.size / 1_000_000
+    );
     fs::create_dir_all(debs).with_context(|| format!("creating {}", debs.display()))?;
     // Into a directory of its own first, so a failed download leaves nothing in `debs`.
     let partial = TempDir::new(debs.join(format!("partial-{}", std::process::id())))?;
     let mut download = Command::new("apt-get");
     download
-        .args(["download", "-q", package])
+        .args(["download", "-q", &deb.package])
         .current_dir(partial.path());
     output(&mut download)?;
-    fs::rename(partial.path().join(&file), &path)
-        .with_context(|| format!("apt-get download left no {file}"))?;
+    fs::rename(partial.path().join(&deb.file), &path)
+        .with_context(|| format!("apt-get download left no {}", deb.file))?;
     Ok(path)
 }
 
-/// The file name and size `apt-get download` would fetch for `package`, from
-/// `'URI' FILE SIZE SHA256:...`.
-fn deb_file(package: &str) -> Result<(String, u64)> {
+/// The files `apt-get download` would fetch for `packages`, in order, from its
+/// `--print-uris` lines `'URI' FILE SIZE SHA256:...`.
+fn deb_files(packages: &[&str]) -> Result<Vec<Deb>> {
     let mut cmd = Command::new("apt-get");
-    cmd.args(["download", "--print-uris", package]);
+    cmd.args(["download", "--print-uris"]).args(packages);
     let stdout = output(&mut cmd)?;
-    let mut words = stdout
-        .lines()
-        .find(|l| l.starts_with('\''))
-        .with_context(|| format!("`{}` printed no URI", display(&cmd)))?
-        .split_whitespace()
-        .skip(1);
-    let file = words
-        .next()
-        .filter(|f| f.ends_with(".deb") && !f.contains('/'));
-    let size = words.next().and_then(|s| s.parse().ok());
-    match (file, size) {
-        (Some(file), Some(size)) => Ok((file.to_owned(), size)),
-        _ => bail!("`{}`: unexpected output {stdout:?}", display(&cmd)),
+    let debs = parse_print_uris(packages, &stdout)
+        .with_context(|| format!("`{}`: unexpected output {stdout:?}", display(&cmd)))?;
+    Ok(debs)
+}
+
+fn parse_print_uris(packages: &[&str], stdout: &str) -> Option<Vec<Deb>> {
+    let mut files: Vec<(String, u64)> = Vec::new();
+    for line in stdout.lines().filter(|l| l.starts_with('\'')) {
+        let mut words = line.split_whitespace().skip(1);
+        let file = words
+            .next()
+            .filter(|f| f.ends_with(".deb") && !f.contains('/'))?;
+        files.push((file.to_owned(), words.next()?.parse().ok()?));
     }
+    // apt prints in its own order: match each package to its file by name.
+    packages
+        .iter()
+        .map(|p| {
+            let (file, size) = files
+                .iter()
+                .find(|(f, _)| f.starts_with(&format!("{p}_")))?;
+            Some(Deb {
+                package: (*p).to_owned(),
+                file: file.clone(),
+                size: *size,
+            })
+        })
+        .collect()
 }
 
 fn unpack(deb: &Path, root: &Path) -> Result<()> {
@@ -181,5 +263,36 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn print_uris_lines_are_matched_to_their_packages() {
+        let out = "'http://deb.debian.org/debian/pool/main/b/busybox/busybox-static_1%3a1.35.0-4%2bdeb12u1%2bb1_amd64.deb' busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb 928188 SHA256:3d3f\n\
+                   'http://deb.debian.org/debian-security/pool/updates/main/l/linux-signed-amd64/linux-image-6.1.0-57-amd64_6.1.192-3_amd64.deb' linux-image-6.1.0-57-amd64_6.1.192-3_amd64.deb 70591024 SHA256:14d2\n";
+        let debs = parse_print_uris(&["linux-image-6.1.0-57-amd64", "busybox-static"], out)
+            .expect("parses");
+        assert_eq!(
+            debs[0].file,
+            "linux-image-6.1.0-57-amd64_6.1.192-3_amd64.deb"
+        );
+        assert_eq!(debs[0].size, 70_591_024);
+        assert_eq!(debs[1].package, "busybox-static");
+        assert_eq!(debs[1].size, 928_188);
+        assert!(parse_print_uris(&["bash"], out).is_none());
+    }
+
+    #[test]
+    fn a_saved_resolution_reads_back() {
+        let deb = Deb {
+            package: "busybox-static".into(),
+            file: "busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb".into(),
+            size: 928_188,
+        };
+        assert_eq!(parse_saved(&saved_line(&deb)), Some(deb));
     }
 }

@@ -19,6 +19,8 @@ pub struct Run<'a> {
 pub fn script(tests: &[Run]) -> String {
     let mut s = String::from(
         "#!/bin/sh\n\
+         # The firmware's last line has no newline: start the markers on a line of their own.\n\
+         echo\n\
          export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root\n\
          # The host's glibc finds its libraries here (there is no ld.so.cache).\n\
          export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu\n\

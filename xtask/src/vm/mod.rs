@@ -41,11 +41,26 @@ pub const BINARIES: &[VmBinary] = &[
 ];
 
 /// How to run.
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Names from [`BINARIES`] to run; empty: all of them.
     pub bins: Vec<String>,
     /// For the whole boot; qemu is killed when it passes.
     pub timeout: Duration,
+}
+
+/// The whole boot's default limit: a cached run takes 4–9 s, a small `cargo test`
+/// binary inside 25–30 s under emulation.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Everything in [`BINARIES`], as `cargo xtask test` would run it.
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            bins: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
 }
 
 /// Builds, boots, runs, reports. Fails if any binary fails or the VM does not finish.

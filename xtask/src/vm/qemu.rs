@@ -73,7 +73,7 @@ pub fn boot(vmlinux: &Path, initrd: &Path, timeout: Duration) -> Result<Console>
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
-                println!("vm| {}", line.trim_end());
+                println!("vm| {}", printable(line.trim_end()));
                 log += &line;
             }
             // Both pipes closed: qemu has exited (or closed them on its way out).
@@ -94,6 +94,27 @@ pub fn boot(vmlinux: &Path, initrd: &Path, timeout: Duration) -> Result<Console>
         let _ = r.join();
     }
     Ok(Console { log, status })
+}
+
+/// `line` without terminal escape sequences (the firmware clears the screen).
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        // ESC [ parameters final-byte, or ESC and one character.
+        if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Sends `pipe`'s output line by line (lossily decoded, `\r` kept) until it closes.
@@ -130,5 +151,17 @@ impl Drop for Qemu {
         if matches!(self.0.try_wait(), Ok(None)) {
             self.kill();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_are_not_echoed() {
+        let line = "\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1.16.2)";
+        assert_eq!(printable(line), "SeaBIOS (version 1.16.2)");
+        assert_eq!(printable("plain"), "plain");
     }
 }
