@@ -69,6 +69,9 @@ pub fn prepare(cache: &Path) -> Result<Guest> {
         "vm-test: building the guest image from {}",
         kernel_deb.display()
     );
+    // apt checked the hashes when it downloaded; check again what has sat in the cache.
+    verify(&kernel_deb, &resolved.kernel)?;
+    verify(&busybox_deb, &resolved.busybox)?;
     let unpacked = TempDir::new(cache.join(format!("unpack-{}", std::process::id())))?;
     let root = unpacked.path();
     unpack(&kernel_deb, root)?;
@@ -87,6 +90,8 @@ struct Deb {
     package: String,
     file: String,
     size: u64,
+    /// From the signed archive index, as apt prints it.
+    sha256: String,
 }
 
 /// The guest's packages as the apt lists name them now.
@@ -139,7 +144,7 @@ fn resolve(cache: &Path) -> Result<Resolved> {
 const APT_LISTS: &str = "/var/lib/apt/lists";
 
 fn saved_line(deb: &Deb) -> String {
-    format!("{} {} {}", deb.package, deb.file, deb.size)
+    format!("{} {} {} {}", deb.package, deb.file, deb.size, deb.sha256)
 }
 
 fn parse_saved(line: &str) -> Option<Deb> {
@@ -148,6 +153,7 @@ fn parse_saved(line: &str) -> Option<Deb> {
         package: words.next()?.to_owned(),
         file: words.next()?.to_owned(),
         size: words.next()?.parse().ok()?,
+        sha256: words.next()?.to_owned(),
     })
 }
 
@@ -200,28 +206,44 @@ fn deb_files(packages: &[&str]) -> Result<Vec<Deb>> {
 }
 
 fn parse_print_uris(packages: &[&str], stdout: &str) -> Option<Vec<Deb>> {
-    let mut files: Vec<(String, u64)> = Vec::new();
+    let mut files = Vec::new();
     for line in stdout.lines().filter(|l| l.starts_with('\'')) {
         let mut words = line.split_whitespace().skip(1);
         let file = words
             .next()
             .filter(|f| f.ends_with(".deb") && !f.contains('/'))?;
-        files.push((file.to_owned(), words.next()?.parse().ok()?));
+        let size: u64 = words.next()?.parse().ok()?;
+        let sha256 = words.next()?.strip_prefix("SHA256:")?;
+        files.push((file, size, sha256));
     }
     // apt prints in its own order: match each package to its file by name.
     packages
         .iter()
         .map(|p| {
-            let (file, size) = files
-                .iter()
-                .find(|(f, _)| f.starts_with(&format!("{p}_")))?;
+            let prefix = format!("{p}_");
+            let (file, size, sha256) = files.iter().find(|(f, _, _)| f.starts_with(&prefix))?;
             Some(Deb {
                 package: (*p).to_owned(),
-                file: file.clone(),
+                file: (*file).to_owned(),
                 size: *size,
+                sha256: (*sha256).to_owned(),
             })
         })
         .collect()
+}
+
+/// Fails (and removes the file, so the next run downloads it again) unless `path`
+/// has the SHA256 the archive index gives for `deb`.
+fn verify(path: &Path, deb: &Deb) -> Result<()> {
+    let sum = output(Command::new("sha256sum").arg(path))?;
+    if sum.split_whitespace().next() != Some(deb.sha256.as_str()) {
+        let _ = fs::remove_file(path);
+        bail!(
+            "{}: SHA256 is not the archive's; removed it, run again",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn unpack(deb: &Path, root: &Path) -> Result<()> {
@@ -283,6 +305,7 @@ mod tests {
         assert_eq!(debs[0].size, 70_591_024);
         assert_eq!(debs[1].package, "busybox-static");
         assert_eq!(debs[1].size, 928_188);
+        assert_eq!(debs[1].sha256, "3d3f");
         assert!(parse_print_uris(&["bash"], out).is_none());
     }
 
@@ -292,6 +315,7 @@ mod tests {
             package: "busybox-static".into(),
             file: "busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb".into(),
             size: 928_188,
+            sha256: "3d3f".into(),
         };
         assert_eq!(parse_saved(&saved_line(&deb)), Some(deb));
     }
