@@ -3,10 +3,11 @@
 //! The host's kernel has no IPVS and loads no modules, so the proxy's `--proxy-mode=ipvs`
 //! is tested under Debian 12's own kernel booted in qemu (software emulation). The guest
 //! is built from packages downloaded once and cached (see [`guest`]); each run builds the
-//! binaries listed in [`BINARIES`] for the host, puts them in a small initramfs next to
-//! the cached base (see [`initramfs`]), boots, and reads their exit codes off the serial
-//! console (see [`init`]).
+//! binaries listed in [`BINARIES`] for the host (see [`build`]), puts them in a small
+//! initramfs next to the cached base (see [`initramfs`]), boots (see [`qemu`]), and
+//! reads their exit codes off the serial console (see [`init`]).
 
+mod build;
 mod cpio;
 mod guest;
 mod init;
@@ -20,22 +21,41 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, run_streamed, workspace_root};
+use crate::workspace_root;
 
-/// A binary the VM runs, built with `cargo build -p PACKAGE --bin BIN` for the host.
+/// What kind of cargo target a [`VmBinary`] is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// A `[[bin]]`, built with `cargo build --bin NAME`.
+    Bin,
+    /// A `[[test]]` (an integration-test binary), built with `cargo test --no-run --test
+    /// NAME`; give it `--test-threads=1` and the like in `args`.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "for the IPVS integration tests, not written yet")
+    )]
+    Test,
+}
+
+/// A binary the VM runs as `/tests/NAME ARGS...`, built for the host.
+#[derive(Debug)]
 pub struct VmBinary {
     pub package: &'static str,
-    pub bin: &'static str,
+    pub kind: Kind,
+    pub name: &'static str,
     pub args: &'static [&'static str],
 }
 
-/// Everything `vm-test` runs by default, in order. The IPVS integration tests (the agent
-/// in `--proxy-mode=ipvs`, namespaces inside the VM) belong here as further entries.
+/// Everything `vm-test` runs by default, in order, in one boot. The IPVS integration
+/// tests (the agent in `--proxy-mode=ipvs`, namespaces inside the VM) belong here as
+/// further entries, e.g. a `[[test]]` of the `tests` crate that `cargo test` on the host
+/// leaves out.
 pub const BINARIES: &[VmBinary] = &[
     // Proves the harness and the guest kernel: IPVS, ipset, a dummy link.
     VmBinary {
         package: "tests",
-        bin: "vm-smoke",
+        kind: Kind::Bin,
+        name: "vm-smoke",
         args: &[],
     },
 ];
@@ -67,11 +87,13 @@ impl Default for Options {
 pub fn run(opts: &Options) -> Result<()> {
     let started = Instant::now();
     let selected = select(&opts.bins)?;
-    let target = target_dir();
-    build(&selected)?;
+    let binaries = selected
+        .iter()
+        .map(|b| Ok((b.name.to_owned(), build::build(b)?)))
+        .collect::<Result<Vec<(String, PathBuf)>>>()?;
     let built = Instant::now();
 
-    let cache = target.join("vm");
+    let cache = target_dir().join("vm");
     let guest = guest::prepare(&cache)?;
     let prepared = Instant::now();
 
@@ -83,11 +105,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let runs: Vec<init::Run> = selected
         .iter()
         .zip(&args)
-        .map(|(b, args)| init::Run { name: b.bin, args })
-        .collect();
-    let binaries: Vec<(String, PathBuf)> = selected
-        .iter()
-        .map(|b| (b.bin.to_owned(), target.join("debug").join(b.bin)))
+        .map(|(b, args)| init::Run { name: b.name, args })
         .collect();
     let initrd = run_dir.path().join("initrd.cpio");
     initramfs::write_run(
@@ -110,25 +128,7 @@ pub fn run(opts: &Options) -> Result<()> {
         .with_context(|| format!("writing {}", log_path.display()))?;
 
     let report = init::parse(&console.log);
-    println!("vm-test: summary");
-    let mut failures = Vec::new();
-    for b in &selected {
-        let result = report.results.iter().find(|r| r.0 == b.bin);
-        let line = match result.map(|r| r.1) {
-            Some(Some(0)) => format!("ok       {}", b.bin),
-            Some(Some(rc)) => format!("FAILED   {} (exit code {rc})", b.bin),
-            Some(None) => format!("FAILED   {} (began, never ended)", b.bin),
-            None => format!("FAILED   {} (never began)", b.bin),
-        };
-        if !line.starts_with("ok") {
-            failures.push(b.bin.to_owned());
-        }
-        println!("vm-test:   {line}");
-    }
-    for m in &report.modprobe_failed {
-        println!("vm-test:   FAILED   modprobe {m}");
-        failures.push(format!("modprobe {m}"));
-    }
+    let failures = summary(&selected, &report);
     println!(
         "vm-test: build {:.1} s, guest image {:.1} s, boot and run {:.1} s, total {:.1} s",
         (built - started).as_secs_f64(),
@@ -137,16 +137,16 @@ pub fn run(opts: &Options) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     let how_ended = match console.status {
-        None => format!(
+        None => Some(format!(
             "the VM did not finish within {} s and was killed",
             opts.timeout.as_secs()
-        ),
+        )),
         Some(_) if !report.done => {
-            "the VM stopped before its last marker (kernel panic?)".to_owned()
+            Some("the VM stopped before its last marker (kernel panic?)".to_owned())
         }
-        Some(_) => String::new(),
+        Some(_) => None,
     };
-    if !how_ended.is_empty() {
+    if let Some(how_ended) = how_ended {
         bail!(
             "{how_ended}; console log in {} (last lines:)\n{}",
             log_path.display(),
@@ -163,6 +163,33 @@ pub fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Prints one line per binary (and per module that did not load); returns what failed.
+fn summary(selected: &[&VmBinary], report: &init::Report) -> Vec<String> {
+    println!("vm-test: summary");
+    let mut failures = Vec::new();
+    for b in selected {
+        let result = report.results.iter().find(|r| r.0 == b.name).map(|r| r.1);
+        let failure = match result {
+            Some(Some(0)) => None,
+            Some(Some(rc)) => Some(format!("exit code {rc}")),
+            Some(None) => Some("began, never ended".to_owned()),
+            None => Some("never began".to_owned()),
+        };
+        match failure {
+            None => println!("vm-test:   ok       {}", b.name),
+            Some(why) => {
+                println!("vm-test:   FAILED   {} ({why})", b.name);
+                failures.push(b.name.to_owned());
+            }
+        }
+    }
+    for m in &report.modprobe_failed {
+        println!("vm-test:   FAILED   modprobe {m}");
+        failures.push(format!("modprobe {m}"));
+    }
+    failures
+}
+
 /// The entries of [`BINARIES`] named in `names` (all when empty).
 fn select(names: &[String]) -> Result<Vec<&'static VmBinary>> {
     if names.is_empty() {
@@ -171,31 +198,15 @@ fn select(names: &[String]) -> Result<Vec<&'static VmBinary>> {
     names
         .iter()
         .map(|n| {
-            BINARIES.iter().find(|b| b.bin == n).with_context(|| {
-                let known: Vec<&str> = BINARIES.iter().map(|b| b.bin).collect();
+            BINARIES.iter().find(|b| b.name == n).with_context(|| {
+                let known: Vec<&str> = BINARIES.iter().map(|b| b.name).collect();
                 format!("no VM test binary {n:?} (known: {})", known.join(", "))
             })
         })
         .collect()
 }
 
-/// One `cargo build` per package (a `--bin` must exist in every selected package).
-fn build(selected: &[&VmBinary]) -> Result<()> {
-    let mut packages: Vec<&str> = selected.iter().map(|b| b.package).collect();
-    packages.sort_unstable();
-    packages.dedup();
-    for package in packages {
-        let mut cmd = cargo();
-        cmd.args(["build", "-p", package]);
-        for b in selected.iter().filter(|b| b.package == package) {
-            cmd.args(["--bin", b.bin]);
-        }
-        run_streamed(&mut cmd)?;
-    }
-    Ok(())
-}
-
-/// Where cargo puts build output (and we the VM cache).
+/// Where cargo puts build output, and we the VM cache.
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
