@@ -10,9 +10,13 @@
 //!   package whose exact file (name and size from `apt-get download --print-uris`) is
 //!   missing, so a second run downloads nothing, and a new kernel ABI in the apt lists
 //!   is picked up by the next run.
+//! - `resolved`: apt's answer (packages, files, sizes, SHA256), reused while the apt
+//!   lists are unchanged.
 //! - `<kernel version>/vmlinux`, `<kernel version>/base.cpio` (+ `base.key`): what qemu
 //!   boots. The packages are unpacked (about 400 MB, in a temporary directory removed
-//!   afterwards) only when one of these is missing or the key says the base is stale.
+//!   afterwards) only when one of these is missing or the key says the base is stale;
+//!   their SHA256 is checked again first.
+//! - `last-console.log`: the last run's console (written by the caller).
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -117,7 +117,7 @@ pub fn base_key(debs: &[&Path]) -> Result<String> {
 }
 
 /// Builds the base archive at `out` from the unpacked kernel and busybox packages in
-/// `root` (which this also uses as scratch space).
+/// `root` (which this also uses as scratch space; it must be on `out`'s file system).
 pub fn build_base(root: &Path, kernel_version: &str, out: &Path) -> Result<()> {
     let modules = module_files(root, kernel_version)?;
     println!(
@@ -146,7 +146,8 @@ pub fn build_base(root: &Path, kernel_version: &str, out: &Path) -> Result<()> {
     }
     depmod(&image, kernel_version)?;
 
-    let tmp = out.with_extension("partial");
+    // Written in the scratch directory (removed with it on error), then moved into place.
+    let tmp = root.join("base.cpio");
     let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut w = Writer::new(BufWriter::new(file), 1);
     for dir in [
