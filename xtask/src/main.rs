@@ -1,9 +1,10 @@
 //! `cargo xtask <task>`: the one entry point for setting up a machine, running the full
-//! check suite, the demo and the benchmarks.
+//! check suite, the VM tests, the demo and the benchmarks.
 
 mod bench;
 mod demo;
 mod setup;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -32,6 +33,17 @@ enum Task {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Build the VM test binaries, boot Debian 12's kernel (which has IPVS) in qemu and
+    /// run them inside; downloads the guest kernel and busybox once (cached in
+    /// target/vm/). Needs `cargo xtask setup` first (qemu, kmod, xz).
+    VmTest {
+        /// Run only this binary (repeatable); default: all of them.
+        #[arg(long = "bin", value_name = "NAME")]
+        bins: Vec<String>,
+        /// Kill the VM and fail after this many seconds.
+        #[arg(long, default_value_t = vm::DEFAULT_TIMEOUT.as_secs())]
+        timeout: u64,
+    },
     /// Run the demo.
     Demo,
     /// Run the benchmark NAME.
@@ -46,6 +58,10 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Setup => setup::run(),
         Task::Test { cargo_test_args } => test(&cargo_test_args),
+        Task::VmTest { bins, timeout } => vm::run(&vm::Options {
+            bins,
+            timeout: std::time::Duration::from_secs(timeout),
+        }),
         Task::Demo => demo::run(),
         Task::Bench { name } => bench::run(&name),
     };

@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cargo, display, run_streamed};
 
-/// Debian packages: LLVM 22 for bpf-linker, and the tools the tests and demo use.
+/// Debian packages: LLVM 22 for bpf-linker, the tools the tests and demo use, and what
+/// `cargo xtask vm-test` needs on the host.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +26,13 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     // `sysctl`, used by the test harness inside namespaces.
     "procps",
+    // `vm-test`: the emulator, `depmod` for the guest's module index, and `xz` to take the
+    // uncompressed kernel out of the guest's bzImage. `cpio` to inspect the initramfs
+    // (xtask writes it itself).
+    "qemu-system-x86",
+    "kmod",
+    "xz-utils",
+    "cpio",
 ];
 
 /// Where Debian's llvm-22 packages put LLVM.

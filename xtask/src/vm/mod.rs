@@ -1,0 +1,220 @@
+//! `cargo xtask vm-test`: runs test binaries inside a VM whose kernel has IPVS.
+//!
+//! The host's kernel has no IPVS and loads no modules, so the proxy's `--proxy-mode=ipvs`
+//! is tested under Debian 12's own kernel booted in qemu (software emulation). The guest
+//! is built from packages downloaded once and cached (see [`guest`]); each run builds the
+//! binaries listed in [`BINARIES`] for the host (see [`build`]), puts them in a small
+//! initramfs next to the cached base (see [`initramfs`]), boots (see [`qemu`]), and
+//! reads their exit codes off the serial console (see [`init`]).
+
+mod build;
+mod cpio;
+mod guest;
+mod init;
+mod initramfs;
+mod qemu;
+mod vmlinux;
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::workspace_root;
+
+/// What kind of cargo target a [`VmBinary`] is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// A `[[bin]]`, built with `cargo build --bin NAME`.
+    Bin,
+    /// A `[[test]]` (an integration-test binary), built with `cargo test --no-run --test
+    /// NAME`; give it `--test-threads=1` and the like in `args`.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "for the IPVS integration tests, not written yet")
+    )]
+    Test,
+}
+
+/// A binary the VM runs as `/tests/NAME ARGS...`, built for the host.
+#[derive(Debug)]
+pub struct VmBinary {
+    pub package: &'static str,
+    pub kind: Kind,
+    pub name: &'static str,
+    pub args: &'static [&'static str],
+}
+
+/// Everything `vm-test` runs by default, in order, in one boot. The IPVS integration
+/// tests (the agent in `--proxy-mode=ipvs`, namespaces inside the VM) belong here as
+/// further entries, e.g. a `[[test]]` of the `tests` crate that `cargo test` on the host
+/// leaves out.
+pub const BINARIES: &[VmBinary] = &[
+    // Proves the harness and the guest kernel: IPVS, ipset, a dummy link.
+    VmBinary {
+        package: "tests",
+        kind: Kind::Bin,
+        name: "vm-smoke",
+        args: &[],
+    },
+];
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Names from [`BINARIES`] to run; empty: all of them.
+    pub bins: Vec<String>,
+    /// For the whole boot; qemu is killed when it passes.
+    pub timeout: Duration,
+}
+
+/// The whole boot's default limit: a cached run takes 4–9 s, a small `cargo test`
+/// binary inside 25–30 s under emulation.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Everything in [`BINARIES`], as `cargo xtask test` would run it.
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            bins: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// Builds, boots, runs, reports. Fails if any binary fails or the VM does not finish.
+pub fn run(opts: &Options) -> Result<()> {
+    let started = Instant::now();
+    let selected = select(&opts.bins)?;
+    let binaries = selected
+        .iter()
+        .map(|b| Ok((b.name.to_owned(), build::build(b)?)))
+        .collect::<Result<Vec<(String, PathBuf)>>>()?;
+    let built = Instant::now();
+
+    let cache = target_dir().join("vm");
+    let guest = guest::prepare(&cache)?;
+    let prepared = Instant::now();
+
+    let run_dir = guest::TempDir::new(cache.join(format!("run-{}", std::process::id())))?;
+    let args: Vec<Vec<String>> = selected
+        .iter()
+        .map(|b| b.args.iter().map(|a| (*a).to_owned()).collect())
+        .collect();
+    let runs: Vec<init::Run> = selected
+        .iter()
+        .zip(&args)
+        .map(|(b, args)| init::Run { name: b.name, args })
+        .collect();
+    let initrd = run_dir.path().join("initrd.cpio");
+    initramfs::write_run(
+        &initrd,
+        &guest.base_initramfs,
+        &init::script(&runs),
+        &binaries,
+    )?;
+
+    println!(
+        "vm-test: booting {} (timeout {} s)",
+        guest.kernel_version,
+        opts.timeout.as_secs()
+    );
+    let boot_start = Instant::now();
+    let console = qemu::boot(&guest.vmlinux, &initrd, opts.timeout)?;
+    let booted = Instant::now();
+    let log_path = cache.join("last-console.log");
+    fs::write(&log_path, &console.log)
+        .with_context(|| format!("writing {}", log_path.display()))?;
+
+    let report = init::parse(&console.log);
+    let failures = summary(&selected, &report);
+    println!(
+        "vm-test: build {:.1} s, guest image {:.1} s, boot and run {:.1} s, total {:.1} s",
+        (built - started).as_secs_f64(),
+        (prepared - built).as_secs_f64(),
+        (booted - boot_start).as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    let how_ended = match console.status {
+        None => Some(format!(
+            "the VM did not finish within {} s and was killed",
+            opts.timeout.as_secs()
+        )),
+        Some(_) if !report.done => {
+            Some("the VM stopped before its last marker (kernel panic?)".to_owned())
+        }
+        Some(_) => None,
+    };
+    if let Some(how_ended) = how_ended {
+        bail!(
+            "{how_ended}; console log in {} (last lines:)\n{}",
+            log_path.display(),
+            tail(&console.log, 40)
+        );
+    }
+    if !failures.is_empty() {
+        bail!(
+            "failed in the VM: {}; console log in {}",
+            failures.join(", "),
+            log_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Prints one line per binary (and per module that did not load); returns what failed.
+fn summary(selected: &[&VmBinary], report: &init::Report) -> Vec<String> {
+    println!("vm-test: summary");
+    let mut failures = Vec::new();
+    for b in selected {
+        let result = report.results.iter().find(|r| r.0 == b.name).map(|r| r.1);
+        let failure = match result {
+            Some(Some(0)) => None,
+            Some(Some(rc)) => Some(format!("exit code {rc}")),
+            Some(None) => Some("began, never ended".to_owned()),
+            None => Some("never began".to_owned()),
+        };
+        match failure {
+            None => println!("vm-test:   ok       {}", b.name),
+            Some(why) => {
+                println!("vm-test:   FAILED   {} ({why})", b.name);
+                failures.push(b.name.to_owned());
+            }
+        }
+    }
+    for m in &report.modprobe_failed {
+        println!("vm-test:   FAILED   modprobe {m}");
+        failures.push(format!("modprobe {m}"));
+    }
+    failures
+}
+
+/// The entries of [`BINARIES`] named in `names` (all when empty).
+fn select(names: &[String]) -> Result<Vec<&'static VmBinary>> {
+    if names.is_empty() {
+        return Ok(BINARIES.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            BINARIES.iter().find(|b| b.name == n).with_context(|| {
+                let known: Vec<&str> = BINARIES.iter().map(|b| b.name).collect();
+                format!("no VM test binary {n:?} (known: {})", known.join(", "))
+            })
+        })
+        .collect()
+}
+
+/// Where cargo puts build output, and we the VM cache.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The last `n` lines of `log`.
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
