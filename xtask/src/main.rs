@@ -129,7 +129,13 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
     if !selects_packages(cargo_test_args) {
         test.arg("--workspace");
     }
-    run_tests(test.args(cargo_test_args))
+    run_tests(test.args(cargo_test_args))?;
+    // The IPVS mode's kernel interfaces, in Debian's kernel under qemu (this kernel has
+    // no IPVS): part of every full run, as the data plane's own tests are.
+    if !selects_packages(cargo_test_args) {
+        vm::run(&vm::Options::default())?;
+    }
+    Ok(())
 }
 
 /// Runs `cargo test`, streaming its output, and ends with one summary line over every

@@ -30,10 +30,6 @@ pub enum Kind {
     Bin,
     /// A `[[test]]` (an integration-test binary), built with `cargo test --no-run --test
     /// NAME`; give it `--test-threads=1` and the like in `args`.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "for the IPVS integration tests, not written yet")
-    )]
     Test,
 }
 
@@ -56,6 +52,13 @@ pub const BINARIES: &[VmBinary] = &[
         package: "tests",
         kind: Kind::Bin,
         name: "vm-smoke",
+        args: &[],
+    },
+    // The IPVS and ipset netlink messages, taken by the kernel and read back.
+    VmBinary {
+        package: "proxy-agent",
+        kind: Kind::Test,
+        name: "vm_netlink",
         args: &[],
     },
 ];

@@ -428,14 +428,19 @@ impl NetlinkSerializable for IpsetMessage {
 }
 
 fn ip_attr(kind: u16, ip: IpAddr) -> Attr {
+    // Both families: the kernel's `ip_set_get_ipaddr4/6` refuse an address without
+    // the byte-order flag (IPSET_ERR_PROTOCOL), as the VM test showed for IPv6.
     let leaf = match ip {
-        IpAddr::V4(_) => Attr::bytes(
-            ATTR_IPADDR_IPV4 | netlink_packet_core::NLA_F_NET_BYTEORDER,
-            addr_bytes(ip),
-        ),
-        IpAddr::V6(_) => Attr::bytes(ATTR_IPADDR_IPV6, addr_bytes(ip)),
+        IpAddr::V4(_) => ATTR_IPADDR_IPV4,
+        IpAddr::V6(_) => ATTR_IPADDR_IPV6,
     };
-    Attr::nested(kind, vec![leaf])
+    Attr::nested(
+        kind,
+        vec![Attr::bytes(
+            leaf | netlink_packet_core::NLA_F_NET_BYTEORDER,
+            addr_bytes(ip),
+        )],
+    )
 }
 
 /// `CREATE`: name, type, revision, family, and the creation options in `DATA`.

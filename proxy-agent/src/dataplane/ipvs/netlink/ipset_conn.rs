@@ -67,7 +67,9 @@ impl<T: Transport> Ipset<T> {
         self.ack(create(spec), flags, &spec.name, bitmap)
     }
 
-    /// Destroys a set (refused with `IPSET_ERR_BUSY` while a rule references it).
+    /// Destroys a set (refused with `IPSET_ERR_BUSY` while a rule references it). An
+    /// absent set is no error: without `NLM_F_EXCL` the kernel takes it as destroyed
+    /// already (seen in the VM test).
     pub fn destroy(&mut self, name: &str) -> Result<(), IpsetError> {
         check_name(Command::Destroy, name)?;
         self.ack(named(Command::Destroy, name), 0, name, false)

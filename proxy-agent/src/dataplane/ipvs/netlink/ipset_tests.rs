@@ -133,8 +133,9 @@ fn members_of_every_kube_proxy_type_carry_their_fields() {
     assert_eq!(Entry::port(30080).to_string(), "30080");
     let v6: IpAddr = "fd00::1".parse().unwrap_or(vip());
     let data = attr::emit_all(&member(Command::Add, "S", &Entry::ip(v6)).attrs);
-    // An IPv6 leaf is IPSET_ATTR_IPADDR_IPV6 (2), binary, without the byte-order flag.
-    let leaf = [20, 0, 2, 0, 0xfd, 0];
+    // An IPv6 leaf is IPSET_ATTR_IPADDR_IPV6 (2), with the byte-order flag like IPv4's
+    // (the kernel refuses it without: IPSET_ERR_PROTOCOL, seen in the VM test).
+    let leaf = [20, 0, 2, 0x40, 0xfd, 0];
     assert!(data.windows(leaf.len()).any(|w| w == leaf), "{data:?}");
 }
 
