@@ -60,11 +60,11 @@ fn services_and_destinations_read_back_as_written_and_refusals_name_their_object
 
     // A persistent TCP service (ClientIP affinity) and an IPv6 UDP one.
     let tcp = id(Protocol::Tcp, "10.96.0.10", 80);
-    let mut sticky = Service::new(tcp.clone(), "rr");
+    let mut sticky = Service::new(tcp, "rr");
     sticky.flags = ServiceFlags::PERSISTENT;
     sticky.timeout = 10_800;
     let udp6 = id(Protocol::Udp, "fd00:96::10", 53);
-    let plain6 = Service::new(udp6.clone(), "wrr");
+    let plain6 = Service::new(udp6, "wrr");
     ipvs.new_service(&sticky).expect("NEW_SERVICE tcp");
     ipvs.new_service(&plain6).expect("NEW_SERVICE udp6");
     let mut held: Vec<Service> = ipvs
@@ -134,7 +134,7 @@ fn services_and_destinations_read_back_as_written_and_refusals_name_their_object
         ),
         "DEL_DEST of an absent destination"
     );
-    let unknown = ipvs.new_service(&Service::new(absent.clone(), "nosuch"));
+    let unknown = ipvs.new_service(&Service::new(absent, "nosuch"));
     assert!(
         matches!(unknown, Err(IpvsError::NoScheduler { .. })),
         "an unknown scheduler: {unknown:?}"

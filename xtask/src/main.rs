@@ -121,6 +121,17 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // `--all-targets` leaves out test targets with `test = false`: the VM's.
+    run_streamed(cargo().args([
+        "clippy",
+        "-p",
+        "proxy-agent",
+        "--test",
+        "vm_netlink",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The real-kernel tests run these binaries; build them even when `-p` narrows the
     // test run (the harness refuses stale ones).
     run_streamed(cargo().args(["build", "-p", "proxy-agent", "-p", "tests", "--bins"]))?;
