@@ -1,5 +1,6 @@
 //! Path MTU discovery through the NAT: a packet of a translated flow that is too big
-//! for the route to its backend is answered here with the ICMP error its sender needs
+//! for the route to its destination (the backend, or on the way back the client) is
+//! answered here with the ICMP error its sender needs
 //! ("fragmentation needed" / "packet too big"), quoting the packet as the sender sent
 //! it.
 //!
