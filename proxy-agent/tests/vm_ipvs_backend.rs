@@ -28,7 +28,7 @@ use netlink_sys::protocols::NETLINK_ROUTE;
 use proxy_agent::dataplane::Dataplane;
 use proxy_agent::dataplane::ipvs::netlink::socket::{Conn, Kernel};
 use proxy_agent::dataplane::ipvs::netlink::{Ipset, Ipvs, ServiceId};
-use proxy_agent::dataplane::ipvs::{IpvsDataplane, Options};
+use proxy_agent::dataplane::ipvs::{IpvsDataplane, Options, sysctl};
 use proxy_agent::dataplane::netdev;
 use proxy_agent::model::{FrontendKey, FrontendKind, Protocol, ServicePortName, VirtualService};
 
@@ -155,8 +155,6 @@ fn vip_on_link() -> bool {
 fn a_cluster_ip_reaches_its_backends_drains_a_removed_one_and_goes_away() {
     unshare_net();
     ip(&["link", "set", "lo", "up"]);
-    // As kube-proxy sets it (in this namespace: /proc/sys/net follows the opener's).
-    std::fs::write("/proc/sys/net/ipv4/vs/conntrack", "1").expect("vs/conntrack");
 
     let (tid, moved, ready) = pod();
     veth_to(tid);
@@ -167,6 +165,12 @@ fn a_cluster_ip_reaches_its_backends_drains_a_removed_one_and_goes_away() {
 
     let mut dp = IpvsDataplane::open(&Options::default()).expect("IPVS, ipset, rtnetlink");
     assert_eq!(dp.programmed().expect("programmed"), [], "a new namespace");
+    // The sysctls kube-proxy sets, set by open() in this namespace.
+    for (name, value) in sysctl::SETTINGS {
+        let path = format!("/proc/sys/net/ipv4/vs/{name}");
+        let got = std::fs::read_to_string(&path).expect("reading a sysctl");
+        assert_eq!(got.trim(), value, "{path}");
+    }
 
     // Two backends, round robin: both answer.
     let both = web(&[A, B]);

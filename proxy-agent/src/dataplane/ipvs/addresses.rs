@@ -29,6 +29,9 @@ pub const LINK_NAME: &str = "kube-ipvs0";
 pub struct DummyLink {
     conn: Conn<Kernel>,
     name: String,
+    /// The interface's index once seen, so that adding an address lists nothing;
+    /// forgotten when a write fails (the interface may have been recreated).
+    index: Option<u32>,
 }
 
 impl DummyLink {
@@ -39,6 +42,7 @@ impl DummyLink {
         Ok(DummyLink {
             conn: Conn::new(kernel),
             name: name.to_owned(),
+            index: None,
         })
     }
 
@@ -57,9 +61,15 @@ impl DummyLink {
     }
 
     fn index(&mut self) -> Result<u32, DataplaneError> {
+        if let Some(index) = self.index {
+            return Ok(index);
+        }
         self.ensure_link()?;
         match self.find()? {
-            Some((index, _)) => Ok(index),
+            Some((index, _)) => {
+                self.index = Some(index);
+                Ok(index)
+            }
             None => Err(DataplaneError::Kernel {
                 op: "finding",
                 object: format!("interface {}", self.name),
@@ -124,7 +134,10 @@ impl VipAddresses for DummyLink {
         ) {
             Ok(_) => Ok(()),
             Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(failed("adding", format!("{ip} to {}", self.name), e)),
+            Err(e) => {
+                self.index = None;
+                Err(failed("adding", format!("{ip} to {}", self.name), e))
+            }
         }
     }
 
@@ -136,7 +149,10 @@ impl VipAddresses for DummyLink {
         match self.conn.request(RouteNetlinkMessage::DelAddress(msg), 0) {
             Ok(_) => Ok(()),
             Err(e) if e.errno() == Some(libc::EADDRNOTAVAIL) => Ok(()),
-            Err(e) => Err(failed("removing", format!("{ip} from {}", self.name), e)),
+            Err(e) => {
+                self.index = None;
+                Err(failed("removing", format!("{ip} from {}", self.name), e))
+            }
         }
     }
 }

@@ -6,6 +6,9 @@
 //! weight 1, the VIP on the dummy interface (which makes it local, so IPVS sees its
 //! packets), and a member of the kind's ipset commented with the service's name.
 //!
+//! [`IpvsDataplane::open`] also sets the IPVS sysctls kube-proxy sets (see
+//! [`super::sysctl`]).
+//!
 //! Writes are ordered so that every intermediate state serves traffic correctly: the
 //! virtual server and its destinations come before the address that makes the VIP
 //! reachable; new destinations before removed ones are drained. A failed write undoes
@@ -22,11 +25,12 @@ use super::addresses::{DummyLink, LINK_NAME};
 use super::kernel::{IpvsTable, SetTable, VipAddresses};
 use super::netlink::{Destination, ForwardMethod, Ipset, Ipvs, Service, ServiceFlags, ServiceId};
 use super::sets;
+use super::sysctl;
 use super::undo::Undo;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::model::{
-    Capabilities, Feature, FrontendKey, FrontendKind, NodeAddresses, Scope, ServicePortName,
-    VirtualService,
+    Capabilities, Feature, FrontendKey, FrontendKind, NodeAddresses, Protocol, Scope,
+    ServicePortName, VirtualService,
 };
 
 /// kube-proxy's default `--ipvs-scheduler`.
@@ -65,6 +69,7 @@ impl IpvsDataplane {
     /// adopts what the kernel already holds.
     pub fn open(options: &Options) -> Result<Self, DataplaneError> {
         let table = Ipvs::open()?;
+        sysctl::apply()?;
         let sets = Ipset::open()?;
         let addrs = DummyLink::open(&options.link)?;
         IpvsDataplane::new(table, sets, addrs, &options.scheduler)
@@ -135,9 +140,11 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
         }
 
         // 2. Destinations: the new (and revived) ones first, then the removed ones
-        // drained (weight 0 takes no new connections; deleting them once their
-        // connections end is later work), so that no moment has fewer backends than
-        // both the old and the new set.
+        // taken out, so that no moment has fewer backends than both the old and the
+        // new set. TCP ones are drained (weight 0: no new connections, the open ones
+        // finish; deleting them once drained is later work); UDP ones are deleted at
+        // once, as kube-proxy does (a datagram "connection" never ends, and
+        // expire_nodest_conn moves its next packet to a live destination).
         let current = self.table.dests(&id)?;
         let desired: BTreeSet<SocketAddr> = svc.backends.iter().copied().collect();
         for backend in &desired {
@@ -156,7 +163,15 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
         }
         for old in &current {
             let endpoint = SocketAddr::new(old.addr, old.port);
-            if desired.contains(&endpoint) || old.weight == 0 {
+            if desired.contains(&endpoint) {
+                continue;
+            }
+            if frontend.protocol == Protocol::Udp {
+                self.table.del_dest(&id, old)?;
+                undo.push(Undo::NewDest(id, old.clone()));
+                continue;
+            }
+            if old.weight == 0 {
                 continue;
             }
             let drained = Destination {

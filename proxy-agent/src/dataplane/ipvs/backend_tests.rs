@@ -165,6 +165,37 @@ fn an_update_adds_new_destinations_before_draining_removed_ones() {
 }
 
 #[test]
+fn a_removed_udp_destination_is_deleted_at_once_and_restored_if_the_update_fails() {
+    let udp = |backends: &[&str]| {
+        let mut s = svc("10.96.0.10", 53, backends);
+        s.frontend.protocol = Protocol::Udp;
+        s
+    };
+    let fake = Fake::default();
+    let mut dp = backend(&fake);
+    dp.upsert(&udp(&["10.244.1.5:53"])).expect("first");
+    journal(&fake);
+    let moved = udp(&["10.244.2.5:53"]);
+    fake.state().fail = Some("add_member".into());
+    dp.upsert(&moved).expect_err("the member fails");
+    assert_eq!(
+        journal(&fake),
+        [
+            "new_dest UDP 10.96.0.10:53 10.244.2.5:53 w1",
+            "del_dest UDP 10.96.0.10:53 10.244.1.5:53 w1",
+            // Undone, last first.
+            "new_dest UDP 10.96.0.10:53 10.244.1.5:53 w1",
+            "del_dest UDP 10.96.0.10:53 10.244.2.5:53 w1",
+        ]
+    );
+    assert_eq!(fake.state().dests(&id(&moved)), ["10.244.1.5:53 w1"]);
+    fake.state().fail = None;
+    dp.upsert(&moved).expect("retry");
+    assert_eq!(fake.state().dests(&id(&moved)), ["10.244.2.5:53 w1"]);
+    assert_eq!(dp.programmed().expect("programmed"), [moved]);
+}
+
+#[test]
 fn a_drained_destination_coming_back_is_weighted_again() {
     let fake = Fake::default();
     let mut dp = backend(&fake);

@@ -13,6 +13,7 @@ mod fake;
 pub mod kernel;
 pub mod netlink;
 pub mod sets;
+pub mod sysctl;
 mod undo;
 
 pub use backend::{DEFAULT_SCHEDULER, IpvsDataplane, Options};

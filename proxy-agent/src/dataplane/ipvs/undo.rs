@@ -17,6 +17,8 @@ pub enum Undo {
     SetService(Service),
     /// A new destination.
     DelDest(ServiceId, Destination),
+    /// A deleted destination.
+    NewDest(ServiceId, Destination),
     /// A destination's previous weight and forwarding.
     SetDest(ServiceId, Destination),
     /// A new VIP.
@@ -37,6 +39,7 @@ impl Undo {
             Undo::DelService(id) => table.del_service(id),
             Undo::SetService(old) => table.set_service(old),
             Undo::DelDest(id, dest) => table.del_dest(id, dest),
+            Undo::NewDest(id, old) => table.new_dest(id, old),
             Undo::SetDest(id, old) => table.set_dest(id, old),
             Undo::DelAddress(ip) => addrs.del(*ip),
             Undo::DelMember(set, entry) => sets.del(set, entry),
@@ -52,6 +55,11 @@ impl fmt::Display for Undo {
             Undo::DelDest(id, d) => write!(
                 f,
                 "delete destination {} of {id}",
+                SocketAddr::new(d.addr, d.port)
+            ),
+            Undo::NewDest(id, d) => write!(
+                f,
+                "restore deleted destination {} of {id}",
                 SocketAddr::new(d.addr, d.port)
             ),
             Undo::SetDest(id, d) => write!(
