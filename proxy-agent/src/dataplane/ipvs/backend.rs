@@ -90,10 +90,10 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
         Ok(dp)
     }
 
-    /// The virtual server for `svc`.
-    fn service(&self, svc: &VirtualService) -> Service {
-        let mut s = Service::new(service_id(&svc.frontend), &self.scheduler);
-        if let Some(timeout) = svc.affinity_timeout_s {
+    /// The virtual server as this backend writes it.
+    fn service(&self, id: ServiceId, affinity_timeout_s: Option<u32>) -> Service {
+        let mut s = Service::new(id, &self.scheduler);
+        if let Some(timeout) = affinity_timeout_s {
             // Netmask /32 (/128, from Service::new): each client sticks on its own.
             s.flags = ServiceFlags::PERSISTENT;
             s.timeout = timeout;
@@ -126,7 +126,7 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
         let id = service_id(frontend);
 
         // 1. The virtual server: not reachable yet if new (its VIP is not local).
-        let want = self.service(svc);
+        let want = self.service(id, svc.affinity_timeout_s);
         match self.table.service(&id)? {
             None => {
                 self.table.new_service(&want)?;
@@ -267,13 +267,19 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
             backends.dedup();
             // A virtual server without its member (a crash between the two writes)
             // reads as unnamed: drift, which the next sync repairs.
-            let (kind, name) = named
+            let (kind, mut name) = named
                 .remove(&(svc.id.addr, svc.id.protocol.number(), svc.id.port))
                 .unwrap_or_else(|| (FrontendKind::ClusterIp, unnamed()));
             let affinity_timeout_s = svc
                 .flags
                 .contains(ServiceFlags::PERSISTENT)
                 .then_some(svc.timeout);
+            // Options a VirtualService cannot show (another scheduler, after a restart
+            // with another --ipvs-scheduler; another netmask or flags) read as unnamed
+            // too, so that the next sync rewrites them.
+            if svc != self.service(svc.id, affinity_timeout_s) {
+                name = unnamed();
+            }
             held.insert(
                 frontend,
                 VirtualService {

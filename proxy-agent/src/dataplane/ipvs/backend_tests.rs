@@ -375,3 +375,21 @@ fn what_the_backend_cannot_do_is_refused_up_front_and_at_upsert() {
     }
     assert!(journal(&fake).is_empty(), "nothing written");
 }
+
+#[test]
+fn a_virtual_server_with_another_scheduler_reads_as_drift_and_is_rewritten() {
+    let fake = Fake::default();
+    let web = svc("10.96.0.10", 80, &["10.244.1.5:8080"]);
+    backend(&fake).upsert(&web).expect("upsert with rr");
+    let mut dp = IpvsDataplane::new(fake.clone(), fake.clone(), fake.clone(), "wlc")
+        .expect("restarted with wlc");
+    let held = dp.programmed().expect("programmed");
+    assert_eq!(held.len(), 1);
+    assert_ne!(held[0], web, "the scheduler differs: drift");
+    journal(&fake);
+    dp.upsert(&web).expect("the repair");
+    assert_eq!(journal(&fake)[0], "set_service TCP 10.96.0.10:80");
+    assert_eq!(fake.state().services[&id(&web)].0.scheduler, "wlc");
+    dp.refresh().expect("refresh");
+    assert_eq!(dp.programmed().expect("programmed"), [web]);
+}
