@@ -3,7 +3,8 @@
 //! check the backend's write order and rollback against fakes; this checks that what
 //! it writes carries traffic: a client on the node reaches a backend in another
 //! network namespace through a ClusterIP, a removed backend takes no new connections,
-//! and removing the service takes the VIP away.
+//! and removing the service takes the VIP away; IPv6 (on the down dummy interface)
+//! and UDP VIPs carry traffic too.
 //!
 //! Layout, in namespaces of this test's own (the VM's root one is untouched):
 //!
@@ -15,7 +16,7 @@
 //! ```
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -57,9 +58,10 @@ fn ip(args: &[&str]) {
 }
 
 /// The pod namespace: a thread that takes a new namespace, waits for its veth end,
-/// and serves `a` and `b` on 8080 until the process ends. Returns its thread id (what
-/// IFLA_NET_NS_PID names a namespace by) and a receiver for "configured".
-fn pod() -> (u32, mpsc::Sender<()>, mpsc::Receiver<()>) {
+/// runs `configure` (addresses, routes, listeners bound there) and then keeps the
+/// namespace until the process ends. Returns its thread id (what IFLA_NET_NS_PID
+/// names a namespace by), the "moved" sender and the "ready" receiver.
+fn pod(configure: impl FnOnce() + Send + 'static) -> (u32, mpsc::Sender<()>, mpsc::Receiver<()>) {
     let (tid_tx, tid_rx) = mpsc::channel();
     let (moved_tx, moved_rx) = mpsc::channel::<()>();
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -72,26 +74,56 @@ fn pod() -> (u32, mpsc::Sender<()>, mpsc::Receiver<()>) {
             .expect("send tid");
         moved_rx.recv().expect("the veth end arrives");
         ip(&["link", "set", "lo", "up"]);
-        ip(&["link", "set", "vpod", "up"]);
-        ip(&["addr", "add", "10.244.1.5/24", "dev", "vpod"]);
-        ip(&["addr", "add", "10.244.1.6/24", "dev", "vpod"]);
-        // Replies go to the client's address, the VIP itself (no masquerading).
-        ip(&["route", "add", "default", "via", "10.244.1.1"]);
-        for (addr, name) in [(A, "a"), (B, "b")] {
-            // Bound here: the socket stays in this namespace, whichever thread serves.
-            let listener = TcpListener::bind(addr).expect("bind a backend");
-            std::thread::spawn(move || {
-                for mut conn in listener.incoming().flatten() {
-                    let _ = conn.write_all(name.as_bytes());
-                }
-            });
-        }
+        configure();
         ready_tx.send(()).expect("send ready");
         // Keep the namespace (the listeners hold it too).
         std::thread::park();
     });
     let tid = tid_rx.recv().expect("the pod thread's id");
     (tid, moved_tx, ready_rx)
+}
+
+/// Serves `name` to every TCP connection on `addr`, bound in the calling thread's
+/// namespace (the socket stays there, whichever thread serves it).
+fn serve_tcp(addr: &str, name: &'static str) {
+    let listener = TcpListener::bind(addr).expect("bind a backend");
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(name.as_bytes());
+        }
+    });
+}
+
+/// Answers every datagram on `addr` with `name`.
+fn serve_udp(addr: &str, name: &'static str) {
+    let socket = UdpSocket::bind(addr).expect("bind a UDP backend");
+    std::thread::spawn(move || {
+        let mut buf = [0; 64];
+        while let Ok((_, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(name.as_bytes(), from);
+        }
+    });
+}
+
+/// No duplicate address detection on `dev` (a tentative address cannot be bound).
+fn no_dad(dev: &str) {
+    std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/accept_dad"), "0").expect("accept_dad");
+}
+
+/// This thread in a namespace of its own, joined by veth to a pod namespace set up by
+/// `configure`; `node` runs here once the veth end is up.
+fn node_and_pod(configure: impl FnOnce() + Send + 'static, node: &[&[&str]]) {
+    unshare_net();
+    ip(&["link", "set", "lo", "up"]);
+    let (tid, moved, ready) = pod(configure);
+    veth_to(tid);
+    moved.send(()).expect("tell the pod");
+    no_dad("vnode");
+    ip(&["link", "set", "vnode", "up"]);
+    for args in node {
+        ip(args);
+    }
+    ready.recv().expect("the pod serves");
 }
 
 /// The veth pair `vnode` (here) and `vpod` (in the namespace of thread `tid`), over
@@ -116,7 +148,11 @@ fn veth_to(tid: u32) {
 
 /// Connects to the VIP and returns what the backend wrote, or the error.
 fn ask() -> std::io::Result<String> {
-    let vip: SocketAddr = format!("{VIP}:80").parse().expect("vip");
+    ask_at(&format!("{VIP}:80"))
+}
+
+fn ask_at(vip: &str) -> std::io::Result<String> {
+    let vip: SocketAddr = vip.parse().expect("vip");
     let mut conn = TcpStream::connect_timeout(&vip, Duration::from_secs(2))?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut out = String::new();
@@ -125,13 +161,17 @@ fn ask() -> std::io::Result<String> {
 }
 
 fn web(backends: &[&str]) -> VirtualService {
+    vs(VIP, 80, Protocol::Tcp, backends)
+}
+
+fn vs(vip: &str, port: u16, protocol: Protocol, backends: &[&str]) -> VirtualService {
     VirtualService {
         name: ServicePortName {
             namespace: "default".into(),
             name: "web".into(),
             port: "http".into(),
         },
-        frontend: FrontendKey::internal(VIP.parse().expect("vip"), 80, Protocol::Tcp),
+        frontend: FrontendKey::internal(vip.parse().expect("vip"), port, protocol),
         backends: backends
             .iter()
             .map(|b| b.parse().expect("backend"))
@@ -153,15 +193,18 @@ fn vip_on_link() -> bool {
 
 #[test]
 fn a_cluster_ip_reaches_its_backends_drains_a_removed_one_and_goes_away() {
-    unshare_net();
-    ip(&["link", "set", "lo", "up"]);
-
-    let (tid, moved, ready) = pod();
-    veth_to(tid);
-    moved.send(()).expect("tell the pod");
-    ip(&["link", "set", "vnode", "up"]);
-    ip(&["addr", "add", "10.244.1.1/24", "dev", "vnode"]);
-    ready.recv().expect("the pod serves");
+    node_and_pod(
+        || {
+            ip(&["link", "set", "vpod", "up"]);
+            ip(&["addr", "add", "10.244.1.5/24", "dev", "vpod"]);
+            ip(&["addr", "add", "10.244.1.6/24", "dev", "vpod"]);
+            // Replies go to the client's address, the VIP itself (no masquerading).
+            ip(&["route", "add", "default", "via", "10.244.1.1"]);
+            serve_tcp(A, "a");
+            serve_tcp(B, "b");
+        },
+        &[&["addr", "add", "10.244.1.1/24", "dev", "vnode"]],
+    );
 
     let mut dp = IpvsDataplane::open(&Options::default()).expect("IPVS, ipset, rtnetlink");
     assert_eq!(dp.programmed().expect("programmed"), [], "a new namespace");
@@ -254,4 +297,69 @@ fn a_cluster_ip_reaches_its_backends_drains_a_removed_one_and_goes_away() {
     assert!(!vip_on_link(), "the VIP left kube-ipvs0");
     dp.refresh().expect("refresh");
     assert_eq!(dp.programmed().expect("programmed"), []);
+}
+
+#[test]
+fn an_ipv6_cluster_ip_and_a_udp_one_reach_their_backends() {
+    node_and_pod(
+        || {
+            no_dad("vpod");
+            ip(&["link", "set", "vpod", "up"]);
+            ip(&["addr", "add", "10.244.1.5/24", "dev", "vpod"]);
+            ip(&["-6", "addr", "add", "fd00:244::5/64", "dev", "vpod"]);
+            ip(&["route", "add", "default", "via", "10.244.1.1"]);
+            ip(&["-6", "route", "add", "default", "via", "fd00:244::1"]);
+            serve_tcp("[fd00:244::5]:8080", "six");
+            serve_udp("10.244.1.5:5353", "dns");
+        },
+        &[
+            &["addr", "add", "10.244.1.1/24", "dev", "vnode"],
+            &["-6", "addr", "add", "fd00:244::1/64", "dev", "vnode"],
+        ],
+    );
+    let mut dp = IpvsDataplane::open(&Options::default()).expect("IPVS, ipset, rtnetlink");
+    let six = vs("fd00:96::10", 80, Protocol::Tcp, &["[fd00:244::5]:8080"]);
+    let udp = vs("10.96.0.53", 53, Protocol::Udp, &["10.244.1.5:5353"]);
+    dp.upsert(&six).expect("upsert IPv6");
+    dp.upsert(&udp).expect("upsert UDP");
+    let mut want = vec![six.clone(), udp.clone()];
+    want.sort_by_key(|s| s.frontend);
+    dp.refresh().expect("refresh");
+    assert_eq!(dp.programmed().expect("programmed"), want);
+
+    assert_eq!(
+        ask_at("[fd00:96::10]:80").expect("a connection to the IPv6 VIP"),
+        "six"
+    );
+    let client = UdpSocket::bind("0.0.0.0:0").expect("a UDP client");
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    client.connect("10.96.0.53:53").expect("connect UDP");
+    client.send(b"query").expect("send");
+    let mut buf = [0; 64];
+    let n = client.recv(&mut buf).expect("the UDP backend answers");
+    assert_eq!(&buf[..n], b"dns");
+
+    // A removed UDP backend is deleted at once (not drained), as kube-proxy does.
+    dp.upsert(&vs("10.96.0.53", 53, Protocol::Udp, &[]))
+        .expect("upsert without backends");
+    let mut ipvs = Ipvs::open().expect("IPVS");
+    let id = ServiceId {
+        protocol: proxy_agent::dataplane::ipvs::netlink::Protocol::Udp,
+        addr: "10.96.0.53".parse().expect("vip"),
+        port: 53,
+    };
+    assert!(ipvs.dests(&id).expect("dests").is_empty());
+
+    dp.remove(&six.frontend).expect("remove IPv6");
+    dp.remove(&udp.frontend).expect("remove UDP");
+    assert!(ipvs.services().expect("services").is_empty());
+    let links = netdev::list().expect("links");
+    let ipvs0 = links
+        .interfaces
+        .iter()
+        .find(|i| i.name == "kube-ipvs0")
+        .expect("kube-ipvs0 stays");
+    assert!(ipvs0.addrs.is_empty(), "{:?}", ipvs0.addrs);
 }
