@@ -128,6 +128,8 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
         "proxy-agent",
         "--test",
         "vm_netlink",
+        "--test",
+        "vm_ipvs_backend",
         "--",
         "-D",
         "warnings",

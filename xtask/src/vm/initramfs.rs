@@ -193,7 +193,7 @@ pub fn write_run(
     w.file("init", 0o755, init.as_bytes())?;
     let mut libs = BTreeSet::new();
     for (name, binary) in binaries {
-        let data = fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+        let data = without_debug_info(binary, out)?;
         w.file(&format!("tests/{name}"), 0o755, &data)?;
         libs.extend(shared_libraries(binary)?);
     }
@@ -201,6 +201,34 @@ pub fn write_run(
         add_host_file(&mut w, Path::new(lib))?;
     }
     w.finish()?.flush().context("writing the per-run initramfs")
+}
+
+/// `binary`'s bytes without its debug sections (`strip --strip-debug`, symbols kept, so
+/// backtraces still name functions): a debug test binary is ~180 MB, mostly DWARF, and
+/// two of them unstripped no longer unpack in the guest's 1 GiB ("Initramfs unpacking
+/// failed: write error"). Without `strip` on the host, the binary as built.
+fn without_debug_info(binary: &Path, scratch: &Path) -> Result<Vec<u8>> {
+    let stripped = scratch.with_extension("stripped");
+    let ran = std::process::Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(binary)
+        .status();
+    let data = match ran {
+        Ok(status) if status.success() => {
+            fs::read(&stripped).with_context(|| format!("reading {}", stripped.display()))?
+        }
+        _ => {
+            eprintln!(
+                "vm-test: strip --strip-debug failed on {}; packing it whole",
+                binary.display()
+            );
+            fs::read(binary).with_context(|| format!("reading {}", binary.display()))?
+        }
+    };
+    let _ = fs::remove_file(&stripped);
+    Ok(data)
 }
 
 /// The module files (relative to the module directory) for [`MODULES`] and everything

@@ -61,6 +61,13 @@ pub const BINARIES: &[VmBinary] = &[
         name: "vm_netlink",
         args: &[],
     },
+    // The IPVS backend programming a ClusterIP that carries connections.
+    VmBinary {
+        package: "proxy-agent",
+        kind: Kind::Test,
+        name: "vm_ipvs_backend",
+        args: &[],
+    },
 ];
 
 /// How to run.
