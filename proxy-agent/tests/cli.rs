@@ -64,3 +64,24 @@ fn the_agent_rejects_a_zero_resync_period() {
     assert!(!ok);
     assert!(err.contains("\"0\" is too short (at least 0.1 s)"), "{err}");
 }
+
+#[test]
+fn the_agent_lists_the_ipvs_schedulers_for_an_unknown_one() {
+    let (ok, err) = run(
+        env!("CARGO_BIN_EXE_proxy-agent"),
+        &[
+            "--manifests",
+            "/nonexistent",
+            "--proxy-mode",
+            "ipvs",
+            "--ipvs-scheduler",
+            "fastest",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("invalid value 'fastest' for '--ipvs-scheduler")
+            && err.contains("rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh"),
+        "{err}"
+    );
+}

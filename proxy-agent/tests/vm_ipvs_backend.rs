@@ -363,3 +363,123 @@ fn an_ipv6_cluster_ip_and_a_udp_one_reach_their_backends() {
         .expect("kube-ipvs0 stays");
     assert!(ipvs0.addrs.is_empty(), "{:?}", ipvs0.addrs);
 }
+
+/// A ClusterIP Service `web` (10.96.0.10:80 -> 8080) with `backends` as ready endpoints.
+fn web_manifest(backends: &[&str]) -> String {
+    let endpoints: String = backends
+        .iter()
+        .map(|b| {
+            let ip = b.split(':').next().expect("ip:port");
+            format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n")
+        })
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+         spec:\n  clusterIP: {VIP}\n  ports:\n  - {{name: http, port: 80, protocol: TCP, targetPort: 8080}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n\
+         addressType: IPv4\nendpoints:\n{endpoints}\
+         ports:\n- {{name: http, port: 8080, protocol: TCP}}\n"
+    )
+}
+
+/// The destinations of the VIP's virtual server that take new connections (weight > 0).
+fn live_dests() -> Vec<SocketAddr> {
+    let id = ServiceId {
+        protocol: proxy_agent::dataplane::ipvs::netlink::Protocol::Tcp,
+        addr: VIP.parse().expect("vip"),
+        port: 80,
+    };
+    let mut ipvs = Ipvs::open().expect("IPVS");
+    let mut live: Vec<SocketAddr> = match ipvs.dests(&id) {
+        Ok(d) => d
+            .into_iter()
+            .filter(|d| d.destination.weight > 0)
+            .map(|d| SocketAddr::new(d.destination.addr, d.destination.port))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    live.sort();
+    live
+}
+
+/// Waits until the VIP's live destinations are `want` and the VIP is on `kube-ipvs0`
+/// (the backend's last write for a new service), the facts that the agent synced.
+fn wait_live(want: &[&str]) {
+    let want: Vec<SocketAddr> = want.iter().map(|b| b.parse().expect("backend")).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let live = live_dests();
+        if live == want && vip_on_link() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent programmed {live:?} (VIP on kube-ipvs0: {}), not {want:?}, within 60 s",
+            vip_on_link()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The agent itself (its `daemon::run`, in-process on a thread of this namespace) in
+/// `--proxy-mode=ipvs` from a manifest directory: it programs the ClusterIP, traffic
+/// reaches both backends, and an endpoint deleted from the manifest is drained.
+#[test]
+fn the_agent_in_ipvs_mode_serves_a_cluster_ip_from_manifests_and_follows_them() {
+    use clap::Parser as _;
+    node_and_pod(
+        || {
+            ip(&["link", "set", "vpod", "up"]);
+            ip(&["addr", "add", "10.244.1.5/24", "dev", "vpod"]);
+            ip(&["addr", "add", "10.244.1.6/24", "dev", "vpod"]);
+            ip(&["route", "add", "default", "via", "10.244.1.1"]);
+            serve_tcp(A, "a");
+            serve_tcp(B, "b");
+        },
+        &[&["addr", "add", "10.244.1.1/24", "dev", "vnode"]],
+    );
+    let dir = std::env::temp_dir().join("kpt-vm-ipvs-agent");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("manifest dir");
+    std::fs::write(dir.join("web.yaml"), web_manifest(&[A, B])).expect("manifest");
+    let cfg = proxy_agent::daemon::Config::parse_from([
+        "proxy-agent",
+        "--proxy-mode",
+        "ipvs",
+        "--manifests",
+        dir.to_str().expect("utf-8 path"),
+        "--hostname-override",
+        "node-a",
+        "--metrics-bind-address",
+        "127.0.0.1:0",
+        "--healthz-bind-address",
+        "127.0.0.1:0",
+    ]);
+    // A thread spawned here starts in this namespace. It runs until the test process
+    // exits.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        if let Err(e) = rt.block_on(proxy_agent::daemon::run(cfg)) {
+            panic!("the agent stopped: {e:#}");
+        }
+    });
+
+    wait_live(&[A, B]);
+    let mut answers: Vec<String> = (0..4)
+        .map(|i| ask().unwrap_or_else(|e| panic!("connection {i} to the VIP: {e}")))
+        .collect();
+    answers.sort();
+    answers.dedup();
+    assert_eq!(answers, ["a", "b"], "rr over both backends");
+
+    // The endpoint leaves the manifest: drained, and new connections avoid it.
+    std::fs::write(dir.join("web.yaml"), web_manifest(&[B])).expect("manifest");
+    wait_live(&[B]);
+    for i in 0..4 {
+        assert_eq!(ask().unwrap_or_else(|e| panic!("connection {i}: {e}")), "b");
+    }
+}

@@ -41,6 +41,15 @@ pub struct Config {
     /// Remove everything this agent pinned (detaching its programs) and exit.
     #[arg(long)]
     pub cleanup: bool,
+    /// The data plane: `ebpf` (socket-level ClusterIPs, tc NodePorts with their own
+    /// connection tracking) or `ipvs` (kube-proxy's IPVS mode; ClusterIP, ExternalIP
+    /// and LoadBalancer IPs served on the node so far, NodePorts not yet).
+    #[arg(long, value_enum, default_value_t = ProxyMode::Ebpf)]
+    pub proxy_mode: ProxyMode,
+    /// The IPVS scheduler of every virtual server (`--proxy-mode=ipvs`).
+    #[arg(long, default_value = crate::dataplane::ipvs::DEFAULT_SCHEDULER,
+          value_parser = clap::builder::PossibleValuesParser::new(IPVS_SCHEDULERS))]
+    pub ipvs_scheduler: String,
     /// Where `/metrics` and `/proxyMode` are served (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: SocketAddr,
@@ -123,6 +132,20 @@ pub struct Config {
     #[arg(long, value_parser = port_range, default_value = "61000-65535")]
     pub snat_port_range: (u16, u16),
 }
+
+/// Which data plane backend runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyMode {
+    /// The eBPF data plane.
+    Ebpf,
+    /// IPVS virtual servers and ipsets, as kube-proxy's IPVS mode.
+    Ipvs,
+}
+
+/// The schedulers kube-proxy accepts for `--ipvs-scheduler`.
+pub const IPVS_SCHEDULERS: [&str; 11] = [
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh",
+];
 
 /// A Go-style duration (`24h`, `1h30m`, `90s`) or a number of seconds.
 fn duration(s: &str) -> Result<Duration, String> {

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use tracing::info;
 
-pub use config::Config;
+pub use config::{Config, ProxyMode};
 
 use crate::dataplane::Dataplane;
 use crate::dataplane::ebpf::EbpfDataplane;
+use crate::dataplane::ipvs::{self, IpvsDataplane};
 use crate::observe::healthcheck::HealthCheckServers;
 use crate::observe::http::Health;
 use crate::observe::metrics::Metrics;
@@ -53,14 +54,37 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 }
 
-/// Loads the data plane, starts the observers and runs the loop over `source`.
-async fn serve(cfg: &Config, node_name: String, mut source: impl Source) -> anyhow::Result<()> {
-    let cgroup = match &cfg.cgroup_path {
-        Some(p) => p.clone(),
-        None => cgroup2_root().context("finding the cgroup2 mount (pass --cgroup-path)")?,
-    };
-    let dataplane =
-        EbpfDataplane::load(&cfg.ebpf_config(cgroup)).context("loading the eBPF data plane")?;
+/// Loads the data plane `--proxy-mode` names, then serves `source` with it.
+async fn serve(cfg: &Config, node_name: String, source: impl Source) -> anyhow::Result<()> {
+    match cfg.proxy_mode {
+        ProxyMode::Ebpf => {
+            let cgroup = match &cfg.cgroup_path {
+                Some(p) => p.clone(),
+                None => cgroup2_root().context("finding the cgroup2 mount (pass --cgroup-path)")?,
+            };
+            let dataplane = EbpfDataplane::load(&cfg.ebpf_config(cgroup))
+                .context("loading the eBPF data plane")?;
+            serve_with(cfg, node_name, source, dataplane).await
+        }
+        ProxyMode::Ipvs => {
+            let options = ipvs::Options {
+                scheduler: cfg.ipvs_scheduler.clone(),
+                ..ipvs::Options::default()
+            };
+            let dataplane = IpvsDataplane::open(&options).context("opening the IPVS data plane")?;
+            info!(scheduler = %options.scheduler, link = %options.link, "IPVS data plane opened");
+            serve_with(cfg, node_name, source, dataplane).await
+        }
+    }
+}
+
+/// Starts the observers and runs the loop over `source` and `dataplane`.
+async fn serve_with<D: Dataplane>(
+    cfg: &Config,
+    node_name: String,
+    mut source: impl Source,
+    dataplane: D,
+) -> anyhow::Result<()> {
     let metrics = Metrics::new(|r| dataplane.register_metrics(r));
     let reconciler = Reconciler::new(dataplane).context("reading the programmed state")?;
     let health = Health::new(cfg.sync_period * 2);
