@@ -29,7 +29,7 @@ use netlink_sys::protocols::NETLINK_ROUTE;
 use proxy_agent::dataplane::Dataplane;
 use proxy_agent::dataplane::ipvs::netlink::socket::{Conn, Kernel};
 use proxy_agent::dataplane::ipvs::netlink::{Ipset, Ipvs, ServiceId};
-use proxy_agent::dataplane::ipvs::{IpvsDataplane, Options, sysctl};
+use proxy_agent::dataplane::ipvs::{IpvsDataplane, Options, cleanup, sysctl};
 use proxy_agent::dataplane::netdev;
 use proxy_agent::model::{FrontendKey, FrontendKind, Protocol, ServicePortName, VirtualService};
 
@@ -482,4 +482,53 @@ fn the_agent_in_ipvs_mode_serves_a_cluster_ip_from_manifests_and_follows_them() 
     for i in 0..4 {
         assert_eq!(ask().unwrap_or_else(|e| panic!("connection {i}: {e}")), "b");
     }
+}
+
+/// `--cleanup` (and the eBPF mode's start) removes what the IPVS mode left: every
+/// virtual server, the mode's ipsets and `kube-ipvs0`; a second run finds nothing.
+#[test]
+fn cleanup_removes_the_virtual_servers_the_sets_and_the_link_and_then_finds_nothing() {
+    unshare_net();
+    ip(&["link", "set", "lo", "up"]);
+    // IPVS takes an IPv4 destination only if it is routable here.
+    ip(&["route", "add", "10.244.0.0/16", "dev", "lo"]);
+    let mut dp = IpvsDataplane::open(&Options::default()).expect("IPVS, ipset, rtnetlink");
+    dp.upsert(&web(&[A, B])).expect("upsert");
+    dp.upsert(&vs(
+        "fd00:96::10",
+        53,
+        Protocol::Udp,
+        &["[fd00:244::5]:5353"],
+    ))
+    .expect("upsert v6");
+    drop(dp);
+
+    let removed = cleanup::cleanup("kube-ipvs0").expect("cleanup");
+    assert_eq!(removed.virtual_servers, 2, "{removed:?}");
+    let mut sets = removed.sets.clone();
+    sets.sort();
+    assert_eq!(
+        sets,
+        ["KUBE-6-CLUSTER-IP", "KUBE-CLUSTER-IP"],
+        "{removed:?}"
+    );
+    assert!(removed.link, "{removed:?}");
+    assert!(
+        Ipvs::open()
+            .expect("IPVS")
+            .services()
+            .expect("dump")
+            .is_empty()
+    );
+    assert!(
+        Ipset::open()
+            .expect("ipset")
+            .headers()
+            .expect("headers")
+            .is_empty()
+    );
+    assert!(!vip_on_link(), "kube-ipvs0 is gone");
+
+    let again = cleanup::cleanup("kube-ipvs0").expect("cleanup again");
+    assert!(again.is_empty(), "nothing left to remove: {again:?}");
 }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::{Config, ProxyMode};
 
@@ -34,9 +34,11 @@ use sync_loop::Timing;
 /// keeps flowing until the next agent adopts it (use `--cleanup` to remove it).
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.cleanup {
+        // Whatever the mode: what either left behind.
         crate::dataplane::ebpf::cleanup(&cfg.bpffs)
             .with_context(|| format!("removing pins under {}", cfg.bpffs.display()))?;
-        info!(bpffs = %cfg.bpffs.display(), "cleaned up");
+        info!(bpffs = %cfg.bpffs.display(), "cleaned up the eBPF data plane's pins");
+        cleanup_ipvs()?;
         return Ok(());
     }
     let node_name = cfg.node_name()?;
@@ -62,11 +64,23 @@ async fn serve(cfg: &Config, node_name: String, source: impl Source) -> anyhow::
                 Some(p) => p.clone(),
                 None => cgroup2_root().context("finding the cgroup2 mount (pass --cgroup-path)")?,
             };
+            // IPVS would still answer for the VIPs on kube-ipvs0: its state goes. A
+            // failure to look is no reason not to serve.
+            if let Err(e) = cleanup_ipvs() {
+                warn!(error = %format!("{e:#}"), "could not remove the IPVS mode's leftovers");
+            }
             let dataplane = EbpfDataplane::load(&cfg.ebpf_config(cgroup))
                 .context("loading the eBPF data plane")?;
             serve_with(cfg, node_name, source, dataplane).await
         }
         ProxyMode::Ipvs => {
+            // The eBPF data plane would still answer for the services: its pins go.
+            crate::dataplane::ebpf::cleanup(&cfg.bpffs).with_context(|| {
+                format!(
+                    "removing the eBPF data plane's pins under {}",
+                    cfg.bpffs.display()
+                )
+            })?;
             let options = ipvs::Options {
                 scheduler: cfg.ipvs_scheduler.clone(),
                 ..ipvs::Options::default()
@@ -137,6 +151,22 @@ async fn serve_with<D: Dataplane>(
         shutdown,
     )
     .await;
+    Ok(())
+}
+
+/// Removes what the IPVS mode left (see [`ipvs::cleanup`]), saying what it removed.
+fn cleanup_ipvs() -> anyhow::Result<()> {
+    let link = ipvs::Options::default().link;
+    let removed = ipvs::cleanup::cleanup(&link)
+        .context("removing the IPVS mode's virtual servers, sets and link")?;
+    if !removed.is_empty() {
+        info!(
+            virtual_servers = removed.virtual_servers,
+            sets = ?removed.sets,
+            link = removed.link,
+            "removed the IPVS mode's state"
+        );
+    }
     Ok(())
 }
 

@@ -78,6 +78,23 @@ impl DummyLink {
         }
     }
 
+    /// Deletes the interface (and so its addresses); whether it was there.
+    pub fn delete(&mut self) -> Result<bool, DataplaneError> {
+        let Some((index, _)) = self.find()? else {
+            return Ok(false);
+        };
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.conn.request(RouteNetlinkMessage::DelLink(msg), 0) {
+            Ok(_) => {}
+            // Gone meanwhile: as good.
+            Err(e) if e.errno() == Some(libc::ENODEV) => {}
+            Err(e) => return Err(failed("deleting", format!("interface {}", self.name), e)),
+        }
+        self.index = None;
+        Ok(true)
+    }
+
     fn address_message(&self, index: u32, ip: IpAddr) -> AddressMessage {
         let mut msg = AddressMessage::default();
         msg.header.family = match ip {

@@ -3,11 +3,12 @@
 //! spoken directly (no `ipvsadm`, no `ipset` binary), and the VIPs on a dummy
 //! interface over rtnetlink.
 //!
-//! Not yet wired into the daemon: `--proxy-mode=ipvs` will build its
-//! [`Dataplane`](super::Dataplane) with [`IpvsDataplane::open`].
+//! `--proxy-mode=ipvs` builds it with [`IpvsDataplane::open`]; [`cleanup`] removes
+//! what it leaves.
 
 pub mod addresses;
 pub mod backend;
+pub mod cleanup;
 #[cfg(test)]
 mod fake;
 pub mod kernel;
