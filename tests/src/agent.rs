@@ -90,6 +90,23 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
     newest
 }
 
+/// Runs `proxy-agent --cleanup --bpffs PINS` in a network namespace of its own: it
+/// also removes the IPVS mode's state (virtual servers, ipsets, `kube-ipvs0`) in its
+/// namespace, which must never be the machine's. Returns its output; the caller
+/// checks it.
+pub fn run_cleanup(pins: &Path) -> std::process::Output {
+    let ns = Netns::new("cleanup");
+    crate::run(
+        &ns,
+        None,
+        Command::new(agent_binary("proxy-agent"))
+            .arg("--cleanup")
+            .arg("--bpffs")
+            .arg(pins),
+        Duration::from_secs(30),
+    )
+}
+
 /// One line of the agent's log with its timestamp.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogLine {

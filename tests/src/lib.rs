@@ -39,7 +39,7 @@ mod process;
 mod stale;
 mod topology;
 
-pub use agent::{Agent, LogLine, ServiceView, agent_binary};
+pub use agent::{Agent, LogLine, ServiceView, agent_binary, run_cleanup};
 pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup, cgroup2_mount};
 pub use continuity::{Restart, TrafficWatch};

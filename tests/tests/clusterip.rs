@@ -568,12 +568,7 @@ fn new_connections(topo: &ClusterTopology) -> ChildGuard {
 
 /// `proxy-agent --cleanup --bpffs PINS`: detaches the programs and removes every pin.
 fn cleanup(pins: &std::path::Path) {
-    let out = Command::new(tests::agent_binary("proxy-agent"))
-        .arg("--cleanup")
-        .arg("--bpffs")
-        .arg(pins)
-        .output()
-        .expect("running proxy-agent --cleanup");
+    let out = tests::run_cleanup(pins);
     assert!(
         out.status.success(),
         "{}",

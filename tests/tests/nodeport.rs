@@ -1080,12 +1080,7 @@ fn restarting_the_agent_keeps_nodeport_connections_and_a_stopped_agent_keeps_ser
     }
     watch.wait_each("before the cleanup", tests::unix_us(), 3, phase);
     env.agent.take().expect("agent").stop();
-    let out = Command::new(tests::agent_binary("proxy-agent"))
-        .arg("--cleanup")
-        .arg("--bpffs")
-        .arg(env.bpffs.path().join("agent"))
-        .output()
-        .expect("running proxy-agent --cleanup");
+    let out = tests::run_cleanup(&env.bpffs.path().join("agent"));
     assert!(
         out.status.success(),
         "{}",

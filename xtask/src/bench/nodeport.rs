@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use ::tests::{
     Agent, BpfFs, Cgroup, ChildGuard, ManifestDir, Netns, NodesTopology, Pod, ProbeReply,
-    ServiceSpec, agent_binary, install_iptables, probe_bin, spawn_guarded, tool, try_run,
+    ServiceSpec, install_iptables, probe_bin, spawn_guarded, tool, try_run,
 };
 use anyhow::{Context, Result, bail};
 
@@ -403,12 +403,7 @@ pub(super) fn start_agent(env: &Env<'_>, services: usize) -> Result<Agent> {
 pub(super) fn stop_agent(agent: Agent) -> Result<()> {
     let pins = agent.bpffs.clone();
     agent.stop();
-    let out = Command::new(agent_binary("proxy-agent"))
-        .arg("--cleanup")
-        .arg("--bpffs")
-        .arg(&pins)
-        .output()
-        .context("running proxy-agent --cleanup")?;
+    let out = tests::run_cleanup(&pins);
     if !out.status.success() || pins.exists() {
         bail!(
             "proxy-agent --cleanup --bpffs {}: {}",
