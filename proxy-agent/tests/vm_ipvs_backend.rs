@@ -251,6 +251,8 @@ fn a_cluster_ip_reaches_its_backends_drains_a_removed_one_and_goes_away() {
     assert_eq!(dp.programmed().expect("programmed"), [renamed]);
 
     // A removed: drained (weight 0), reported gone, and every new connection goes to b.
+    // The refresh keeps it: the connections it served are still in IPVS's table (in
+    // TIME_WAIT), so it is not drained yet.
     let only_b = web(&[B]);
     dp.upsert(&only_b).expect("upsert without a");
     dp.refresh().expect("refresh");
@@ -531,4 +533,43 @@ fn cleanup_removes_the_virtual_servers_the_sets_and_the_link_and_then_finds_noth
 
     let again = cleanup::cleanup("kube-ipvs0").expect("cleanup again");
     assert!(again.is_empty(), "nothing left to remove: {again:?}");
+}
+
+/// A removed TCP backend that has no connection left in IPVS's table is deleted at
+/// the next refresh (graceful termination's second half).
+#[test]
+fn a_drained_backend_without_connections_is_deleted_at_the_next_refresh() {
+    unshare_net();
+    ip(&["link", "set", "lo", "up"]);
+    // IPVS takes an IPv4 destination only if it is routable here.
+    ip(&["route", "add", "10.244.0.0/16", "dev", "lo"]);
+    let mut dp = IpvsDataplane::open(&Options::default()).expect("IPVS, ipset, rtnetlink");
+    dp.upsert(&web(&[A, B])).expect("upsert");
+    dp.upsert(&web(&[B])).expect("upsert without a");
+    let id = ServiceId {
+        protocol: proxy_agent::dataplane::ipvs::netlink::Protocol::Tcp,
+        addr: VIP.parse().expect("vip"),
+        port: 80,
+    };
+    let dests = |ipvs: &mut Ipvs| -> Vec<(String, u32)> {
+        let mut d: Vec<(String, u32)> = ipvs
+            .dests(&id)
+            .expect("dests")
+            .into_iter()
+            .map(|d| {
+                let at = SocketAddr::new(d.destination.addr, d.destination.port);
+                (at.to_string(), d.destination.weight)
+            })
+            .collect();
+        d.sort();
+        d
+    };
+    let mut ipvs = Ipvs::open().expect("IPVS");
+    assert_eq!(
+        dests(&mut ipvs),
+        [(A.into(), 0), (B.into(), 1)],
+        "drained first"
+    );
+    dp.refresh().expect("refresh");
+    assert_eq!(dests(&mut ipvs), [(B.into(), 1)], "then deleted");
 }

@@ -142,7 +142,7 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
         // 2. Destinations: the new (and revived) ones first, then the removed ones
         // taken out, so that no moment has fewer backends than both the old and the
         // new set. TCP ones are drained (weight 0: no new connections, the open ones
-        // finish; deleting them once drained is later work); UDP ones are deleted at
+        // finish; `refresh` deletes them once they have none); UDP ones are deleted at
         // once, as kube-proxy does (a datagram "connection" never ends, and
         // expire_nodest_conn moves its next packet to a live destination).
         let current = self.table.dests(&id)?;
@@ -351,6 +351,15 @@ where
     }
 
     fn refresh(&mut self) -> Result<(), DataplaneError> {
+        // Graceful termination's second half, at each full resync (kube-proxy checks
+        // every minute): a drained destination, weight 0 with no connection left,
+        // goes.
+        let ids: Vec<ServiceId> = self.held.keys().map(service_id).collect();
+        for id in &ids {
+            for dest in self.table.drained(id)? {
+                self.table.del_dest(id, &dest)?;
+            }
+        }
         self.held = self.read_back()?;
         Ok(())
     }

@@ -213,6 +213,35 @@ fn a_drained_destination_coming_back_is_weighted_again() {
 }
 
 #[test]
+fn a_drained_destination_goes_at_the_refresh_after_its_last_connection() {
+    let fake = Fake::default();
+    let mut dp = backend(&fake);
+    let both = svc("10.96.0.10", 80, &["10.244.1.5:8080", "10.244.1.6:8080"]);
+    dp.upsert(&both).expect("both");
+    let one = svc("10.96.0.10", 80, &["10.244.1.6:8080"]);
+    dp.upsert(&one).expect("one left");
+    let leaving: SocketAddr = "10.244.1.5:8080".parse().expect("addr");
+    fake.state().busy.insert(leaving);
+
+    // Still serving its connections: kept, at weight 0.
+    dp.refresh().expect("refresh");
+    assert_eq!(
+        fake.state().dests(&id(&one)),
+        ["10.244.1.5:8080 w0", "10.244.1.6:8080 w1"]
+    );
+    // Its last connection gone: deleted at the next refresh, and nothing else moves.
+    fake.state().busy.clear();
+    journal(&fake);
+    dp.refresh().expect("refresh");
+    assert_eq!(
+        journal(&fake),
+        ["del_dest TCP 10.96.0.10:80 10.244.1.5:8080 w0"]
+    );
+    assert_eq!(fake.state().dests(&id(&one)), ["10.244.1.6:8080 w1"]);
+    assert_eq!(dp.programmed().expect("programmed"), [one]);
+}
+
+#[test]
 fn the_address_goes_with_the_last_frontend_on_its_ip() {
     let fake = Fake::default();
     let mut dp = backend(&fake);

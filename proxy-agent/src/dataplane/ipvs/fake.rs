@@ -22,6 +22,8 @@ pub struct State {
     pub journal: Vec<String>,
     /// A write whose journal line starts with this fails (and changes nothing).
     pub fail: Option<String>,
+    /// Destinations (`addr:port`) that still have connections.
+    pub busy: BTreeSet<SocketAddr>,
 }
 
 impl State {
@@ -120,6 +122,18 @@ impl IpvsTable for Fake {
     fn dests(&mut self, id: &ServiceId) -> Result<Vec<Destination>, DataplaneError> {
         match self.state().services.get(id) {
             Some((_, d)) => Ok(d.clone()),
+            None => Err(absent(id.to_string())),
+        }
+    }
+
+    fn drained(&mut self, id: &ServiceId) -> Result<Vec<Destination>, DataplaneError> {
+        let st = self.state();
+        match st.services.get(id) {
+            Some((_, d)) => Ok(d
+                .iter()
+                .filter(|d| d.weight == 0 && !st.busy.contains(&SocketAddr::new(d.addr, d.port)))
+                .cloned()
+                .collect()),
             None => Err(absent(id.to_string())),
         }
     }

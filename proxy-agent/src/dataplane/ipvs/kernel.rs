@@ -34,6 +34,9 @@ pub trait IpvsTable {
     fn set_dest(&mut self, id: &ServiceId, dest: &Destination) -> Result<(), DataplaneError>;
     /// Deletes a destination; absent is fine.
     fn del_dest(&mut self, id: &ServiceId, dest: &Destination) -> Result<(), DataplaneError>;
+    /// The destinations of a virtual server that are drained: weight 0 and no active
+    /// or inactive connection left.
+    fn drained(&mut self, id: &ServiceId) -> Result<Vec<Destination>, DataplaneError>;
 }
 
 /// The ipsets the backend keeps (`KUBE-CLUSTER-IP`, ...).
@@ -97,6 +100,16 @@ impl IpvsTable for Ipvs {
 
     fn new_dest(&mut self, id: &ServiceId, dest: &Destination) -> Result<(), DataplaneError> {
         Ok(Ipvs::new_dest(self, id, dest)?)
+    }
+
+    fn drained(&mut self, id: &ServiceId) -> Result<Vec<Destination>, DataplaneError> {
+        Ok(Ipvs::dests(self, id)?
+            .into_iter()
+            .filter(|d| {
+                d.destination.weight == 0 && d.active_connections + d.inactive_connections == 0
+            })
+            .map(|d| d.destination)
+            .collect())
     }
 
     fn set_dest(&mut self, id: &ServiceId, dest: &Destination) -> Result<(), DataplaneError> {
