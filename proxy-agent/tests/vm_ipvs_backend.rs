@@ -27,7 +27,7 @@ use netlink_packet_route::link::{
 };
 use netlink_sys::protocols::NETLINK_ROUTE;
 use proxy_agent::dataplane::Dataplane;
-use proxy_agent::dataplane::ipvs::netlink::socket::{Conn, Kernel};
+use proxy_agent::dataplane::ipvs::netlink::socket::{self, Conn};
 use proxy_agent::dataplane::ipvs::netlink::{Ipset, Ipvs, ServiceId};
 use proxy_agent::dataplane::ipvs::{IpvsDataplane, Options, cleanup, sysctl};
 use proxy_agent::dataplane::netdev;
@@ -138,7 +138,7 @@ fn veth_to(tid: u32) {
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
     ]));
-    let mut conn = Conn::new(Kernel::open(NETLINK_ROUTE, "NETLINK_ROUTE").expect("rtnetlink"));
+    let mut conn = Conn::new(socket::open(NETLINK_ROUTE, "NETLINK_ROUTE").expect("rtnetlink"));
     conn.request(
         RouteNetlinkMessage::NewLink(link),
         NLM_F_CREATE | NLM_F_EXCL,

@@ -6,6 +6,7 @@ pub mod ebpf;
 pub mod fake;
 pub mod ipvs;
 pub mod netdev;
+pub mod nlsocket;
 
 use std::borrow::Cow;
 use std::future::Future;

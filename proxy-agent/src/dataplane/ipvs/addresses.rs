@@ -19,7 +19,7 @@ use netlink_sys::protocols::NETLINK_ROUTE;
 
 use super::kernel::VipAddresses;
 use super::netlink::NetlinkError;
-use super::netlink::socket::{Conn, Kernel};
+use super::netlink::socket::{self, Conn, Kernel};
 use crate::dataplane::{DataplaneError, netdev};
 
 /// kube-proxy's name for the interface.
@@ -37,7 +37,7 @@ pub struct DummyLink {
 impl DummyLink {
     /// Opens a rtnetlink socket for the interface `name` (created on first use).
     pub fn open(name: &str) -> Result<DummyLink, DataplaneError> {
-        let kernel = Kernel::open(NETLINK_ROUTE, "NETLINK_ROUTE")
+        let kernel = socket::open(NETLINK_ROUTE, "NETLINK_ROUTE")
             .map_err(|e| failed("opening", "a NETLINK_ROUTE socket".into(), e))?;
         Ok(DummyLink {
             conn: Conn::new(kernel),

@@ -25,9 +25,10 @@ use netlink_packet_route::route::{
     RouteAttribute, RouteHeader, RouteLwEnCapType, RouteMessage, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use netlink_sys::protocols::NETLINK_ROUTE;
 
 use super::Interface;
+use crate::dataplane::nlsocket::{Kernel, Transport};
 
 // Attribute kinds from <linux/if_link.h>, <linux/if_addr.h> and <linux/rtnetlink.h>.
 const IFLA_IFNAME: u16 = 3;
@@ -162,7 +163,11 @@ impl RtnlError {
 /// appeared between them is left out, and a [`DeviceWatch`](super::DeviceWatch) created
 /// before the listing reports that change.
 pub fn list() -> Result<Snapshot, RtnlError> {
-    let mut conn = Conn::new(Kernel::open()?);
+    let kernel = Kernel::open(NETLINK_ROUTE).map_err(|e| RtnlError::Socket {
+        call: e.call,
+        source: e.source,
+    })?;
+    let mut conn = Conn::new(kernel);
     let links = conn.links()?;
     let addrs = conn.addresses()?;
     let routes = conn.default_routes()?;
@@ -313,72 +318,6 @@ pub(super) fn notification_matters(datagram: &[u8]) -> bool {
 fn after(buf: &[u8], len: u32) -> &[u8] {
     let next = (len as usize).saturating_add(3) & !3;
     buf.get(next..).unwrap_or_default()
-}
-
-/// One side of a netlink conversation: the kernel, or a script in tests.
-pub(super) trait Transport {
-    /// Our port id, which replies are addressed to (0: do not check).
-    fn port(&self) -> u32;
-    /// Sends one request.
-    fn send(&mut self, request: &[u8]) -> io::Result<()>;
-    /// Receives one whole datagram into `buf`, replacing its contents.
-    fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<()>;
-}
-
-/// A blocking `NETLINK_ROUTE` socket.
-struct Kernel {
-    socket: Socket,
-    port: u32,
-}
-
-impl Kernel {
-    fn open() -> Result<Kernel, RtnlError> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|source| RtnlError::Socket {
-            call: "socket",
-            source,
-        })?;
-        let addr = socket.bind_auto().map_err(|source| RtnlError::Socket {
-            call: "bind",
-            source,
-        })?;
-        Ok(Kernel {
-            socket,
-            port: addr.port_number(),
-        })
-    }
-}
-
-impl Transport for Kernel {
-    fn port(&self) -> u32 {
-        self.port
-    }
-
-    fn send(&mut self, request: &[u8]) -> io::Result<()> {
-        let sent = self.socket.send_to(request, &SocketAddr::new(0, 0), 0)?;
-        if sent != request.len() {
-            return Err(io::Error::other(format!(
-                "sent {sent} of {} bytes",
-                request.len()
-            )));
-        }
-        Ok(())
-    }
-
-    fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
-        // Peek at the size first, so that no datagram is ever truncated (the kernel
-        // sizes dump datagrams after our past reads, and one huge link may need more).
-        buf.clear();
-        let len = self.socket.recv(buf, libc::MSG_PEEK | libc::MSG_TRUNC)?;
-        buf.clear();
-        buf.reserve(len);
-        let got = self.socket.recv(buf, 0)?;
-        if got != len {
-            return Err(io::Error::other(format!(
-                "datagram of {len} bytes read as {got}"
-            )));
-        }
-        Ok(())
-    }
 }
 
 /// Requests and their replies over one transport.

@@ -9,7 +9,7 @@ use super::ipset::{
     Command, Entry, IpsetMessage, MAX_COMMENT_SIZE, MAXNAMELEN, SetInfo, SetSpec, create, list,
     list_headers_only, member, named, parse_sets, protocol, two_named,
 };
-use super::socket::{Conn, Kernel, Transport};
+use super::socket::{self, Conn, Kernel, Transport};
 
 /// Requests to the kernel's ipset, in the calling thread's network namespace.
 pub struct Ipset<T = Kernel> {
@@ -20,7 +20,7 @@ impl Ipset<Kernel> {
     /// Opens a `NETLINK_NETFILTER` socket and checks that ipset answers.
     pub fn open() -> Result<Ipset<Kernel>, IpsetError> {
         let kernel =
-            Kernel::open(NETLINK_NETFILTER, "NETLINK_NETFILTER").map_err(|e| match e.errno() {
+            socket::open(NETLINK_NETFILTER, "NETLINK_NETFILTER").map_err(|e| match e.errno() {
                 // No nfnetlink at all.
                 Some(libc::EPROTONOSUPPORT) => IpsetError::NoIpset("no NETLINK_NETFILTER"),
                 _ => IpsetError::Netlink {

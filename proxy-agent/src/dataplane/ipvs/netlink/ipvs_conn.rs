@@ -11,7 +11,7 @@ use super::ipvs::{
     ServiceId, ServiceInfo, bare_message, dest_message, parse_dests, parse_services,
     service_id_message, service_message,
 };
-use super::socket::{Conn, Kernel, Transport};
+use super::socket::{self, Conn, Kernel, Transport};
 
 /// Requests to the kernel's IPVS, in the calling thread's network namespace.
 pub struct Ipvs<T = Kernel> {
@@ -22,7 +22,7 @@ pub struct Ipvs<T = Kernel> {
 impl Ipvs<Kernel> {
     /// Opens a generic netlink socket and resolves the "IPVS" family.
     pub fn open() -> Result<Ipvs<Kernel>, IpvsError> {
-        let kernel = Kernel::open(NETLINK_GENERIC, "NETLINK_GENERIC").map_err(|source| {
+        let kernel = socket::open(NETLINK_GENERIC, "NETLINK_GENERIC").map_err(|source| {
             IpvsError::Netlink {
                 op: "socket",
                 object: IpvsObject::All,

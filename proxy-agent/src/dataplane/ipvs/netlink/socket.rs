@@ -13,7 +13,6 @@ use netlink_packet_core::{
     NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NetlinkBuffer, NetlinkHeader,
     NetlinkMessage, NetlinkPayload, NetlinkSerializable,
 };
-use netlink_sys::{Socket, SocketAddr};
 
 use super::error::NetlinkError;
 
@@ -21,73 +20,15 @@ use super::error::NetlinkError;
 /// when the table changed while it was walked.
 const DUMP_ATTEMPTS: u32 = 5;
 
-/// One side of a netlink conversation: the kernel, or a script in tests.
-pub trait Transport {
-    /// Our port id, which replies are addressed to (0: do not check).
-    fn port(&self) -> u32;
-    /// Sends one request.
-    fn send(&mut self, request: &[u8]) -> io::Result<()>;
-    /// Receives one whole datagram into `buf`, replacing its contents.
-    fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<()>;
-}
+pub use crate::dataplane::nlsocket::{Kernel, Transport};
 
-/// A blocking netlink socket of one protocol.
-pub struct Kernel {
-    socket: Socket,
-    port: u32,
-}
-
-impl Kernel {
-    /// Opens and binds a socket of `protocol` (`NETLINK_GENERIC`, `NETLINK_NETFILTER`),
-    /// named `name` in errors.
-    pub fn open(protocol: isize, name: &'static str) -> Result<Kernel, NetlinkError> {
-        let socket_err = |call| {
-            move |source| NetlinkError::Socket {
-                protocol: name,
-                call,
-                source,
-            }
-        };
-        let mut socket = Socket::new(protocol).map_err(socket_err("socket"))?;
-        let addr = socket.bind_auto().map_err(socket_err("bind"))?;
-        Ok(Kernel {
-            socket,
-            port: addr.port_number(),
-        })
-    }
-}
-
-impl Transport for Kernel {
-    fn port(&self) -> u32 {
-        self.port
-    }
-
-    fn send(&mut self, request: &[u8]) -> io::Result<()> {
-        let sent = self.socket.send_to(request, &SocketAddr::new(0, 0), 0)?;
-        if sent != request.len() {
-            return Err(io::Error::other(format!(
-                "sent {sent} of {} bytes",
-                request.len()
-            )));
-        }
-        Ok(())
-    }
-
-    fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
-        // Peek at the size first so that no datagram is truncated (a dump of a big
-        // set can exceed any fixed buffer).
-        buf.clear();
-        let len = self.socket.recv(buf, libc::MSG_PEEK | libc::MSG_TRUNC)?;
-        buf.clear();
-        buf.reserve(len);
-        let got = self.socket.recv(buf, 0)?;
-        if got != len {
-            return Err(io::Error::other(format!(
-                "datagram of {len} bytes read as {got}"
-            )));
-        }
-        Ok(())
-    }
+/// Opens a socket of `protocol`, named `name` (`NETLINK_GENERIC`, ...) in errors.
+pub fn open(protocol: isize, name: &'static str) -> Result<Kernel, NetlinkError> {
+    Kernel::open(protocol).map_err(|e| NetlinkError::Socket {
+        protocol: name,
+        call: e.call,
+        source: e.source,
+    })
 }
 
 /// A message of a reply.

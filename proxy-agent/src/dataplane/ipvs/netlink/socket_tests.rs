@@ -178,7 +178,7 @@ fn a_dump_failing_part_way_is_an_error() {
 /// The real controller, read-only: "nlctrl" always exists, with id GENL_ID_CTRL (16).
 #[test]
 fn the_kernel_controller_resolves_nlctrl_and_refuses_an_unknown_family() {
-    let kernel = Kernel::open(netlink_sys::protocols::NETLINK_GENERIC, "NETLINK_GENERIC")
+    let kernel = open(netlink_sys::protocols::NETLINK_GENERIC, "NETLINK_GENERIC")
         .unwrap_or_else(|e| panic!("{e}"));
     let mut conn = Conn::new(kernel);
     let id = genl::resolve(&mut conn, "nlctrl").unwrap_or_else(|e| panic!("{e}"));
