@@ -303,44 +303,53 @@ pub enum IpsetErrno {
 const IPSET_ERR_PRIVATE: i32 = 4096;
 const IPSET_ERR_TYPE_SPECIFIC: i32 = 4352;
 
+/// The generic codes, in order from `IPSET_ERR_PRIVATE + 1`.
+const GENERIC: [IpsetErrno; 19] = {
+    use IpsetErrno::*;
+    [
+        Protocol,
+        FindType,
+        MaxSets,
+        Busy,
+        ExistSetname2,
+        TypeMismatch,
+        Exist,
+        InvalidCidr,
+        InvalidNetmask,
+        InvalidFamily,
+        Timeout,
+        Referenced,
+        IpaddrIpv4,
+        IpaddrIpv6,
+        Counter,
+        Comment,
+        InvalidMarkmask,
+        Skbinfo,
+        BitmaskNetmaskExcl,
+    ]
+};
+/// The hash types' codes, in order from `IPSET_ERR_TYPE_SPECIFIC`.
+const HASH: [IpsetErrno; 6] = {
+    use IpsetErrno::*;
+    [
+        HashFull,
+        HashElem,
+        InvalidProto,
+        MissingProto,
+        HashRangeUnsupported,
+        HashRange,
+    ]
+};
+/// The bitmap types' codes, in order from `IPSET_ERR_TYPE_SPECIFIC`.
+const BITMAP: [IpsetErrno; 2] = [IpsetErrno::BitmapRange, IpsetErrno::BitmapRangeSize];
+
 impl IpsetErrno {
     /// Reads a code; the type-specific ones (4352 and up) mean different things for
     /// hash and bitmap sets, so the caller says which the request was about.
     pub fn from_code(code: i32, bitmap: bool) -> IpsetErrno {
-        use IpsetErrno::*;
-        const GENERIC: [IpsetErrno; 19] = [
-            Protocol,
-            FindType,
-            MaxSets,
-            Busy,
-            ExistSetname2,
-            TypeMismatch,
-            Exist,
-            InvalidCidr,
-            InvalidNetmask,
-            InvalidFamily,
-            Timeout,
-            Referenced,
-            IpaddrIpv4,
-            IpaddrIpv6,
-            Counter,
-            Comment,
-            InvalidMarkmask,
-            Skbinfo,
-            BitmaskNetmaskExcl,
-        ];
-        const HASH: [IpsetErrno; 6] = [
-            HashFull,
-            HashElem,
-            InvalidProto,
-            MissingProto,
-            HashRangeUnsupported,
-            HashRange,
-        ];
-        const BITMAP: [IpsetErrno; 2] = [BitmapRange, BitmapRangeSize];
         let index = |base: i32| usize::try_from(code - base).ok();
         let found = if code < IPSET_ERR_PRIVATE {
-            return Os(code);
+            return IpsetErrno::Os(code);
         } else if code < IPSET_ERR_TYPE_SPECIFIC {
             index(IPSET_ERR_PRIVATE + 1).and_then(|i| GENERIC.get(i))
         } else if bitmap {
@@ -348,7 +357,7 @@ impl IpsetErrno {
         } else {
             index(IPSET_ERR_TYPE_SPECIFIC).and_then(|i| HASH.get(i))
         };
-        found.copied().unwrap_or(Other(code))
+        found.copied().unwrap_or(IpsetErrno::Other(code))
     }
 
     /// The code's name in the kernel headers.
@@ -425,38 +434,25 @@ impl IpsetErrno {
         }
     }
 
-    /// The raw code, as the kernel sent it.
+    /// The raw code, as the kernel sent it: its place in the tables [`from_code`]
+    /// reads.
+    ///
+    /// [`from_code`]: IpsetErrno::from_code
     pub fn code(&self) -> i32 {
-        use IpsetErrno::*;
-        let generic = |i: i32| IPSET_ERR_PRIVATE + 1 + i;
-        match self {
-            Protocol => generic(0),
-            FindType => generic(1),
-            MaxSets => generic(2),
-            Busy => generic(3),
-            ExistSetname2 => generic(4),
-            TypeMismatch => generic(5),
-            Exist => generic(6),
-            InvalidCidr => generic(7),
-            InvalidNetmask => generic(8),
-            InvalidFamily => generic(9),
-            Timeout => generic(10),
-            Referenced => generic(11),
-            IpaddrIpv4 => generic(12),
-            IpaddrIpv6 => generic(13),
-            Counter => generic(14),
-            Comment => generic(15),
-            InvalidMarkmask => generic(16),
-            Skbinfo => generic(17),
-            BitmaskNetmaskExcl => generic(18),
-            HashFull | BitmapRange => IPSET_ERR_TYPE_SPECIFIC,
-            HashElem | BitmapRangeSize => IPSET_ERR_TYPE_SPECIFIC + 1,
-            InvalidProto => IPSET_ERR_TYPE_SPECIFIC + 2,
-            MissingProto => IPSET_ERR_TYPE_SPECIFIC + 3,
-            HashRangeUnsupported => IPSET_ERR_TYPE_SPECIFIC + 4,
-            HashRange => IPSET_ERR_TYPE_SPECIFIC + 5,
-            Other(code) | Os(code) => *code,
+        if let IpsetErrno::Other(code) | IpsetErrno::Os(code) = self {
+            return *code;
         }
+        let at = |table: &[IpsetErrno], base: i32| {
+            table
+                .iter()
+                .position(|c| c == self)
+                .and_then(|i| i32::try_from(i).ok())
+                .map(|i| base + i)
+        };
+        at(&GENERIC, IPSET_ERR_PRIVATE + 1)
+            .or_else(|| at(&HASH, IPSET_ERR_TYPE_SPECIFIC))
+            .or_else(|| at(&BITMAP, IPSET_ERR_TYPE_SPECIFIC))
+            .unwrap_or(IPSET_ERR_PRIVATE)
     }
 }
 
