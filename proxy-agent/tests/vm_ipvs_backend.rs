@@ -146,6 +146,40 @@ fn veth_to(tid: u32) {
     .expect("RTM_NEWLINK veth");
 }
 
+/// [`node_and_pod`] with backends `A` ("a") and `B` ("b") in the pod.
+fn node_with_a_and_b() {
+    node_and_pod(
+        || {
+            ip(&["link", "set", "vpod", "up"]);
+            ip(&["addr", "add", "10.244.1.5/24", "dev", "vpod"]);
+            ip(&["addr", "add", "10.244.1.6/24", "dev", "vpod"]);
+            // Replies go to the client's address, the VIP itself (no masquerading).
+            ip(&["route", "add", "default", "via", "10.244.1.1"]);
+            serve_tcp(A, "a");
+            serve_tcp(B, "b");
+        },
+        &[&["addr", "add", "10.244.1.1/24", "dev", "vnode"]],
+    );
+}
+
+/// This thread in a namespace of its own without a pod: enough for tests that only
+/// look at what is programmed.
+fn node_alone() {
+    unshare_net();
+    ip(&["link", "set", "lo", "up"]);
+    // IPVS takes an IPv4 destination only if it is routable here.
+    ip(&["route", "add", "10.244.0.0/16", "dev", "lo"]);
+}
+
+/// The virtual server of [`web`].
+fn web_id() -> ServiceId {
+    ServiceId {
+        protocol: proxy_agent::dataplane::ipvs::netlink::Protocol::Tcp,
+        addr: VIP.parse().expect("vip"),
+        port: 80,
+    }
+}
+
 /// Connects to the VIP and returns what the backend wrote, or the error.
 fn ask() -> std::io::Result<String> {
     ask_at(&format!("{VIP}:80"))
@@ -193,18 +227,7 @@ fn vip_on_link() -> bool {
 
 #[test]
 fn a_cluster_ip_reaches_its_backends_drains_a_removed_one_and_goes_away() {
-    node_and_pod(
-        || {
-            ip(&["link", "set", "vpod", "up"]);
-            ip(&["addr", "add", "10.244.1.5/24", "dev", "vpod"]);
-            ip(&["addr", "add", "10.244.1.6/24", "dev", "vpod"]);
-            // Replies go to the client's address, the VIP itself (no masquerading).
-            ip(&["route", "add", "default", "via", "10.244.1.1"]);
-            serve_tcp(A, "a");
-            serve_tcp(B, "b");
-        },
-        &[&["addr", "add", "10.244.1.1/24", "dev", "vnode"]],
-    );
+    node_with_a_and_b();
 
     let mut dp = IpvsDataplane::open(&Options::default()).expect("IPVS, ipset, rtnetlink");
     assert_eq!(dp.programmed().expect("programmed"), [], "a new namespace");
@@ -261,11 +284,7 @@ fn a_cluster_ip_reaches_its_backends_drains_a_removed_one_and_goes_away() {
         std::slice::from_ref(&only_b)
     );
     let mut ipvs = Ipvs::open().expect("IPVS");
-    let id = ServiceId {
-        protocol: proxy_agent::dataplane::ipvs::netlink::Protocol::Tcp,
-        addr: VIP.parse().expect("vip"),
-        port: 80,
-    };
+    let id = web_id();
     let mut weights: Vec<(u16, IpAddr, u32)> = ipvs
         .dests(&id)
         .expect("dests")
@@ -387,11 +406,7 @@ fn web_manifest(backends: &[&str]) -> String {
 
 /// The destinations of the VIP's virtual server that take new connections (weight > 0).
 fn live_dests() -> Vec<SocketAddr> {
-    let id = ServiceId {
-        protocol: proxy_agent::dataplane::ipvs::netlink::Protocol::Tcp,
-        addr: VIP.parse().expect("vip"),
-        port: 80,
-    };
+    let id = web_id();
     let mut ipvs = Ipvs::open().expect("IPVS");
     let mut live: Vec<SocketAddr> = match ipvs.dests(&id) {
         Ok(d) => d
@@ -430,17 +445,7 @@ fn wait_live(want: &[&str]) {
 #[test]
 fn the_agent_in_ipvs_mode_serves_a_cluster_ip_from_manifests_and_follows_them() {
     use clap::Parser as _;
-    node_and_pod(
-        || {
-            ip(&["link", "set", "vpod", "up"]);
-            ip(&["addr", "add", "10.244.1.5/24", "dev", "vpod"]);
-            ip(&["addr", "add", "10.244.1.6/24", "dev", "vpod"]);
-            ip(&["route", "add", "default", "via", "10.244.1.1"]);
-            serve_tcp(A, "a");
-            serve_tcp(B, "b");
-        },
-        &[&["addr", "add", "10.244.1.1/24", "dev", "vnode"]],
-    );
+    node_with_a_and_b();
     let dir = std::env::temp_dir().join("kpt-vm-ipvs-agent");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("manifest dir");
@@ -490,10 +495,7 @@ fn the_agent_in_ipvs_mode_serves_a_cluster_ip_from_manifests_and_follows_them() 
 /// virtual server, the mode's ipsets and `kube-ipvs0`; a second run finds nothing.
 #[test]
 fn cleanup_removes_the_virtual_servers_the_sets_and_the_link_and_then_finds_nothing() {
-    unshare_net();
-    ip(&["link", "set", "lo", "up"]);
-    // IPVS takes an IPv4 destination only if it is routable here.
-    ip(&["route", "add", "10.244.0.0/16", "dev", "lo"]);
+    node_alone();
     let mut dp = IpvsDataplane::open(&Options::default()).expect("IPVS, ipset, rtnetlink");
     dp.upsert(&web(&[A, B])).expect("upsert");
     dp.upsert(&vs(
@@ -539,18 +541,11 @@ fn cleanup_removes_the_virtual_servers_the_sets_and_the_link_and_then_finds_noth
 /// the next refresh (graceful termination's second half).
 #[test]
 fn a_drained_backend_without_connections_is_deleted_at_the_next_refresh() {
-    unshare_net();
-    ip(&["link", "set", "lo", "up"]);
-    // IPVS takes an IPv4 destination only if it is routable here.
-    ip(&["route", "add", "10.244.0.0/16", "dev", "lo"]);
+    node_alone();
     let mut dp = IpvsDataplane::open(&Options::default()).expect("IPVS, ipset, rtnetlink");
     dp.upsert(&web(&[A, B])).expect("upsert");
     dp.upsert(&web(&[B])).expect("upsert without a");
-    let id = ServiceId {
-        protocol: proxy_agent::dataplane::ipvs::netlink::Protocol::Tcp,
-        addr: VIP.parse().expect("vip"),
-        port: 80,
-    };
+    let id = web_id();
     let dests = |ipvs: &mut Ipvs| -> Vec<(String, u32)> {
         let mut d: Vec<(String, u32)> = ipvs
             .dests(&id)
