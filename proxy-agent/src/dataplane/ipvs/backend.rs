@@ -20,6 +20,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
 
 use super::addresses::{DummyLink, LINK_NAME};
 use super::kernel::{IpvsTable, SetTable, VipAddresses};
@@ -43,6 +46,39 @@ pub struct Options {
     pub scheduler: String,
     /// The dummy interface holding the VIPs.
     pub link: String,
+    /// `--ipvs-exclude-cidrs`: virtual servers whose address is in one of these are
+    /// someone else's; never adopted, changed or cleaned up.
+    pub exclude_cidrs: Vec<IpNetwork>,
+    /// `--ipvs-strict-arp`: `arp_ignore=1`, `arp_announce=2`, so that the node does
+    /// not answer ARP for the VIPs on the dummy interface.
+    pub strict_arp: bool,
+    /// `--ipvs-tcp-timeout`, `--ipvs-tcpfin-timeout`, `--ipvs-udp-timeout`.
+    pub timeouts: Timeouts,
+    /// The netfilter rules' inputs.
+    pub rules: RuleOptions,
+}
+
+/// IPVS's connection timeouts; `None` leaves the kernel's value (kube-proxy's 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Established TCP connections.
+    pub tcp: Option<Duration>,
+    /// TCP connections after a FIN.
+    pub tcp_fin: Option<Duration>,
+    /// UDP "connections".
+    pub udp: Option<Duration>,
+}
+
+/// What the constant netfilter rules of the IPVS mode depend on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleOptions {
+    /// `--cluster-cidr`: traffic to a ClusterIP from outside these is masqueraded.
+    pub cluster_cidrs: Vec<IpNetwork>,
+    /// `--masquerade-all`: every ClusterIP connection is masqueraded.
+    pub masquerade_all: bool,
+    /// Drop forwarded packets conntrack finds INVALID (the reset bug's fix); off with
+    /// `--conntrack-tcp-be-liberal`.
+    pub drop_invalid: bool,
 }
 
 impl Default for Options {
@@ -50,6 +86,13 @@ impl Default for Options {
         Options {
             scheduler: DEFAULT_SCHEDULER.to_owned(),
             link: LINK_NAME.to_owned(),
+            exclude_cidrs: Vec::new(),
+            strict_arp: false,
+            timeouts: Timeouts::default(),
+            rules: RuleOptions {
+                drop_invalid: true,
+                ..RuleOptions::default()
+            },
         }
     }
 }

@@ -17,4 +17,4 @@ pub mod sets;
 pub mod sysctl;
 mod undo;
 
-pub use backend::{DEFAULT_SCHEDULER, IpvsDataplane, Options};
+pub use backend::{DEFAULT_SCHEDULER, IpvsDataplane, Options, RuleOptions, Timeouts};
