@@ -11,6 +11,156 @@ use std::net::IpAddr;
 use super::netlink::{self, Entry, SetFamily, SetSpec, SetType};
 use crate::model::{FrontendKey, FrontendKind, Protocol, ServicePortName};
 
+/// One of the ipsets kube-proxy's IPVS mode keeps, which the netfilter rules match.
+/// Named as kube-proxy names them: [`KubeSet::name`] in IPv4, with `KUBE-6-` instead of
+/// `KUBE-` in IPv6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KubeSet {
+    /// The IPv4 name.
+    pub name: &'static str,
+    /// The set type.
+    pub kind: SetType,
+    /// What kube-proxy's comment on the set says it holds.
+    pub holds: &'static str,
+}
+
+impl KubeSet {
+    /// The set's name in `ip`'s family.
+    pub fn name_for(&self, v6: bool) -> String {
+        if v6 {
+            self.name.replacen("KUBE-", "KUBE-6-", 1)
+        } else {
+            self.name.to_owned()
+        }
+    }
+
+    /// The set as created in the family.
+    pub fn spec(&self, v6: bool) -> SetSpec {
+        let family = if v6 {
+            SetFamily::Inet6
+        } else {
+            SetFamily::Inet
+        };
+        SetSpec::new(&self.name_for(v6), self.kind, family)
+    }
+}
+
+const fn kube_set(name: &'static str, kind: SetType, holds: &'static str) -> KubeSet {
+    KubeSet { name, kind, holds }
+}
+
+/// `vip,proto:port` of every ClusterIP.
+pub const CLUSTER_IP: KubeSet = kube_set(
+    "KUBE-CLUSTER-IP",
+    SetType::HashIpPort,
+    "Kubernetes service cluster ip + port for masquerade purpose",
+);
+/// `ep,proto:port,ep`: an endpoint reaching itself through its service (hairpin).
+pub const LOOP_BACK: KubeSet = kube_set(
+    "KUBE-LOOP-BACK",
+    SetType::HashIpPortIp,
+    "Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose",
+);
+/// `ip,proto:port` of every externalIP.
+pub const EXTERNAL_IP: KubeSet = kube_set(
+    "KUBE-EXTERNAL-IP",
+    SetType::HashIpPort,
+    "Kubernetes service external ip + port for masquerade and filter purpose",
+);
+/// The externalIPs of `externalTrafficPolicy: Local` services (not masqueraded).
+pub const EXTERNAL_IP_LOCAL: KubeSet = kube_set(
+    "KUBE-EXTERNAL-IP-LOCAL",
+    SetType::HashIpPort,
+    "Kubernetes service external ip + port with externalTrafficPolicy=local",
+);
+/// `ip,proto:port` of every load balancer IP.
+pub const LOAD_BALANCER: KubeSet = kube_set(
+    "KUBE-LOAD-BALANCER",
+    SetType::HashIpPort,
+    "Kubernetes service lb portal",
+);
+/// The load balancer IPs of `externalTrafficPolicy: Local` services.
+pub const LOAD_BALANCER_LOCAL: KubeSet = kube_set(
+    "KUBE-LOAD-BALANCER-LOCAL",
+    SetType::HashIpPort,
+    "Kubernetes service load balancer ip + port with externalTrafficPolicy=local",
+);
+/// The load balancer IPs with `loadBalancerSourceRanges` (filtered).
+pub const LOAD_BALANCER_FW: KubeSet = kube_set(
+    "KUBE-LOAD-BALANCER-FW",
+    SetType::HashIpPort,
+    "Kubernetes service load balancer ip + port for load balancer with sourceRange",
+);
+/// `lb,proto:port,src`: a source address allowed by a one-address source range.
+pub const LOAD_BALANCER_SOURCE_IP: KubeSet = kube_set(
+    "KUBE-LOAD-BALANCER-SOURCE-IP",
+    SetType::HashIpPortIp,
+    "Kubernetes service load balancer ip + port + source IP for packet filter purpose",
+);
+/// `lb,proto:port,cidr`: a source range allowed to reach a load balancer IP.
+pub const LOAD_BALANCER_SOURCE_CIDR: KubeSet = kube_set(
+    "KUBE-LOAD-BALANCER-SOURCE-CIDR",
+    SetType::HashIpPortNet,
+    "Kubernetes service load balancer ip + port + source cidr for packet filter purpose",
+);
+/// TCP NodePorts.
+pub const NODE_PORT_TCP: KubeSet = kube_set(
+    "KUBE-NODE-PORT-TCP",
+    SetType::BitmapPort,
+    "Kubernetes nodeport TCP port for masquerade purpose",
+);
+/// TCP NodePorts of `externalTrafficPolicy: Local` services.
+pub const NODE_PORT_LOCAL_TCP: KubeSet = kube_set(
+    "KUBE-NODE-PORT-LOCAL-TCP",
+    SetType::BitmapPort,
+    "Kubernetes nodeport TCP port with externalTrafficPolicy=local",
+);
+/// UDP NodePorts.
+pub const NODE_PORT_UDP: KubeSet = kube_set(
+    "KUBE-NODE-PORT-UDP",
+    SetType::BitmapPort,
+    "Kubernetes nodeport UDP port for masquerade purpose",
+);
+/// UDP NodePorts of `externalTrafficPolicy: Local` services.
+pub const NODE_PORT_LOCAL_UDP: KubeSet = kube_set(
+    "KUBE-NODE-PORT-LOCAL-UDP",
+    SetType::BitmapPort,
+    "Kubernetes nodeport UDP port with externalTrafficPolicy=local",
+);
+/// The health check node ports (`healthCheckNodePort`), accepted by the filter rules.
+pub const HEALTH_CHECK_NODE_PORT: KubeSet = kube_set(
+    "KUBE-HEALTH-CHECK-NODE-PORT",
+    SetType::BitmapPort,
+    "Kubernetes health check node port",
+);
+/// Every address on the dummy interface: what reaches one of them on a port no
+/// virtual server has is rejected.
+pub const IPVS_IPS: KubeSet = kube_set(
+    "KUBE-IPVS-IPS",
+    SetType::HashIp,
+    "IPVS service cluster ip + port for filter purpose",
+);
+
+/// Every set of the IPVS mode, created at start in each family (the rules refer to
+/// them, so they exist even when empty).
+pub const KUBE_SETS: [KubeSet; 15] = [
+    CLUSTER_IP,
+    LOOP_BACK,
+    EXTERNAL_IP,
+    EXTERNAL_IP_LOCAL,
+    LOAD_BALANCER,
+    LOAD_BALANCER_LOCAL,
+    LOAD_BALANCER_FW,
+    LOAD_BALANCER_SOURCE_IP,
+    LOAD_BALANCER_SOURCE_CIDR,
+    NODE_PORT_TCP,
+    NODE_PORT_LOCAL_TCP,
+    NODE_PORT_UDP,
+    NODE_PORT_LOCAL_UDP,
+    HEALTH_CHECK_NODE_PORT,
+    IPVS_IPS,
+];
+
 /// The kinds with a set, and its IPv4 and IPv6 names (kube-proxy's).
 pub const SETS: [(FrontendKind, &str, &str); 3] = [
     (
