@@ -168,6 +168,11 @@ pub struct VirtualService {
     /// `loadBalancerSourceRanges` of the frontend's family, for external LoadBalancer
     /// frontends; empty means every source is allowed.
     pub source_ranges: Vec<IpNetwork>,
+    /// The traffic policy is `Local`: the backends are this node's own, and the
+    /// client's address is kept (no masquerade). Set on external frontends under
+    /// `externalTrafficPolicy: Local` and on ClusterIPs under
+    /// `internalTrafficPolicy: Local`.
+    pub node_local: bool,
 }
 
 /// A `healthCheckNodePort` of an `externalTrafficPolicy: Local` Service, answered with

@@ -245,6 +245,7 @@ mod tests {
             affinity_timeout_s: None,
             kind: FrontendKind::ClusterIp,
             source_ranges: Vec::new(),
+            node_local: false,
         }
     }
 

@@ -213,6 +213,7 @@ fn vs(vip: &str, port: u16, protocol: Protocol, backends: &[&str]) -> VirtualSer
         affinity_timeout_s: None,
         kind: FrontendKind::ClusterIp,
         source_ranges: Vec::new(),
+        node_local: false,
     }
 }
 

@@ -119,6 +119,7 @@ impl Frontends {
             FrontendKind::ClusterIp,
             clusterip_backends,
             Some(Vec::new()),
+            policy.internal_local,
         );
         let mut external = false;
         for (ip, kind) in self.external_addresses(vip) {
@@ -132,6 +133,7 @@ impl Frontends {
                 kind,
                 &cluster,
                 Some(Vec::new()),
+                false,
             );
             external |= self.claim(
                 &port.name,
@@ -139,6 +141,7 @@ impl Frontends {
                 kind,
                 external_backends,
                 ranges,
+                policy.external_local,
             );
         }
         if let Some(node_port) = port.node_port {
@@ -150,6 +153,7 @@ impl Frontends {
                 kind,
                 &cluster,
                 Some(Vec::new()),
+                false,
             );
             external |= self.claim(
                 &port.name,
@@ -157,6 +161,7 @@ impl Frontends {
                 kind,
                 external_backends,
                 Some(Vec::new()),
+                policy.external_local,
             );
         }
         if policy.external_local && external && local.is_empty() && usable {
@@ -183,6 +188,7 @@ impl Frontends {
         kind: FrontendKind,
         backends: &[SocketAddr],
         source_ranges: Option<Vec<IpNetwork>>,
+        node_local: bool,
     ) -> bool {
         if !self.claimed.insert(frontend) {
             return false;
@@ -197,6 +203,7 @@ impl Frontends {
             affinity_timeout_s: self.policy.affinity_timeout_s,
             kind,
             source_ranges,
+            node_local,
         });
         true
     }

@@ -272,9 +272,10 @@ pub(super) fn table(t: &Translation) -> Vec<String> {
         .map(|v| {
             let backends: Vec<String> = v.backends.iter().map(ToString::to_string).collect();
             let mut line = format!(
-                "{} {} -> {}",
+                "{} {}{} -> {}",
                 show(&v.frontend),
                 v.kind,
+                if v.node_local { " (local)" } else { "" },
                 if backends.is_empty() {
                     "(none)".to_string()
                 } else {

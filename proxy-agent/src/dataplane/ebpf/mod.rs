@@ -210,11 +210,14 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn held<'a>(&self, svc: &'a VirtualService) -> Cow<'a, VirtualService> {
-        // Only a name too long for SVC_NAMES differs from what was asked for.
-        match keys::held_name(&svc.name) {
-            None => Cow::Borrowed(svc),
-            Some(name) => Cow::Owned(VirtualService {
-                name,
+        // Only a name too long for SVC_NAMES and the policy flag differ from what was
+        // asked for: the programs need no flag, as they masquerade only when the
+        // backend's replies would not come back through them (a remote backend).
+        match (keys::held_name(&svc.name), svc.node_local) {
+            (None, false) => Cow::Borrowed(svc),
+            (name, _) => Cow::Owned(VirtualService {
+                name: name.unwrap_or_else(|| svc.name.clone()),
+                node_local: false,
                 ..svc.clone()
             }),
         }

@@ -270,6 +270,8 @@ impl Services {
                     affinity_timeout_s: keys::affinity_of(&p.value),
                     kind: keys::kind_of(p.value.flags),
                     source_ranges: p.source_ranges.clone(),
+                    // Not stored (see `EbpfDataplane::held`).
+                    node_local: false,
                 }
             })
             .collect()

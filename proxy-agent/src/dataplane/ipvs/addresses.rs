@@ -21,6 +21,7 @@ use super::kernel::VipAddresses;
 use super::netlink::NetlinkError;
 use super::netlink::socket::{self, Conn, Kernel};
 use crate::dataplane::{DataplaneError, netdev};
+use crate::model::NodeAddresses;
 
 /// kube-proxy's name for the interface.
 pub const LINK_NAME: &str = "kube-ipvs0";
@@ -171,6 +172,34 @@ impl VipAddresses for DummyLink {
                 Err(failed("removing", format!("{ip} from {}", self.name), e))
             }
         }
+    }
+
+    fn node_addresses(&mut self, node: &NodeAddresses) -> Result<Vec<IpAddr>, DataplaneError> {
+        let found = netdev::list().map_err(|e| DataplaneError::Kernel {
+            op: "listing",
+            object: "the network interfaces".into(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        // The VIPs are local too, but no NodePort is served on them (as kube-proxy).
+        let interfaces: Vec<netdev::Interface> = found
+            .interfaces
+            .into_iter()
+            .filter(|i| i.name != self.name)
+            .collect();
+        let plan = netdev::plan(
+            &interfaces,
+            &node.nodeport_addresses,
+            &node.node_ips,
+            &found.default_route_interfaces,
+            &[],
+        )
+        .map_err(|e| {
+            DataplaneError::Unsupported(format!(
+                "--nodeport-addresses {}: {e}",
+                node.nodeport_addresses
+            ))
+        })?;
+        Ok(plan.nodeport_addrs)
     }
 }
 

@@ -18,22 +18,24 @@
 //! at [`Dataplane::refresh`] (names from the ipset comments) and kept in step by each
 //! successful write.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
 use super::addresses::{DummyLink, LINK_NAME};
+use super::adopt;
 use super::kernel::{IpvsTable, SetTable, VipAddresses};
-use super::netlink::{Destination, ForwardMethod, Ipset, Ipvs, Service, ServiceFlags, ServiceId};
+use super::netlink::{Destination, Entry, Ipset, Ipvs, Service, ServiceFlags, ServiceId};
+use super::plan::{Plan, bare, is_twin, plan};
 use super::sets;
 use super::sysctl;
 use super::undo::Undo;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::model::{
-    Capabilities, Feature, FrontendKey, FrontendKind, NodeAddresses, Protocol, Scope,
-    ServicePortName, VirtualService,
+    Capabilities, FrontendKey, FrontendKind, NodeAddresses, Protocol, VirtualService,
 };
 
 /// kube-proxy's default `--ipvs-scheduler`.
@@ -103,8 +105,67 @@ pub struct IpvsDataplane<T = Ipvs, S = Ipset, A = DummyLink> {
     sets: S,
     addrs: A,
     scheduler: String,
+    exclude: Vec<IpNetwork>,
     /// What the kernel holds, by frontend, as [`Dataplane::programmed`] reports it.
     held: BTreeMap<FrontendKey, VirtualService>,
+    /// The virtual servers each NodePort frontend has (one per node address, as they
+    /// were when it was written or read back).
+    node_servers: BTreeMap<FrontendKey, Vec<ServiceId>>,
+    /// The NodePort addresses, once [`Dataplane::set_node`] resolved them.
+    node_ips: Vec<IpAddr>,
+    /// Whether the NodePorts are programmed on `node_ips` (false after a failure).
+    node_applied: bool,
+    /// How many held frontends use each set member and VIP: shared ones (a VIP with
+    /// several ports, an endpoint behind several frontends) go with their last user.
+    refs: Refs,
+}
+
+#[derive(Default)]
+struct Refs {
+    members: HashMap<(String, Entry), usize>,
+    vips: HashMap<IpAddr, usize>,
+}
+
+impl Refs {
+    fn add(&mut self, plan: &Plan) {
+        for (set, e) in &plan.members {
+            *self.members.entry((set.clone(), bare(e))).or_default() += 1;
+        }
+        for ip in &plan.vips {
+            *self.vips.entry(*ip).or_default() += 1;
+        }
+    }
+
+    fn sub(&mut self, plan: &Plan) {
+        for (set, e) in &plan.members {
+            let key = (set.clone(), bare(e));
+            if let Some(n) = self.members.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.members.remove(&key);
+                }
+            }
+        }
+        for ip in &plan.vips {
+            if let Some(n) = self.vips.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.vips.remove(ip);
+                }
+            }
+        }
+    }
+
+    fn member(&self, set: &str, e: &Entry) -> usize {
+        self.members
+            .get(&(set.to_owned(), bare(e)))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn vip(&self, ip: &IpAddr) -> usize {
+        self.vips.get(ip).copied().unwrap_or(0)
+    }
 }
 
 impl IpvsDataplane {
@@ -115,22 +176,38 @@ impl IpvsDataplane {
         sysctl::apply()?;
         let sets = Ipset::open()?;
         let addrs = DummyLink::open(&options.link)?;
-        IpvsDataplane::new(table, sets, addrs, &options.scheduler)
+        IpvsDataplane::new(table, sets, addrs, options)
     }
 }
 
 impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
-    /// A backend over these parts, adopting what they hold.
-    pub fn new(table: T, sets: S, addrs: A, scheduler: &str) -> Result<Self, DataplaneError> {
+    /// A backend over these parts: creates every set the rules match (empty ones
+    /// too), then adopts what the parts hold.
+    pub fn new(table: T, sets: S, addrs: A, options: &Options) -> Result<Self, DataplaneError> {
         let mut dp = IpvsDataplane {
             table,
             sets,
             addrs,
-            scheduler: scheduler.to_owned(),
+            scheduler: options.scheduler.clone(),
+            exclude: options.exclude_cidrs.clone(),
             held: BTreeMap::new(),
+            node_servers: BTreeMap::new(),
+            node_ips: Vec::new(),
+            node_applied: false,
+            refs: Refs::default(),
         };
-        dp.held = dp.read_back()?;
+        dp.ensure_sets()?;
+        dp.read_back()?;
         Ok(dp)
+    }
+
+    fn ensure_sets(&mut self) -> Result<(), DataplaneError> {
+        for set in &sets::KUBE_SETS {
+            for v6 in [false, true] {
+                self.sets.ensure(&set.spec(v6))?;
+            }
+        }
+        Ok(())
     }
 
     /// The virtual server as this backend writes it.
@@ -144,31 +221,87 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
         s
     }
 
-    /// Writes `svc`, recording how to undo each write.
-    fn apply(&mut self, svc: &VirtualService, undo: &mut Vec<Undo>) -> Result<(), DataplaneError> {
-        let frontend = &svc.frontend;
-        if frontend.scope == Scope::External {
-            return Err(DataplaneError::Unsupported(
-                "external-scope frontends (NodePorts, external traffic)".into(),
-            ));
+    /// What `svc` programs, with a NodePort's virtual servers as they are.
+    fn plan_of(&self, svc: &VirtualService) -> Plan {
+        let mut p = plan(svc, &self.node_ips);
+        if let Some(servers) = self.node_servers.get(&svc.frontend) {
+            p.servers.clone_from(servers);
         }
-        if !svc.source_ranges.is_empty() {
-            return Err(DataplaneError::Unsupported(
-                Feature::SourceRanges.to_string(),
-            ));
-        }
-        let set = match sets::spec(svc.kind, frontend.ip) {
-            Some(set) if !frontend.ip.is_unspecified() => set,
-            _ => {
-                return Err(DataplaneError::Unsupported(format!(
-                    "{} frontends",
-                    svc.kind
-                )));
-            }
-        };
-        let id = service_id(frontend);
+        p
+    }
 
-        // 1. The virtual server: not reachable yet if new (its VIP is not local).
+    /// Moves `svc` from `old` (what its previous state programmed; `rewrite`: that
+    /// state drifted, so every member is written again) to its plan, recording how
+    /// to undo each write.
+    fn write(
+        &mut self,
+        svc: &VirtualService,
+        old: &Plan,
+        new: &Plan,
+        rewrite: bool,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), DataplaneError> {
+        // 1. The virtual servers and their destinations: not reachable yet if new
+        // (the VIP is not local, the port not in a set the rules accept).
+        for id in &new.servers {
+            self.write_server(*id, svc, undo)?;
+        }
+        // 2. The VIPs on the dummy interface: from here on the service is reachable.
+        for ip in &new.vips {
+            if self.refs.vip(ip) == 0 && !old.vips.contains(ip) {
+                self.addrs.ensure_link()?;
+                self.addrs.add(*ip)?;
+                undo.push(Undo::DelAddress(*ip));
+            }
+        }
+        // 3. The set members (re-added when their comment changed: the name follows
+        // a renamed service).
+        for (set, member) in &new.members {
+            if !rewrite && old.members.iter().any(|(s, m)| s == set && m == member) {
+                continue;
+            }
+            let existed = self.refs.member(set, member) > 0;
+            self.sets.add(set, member)?;
+            if !existed {
+                undo.push(Undo::DelMember(set.clone(), member.clone()));
+            }
+        }
+        // 4. What the old state had and the new one has not, once the new one serves:
+        // virtual servers (a NodePort on an address the node no longer has), then
+        // members and VIPs no other frontend uses.
+        for id in old.servers.iter().filter(|id| !new.servers.contains(id)) {
+            if let Some(old_svc) = self.table.service(id)? {
+                let dests = self.table.dests(id)?;
+                self.table.del_service(id)?;
+                undo.push(Undo::NewService(old_svc, dests));
+            }
+        }
+        for (set, member) in &old.members {
+            let kept = new
+                .members
+                .iter()
+                .any(|(s, m)| s == set && bare(m) == bare(member));
+            if !kept && self.refs.member(set, member) <= 1 {
+                self.sets.del(set, member)?;
+                undo.push(Undo::AddMember(set.clone(), member.clone()));
+            }
+        }
+        for ip in old.vips.iter().filter(|ip| !new.vips.contains(ip)) {
+            if self.refs.vip(ip) <= 1 {
+                self.addrs.del(*ip)?;
+                undo.push(Undo::AddAddress(*ip));
+            }
+        }
+        Ok(())
+    }
+
+    /// One virtual server of `svc` with its destinations.
+    fn write_server(
+        &mut self,
+        id: ServiceId,
+        svc: &VirtualService,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), DataplaneError> {
         let want = self.service(id, svc.affinity_timeout_s);
         match self.table.service(&id)? {
             None => {
@@ -182,11 +315,11 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
             Some(_) => {}
         }
 
-        // 2. Destinations: the new (and revived) ones first, then the removed ones
-        // taken out, so that no moment has fewer backends than both the old and the
-        // new set. TCP ones are drained (weight 0: no new connections, the open ones
-        // finish; `refresh` deletes them once they have none); UDP ones are deleted at
-        // once, as kube-proxy does (a datagram "connection" never ends, and
+        // The new (and revived) destinations first, then the removed ones taken out,
+        // so that no moment has fewer backends than both the old and the new set.
+        // TCP ones are drained (weight 0: no new connections, the open ones finish;
+        // `refresh` deletes them once they have none); UDP ones are deleted at once,
+        // as kube-proxy does (a datagram "connection" never ends, and
         // expire_nodest_conn moves its next packet to a live destination).
         let current = self.table.dests(&id)?;
         let desired: BTreeSet<SocketAddr> = svc.backends.iter().copied().collect();
@@ -209,7 +342,7 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
             if desired.contains(&endpoint) {
                 continue;
             }
-            if frontend.protocol == Protocol::Udp {
+            if svc.frontend.protocol == Protocol::Udp {
                 self.table.del_dest(&id, old)?;
                 undo.push(Undo::NewDest(id, old.clone()));
                 continue;
@@ -224,22 +357,6 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
             self.table.set_dest(&id, &drained)?;
             undo.push(Undo::SetDest(id, old.clone()));
         }
-
-        // 3. The VIP on the dummy interface: from here on the service is reachable.
-        if !self.addrs.addresses()?.contains(&frontend.ip) {
-            self.addrs.ensure_link()?;
-            self.addrs.add(frontend.ip)?;
-            undo.push(Undo::DelAddress(frontend.ip));
-        }
-
-        // 4. The ipset member, naming the service (re-added: the comment follows a
-        // renamed service).
-        self.sets.ensure(&set)?;
-        let member = sets::member(frontend).with_comment(&svc.name.to_string());
-        self.sets.add(&set.name, &member)?;
-        if !self.held.contains_key(frontend) {
-            undo.push(Undo::DelMember(set.name, member));
-        }
         Ok(())
     }
 
@@ -253,89 +370,81 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
         }
     }
 
+    /// Programs `svc` from `old`'s plan; on failure takes its writes back.
+    fn transition(
+        &mut self,
+        svc: &VirtualService,
+        old: &Plan,
+        new: &Plan,
+        rewrite: bool,
+    ) -> Result<(), DataplaneError> {
+        let mut undo = Vec::new();
+        match self.write(svc, old, new, rewrite, &mut undo) {
+            Ok(()) => {
+                self.refs.sub(old);
+                self.refs.add(new);
+                if svc.kind == FrontendKind::NodePort && !is_twin(svc) {
+                    self.node_servers.insert(svc.frontend, new.servers.clone());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.roll_back(undo);
+                Err(naming(e, &svc.name))
+            }
+        }
+    }
+
     fn remove_frontend(&mut self, frontend: &FrontendKey) -> Result<(), DataplaneError> {
-        let kind = self
-            .held
-            .get(frontend)
-            .map_or(FrontendKind::ClusterIp, |s| s.kind);
-        // The virtual server first: its VIP then refuses connections (nothing
+        let Some(svc) = self.held.get(frontend).cloned() else {
+            // Not ours to know: a virtual server nobody names (drift) goes alone.
+            return self.table.del_service(&service_id(frontend));
+        };
+        let old = self.plan_of(&svc);
+        // The virtual servers first: the address then refuses connections (nothing
         // listens) instead of routing them elsewhere.
-        self.table.del_service(&service_id(frontend))?;
-        if let Some(set) = sets::spec(kind, frontend.ip) {
-            self.sets.del(&set.name, &sets::member(frontend))?;
+        for id in &old.servers {
+            self.table.del_service(id)?;
         }
-        let shared = self
-            .held
-            .keys()
-            .any(|k| k != frontend && k.ip == frontend.ip);
-        if !shared && !frontend.ip.is_unspecified() {
-            self.addrs.del(frontend.ip)?;
+        for (set, member) in &old.members {
+            if self.refs.member(set, member) <= 1 {
+                self.sets.del(set, member)?;
+            }
         }
+        for ip in &old.vips {
+            if self.refs.vip(ip) <= 1 {
+                self.addrs.del(*ip)?;
+            }
+        }
+        self.refs.sub(&old);
+        self.node_servers.remove(frontend);
         Ok(())
     }
 
-    /// Everything the kernel holds, as [`Dataplane::programmed`] reports it.
-    fn read_back(&mut self) -> Result<BTreeMap<FrontendKey, VirtualService>, DataplaneError> {
-        let mut named: BTreeMap<(IpAddr, u16, u16), (FrontendKind, ServicePortName)> =
-            BTreeMap::new();
-        for (kind, set) in sets::all() {
-            for entry in self.sets.entries(set)? {
-                let (Some(ip), Some(protocol), Some(port)) = (entry.ip, entry.protocol, entry.port)
-                else {
-                    continue;
-                };
-                let name = entry
-                    .comment
-                    .as_deref()
-                    .and_then(sets::parse_name)
-                    .unwrap_or_else(unnamed);
-                named.insert((ip, protocol.number(), port), (kind, name));
+    fn excluded(&self, ip: &IpAddr) -> bool {
+        excluded(&self.exclude, ip)
+    }
+
+    /// Reads everything the kernel holds into `held` (see [`super::adopt`]).
+    fn read_back(&mut self) -> Result<(), DataplaneError> {
+        let exclude = &self.exclude;
+        let kernel = adopt::Kernel::read(&mut self.table, &mut self.sets, &mut self.addrs, |ip| {
+            excluded(exclude, ip)
+        })?;
+        let adopted = adopt::adopt(&kernel, &self.node_ips, |id, affinity| {
+            self.service(id, affinity)
+        });
+        self.refs = Refs::default();
+        for svc in adopted.held.values() {
+            let mut p = plan(svc, &self.node_ips);
+            if let Some(servers) = adopted.node_servers.get(&svc.frontend) {
+                p.servers.clone_from(servers);
             }
+            self.refs.add(&p);
         }
-        let mut held = BTreeMap::new();
-        for svc in self.table.services()? {
-            // Only what this backend writes: TCP and UDP virtual servers by address.
-            let Some(protocol) = sets::model_protocol(svc.id.protocol) else {
-                continue;
-            };
-            let frontend = FrontendKey::internal(svc.id.addr, svc.id.port, protocol);
-            let mut backends: Vec<SocketAddr> = self
-                .table
-                .dests(&svc.id)?
-                .into_iter()
-                .filter(|d| d.weight > 0 && d.forward == ForwardMethod::Masquerade)
-                .map(|d| SocketAddr::new(d.addr, d.port))
-                .collect();
-            backends.sort();
-            backends.dedup();
-            // A virtual server without its member (a crash between the two writes)
-            // reads as unnamed: drift, which the next sync repairs.
-            let (kind, mut name) = named
-                .remove(&(svc.id.addr, svc.id.protocol.number(), svc.id.port))
-                .unwrap_or_else(|| (FrontendKind::ClusterIp, unnamed()));
-            let affinity_timeout_s = svc
-                .flags
-                .contains(ServiceFlags::PERSISTENT)
-                .then_some(svc.timeout);
-            // Options a VirtualService cannot show (another scheduler, after a restart
-            // with another --ipvs-scheduler; another netmask or flags) read as unnamed
-            // too, so that the next sync rewrites them.
-            if svc != self.service(svc.id, affinity_timeout_s) {
-                name = unnamed();
-            }
-            held.insert(
-                frontend,
-                VirtualService {
-                    name,
-                    frontend,
-                    backends,
-                    affinity_timeout_s,
-                    kind,
-                    source_ranges: Vec::new(),
-                },
-            );
-        }
-        Ok(held)
+        self.held = adopted.held;
+        self.node_servers = adopted.node_servers;
+        Ok(())
     }
 }
 
@@ -350,30 +459,47 @@ where
     }
 
     fn capabilities(&self) -> Capabilities {
-        // External scope needs NodePorts and the netfilter rules of later work;
-        // source ranges need the KUBE-LOAD-BALANCER-SOURCE-* sets and their rules.
-        Capabilities {
-            unsupported: vec![Feature::ExternalScope, Feature::SourceRanges],
-        }
+        Capabilities::all()
     }
 
-    fn set_node(&mut self, _node: &NodeAddresses) -> Result<(), DataplaneError> {
-        // Only NodePorts depend on the node's addresses, and they are refused.
+    fn set_node(&mut self, node: &NodeAddresses) -> Result<(), DataplaneError> {
+        let ips = self.addrs.node_addresses(node)?;
+        if ips == self.node_ips && self.node_applied {
+            return Ok(());
+        }
+        self.node_ips = ips;
+        self.node_applied = false;
+        // Each NodePort moves to the new addresses: virtual servers on the new ones
+        // first, then those on addresses the node lost are deleted.
+        let node_ports: Vec<VirtualService> = self
+            .held
+            .values()
+            .filter(|s| s.kind == FrontendKind::NodePort && !is_twin(s))
+            .cloned()
+            .collect();
+        for svc in &node_ports {
+            let old = self.plan_of(svc);
+            let new = plan(svc, &self.node_ips);
+            self.transition(svc, &old, &new, false)?;
+        }
+        self.node_applied = true;
         Ok(())
     }
 
     fn upsert(&mut self, svc: &VirtualService) -> Result<(), DataplaneError> {
-        let mut undo = Vec::new();
-        match self.apply(svc, &mut undo) {
-            Ok(()) => {
-                self.held.insert(svc.frontend, svc.clone());
-                Ok(())
-            }
-            Err(e) => {
-                self.roll_back(undo);
-                Err(naming(e, &svc.name))
-            }
+        if self.excluded(&svc.frontend.ip) {
+            return Err(DataplaneError::Unsupported(format!(
+                "{} is inside --ipvs-exclude-cidrs (service {})",
+                svc.frontend, svc.name
+            )));
         }
+        let previous = self.held.get(&svc.frontend);
+        let rewrite = previous.is_some_and(|p| p.name.name.is_empty());
+        let old = previous.map(|p| self.plan_of(p)).unwrap_or_default();
+        let new = plan(svc, &self.node_ips);
+        self.transition(svc, &old, &new, rewrite)?;
+        self.held.insert(svc.frontend, self.held(svc).into_owned());
+        Ok(())
     }
 
     fn remove(&mut self, frontend: &FrontendKey) -> Result<(), DataplaneError> {
@@ -393,18 +519,27 @@ where
         Ok(self.held.values().cloned().collect())
     }
 
+    fn held<'a>(&self, svc: &'a VirtualService) -> Cow<'a, VirtualService> {
+        adopt::stored(svc)
+    }
+
     fn refresh(&mut self) -> Result<(), DataplaneError> {
         // Graceful termination's second half, at each full resync (kube-proxy checks
         // every minute): a drained destination, weight 0 with no connection left,
         // goes.
-        let ids: Vec<ServiceId> = self.held.keys().map(service_id).collect();
+        let ids: Vec<ServiceId> = self
+            .held
+            .values()
+            .flat_map(|svc| self.plan_of(svc).servers)
+            .collect();
         for id in &ids {
             for dest in self.table.drained(id)? {
                 self.table.del_dest(id, &dest)?;
             }
         }
-        self.held = self.read_back()?;
-        Ok(())
+        // A set destroyed behind the agent's back (the rules need them all).
+        self.ensure_sets()?;
+        self.read_back()
     }
 }
 
@@ -416,16 +551,13 @@ fn service_id(frontend: &FrontendKey) -> ServiceId {
     }
 }
 
-fn same_endpoint(dest: &Destination, endpoint: &SocketAddr) -> bool {
-    dest.addr == endpoint.ip() && dest.port == endpoint.port()
+/// Whether `ip` is in one of `--ipvs-exclude-cidrs`.
+fn excluded(exclude: &[IpNetwork], ip: &IpAddr) -> bool {
+    exclude.iter().any(|n| n.contains(*ip))
 }
 
-fn unnamed() -> ServicePortName {
-    ServicePortName {
-        namespace: String::new(),
-        name: String::new(),
-        port: String::new(),
-    }
+fn same_endpoint(dest: &Destination, endpoint: &SocketAddr) -> bool {
+    dest.addr == endpoint.ip() && dest.port == endpoint.port()
 }
 
 /// `e`, saying which service it was about.

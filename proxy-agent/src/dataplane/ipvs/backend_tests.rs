@@ -4,12 +4,23 @@ use std::net::{IpAddr, SocketAddr};
 use super::*;
 use crate::dataplane::ipvs::fake::Fake;
 use crate::dataplane::ipvs::netlink::{self, Entry};
-use crate::model::Protocol;
+use crate::model::{Protocol, Scope, ServicePortName};
 
 type Fakes = IpvsDataplane<Fake, Fake, Fake>;
 
 fn backend(fake: &Fake) -> Fakes {
-    IpvsDataplane::new(fake.clone(), fake.clone(), fake.clone(), "rr").expect("adopting")
+    let dp = IpvsDataplane::new(
+        fake.clone(),
+        fake.clone(),
+        fake.clone(),
+        &Options::default(),
+    )
+    .expect("adopting");
+    // The sets it creates at start (see `sets_exist_from_the_start`).
+    fake.state()
+        .journal
+        .retain(|l| !l.starts_with("create_set"));
+    dp
 }
 
 fn svc(vip: &str, port: u16, backends: &[&str]) -> VirtualService {
@@ -30,6 +41,7 @@ fn svc(vip: &str, port: u16, backends: &[&str]) -> VirtualService {
         affinity_timeout_s: None,
         kind: FrontendKind::ClusterIp,
         source_ranges: Vec::new(),
+        node_local: false,
     }
 }
 
@@ -67,8 +79,10 @@ fn a_new_service_is_programmed_virtual_server_first_and_made_reachable_last() {
             "new_dest TCP 10.96.0.10:80 10.244.2.5:8080 w1",
             "create_link",
             "add_address 10.96.0.10",
-            "create_set KUBE-CLUSTER-IP",
             "add_member KUBE-CLUSTER-IP 10.96.0.10,tcp:80",
+            "add_member KUBE-IPVS-IPS 10.96.0.10",
+            "add_member KUBE-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5",
+            "add_member KUBE-LOOP-BACK 10.244.2.5,tcp:8080,10.244.2.5",
         ]
     );
     let st = fake.state();
@@ -157,8 +171,8 @@ fn an_update_adds_new_destinations_before_draining_removed_ones() {
         let updated = svc("10.96.0.10", 80, after);
         dp.upsert(&updated).expect("update");
         let mut wrote = journal(&fake);
-        // The member is re-added each time (its comment follows the name).
-        wrote.retain(|l| !l.starts_with("add_member"));
+        // The hairpin members follow the endpoints (see the tests of `plan`).
+        wrote.retain(|l| !l.contains("_member KUBE-LOOP-BACK"));
         assert_eq!(wrote, *writes, "{what}");
         assert_eq!(fake.state().dests(&id(&updated)), *held, "{what}");
     }
@@ -283,7 +297,6 @@ fn a_failing_write_leaves_the_previous_state_and_names_the_service() {
         ),
         ("new: the link", false, "create_link"),
         ("new: the address", false, "add_address"),
-        ("new: the set", false, "create_set"),
         ("new: the member", false, "add_member"),
         (
             "update: a new destination",
@@ -295,7 +308,12 @@ fn a_failing_write_leaves_the_previous_state_and_names_the_service() {
             true,
             "set_dest TCP 10.96.0.10:80 10.244.1.5:8080 w0",
         ),
-        ("update: the member", true, "add_member"),
+        ("update: a member", true, "add_member"),
+        (
+            "update: a member removed",
+            true,
+            "del_member KUBE-LOOP-BACK 10.244.1.5",
+        ),
     ];
     for (what, existing, failing) in cases {
         let fake = Fake::default();
@@ -339,10 +357,10 @@ fn programmed_round_trips_what_upsert_wrote_and_survives_a_restart() {
         affinity_timeout_s: Some(600),
         ..svc("10.96.0.11", 80, &["10.244.1.5:8080", "10.244.2.5:8080"])
     };
-    let external = VirtualService {
-        kind: FrontendKind::ExternalIp,
-        ..svc("192.0.2.10", 80, &["10.244.1.5:8080"])
-    };
+    let external = external(
+        FrontendKind::ExternalIp,
+        svc("192.0.2.10", 80, &["10.244.1.5:8080"]),
+    );
     let drained = svc("10.96.0.12", 80, &[]);
     let mut want = vec![
         udp6,
@@ -358,7 +376,6 @@ fn programmed_round_trips_what_upsert_wrote_and_survives_a_restart() {
     dp.upsert(&svc("10.96.0.12", 80, &["10.244.9.9:80"]))
         .expect("add");
     dp.upsert(&drained).expect("drain");
-    want.sort_by_key(|s| s.frontend);
     for s in &want {
         assert_eq!(
             dp.held(s).as_ref(),
@@ -366,6 +383,21 @@ fn programmed_round_trips_what_upsert_wrote_and_survives_a_restart() {
             "IPVS holds all of a supported service"
         );
     }
+    // The external address's internal twin (translation makes one) is held as
+    // nothing but its identity.
+    let twin = VirtualService {
+        frontend: FrontendKey {
+            scope: Scope::Internal,
+            ..want[2].frontend
+        },
+        ..want[2].clone()
+    };
+    dp.upsert(&twin).expect("twin");
+    want.push(VirtualService {
+        backends: Vec::new(),
+        ..twin
+    });
+    want.sort_by_key(|s| s.frontend);
     assert_eq!(dp.programmed().expect("programmed"), want);
     dp.refresh().expect("refresh");
     assert_eq!(dp.programmed().expect("after refresh"), want);
@@ -373,36 +405,244 @@ fn programmed_round_trips_what_upsert_wrote_and_survives_a_restart() {
     assert_eq!(restarted.programmed().expect("after a restart"), want);
 }
 
-#[test]
-fn what_the_backend_cannot_do_is_refused_up_front_and_at_upsert() {
-    let fake = Fake::default();
-    let mut dp = backend(&fake);
-    assert_eq!(dp.mode(), "ipvs");
-    let caps = dp.capabilities();
-    let external = VirtualService {
+/// `svc` as an external frontend of `kind`.
+fn external(kind: FrontendKind, svc: VirtualService) -> VirtualService {
+    VirtualService {
+        kind,
         frontend: FrontendKey {
             scope: Scope::External,
-            ..svc("10.96.0.10", 80, &[]).frontend
+            ..svc.frontend
         },
-        ..svc("10.96.0.10", 80, &[])
-    };
-    let ranges = VirtualService {
-        source_ranges: vec!["192.0.2.0/24".parse().expect("cidr")],
-        ..svc("10.96.0.10", 80, &[])
-    };
-    assert_eq!(caps.missing(&external), Some(Feature::ExternalScope));
-    assert_eq!(caps.missing(&ranges), Some(Feature::SourceRanges));
-    assert_eq!(caps.missing(&svc("10.96.0.10", 80, &[])), None);
-    let node_port = VirtualService {
-        kind: FrontendKind::NodePort,
-        ..svc("0.0.0.0", 30080, &[])
-    };
-    for refused in [external, ranges, node_port] {
-        let err = dp.upsert(&refused).expect_err("refused");
-        assert!(matches!(err, DataplaneError::Unsupported(_)), "{err}");
-        assert!(err.to_string().contains("default/web:http"), "{err}");
+        ..svc
     }
-    assert!(journal(&fake).is_empty(), "nothing written");
+}
+
+fn node_port(port: u16, backends: &[&str]) -> VirtualService {
+    external(FrontendKind::NodePort, svc("0.0.0.0", port, backends))
+}
+
+fn members(fake: &Fake, set: &str) -> Vec<String> {
+    let st = fake.state();
+    let mut out: Vec<String> = st
+        .sets
+        .get(set)
+        .map(|m| m.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn servers(fake: &Fake) -> Vec<String> {
+    fake.state()
+        .services
+        .keys()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn every_set_exists_from_the_start_and_the_backend_refuses_nothing() {
+    let fake = Fake::default();
+    let dp = backend(&fake);
+    assert_eq!(dp.mode(), "ipvs");
+    assert_eq!(dp.capabilities(), Capabilities::all());
+    let st = fake.state();
+    for name in sets::all() {
+        assert!(st.sets.contains_key(&name), "{name} created at start");
+    }
+}
+
+#[test]
+fn a_node_port_is_served_on_each_node_address_and_follows_them() {
+    let fake = Fake::default();
+    fake.state().node_ips = vec![
+        "192.168.1.2".parse().expect("ip"),
+        "10.0.0.2".parse().expect("ip"),
+        "fd00::2".parse().expect("ip"),
+    ];
+    let mut dp = backend(&fake);
+    let node = NodeAddresses {
+        nodeport_addresses: crate::model::NodePortAddresses::Primary,
+        node_ips: Vec::new(),
+    };
+    dp.set_node(&node).expect("node");
+    let mut np = node_port(30080, &["10.244.1.5:8080"]);
+    np.node_local = true;
+    dp.upsert(&np).expect("upsert");
+    // Its internal twin programs nothing: IPVS has one server per address and port.
+    let twin = VirtualService {
+        frontend: FrontendKey {
+            scope: Scope::Internal,
+            ..np.frontend
+        },
+        ..np.clone()
+    };
+    journal(&fake);
+    dp.upsert(&twin).expect("twin");
+    assert!(journal(&fake).is_empty(), "the twin writes nothing");
+    assert_eq!(
+        servers(&fake),
+        ["TCP 10.0.0.2:30080", "TCP 192.168.1.2:30080"]
+    );
+    assert!(fake.state().addrs.is_empty(), "no VIP for a NodePort");
+    assert_eq!(members(&fake, "KUBE-NODE-PORT-TCP"), ["30080"]);
+    assert_eq!(members(&fake, "KUBE-NODE-PORT-LOCAL-TCP"), ["30080"]);
+    assert_eq!(
+        members(&fake, "KUBE-LOOP-BACK"),
+        ["10.244.1.5,tcp:8080,10.244.1.5"]
+    );
+
+    // The node loses an address and gains one: the server moves, new one first.
+    fake.state().node_ips = vec![
+        "192.168.1.2".parse().expect("ip"),
+        "10.0.0.3".parse().expect("ip"),
+    ];
+    dp.set_node(&node).expect("node changed");
+    assert_eq!(
+        servers(&fake),
+        ["TCP 10.0.0.3:30080", "TCP 192.168.1.2:30080"]
+    );
+    let lines = journal(&fake);
+    let new_at = lines
+        .iter()
+        .position(|l| l == "new_service TCP 10.0.0.3:30080");
+    let del_at = lines
+        .iter()
+        .position(|l| l == "del_service TCP 10.0.0.2:30080");
+    assert!(new_at < del_at && del_at.is_some(), "{lines:?}");
+
+    // Round trip: a restarted backend reads the same frontends, twin included.
+    let want = vec![dp.held(&twin).into_owned(), np.clone()];
+    let mut restarted = backend(&fake);
+    assert_eq!(restarted.programmed().expect("programmed"), want);
+    restarted.set_node(&node).expect("node");
+    journal(&fake);
+    restarted.upsert(&np).expect("unchanged");
+    assert!(journal(&fake).is_empty(), "nothing to rewrite");
+
+    // ETP Cluster now: out of the -LOCAL set only.
+    np.node_local = false;
+    dp.upsert(&np).expect("policy change");
+    assert!(members(&fake, "KUBE-NODE-PORT-LOCAL-TCP").is_empty());
+    dp.remove(&np.frontend).expect("remove");
+    dp.remove(&twin.frontend).expect("remove twin");
+    assert!(servers(&fake).is_empty());
+    assert!(members(&fake, "KUBE-NODE-PORT-TCP").is_empty());
+    assert!(members(&fake, "KUBE-LOOP-BACK").is_empty());
+}
+
+#[test]
+fn a_load_balancer_with_source_ranges_fills_its_sets_and_reads_back_whole() {
+    let fake = Fake::default();
+    let mut dp = backend(&fake);
+    let mut lb = external(
+        FrontendKind::LoadBalancer,
+        svc("192.0.2.10", 80, &["10.244.1.5:8080"]),
+    );
+    lb.node_local = true;
+    lb.source_ranges = vec![
+        "203.0.113.7/32".parse().expect("cidr"),
+        "198.51.100.0/24".parse().expect("cidr"),
+    ];
+    dp.upsert(&lb).expect("upsert");
+    assert_eq!(
+        members(&fake, "KUBE-LOAD-BALANCER-SOURCE-CIDR"),
+        ["192.0.2.10,tcp:80,198.51.100.0/24"]
+    );
+    assert_eq!(
+        members(&fake, "KUBE-LOAD-BALANCER-SOURCE-IP"),
+        ["192.0.2.10,tcp:80,203.0.113.7"]
+    );
+    for set in [
+        "KUBE-LOAD-BALANCER",
+        "KUBE-LOAD-BALANCER-LOCAL",
+        "KUBE-LOAD-BALANCER-FW",
+    ] {
+        assert_eq!(members(&fake, set), ["192.0.2.10,tcp:80"], "{set}");
+    }
+    assert_eq!(members(&fake, "KUBE-IPVS-IPS"), ["192.0.2.10"]);
+    let held = dp.held(&lb).into_owned();
+    let twin = VirtualService {
+        frontend: FrontendKey {
+            scope: Scope::Internal,
+            ..lb.frontend
+        },
+        backends: Vec::new(),
+        source_ranges: Vec::new(),
+        node_local: false,
+        ..lb.clone()
+    };
+    assert_eq!(
+        backend(&fake).programmed().expect("read back"),
+        [twin, held]
+    );
+
+    // A range removed goes from its set; the others stay.
+    lb.source_ranges.truncate(1);
+    dp.upsert(&lb).expect("one range less");
+    assert!(members(&fake, "KUBE-LOAD-BALANCER-SOURCE-CIDR").is_empty());
+    assert_eq!(members(&fake, "KUBE-LOAD-BALANCER-SOURCE-IP").len(), 1);
+}
+
+#[test]
+fn shared_members_and_vips_go_with_their_last_user() {
+    let fake = Fake::default();
+    let mut dp = backend(&fake);
+    let http = svc("10.96.0.10", 80, &["10.244.1.5:8080"]);
+    let other_port = svc("10.96.0.10", 81, &["10.244.1.5:8080"]);
+    dp.upsert(&http).expect("http");
+    dp.upsert(&other_port).expect("81");
+    dp.remove(&http.frontend).expect("remove http");
+    assert_eq!(fake.state().addrs.len(), 1, "the VIP stays for :81");
+    assert_eq!(members(&fake, "KUBE-IPVS-IPS"), ["10.96.0.10"]);
+    assert_eq!(
+        members(&fake, "KUBE-LOOP-BACK").len(),
+        1,
+        "the hairpin stays"
+    );
+    dp.remove(&other_port.frontend).expect("remove 81");
+    assert!(fake.state().addrs.is_empty());
+    assert!(members(&fake, "KUBE-IPVS-IPS").is_empty());
+    assert!(members(&fake, "KUBE-LOOP-BACK").is_empty());
+}
+
+#[test]
+fn a_missing_member_reads_as_drift_and_the_next_upsert_writes_it_again() {
+    let fake = Fake::default();
+    let mut dp = backend(&fake);
+    let web = svc("10.96.0.10", 80, &["10.244.1.5:8080"]);
+    dp.upsert(&web).expect("upsert");
+    fake.state()
+        .sets
+        .get_mut("KUBE-LOOP-BACK")
+        .expect("set")
+        .clear();
+    dp.refresh().expect("refresh");
+    assert_ne!(
+        dp.programmed().expect("held"),
+        std::slice::from_ref(&web),
+        "drift"
+    );
+    dp.upsert(&web).expect("repair");
+    assert_eq!(members(&fake, "KUBE-LOOP-BACK").len(), 1);
+    dp.refresh().expect("refresh");
+    assert_eq!(dp.programmed().expect("held"), [web]);
+}
+
+#[test]
+fn virtual_servers_inside_the_exclude_cidrs_are_never_adopted_nor_written() {
+    let fake = Fake::default();
+    let theirs = svc("10.200.0.1", 80, &["10.244.9.9:80"]);
+    backend(&fake).upsert(&theirs).expect("someone else's");
+    let options = Options {
+        exclude_cidrs: vec!["10.200.0.0/16".parse().expect("cidr")],
+        ..Options::default()
+    };
+    let mut dp =
+        IpvsDataplane::new(fake.clone(), fake.clone(), fake.clone(), &options).expect("adopting");
+    assert!(dp.programmed().expect("held").is_empty(), "not adopted");
+    let err = dp.upsert(&theirs).expect_err("refused");
+    assert!(err.to_string().contains("--ipvs-exclude-cidrs"), "{err}");
 }
 
 #[test]
@@ -410,7 +650,11 @@ fn a_virtual_server_with_another_scheduler_reads_as_drift_and_is_rewritten() {
     let fake = Fake::default();
     let web = svc("10.96.0.10", 80, &["10.244.1.5:8080"]);
     backend(&fake).upsert(&web).expect("upsert with rr");
-    let mut dp = IpvsDataplane::new(fake.clone(), fake.clone(), fake.clone(), "wlc")
+    let options = Options {
+        scheduler: "wlc".into(),
+        ..Options::default()
+    };
+    let mut dp = IpvsDataplane::new(fake.clone(), fake.clone(), fake.clone(), &options)
         .expect("restarted with wlc");
     let held = dp.programmed().expect("programmed");
     assert_eq!(held.len(), 1);

@@ -43,10 +43,10 @@ pub fn cleanup(link: &str) -> Result<Removed, DataplaneError> {
     }
     match Ipset::open() {
         Ok(mut ipset) => {
-            for (_, name) in sets::all() {
-                if ipset.list(name)?.is_some() {
-                    ipset.destroy(name)?;
-                    removed.sets.push(name.to_owned());
+            for name in sets::all() {
+                if ipset.list(&name)?.is_some() {
+                    ipset.destroy(&name)?;
+                    removed.sets.push(name);
                 }
             }
         }

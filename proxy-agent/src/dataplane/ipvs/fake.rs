@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::kernel::{IpvsTable, SetTable, VipAddresses};
 use super::netlink::{Destination, Entry, Service, ServiceId, SetSpec};
 use crate::dataplane::DataplaneError;
+use crate::model::NodeAddresses;
 
 /// What the fake kernel holds.
 #[derive(Debug, Default)]
@@ -24,6 +25,8 @@ pub struct State {
     pub fail: Option<String>,
     /// Destinations (`addr:port`) that still have connections.
     pub busy: BTreeSet<SocketAddr>,
+    /// What `node_addresses` finds.
+    pub node_ips: Vec<IpAddr>,
 }
 
 impl State {
@@ -240,5 +243,9 @@ impl VipAddresses for Fake {
         st.write(format!("del_address {ip}"))?;
         st.addrs.remove(&ip);
         Ok(())
+    }
+
+    fn node_addresses(&mut self, _node: &NodeAddresses) -> Result<Vec<IpAddr>, DataplaneError> {
+        Ok(self.state().node_ips.clone())
     }
 }

@@ -13,6 +13,7 @@ use super::netlink::{
     Destination, Entry, Ipset, IpsetErrno, IpsetError, Ipvs, IpvsError, Service, ServiceId, SetSpec,
 };
 use crate::dataplane::DataplaneError;
+use crate::model::NodeAddresses;
 
 /// The IPVS virtual servers and their real servers.
 pub trait IpvsTable {
@@ -62,6 +63,9 @@ pub trait VipAddresses {
     fn add(&mut self, ip: IpAddr) -> Result<(), DataplaneError>;
     /// Removes an address; absent is fine.
     fn del(&mut self, ip: IpAddr) -> Result<(), DataplaneError>;
+    /// The addresses NodePorts are served on, as `--nodeport-addresses` selects them
+    /// among this namespace's interfaces, the dummy interface's own excepted.
+    fn node_addresses(&mut self, node: &NodeAddresses) -> Result<Vec<IpAddr>, DataplaneError>;
 }
 
 impl IpvsTable for Ipvs {

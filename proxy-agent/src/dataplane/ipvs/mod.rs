@@ -7,12 +7,14 @@
 //! what it leaves.
 
 pub mod addresses;
+pub mod adopt;
 pub mod backend;
 pub mod cleanup;
 #[cfg(test)]
 mod fake;
 pub mod kernel;
 pub mod netlink;
+pub mod plan;
 pub mod sets;
 pub mod sysctl;
 mod undo;

@@ -1,15 +1,11 @@
-//! Which ipset holds a frontend, and the member that stands for it: kube-proxy's
-//! `hash:ip,port` sets of `vip,proto:port`, one per frontend kind and family, each
-//! member commented with the service port's name (`ns/name:port`), which is how the
-//! backend recovers names after a restart (IPVS itself stores none).
-//!
-//! The sets are for the netfilter rules (masquerading, dropping unknown ports) that
-//! later work adds; the backend keeps them exact already.
+//! kube-proxy's ipsets of the IPVS mode, which its constant netfilter rules match
+//! (masquerading, source ranges, rejecting unknown ports): their names, types and
+//! what they hold. The members naming a frontend carry the service port's name as
+//! comment (`ns/name:port`), which is how the backend recovers names after a restart
+//! (IPVS itself stores none). Which members a frontend has: [`super::plan`].
 
-use std::net::IpAddr;
-
-use super::netlink::{self, Entry, SetFamily, SetSpec, SetType};
-use crate::model::{FrontendKey, FrontendKind, Protocol, ServicePortName};
+use super::netlink::{self, SetFamily, SetSpec, SetType};
+use crate::model::{Protocol, ServicePortName};
 
 /// One of the ipsets kube-proxy's IPVS mode keeps, which the netfilter rules match.
 /// Named as kube-proxy names them: [`KubeSet::name`] in IPv4, with `KUBE-6-` instead of
@@ -25,10 +21,13 @@ pub struct KubeSet {
 }
 
 impl KubeSet {
-    /// The set's name in `ip`'s family.
+    /// The set's name in the family: as kube-proxy names them, truncated to the 31
+    /// bytes an ipset name may have (`KUBE-6-LOAD-BALANCER-SOURCE-CID`).
     pub fn name_for(&self, v6: bool) -> String {
         if v6 {
-            self.name.replacen("KUBE-", "KUBE-6-", 1)
+            let mut name = self.name.replacen("KUBE-", "KUBE-6-", 1);
+            name.truncate(31);
+            name
         } else {
             self.name.to_owned()
         }
@@ -161,43 +160,11 @@ pub const KUBE_SETS: [KubeSet; 15] = [
     IPVS_IPS,
 ];
 
-/// The kinds with a set, and its IPv4 and IPv6 names (kube-proxy's).
-pub const SETS: [(FrontendKind, &str, &str); 3] = [
-    (
-        FrontendKind::ClusterIp,
-        "KUBE-CLUSTER-IP",
-        "KUBE-6-CLUSTER-IP",
-    ),
-    (
-        FrontendKind::ExternalIp,
-        "KUBE-EXTERNAL-IP",
-        "KUBE-6-EXTERNAL-IP",
-    ),
-    (
-        FrontendKind::LoadBalancer,
-        "KUBE-LOAD-BALANCER",
-        "KUBE-6-LOAD-BALANCER",
-    ),
-];
-
-/// The set of frontends of `kind` in `ip`'s family; `None` for a NodePort.
-pub fn spec(kind: FrontendKind, ip: IpAddr) -> Option<SetSpec> {
-    let (_, v4, v6) = SETS.iter().find(|(k, _, _)| *k == kind)?;
-    Some(if ip.is_ipv4() {
-        SetSpec::new(v4, SetType::HashIpPort, SetFamily::Inet)
-    } else {
-        SetSpec::new(v6, SetType::HashIpPort, SetFamily::Inet6)
-    })
-}
-
-/// Every set name with its kind.
-pub fn all() -> impl Iterator<Item = (FrontendKind, &'static str)> {
-    SETS.iter().flat_map(|(k, v4, v6)| [(*k, *v4), (*k, *v6)])
-}
-
-/// The member for `frontend` (without a comment).
-pub fn member(frontend: &FrontendKey) -> Entry {
-    Entry::ip_port(frontend.ip, ipvs_protocol(frontend.protocol), frontend.port)
+/// Every set name of this mode, both families.
+pub fn all() -> impl Iterator<Item = String> {
+    KUBE_SETS
+        .iter()
+        .flat_map(|set| [set.name_for(false), set.name_for(true)])
 }
 
 /// The IPVS (and ipset) protocol of a model protocol.
@@ -249,19 +216,20 @@ mod tests {
     }
 
     #[test]
-    fn each_kind_and_family_has_its_set_and_node_ports_none() {
-        let v4: IpAddr = "10.96.0.10".parse().expect("ip");
-        let v6: IpAddr = "fd00::10".parse().expect("ip");
-        let name = |kind, ip| spec(kind, ip).map(|s| (s.name, s.family));
+    fn every_set_has_an_ipv4_and_an_ipv6_name_as_kube_proxy_s() {
+        assert_eq!(CLUSTER_IP.name_for(true), "KUBE-6-CLUSTER-IP");
         assert_eq!(
-            name(FrontendKind::ClusterIp, v4),
-            Some(("KUBE-CLUSTER-IP".into(), SetFamily::Inet))
+            LOAD_BALANCER_SOURCE_CIDR.name_for(true),
+            "KUBE-6-LOAD-BALANCER-SOURCE-CID"
         );
         assert_eq!(
-            name(FrontendKind::LoadBalancer, v6),
-            Some(("KUBE-6-LOAD-BALANCER".into(), SetFamily::Inet6))
+            NODE_PORT_LOCAL_TCP.spec(true).family,
+            SetFamily::Unspec,
+            "bitmap:port has no family"
         );
-        assert_eq!(name(FrontendKind::NodePort, v4), None);
-        assert_eq!(all().count(), 6);
+        assert_eq!(LOAD_BALANCER.spec(true).family, SetFamily::Inet6);
+        let names: Vec<String> = all().collect();
+        assert_eq!(names.len(), 2 * KUBE_SETS.len());
+        assert!(names.iter().all(|n| n.len() <= 31), "ipset names fit");
     }
 }

@@ -25,6 +25,12 @@ pub enum Undo {
     DelAddress(IpAddr),
     /// A new ipset member: the set's name and the member.
     DelMember(String, Entry),
+    /// A deleted virtual server, with its destinations.
+    NewService(Service, Vec<Destination>),
+    /// A deleted ipset member.
+    AddMember(String, Entry),
+    /// A deleted VIP.
+    AddAddress(IpAddr),
 }
 
 impl Undo {
@@ -43,6 +49,15 @@ impl Undo {
             Undo::SetDest(id, old) => table.set_dest(id, old),
             Undo::DelAddress(ip) => addrs.del(*ip),
             Undo::DelMember(set, entry) => sets.del(set, entry),
+            Undo::NewService(svc, dests) => {
+                table.new_service(svc)?;
+                dests.iter().try_for_each(|d| table.new_dest(&svc.id, d))
+            }
+            Undo::AddMember(set, entry) => sets.add(set, entry),
+            Undo::AddAddress(ip) => {
+                addrs.ensure_link()?;
+                addrs.add(*ip)
+            }
         }
     }
 }
@@ -70,6 +85,9 @@ impl fmt::Display for Undo {
             ),
             Undo::DelAddress(ip) => write!(f, "remove address {ip}"),
             Undo::DelMember(set, e) => write!(f, "delete {e} from {set}"),
+            Undo::NewService(svc, _) => write!(f, "restore deleted service {}", svc.id),
+            Undo::AddMember(set, e) => write!(f, "restore {e} in {set}"),
+            Undo::AddAddress(ip) => write!(f, "restore address {ip}"),
         }
     }
 }

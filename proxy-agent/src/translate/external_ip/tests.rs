@@ -14,9 +14,9 @@ fn external_ips_are_served_in_both_scopes_with_the_service_port() {
         [
             "10.96.0.10:80/TCP ClusterIP -> 10.244.0.11:8080 10.244.1.12:8080",
             "192.0.2.10:80/TCP ExternalIP -> 10.244.0.11:8080 10.244.1.12:8080",
-            "192.0.2.10:80/TCP (external) ExternalIP -> 10.244.0.11:8080",
+            "192.0.2.10:80/TCP (external) ExternalIP (local) -> 10.244.0.11:8080",
             "192.0.2.11:80/TCP ExternalIP -> 10.244.0.11:8080 10.244.1.12:8080",
-            "192.0.2.11:80/TCP (external) ExternalIP -> 10.244.0.11:8080",
+            "192.0.2.11:80/TCP (external) ExternalIP (local) -> 10.244.0.11:8080",
         ]
     );
 }

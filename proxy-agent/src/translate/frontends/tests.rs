@@ -17,7 +17,7 @@ fn external_policy_local_narrows_only_external_frontends_to_this_node() {
         [
             // In-cluster clients short-circuit to every endpoint, as in kube-proxy.
             "*:30080/TCP NodePort -> 10.244.0.11:8080 10.244.1.12:8080",
-            "*:30080/TCP (external) NodePort -> 10.244.0.11:8080",
+            "*:30080/TCP (external) NodePort (local) -> 10.244.0.11:8080",
             "10.96.0.10:80/TCP ClusterIP -> 10.244.0.11:8080 10.244.1.12:8080",
         ]
     );
@@ -80,7 +80,7 @@ fn internal_policy_local_applies_to_the_cluster_ip_only() {
         [
             "*:30080/TCP NodePort -> 10.244.0.11:8080 10.244.1.12:8080",
             "*:30080/TCP (external) NodePort -> 10.244.0.11:8080 10.244.1.12:8080",
-            "10.96.0.10:80/TCP ClusterIP -> 10.244.0.11:8080",
+            "10.96.0.10:80/TCP ClusterIP (local) -> 10.244.0.11:8080",
         ]
     );
 }
@@ -212,7 +212,7 @@ fn an_external_ip_equal_to_the_services_own_cluster_ip_is_served_once() {
     assert_eq!(
         table(&t),
         [
-            "10.96.0.10:80/TCP ClusterIP -> 10.244.0.11:8080",
+            "10.96.0.10:80/TCP ClusterIP (local) -> 10.244.0.11:8080",
             "10.96.0.10:80/TCP (external) ExternalIP -> 10.244.0.11:8080 10.244.1.12:8080",
         ]
     );

@@ -14,10 +14,10 @@ fn load_balancer_ips_are_served_in_both_scopes() {
         table(&t),
         [
             "*:30080/TCP NodePort -> 10.244.0.11:8080 10.244.1.12:8080",
-            "*:30080/TCP (external) NodePort -> 10.244.0.11:8080",
+            "*:30080/TCP (external) NodePort (local) -> 10.244.0.11:8080",
             "10.96.0.10:80/TCP ClusterIP -> 10.244.0.11:8080 10.244.1.12:8080",
             "192.0.2.100:80/TCP LoadBalancer -> 10.244.0.11:8080 10.244.1.12:8080",
-            "192.0.2.100:80/TCP (external) LoadBalancer -> 10.244.0.11:8080",
+            "192.0.2.100:80/TCP (external) LoadBalancer (local) -> 10.244.0.11:8080",
         ]
     );
 }

@@ -36,6 +36,7 @@ fn a_cluster_ip_service_balances_over_its_ready_endpoints() {
             affinity_timeout_s: None,
             kind: FrontendKind::ClusterIp,
             source_ranges: Vec::new(),
+            node_local: false,
         }
     );
     assert_eq!(frontends(&t), [WEB]);

@@ -20,6 +20,7 @@ fn svc(port: u16, backends: &[&str]) -> VirtualService {
         affinity_timeout_s: None,
         kind: FrontendKind::ClusterIp,
         source_ranges: Vec::new(),
+        node_local: false,
     }
 }
 
