@@ -12,6 +12,7 @@ mod cpio;
 mod guest;
 mod init;
 mod initramfs;
+mod iptables;
 mod qemu;
 mod vmlinux;
 
