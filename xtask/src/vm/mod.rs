@@ -69,6 +69,14 @@ pub const BINARIES: &[VmBinary] = &[
         name: "vm_ipvs_backend",
         args: &[],
     },
+    // The IPVS mode's netfilter rules through the host's iptables: applied once however
+    // often applied, removed without a trace, refusing VIP ports no service has.
+    VmBinary {
+        package: "proxy-agent",
+        kind: Kind::Test,
+        name: "vm_rules",
+        args: &[],
+    },
 ];
 
 /// How to run.
