@@ -43,7 +43,8 @@ pub const LOAD_BALANCER: &str = "KUBE-LOAD-BALANCER";
 pub const MARK_MASQ: &str = "KUBE-MARK-MASQ";
 /// nat: ClusterIP traffic from outside several cluster CIDRs of one family is marked
 /// (one CIDR fits in a single `! -s` rule; more need a chain). Not a kube-proxy chain:
-/// declared only when used.
+/// declared only when used (left unreferenced if the CIDRs change back, until
+/// removal, which always looks for it).
 pub const CLUSTER_IP_MASQ: &str = "KUBE-CLUSTER-IP-MASQ";
 /// filter: accepts marked and established forwarded traffic.
 pub const FORWARD: &str = "KUBE-FORWARD";
