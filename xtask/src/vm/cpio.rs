@@ -133,11 +133,11 @@ fn clean(path: &str) -> Result<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// (name, mode, rdev major, data) of every entry, read back from an archive.
-    fn entries(mut a: &[u8]) -> Vec<(String, u32, u32, Vec<u8>)> {
+    pub(in crate::vm) fn entries(mut a: &[u8]) -> Vec<(String, u32, u32, Vec<u8>)> {
         let field = |h: &[u8], i: usize| {
             let s = std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).expect("ascii");
             u32::from_str_radix(s, 16).expect("hex")

@@ -3,7 +3,8 @@
 //!
 //! - the base, built once per guest kernel and cached: busybox and its applet links, the
 //!   kernel modules the proxy's IPVS mode needs with their dependencies and a module
-//!   index made by `depmod`, and the host's core glibc libraries;
+//!   index made by `depmod`, the host's core glibc libraries, and the host's iptables
+//!   (see [`super::iptables`]);
 //! - a small per-run archive: `/init`, the test binaries, and any further shared library
 //!   they link (found with `ldd`).
 //!
@@ -20,6 +21,7 @@ use anyhow::{Context, Result, bail};
 
 use super::cpio::Writer;
 use super::guest::output;
+use super::iptables::Tools;
 use crate::display;
 
 /// Kernel modules, in the order `/init` loads them (each with its dependencies).
@@ -70,6 +72,12 @@ pub const MODULES: &[&str] = &[
     "xt_statistic",
     "iptable_nat",
     "iptable_filter",
+    // REJECT of the IPVS filter rules (VIP ports no service has): the xtables targets
+    // iptables-nft runs through nft_compat, and nft's own in case it translates them.
+    "ipt_REJECT",
+    "ip6t_REJECT",
+    "nft_reject_ipv4",
+    "nft_reject_ipv6",
     // ipset and the set types kube-proxy creates.
     "ip_set",
     "ip_set_hash_ip",
@@ -95,7 +103,8 @@ const BASE_LIBS: &[&str] = &[
 ];
 
 /// Bump when the base's content changes in a way the key cannot see (this file).
-const BASE_FORMAT: u32 = 1;
+/// 2: the host's iptables.
+const BASE_FORMAT: u32 = 2;
 
 /// What the cached base was built from: when it differs, the base is rebuilt.
 pub fn base_key(debs: &[&Path]) -> Result<String> {
@@ -106,14 +115,18 @@ pub fn base_key(debs: &[&Path]) -> Result<String> {
     for lib in BASE_LIBS {
         // A glibc upgrade on the host changes the libraries' size or time.
         let meta = fs::metadata(lib).with_context(|| format!("reading {lib}"))?;
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
-        key += &format!("lib {lib} {} {mtime}\n", meta.len());
+        key += &format!("lib {lib} {} {}\n", meta.len(), mtime(&meta));
     }
+    key += &Tools::host().key()?;
     Ok(key)
+}
+
+/// A file's modification time in seconds (0 if unknown).
+pub(super) fn mtime(meta: &fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Builds the base archive at `out` from the unpacked kernel and busybox packages in
@@ -166,6 +179,8 @@ pub fn build_base(root: &Path, kernel_version: &str, out: &Path) -> Result<()> {
     for lib in BASE_LIBS {
         add_host_file(&mut w, Path::new(lib))?;
     }
+    let libs = Tools::host().add(&mut w, BASE_LIBS)?;
+    println!("vm-test: base initramfs: the host's iptables, with {libs} more libraries");
     w.finish()?
         .into_inner()
         .map_err(|e| e.into_error())
@@ -195,7 +210,7 @@ pub fn write_run(
     for (name, binary) in binaries {
         let data = without_debug_info(binary, out)?;
         w.file(&format!("tests/{name}"), 0o755, &data)?;
-        libs.extend(shared_libraries(binary)?);
+        libs.extend(shared_libraries(std::slice::from_ref(binary))?);
     }
     for lib in libs.iter().filter(|l| !BASE_LIBS.contains(&l.as_str())) {
         add_host_file(&mut w, Path::new(lib))?;
@@ -334,15 +349,16 @@ fn add_tree<W: Write>(w: &mut Writer<W>, base: &Path, rel: &Path) -> Result<()> 
 }
 
 /// A host file at the same path in the image (its content, through any symlink).
-fn add_host_file<W: Write>(w: &mut Writer<W>, path: &Path) -> Result<()> {
+pub(super) fn add_host_file<W: Write>(w: &mut Writer<W>, path: &Path) -> Result<()> {
     let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     w.file(&path.to_string_lossy(), 0o755, &data)
 }
 
-/// The shared libraries `binary` loads, as `ldd` resolves them on this host.
-fn shared_libraries(binary: &Path) -> Result<Vec<String>> {
+/// The shared libraries `binaries` load, as `ldd` resolves them on this host (one
+/// `ldd` for all: it takes a few milliseconds per file), each once.
+pub(super) fn shared_libraries(binaries: &[PathBuf]) -> Result<Vec<String>> {
     let mut cmd = Command::new("ldd");
-    cmd.arg(binary);
+    cmd.args(binaries);
     let out = cmd
         .output()
         .with_context(|| format!("starting `{}`", display(&cmd)))?;
@@ -356,14 +372,23 @@ fn shared_libraries(binary: &Path) -> Result<Vec<String>> {
         }
         bail!("`{}` failed: {}", display(&cmd), stdout.trim());
     }
-    parse_ldd(&stdout).with_context(|| format!("libraries of {}", binary.display()))
+    let mut libs =
+        parse_ldd(&stdout).with_context(|| format!("libraries of `{}`", display(&cmd)))?;
+    let mut seen = HashSet::new();
+    libs.retain(|l| seen.insert(l.clone()));
+    Ok(libs)
 }
 
 /// Library paths from `ldd` output lines: `libc.so.6 => /lib/.../libc.so.6 (0x...)`,
-/// `/lib64/ld-linux-x86-64.so.2 (0x...)`; the vDSO has no file.
+/// `/lib64/ld-linux-x86-64.so.2 (0x...)`; the vDSO has no file. With several files,
+/// each one's list follows a `/path/of/file:` line, which names no library.
 fn parse_ldd(stdout: &str) -> Result<Vec<String>> {
     let mut libs = Vec::new();
-    for line in stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    for line in stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.ends_with(':'))
+    {
         let target = line.split_once("=>").map_or(line, |(_, t)| t.trim());
         if target.starts_with("not found") {
             bail!("missing shared library: {line}");
@@ -419,5 +444,37 @@ mod tests {
             ]
         );
         assert!(parse_ldd("\tlibfoo.so.1 => not found\n").is_err());
+    }
+
+    #[test]
+    fn ldd_output_for_several_files_skips_their_headers() {
+        let out = "/usr/sbin/xtables-nft-multi:\n\
+                   \tlibxtables.so.12 => /lib/x86_64-linux-gnu/libxtables.so.12 (0x7f1d)\n\
+                   /usr/lib/x86_64-linux-gnu/xtables/libxt_set.so:\n\
+                   \tlibxtables.so.12 => /lib/x86_64-linux-gnu/libxtables.so.12 (0x7f3e)\n";
+        assert_eq!(
+            parse_ldd(out).expect("parses"),
+            [
+                "/lib/x86_64-linux-gnu/libxtables.so.12",
+                "/lib/x86_64-linux-gnu/libxtables.so.12"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_ipvs_rules_modules_are_loaded() {
+        for m in [
+            "xt_set",
+            "xt_mark",
+            "xt_conntrack",
+            "xt_comment",
+            "xt_addrtype",
+            "xt_MASQUERADE",
+            "xt_physdev",
+            "ipt_REJECT",
+            "ip6t_REJECT",
+        ] {
+            assert!(MODULES.contains(&m), "{m}");
+        }
     }
 }

@@ -12,6 +12,7 @@ mod cpio;
 mod guest;
 mod init;
 mod initramfs;
+mod iptables;
 mod qemu;
 mod vmlinux;
 
@@ -66,6 +67,14 @@ pub const BINARIES: &[VmBinary] = &[
         package: "proxy-agent",
         kind: Kind::Test,
         name: "vm_ipvs_backend",
+        args: &[],
+    },
+    // The IPVS mode's netfilter rules through the host's iptables: applied once however
+    // often applied, removed without a trace, refusing VIP ports no service has.
+    VmBinary {
+        package: "proxy-agent",
+        kind: Kind::Test,
+        name: "vm_rules",
         args: &[],
     },
 ];

@@ -1,7 +1,8 @@
 //! The IPVS backend (kube-proxy's IPVS mode): [`IpvsDataplane`] over its kernel
 //! interface, IPVS virtual servers over generic netlink and ipsets over nfnetlink,
-//! spoken directly (no `ipvsadm`, no `ipset` binary), and the VIPs on a dummy
-//! interface over rtnetlink.
+//! spoken directly (no `ipvsadm`, no `ipset` binary), the VIPs on a dummy
+//! interface over rtnetlink, and kube-proxy's constant netfilter rules through
+//! `iptables-restore` (see [`rules`]).
 //!
 //! `--proxy-mode=ipvs` builds it with [`IpvsDataplane::open`]; [`cleanup`] removes
 //! what it leaves.
@@ -15,6 +16,7 @@ mod fake;
 pub mod kernel;
 pub mod netlink;
 pub mod plan;
+pub mod rules;
 pub mod sets;
 pub mod sysctl;
 mod undo;
