@@ -110,10 +110,25 @@ pub struct IpvsDataplane<T = Ipvs, S = Ipset, A = DummyLink> {
 impl IpvsDataplane {
     /// Opens IPVS, ipset and rtnetlink in the calling thread's network namespace and
     /// adopts what the kernel already holds.
+    ///
+    /// Both modules are looked for before anything is changed; a kernel without one
+    /// is told which ([`DataplaneError::Unavailable`]), with the mode that needs
+    /// neither.
     pub fn open(options: &Options) -> Result<Self, DataplaneError> {
-        let table = Ipvs::open()?;
-        sysctl::apply()?;
-        let sets = Ipset::open()?;
+        let or_ebpf = |e: DataplaneError| match e {
+            DataplaneError::Unavailable(what) => {
+                DataplaneError::Unavailable(format!("{what} or use --proxy-mode=ebpf"))
+            }
+            e => e,
+        };
+        let mut table = Ipvs::open().map_err(|e| or_ebpf(e.into()))?;
+        let sets = Ipset::open().map_err(|e| or_ebpf(e.into()))?;
+        sysctl::apply(&sysctl::Settings {
+            strict_arp: options.strict_arp,
+            // The INVALID drop rule is left out exactly when conntrack is liberal.
+            tcp_be_liberal: !options.rules.drop_invalid,
+        })?;
+        super::timeouts::apply(&mut table, &options.timeouts)?;
         let addrs = DummyLink::open(&options.link)?;
         IpvsDataplane::new(table, sets, addrs, &options.scheduler)
     }

@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod netlink;
 pub mod sets;
 pub mod sysctl;
+pub mod timeouts;
 mod undo;
 
 pub use backend::{DEFAULT_SCHEDULER, IpvsDataplane, Options, RuleOptions, Timeouts};
