@@ -5,6 +5,7 @@ pub mod ebpf;
 #[cfg(test)]
 pub mod fake;
 pub mod ipvs;
+pub mod listing;
 pub mod netdev;
 pub mod nlsocket;
 

@@ -4,13 +4,14 @@
 //! interface over rtnetlink.
 //!
 //! `--proxy-mode=ipvs` builds it with [`IpvsDataplane::open`]; [`cleanup`] removes
-//! what it leaves.
+//! what it leaves; [`inspect`] reads it back for `proxyctl`.
 
 pub mod addresses;
 pub mod backend;
 pub mod cleanup;
 #[cfg(test)]
 mod fake;
+pub mod inspect;
 pub mod kernel;
 pub mod netlink;
 pub mod sets;
