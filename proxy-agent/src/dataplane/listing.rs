@@ -27,7 +27,7 @@ pub struct ServiceView {
     /// `loadBalancerSourceRanges` enforced on this frontend (empty: any source).
     pub source_ranges: Vec<IpNetwork>,
     /// The backends new connections go to: in slot order (eBPF), or the IPVS
-    /// destinations of weight > 0 in the kernel's order.
+    /// destinations of weight > 0 by address.
     pub backends: Vec<SocketAddr>,
     /// What IPVS holds besides (absent in eBPF mode).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,7 +47,7 @@ pub struct IpvsView {
     pub netmask: u8,
     /// The virtual server's counters, over all destinations.
     pub counters: IpvsCounters,
-    /// Every destination, draining ones (weight 0) included.
+    /// Every destination, draining ones (weight 0) included, by address.
     pub destinations: Vec<IpvsDestinationView>,
 }
 

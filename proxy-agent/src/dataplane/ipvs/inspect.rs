@@ -93,7 +93,9 @@ fn names(ipset: &mut Ipset) -> Result<Names, IpsetError> {
 pub fn views(servers: Vec<(ServiceInfo, Vec<DestinationInfo>)>, names: &Names) -> Vec<ServiceView> {
     let mut out: Vec<((IpAddr, u16, u16), ServiceView)> = servers
         .into_iter()
-        .map(|(info, dests)| {
+        .map(|(info, mut dests)| {
+            // The kernel lists the newest first; by address reads better and stays put.
+            dests.sort_by_key(|d| (d.destination.addr, d.destination.port));
             let svc = info.service;
             let key = (svc.id.addr, svc.id.port, svc.id.protocol.number());
             let named = names.get(&(svc.id.addr, svc.id.protocol.number(), svc.id.port));
