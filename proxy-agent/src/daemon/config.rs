@@ -62,13 +62,14 @@ pub struct Config {
     pub ipvs_sync_period: Option<Duration>,
     /// With `--proxy-mode=ipvs`, the minimum time between the starts of two syncs, in
     /// place of `--min-sync-period` (0: each change at once; at most the resync
-    /// period). Default: `--min-sync-period`.
+    /// period). Default: `--min-sync-period` (0.05 s; kube-proxy's is 1 s).
     #[arg(long, value_name = "DURATION", value_parser = min_sync_period)]
     pub ipvs_min_sync_period: Option<Duration>,
     /// IPVS virtual servers whose address is inside one of these CIDRs
     /// (comma-separated) are someone else's: never adopted, changed or removed, also
     /// by `--cleanup` and by the eBPF mode's removal of the IPVS mode's leftovers.
-    #[arg(long, value_name = "CIDRS", value_parser = cidr_list, default_value = "")]
+    #[arg(long, value_name = "CIDRS", value_parser = cidr_list, default_value = "",
+          hide_default_value = true)]
     pub ipvs_exclude_cidrs: CidrList,
     /// Strict ARP (`net.ipv4.conf.all.arp_ignore=1`, `arp_announce=2`): the node answers
     /// ARP only for addresses of the interface asked, so never for the VIPs on
@@ -90,7 +91,8 @@ pub struct Config {
     /// The pods' address ranges, comma-separated, at most one per family. In IPVS mode
     /// connections to a ClusterIP from outside them are masqueraded. Not used by the
     /// eBPF mode.
-    #[arg(long, value_name = "CIDRS", value_parser = cluster_cidrs, default_value = "")]
+    #[arg(long, value_name = "CIDRS", value_parser = cluster_cidrs, default_value = "",
+          hide_default_value = true)]
     pub cluster_cidr: CidrList,
     /// Masquerade (SNAT) every connection to a ClusterIP (IPVS mode; some CNI plugins
     /// need it). No effect in the eBPF mode, whose ClusterIPs are translated at the
@@ -116,7 +118,7 @@ pub struct Config {
     #[arg(long, value_parser = positive_secs, default_value = "30")]
     pub sync_period: Duration,
     /// Minimum time between the starts of two syncs; changes arriving meanwhile are
-    /// coalesced into one sync.
+    /// coalesced into one sync. At most `--sync-period`.
     #[arg(long, value_parser = humantime_secs, default_value = "0.05")]
     pub min_sync_period: Duration,
     /// Capacity of the frontends map (service ports x VIPs).
