@@ -45,7 +45,13 @@ fn the_agent_rejects_a_bad_sync_period() {
 fn proxyctl_explains_a_missing_agent() {
     let (ok, err) = run(
         env!("CARGO_BIN_EXE_proxyctl"),
-        &["--bpffs", "/nonexistent/proxy-agent", "list"],
+        &[
+            "--mode",
+            "ebpf",
+            "--bpffs",
+            "/nonexistent/proxy-agent",
+            "list",
+        ],
     );
     assert!(!ok);
     assert!(

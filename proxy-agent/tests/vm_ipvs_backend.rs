@@ -508,7 +508,7 @@ fn cleanup_removes_the_virtual_servers_the_sets_and_the_link_and_then_finds_noth
     .expect("upsert v6");
     drop(dp);
 
-    let removed = cleanup::cleanup("kube-ipvs0").expect("cleanup");
+    let removed = cleanup::cleanup("kube-ipvs0", &[]).expect("cleanup");
     assert_eq!(removed.virtual_servers, 2, "{removed:?}");
     let mut sets = removed.sets.clone();
     sets.sort();
@@ -532,7 +532,7 @@ fn cleanup_removes_the_virtual_servers_the_sets_and_the_link_and_then_finds_noth
     );
     assert!(!vip_on_link(), "kube-ipvs0 is gone");
 
-    let again = cleanup::cleanup("kube-ipvs0").expect("cleanup again");
+    let again = cleanup::cleanup("kube-ipvs0", &[]).expect("cleanup again");
     assert!(again.is_empty(), "nothing left to remove: {again:?}");
 }
 

@@ -10,10 +10,13 @@
 
 use std::net::IpAddr;
 
+use ipnetwork::IpNetwork;
 use proxy_agent::dataplane::ipvs::netlink::{
     Destination, Entry, Ipset, IpsetErrno, IpsetError, Ipvs, IpvsError, Protocol, Service,
-    ServiceFlags, ServiceId, SetFamily, SetSpec, SetType,
+    ServiceFlags, ServiceId, SetFamily, SetSpec, SetType, TimeoutConfig,
 };
+use proxy_agent::dataplane::ipvs::{cleanup, inspect, sets, sysctl};
+use proxy_agent::model::{FrontendKey, FrontendKind};
 
 /// Moves this test's thread into a new network namespace, with a route to the pod
 /// range: IPVS takes an IPv4 destination only if it is routable (`inet_addr_type` must
@@ -311,4 +314,178 @@ fn sets_of_every_kube_proxy_type_are_created_filled_listed_and_destroyed() {
         .destroy("KUBE-NONE")
         .expect("destroying an absent set");
     assert!(ipset.list("KUBE-NONE").expect("list").is_none());
+}
+
+#[test]
+fn timeouts_set_over_netlink_read_back_and_the_ones_not_sent_stay() {
+    own_netns();
+    let mut ipvs = Ipvs::open().expect("IPVS");
+    let before = ipvs.timeouts().expect("GET_CONFIG");
+    // The kernel's defaults in a new namespace (ipvsadm -L --timeout: 900 120 300).
+    assert_eq!(
+        before,
+        TimeoutConfig {
+            tcp: Some(900),
+            tcp_fin: Some(120),
+            udp: Some(300),
+        }
+    );
+    let given = TimeoutConfig {
+        tcp: Some(3600),
+        tcp_fin: None,
+        udp: Some(45),
+    };
+    ipvs.set_timeouts(&given).expect("SET_CONFIG");
+    assert_eq!(
+        ipvs.timeouts().expect("GET_CONFIG"),
+        TimeoutConfig {
+            tcp: Some(3600),
+            tcp_fin: Some(120),
+            udp: Some(45),
+        }
+    );
+    // Over INT_MAX / HZ seconds: refused, and nothing changed.
+    let too_long = TimeoutConfig {
+        tcp_fin: Some(u32::MAX),
+        ..TimeoutConfig::default()
+    };
+    match ipvs.set_timeouts(&too_long) {
+        Err(e @ IpvsError::Kernel { .. }) => {
+            assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+        }
+        other => panic!("a timeout over the kernel's limit: {other:?}"),
+    }
+    assert_eq!(ipvs.timeouts().expect("GET_CONFIG").tcp_fin, Some(120));
+}
+
+#[test]
+fn the_sysctls_of_the_ipvs_mode_are_set_in_the_namespace() {
+    own_netns();
+    // ip_vs is loaded (the VM loads it): its vs/* sysctls exist in this namespace.
+    Ipvs::open().expect("IPVS");
+    sysctl::apply(&sysctl::Settings {
+        strict_arp: true,
+        tcp_be_liberal: true,
+    })
+    .expect("setting the IPVS mode's sysctls");
+    let get = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/{name}"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .trim()
+            .to_owned()
+    };
+    for (name, value) in sysctl::SETTINGS {
+        assert_eq!(get(&format!("net/ipv4/vs/{name}")), value, "{name}");
+    }
+    assert_eq!(get("net/ipv4/ip_forward"), "1");
+    assert_eq!(get("net/ipv4/conf/all/arp_ignore"), "1");
+    assert_eq!(get("net/ipv4/conf/all/arp_announce"), "2");
+    assert_eq!(get("net/netfilter/nf_conntrack_tcp_be_liberal"), "1");
+    // Debian 12's 6.1: 5.9 or later, so conn_reuse_mode keeps the kernel's 1.
+    assert_eq!(get("net/ipv4/vs/conn_reuse_mode"), "1");
+}
+
+#[test]
+fn cleanup_spares_the_virtual_servers_inside_the_excluded_ranges() {
+    own_netns();
+    let mut ipvs = Ipvs::open().expect("IPVS");
+    let ours = Service::new(id(Protocol::Tcp, "10.96.0.10", 80), "rr");
+    let theirs = Service::new(id(Protocol::Tcp, "192.168.50.7", 80), "rr");
+    let theirs6 = Service::new(id(Protocol::Udp, "fd00:ab::1", 53), "rr");
+    for svc in [&ours, &theirs, &theirs6] {
+        ipvs.new_service(svc).expect("NEW_SERVICE");
+    }
+    ipvs.new_dest(&theirs.id, &Destination::masquerade(ip("10.244.1.5"), 8080))
+        .expect("NEW_DEST");
+    let exclude: Vec<IpNetwork> = ["192.168.50.0/24", "fd00:ab::/32"]
+        .iter()
+        .map(|n| n.parse().expect("a CIDR"))
+        .collect();
+    let removed = cleanup::cleanup("kube-ipvs0", &exclude).expect("cleanup");
+    assert_eq!(removed.virtual_servers, 1, "{removed:?}");
+    let mut left: Vec<ServiceId> = ipvs
+        .services()
+        .expect("dump")
+        .into_iter()
+        .map(|s| s.service.id)
+        .collect();
+    left.sort();
+    let mut want = vec![theirs.id, theirs6.id];
+    want.sort();
+    assert_eq!(left, want);
+    assert_eq!(ipvs.dests(&theirs.id).expect("dump").len(), 1, "untouched");
+    // Control: without the exclusion the same cleanup takes them too.
+    let removed = cleanup::cleanup("kube-ipvs0", &[]).expect("cleanup");
+    assert_eq!(removed.virtual_servers, 2, "{removed:?}");
+    assert!(ipvs.services().expect("dump").is_empty());
+}
+
+#[test]
+fn inspect_lists_a_programmed_service_by_the_name_in_its_set_member() {
+    own_netns();
+    let mut ipvs = Ipvs::open().expect("IPVS");
+    let mut ipset = Ipset::open().expect("ipset");
+    // As the backend programs a ClusterIP with ClientIP affinity.
+    let frontend = FrontendKey::internal(ip("10.96.0.10"), 80, proxy_agent::model::Protocol::Tcp);
+    let vip = id(Protocol::Tcp, "10.96.0.10", 80);
+    let mut svc = Service::new(vip, "wrr");
+    svc.flags = ServiceFlags::PERSISTENT;
+    svc.timeout = 600;
+    ipvs.new_service(&svc).expect("NEW_SERVICE");
+    let a = Destination::masquerade(ip("10.244.1.5"), 8080);
+    let b = Destination::masquerade(ip("10.244.2.5"), 8080);
+    ipvs.new_dest(&vip, &a).expect("NEW_DEST a");
+    ipvs.new_dest(&vip, &b).expect("NEW_DEST b");
+    let drained = Destination { weight: 0, ..b };
+    ipvs.set_dest(&vip, &drained).expect("SET_DEST weight 0");
+    let set = sets::spec(FrontendKind::ClusterIp, frontend.ip).expect("the ClusterIP set");
+    ipset.create(&set, true).expect("create KUBE-CLUSTER-IP");
+    let member = sets::member(&frontend).with_comment("default/web:http");
+    ipset
+        .add(&set.name, &member, false)
+        .expect("add the member");
+    // And someone else's virtual server, in no set.
+    let other = Service::new(id(Protocol::Udp, "10.96.0.53", 53), "rr");
+    ipvs.new_service(&other).expect("NEW_SERVICE other");
+
+    let listing = inspect::list().expect("the IPVS listing");
+    assert_eq!(listing.len(), 2, "{listing:#?}");
+    let web = &listing[0];
+    assert_eq!(web.frontend, "10.96.0.10:80/TCP");
+    assert_eq!(
+        (web.service.as_str(), web.kind.as_str()),
+        ("default/web:http", "ClusterIP")
+    );
+    assert_eq!(web.affinity_timeout_s, Some(600));
+    let a_addr = std::net::SocketAddr::new(a.addr, a.port);
+    assert_eq!(
+        web.backends,
+        [a_addr],
+        "the drained one takes no new connections"
+    );
+    let details = web.ipvs.as_ref().expect("IPVS details");
+    assert_eq!(
+        (
+            details.scheduler.as_str(),
+            details.persistent,
+            details.timeout_s
+        ),
+        ("wrr", true, 600)
+    );
+    let dests: Vec<(String, u32)> = details
+        .destinations
+        .iter()
+        .map(|d| (d.address.to_string(), d.weight))
+        .collect();
+    assert_eq!(
+        dests,
+        [
+            ("10.244.1.5:8080".to_owned(), 1),
+            ("10.244.2.5:8080".to_owned(), 0)
+        ]
+    );
+    assert_eq!(details.counters.connections, 0, "no traffic yet");
+    let unnamed = &listing[1];
+    assert_eq!(unnamed.frontend, "10.96.0.53:53/UDP");
+    assert_eq!((unnamed.service.as_str(), unnamed.kind.as_str()), ("", ""));
 }

@@ -336,7 +336,7 @@ fn a_vip_port_no_set_holds_is_refused_until_it_is_a_cluster_ip() {
             "{vip}: {refused}"
         );
 
-        let cluster_ip = set_name(&sets::CLUSTER_IP, v6);
+        let cluster_ip = sets::CLUSTER_IP.name_for(v6);
         ipset
             .add(
                 &cluster_ip,

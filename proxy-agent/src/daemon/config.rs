@@ -6,9 +6,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use ipnetwork::IpNetwork;
 
+use super::sync_loop::Timing;
 use crate::dataplane::ebpf::conntrack::{ConntrackSizes, cores};
 use crate::dataplane::ebpf::{DEFAULT_BPFFS, EbpfConfig, MapSizes};
+use crate::dataplane::ipvs;
 use crate::model::NodePortAddresses;
 
 /// `proxy-agent` command line.
@@ -50,6 +53,60 @@ pub struct Config {
     #[arg(long, default_value = crate::dataplane::ipvs::DEFAULT_SCHEDULER,
           value_parser = clap::builder::PossibleValuesParser::new(IPVS_SCHEDULERS))]
     pub ipvs_scheduler: String,
+    /// With `--proxy-mode=ipvs`, the full resync interval, in place of `--sync-period`.
+    /// As in kube-proxy, the `--ipvs-*-sync-period` flags count only in IPVS mode and
+    /// only when given (its other modes take `--iptables-*-sync-period`; ours
+    /// `--sync-period` and `--min-sync-period`). Default: `--sync-period` (30s).
+    /// A duration (`30s`, `1m`) or seconds.
+    #[arg(long, value_name = "DURATION", value_parser = sync_period)]
+    pub ipvs_sync_period: Option<Duration>,
+    /// With `--proxy-mode=ipvs`, the minimum time between the starts of two syncs, in
+    /// place of `--min-sync-period` (0: each change at once; at most the resync
+    /// period). Default: `--min-sync-period` (0.05 s; kube-proxy's is 1 s).
+    #[arg(long, value_name = "DURATION", value_parser = min_sync_period)]
+    pub ipvs_min_sync_period: Option<Duration>,
+    /// IPVS virtual servers whose address is inside one of these CIDRs
+    /// (comma-separated) are someone else's: never adopted, changed or removed, also
+    /// by `--cleanup` and by the eBPF mode's removal of the IPVS mode's leftovers.
+    #[arg(long, value_name = "CIDRS", value_parser = cidr_list, default_value = "",
+          hide_default_value = true)]
+    pub ipvs_exclude_cidrs: CidrList,
+    /// Strict ARP (`net.ipv4.conf.all.arp_ignore=1`, `arp_announce=2`): the node answers
+    /// ARP only for addresses of the interface asked, so never for the VIPs on
+    /// kube-ipvs0 (MetalLB and kube-vip in L2 mode need it). IPVS mode.
+    #[arg(long)]
+    pub ipvs_strict_arp: bool,
+    /// Idle timeout of IPVS TCP connections (`ipvsadm --set`), whole seconds; 0 leaves
+    /// the kernel's (900s unless changed). IPVS mode.
+    #[arg(long, value_name = "DURATION", value_parser = ipvs_timeout, default_value = "0")]
+    pub ipvs_tcp_timeout: Duration,
+    /// Timeout of IPVS TCP connections after a FIN, whole seconds; 0 leaves the
+    /// kernel's (120s unless changed). IPVS mode.
+    #[arg(long, value_name = "DURATION", value_parser = ipvs_timeout, default_value = "0")]
+    pub ipvs_tcpfin_timeout: Duration,
+    /// Idle timeout of IPVS UDP "connections", whole seconds; 0 leaves the kernel's
+    /// (300s unless changed). IPVS mode.
+    #[arg(long, value_name = "DURATION", value_parser = ipvs_timeout, default_value = "0")]
+    pub ipvs_udp_timeout: Duration,
+    /// The pods' address ranges, comma-separated, at most one per family. In IPVS mode
+    /// connections to a ClusterIP from outside them are masqueraded. Not used by the
+    /// eBPF mode.
+    #[arg(long, value_name = "CIDRS", value_parser = cluster_cidrs, default_value = "",
+          hide_default_value = true)]
+    pub cluster_cidr: CidrList,
+    /// Masquerade (SNAT) every connection to a ClusterIP (IPVS mode; some CNI plugins
+    /// need it). No effect in the eBPF mode, whose ClusterIPs are translated at the
+    /// socket, with no NAT to masquerade.
+    #[arg(long)]
+    pub masquerade_all: bool,
+    /// Liberal TCP tracking (`net.netfilter.nf_conntrack_tcp_be_liberal=1`):
+    /// out-of-window segments are not INVALID, so none escapes NAT to reset the
+    /// connection (kubernetes issue 74839), and the rule dropping INVALID packets is
+    /// left out, as in kube-proxy. IPVS mode. No effect in the eBPF mode: none of its
+    /// connections goes through netfilter's NAT (ClusterIPs are translated at the
+    /// socket, NodePorts by its own connection tracking, which has no such reset).
+    #[arg(long)]
+    pub conntrack_tcp_be_liberal: bool,
     /// Where `/metrics` and `/proxyMode` are served (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: SocketAddr,
@@ -61,7 +118,7 @@ pub struct Config {
     #[arg(long, value_parser = positive_secs, default_value = "30")]
     pub sync_period: Duration,
     /// Minimum time between the starts of two syncs; changes arriving meanwhile are
-    /// coalesced into one sync.
+    /// coalesced into one sync. At most `--sync-period`.
     #[arg(long, value_parser = humantime_secs, default_value = "0.05")]
     pub min_sync_period: Duration,
     /// Capacity of the frontends map (service ports x VIPs).
@@ -146,6 +203,92 @@ pub enum ProxyMode {
 pub const IPVS_SCHEDULERS: [&str; 11] = [
     "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh",
 ];
+
+/// CIDRs given as one comma-separated flag value (`10.0.0.0/8,fd00::/8`); empty: none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CidrList(pub Vec<IpNetwork>);
+
+/// Comma-separated CIDRs; each must have a prefix length (as Go's `net.ParseCIDR`
+/// requires); host bits are cleared (`10.0.0.1/8` is `10.0.0.0/8`, as Go reads it).
+fn cidr_list(s: &str) -> Result<CidrList, String> {
+    let mut out = Vec::new();
+    for piece in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if !piece.contains('/') {
+            return Err(format!(
+                "{piece:?} is not a CIDR: it has no /prefix length (like 10.0.0.0/8, or \
+                 10.0.0.1/32 for one address)"
+            ));
+        }
+        let net: IpNetwork = piece
+            .parse()
+            .map_err(|e| format!("{piece:?} is not a CIDR (like 10.0.0.0/8 or fd00::/8): {e}"))?;
+        let net = IpNetwork::new(net.network(), net.prefix())
+            .map_err(|e| format!("{piece:?} is not a CIDR: {e}"))?;
+        out.push(net);
+    }
+    Ok(CidrList(out))
+}
+
+/// `--cluster-cidr`: as kube-proxy, one range, or one per family (dual-stack).
+fn cluster_cidrs(s: &str) -> Result<CidrList, String> {
+    let list = cidr_list(s)?;
+    for (i, a) in list.0.iter().enumerate() {
+        if let Some(b) = list.0[i + 1..].iter().find(|b| b.is_ipv4() == a.is_ipv4()) {
+            return Err(format!(
+                "at most one range per family (one IPv4, one IPv6): {a} and {b} are both {}",
+                if a.is_ipv4() { "IPv4" } else { "IPv6" }
+            ));
+        }
+    }
+    Ok(list)
+}
+
+/// A duration as kube-proxy's flags take them (`30s`, `1m30s`, `500ms`), or a number
+/// of seconds (`30`, `0.5`); not negative.
+fn any_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{s:?} is not a duration of 0 s or more"));
+    }
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 500ms, 30s or 1m: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("{s:?} is negative"))
+}
+
+/// A resync period: at least 0.1 s, as `--sync-period`.
+fn sync_period(s: &str) -> Result<Duration, String> {
+    let d = any_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s:?} is too short (at least 0.1 s)"));
+    }
+    Ok(d)
+}
+
+/// A minimum sync interval: 0 or more (checked against the resync period later).
+fn min_sync_period(s: &str) -> Result<Duration, String> {
+    any_duration(s)
+}
+
+/// The kernel refuses an IPVS timeout over `INT_MAX / HZ` seconds; this bound holds
+/// for every HZ up to 1000.
+const IPVS_TIMEOUT_MAX_S: u64 = i32::MAX as u64 / 1000;
+
+/// An IPVS timeout: whole seconds (what IPVS keeps), 0 for "the kernel's".
+fn ipvs_timeout(s: &str) -> Result<Duration, String> {
+    let d = any_duration(s)?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!(
+            "{s:?} is not a whole number of seconds (IPVS keeps seconds)"
+        ));
+    }
+    if d.as_secs() > IPVS_TIMEOUT_MAX_S {
+        return Err(format!(
+            "{s:?} is over the kernel's limit of {IPVS_TIMEOUT_MAX_S} s (24 days)"
+        ));
+    }
+    Ok(d)
+}
 
 /// A Go-style duration (`24h`, `1h30m`, `90s`) or a number of seconds.
 fn duration(s: &str) -> Result<Duration, String> {
@@ -253,6 +396,87 @@ impl Config {
         Ok(name.to_owned())
     }
 
+    /// The sync loop's periods in `--proxy-mode`: in IPVS mode `--ipvs-sync-period` and
+    /// `--ipvs-min-sync-period` where given (kube-proxy's rule), else `--sync-period`
+    /// and `--min-sync-period`. A minimum over the resync period is refused, as
+    /// kube-proxy's validation does.
+    pub fn timing(&self) -> anyhow::Result<Timing> {
+        let ipvs = self.proxy_mode == ProxyMode::Ipvs;
+        let (sync, sync_flag) = match self.ipvs_sync_period {
+            Some(d) if ipvs => (d, "--ipvs-sync-period"),
+            _ => (self.sync_period, "--sync-period"),
+        };
+        let (min, min_flag) = match self.ipvs_min_sync_period {
+            Some(d) if ipvs => (d, "--ipvs-min-sync-period"),
+            _ => (self.min_sync_period, "--min-sync-period"),
+        };
+        if min > sync {
+            bail!(
+                "{min_flag} ({min:?}) is longer than the resync period {sync_flag} ({sync:?}): \
+                 lower {min_flag} or raise {sync_flag}"
+            );
+        }
+        Ok(Timing {
+            sync_period: sync,
+            min_sync_period: min,
+        })
+    }
+
+    /// The IPVS backend's settings.
+    pub fn ipvs_options(&self) -> ipvs::Options {
+        let given = |d: Duration| (!d.is_zero()).then_some(d);
+        ipvs::Options {
+            scheduler: self.ipvs_scheduler.clone(),
+            exclude_cidrs: self.ipvs_exclude_cidrs.0.clone(),
+            strict_arp: self.ipvs_strict_arp,
+            timeouts: ipvs::Timeouts {
+                tcp: given(self.ipvs_tcp_timeout),
+                tcp_fin: given(self.ipvs_tcpfin_timeout),
+                udp: given(self.ipvs_udp_timeout),
+            },
+            rules: ipvs::RuleOptions {
+                cluster_cidrs: self.cluster_cidr.0.clone(),
+                masquerade_all: self.masquerade_all,
+                drop_invalid: !self.conntrack_tcp_be_liberal,
+            },
+            ..ipvs::Options::default()
+        }
+    }
+
+    /// The flags given that do nothing in `--proxy-mode`, for one line in the log.
+    /// (`--ipvs-exclude-cidrs` is not one: the eBPF mode's removal of IPVS leftovers
+    /// spares them.)
+    pub fn ineffective_flags(&self) -> Vec<&'static str> {
+        let flags = match self.proxy_mode {
+            ProxyMode::Ebpf => vec![
+                (
+                    self.ipvs_scheduler != ipvs::DEFAULT_SCHEDULER,
+                    "--ipvs-scheduler",
+                ),
+                (self.ipvs_sync_period.is_some(), "--ipvs-sync-period"),
+                (
+                    self.ipvs_min_sync_period.is_some(),
+                    "--ipvs-min-sync-period",
+                ),
+                (self.ipvs_strict_arp, "--ipvs-strict-arp"),
+                (!self.ipvs_tcp_timeout.is_zero(), "--ipvs-tcp-timeout"),
+                (!self.ipvs_tcpfin_timeout.is_zero(), "--ipvs-tcpfin-timeout"),
+                (!self.ipvs_udp_timeout.is_zero(), "--ipvs-udp-timeout"),
+                (!self.cluster_cidr.0.is_empty(), "--cluster-cidr"),
+                (self.masquerade_all, "--masquerade-all"),
+                (self.conntrack_tcp_be_liberal, "--conntrack-tcp-be-liberal"),
+            ],
+            ProxyMode::Ipvs => vec![
+                (self.cgroup_path.is_some(), "--cgroup-path"),
+                (!self.pod_interfaces.is_empty(), "--pod-interfaces"),
+            ],
+        };
+        flags
+            .into_iter()
+            .filter_map(|(given, name)| given.then_some(name))
+            .collect()
+    }
+
     /// The eBPF backend's settings.
     pub fn ebpf_config(&self, cgroup: PathBuf) -> EbpfConfig {
         EbpfConfig {
@@ -266,3 +490,6 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

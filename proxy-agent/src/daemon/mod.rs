@@ -28,7 +28,6 @@ use crate::source::Source;
 use crate::source::kubernetes::KubeSource;
 use crate::source::manifests::ManifestSource;
 use pipeline::Pipeline;
-use sync_loop::Timing;
 
 /// Runs the agent until SIGINT/SIGTERM. Pinned state stays behind on exit so traffic
 /// keeps flowing until the next agent adopts it (use `--cleanup` to remove it).
@@ -38,8 +37,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         crate::dataplane::ebpf::cleanup(&cfg.bpffs)
             .with_context(|| format!("removing pins under {}", cfg.bpffs.display()))?;
         info!(bpffs = %cfg.bpffs.display(), "cleaned up the eBPF data plane's pins");
-        cleanup_ipvs()?;
+        cleanup_ipvs(&cfg.ipvs_exclude_cidrs.0)?;
         return Ok(());
+    }
+    // Refused before anything changes.
+    cfg.timing()?;
+    let ineffective = cfg.ineffective_flags();
+    if !ineffective.is_empty() {
+        info!(
+            flags = %ineffective.join(" "),
+            mode = ?cfg.proxy_mode,
+            "flags given that have no effect in this --proxy-mode"
+        );
     }
     let node_name = cfg.node_name()?;
     match &cfg.manifests {
@@ -66,7 +75,7 @@ async fn serve(cfg: &Config, node_name: String, source: impl Source) -> anyhow::
             };
             // IPVS would still answer for the VIPs on kube-ipvs0: its state goes. A
             // failure to look is no reason not to serve.
-            if let Err(e) = cleanup_ipvs() {
+            if let Err(e) = cleanup_ipvs(&cfg.ipvs_exclude_cidrs.0) {
                 warn!(error = %format!("{e:#}"), "could not remove the IPVS mode's leftovers");
             }
             let dataplane = EbpfDataplane::load(&cfg.ebpf_config(cgroup))
@@ -81,10 +90,7 @@ async fn serve(cfg: &Config, node_name: String, source: impl Source) -> anyhow::
                     cfg.bpffs.display()
                 )
             })?;
-            let options = ipvs::Options {
-                scheduler: cfg.ipvs_scheduler.clone(),
-                ..ipvs::Options::default()
-            };
+            let options = cfg.ipvs_options();
             let dataplane = IpvsDataplane::open(&options).context("opening the IPVS data plane")?;
             info!(scheduler = %options.scheduler, link = %options.link, "IPVS data plane opened");
             serve_with(cfg, node_name, source, dataplane).await
@@ -99,9 +105,10 @@ async fn serve_with<D: Dataplane>(
     mut source: impl Source,
     dataplane: D,
 ) -> anyhow::Result<()> {
+    let timing = cfg.timing()?;
     let metrics = Metrics::new(|r| dataplane.register_metrics(r));
     let reconciler = Reconciler::new(dataplane).context("reading the programmed state")?;
-    let health = Health::new(cfg.sync_period * 2);
+    let health = Health::new(timing.sync_period * 2);
     let observers = crate::observe::runtime::start().context("starting the observers' runtime")?;
     crate::observe::http::serve(
         &observers,
@@ -138,10 +145,6 @@ async fn serve_with<D: Dataplane>(
         }
     };
     info!(source = %source.describe(), node = %node_name, "agent running");
-    let timing = Timing {
-        sync_period: cfg.sync_period,
-        min_sync_period: cfg.min_sync_period,
-    };
     sync_loop::run(
         &mut source,
         &mut pipeline,
@@ -154,15 +157,18 @@ async fn serve_with<D: Dataplane>(
     Ok(())
 }
 
-/// Removes what the IPVS mode left (see [`ipvs::cleanup`]), saying what it removed.
-fn cleanup_ipvs() -> anyhow::Result<()> {
+/// Removes what the IPVS mode left (see [`ipvs::cleanup`]) but the virtual servers
+/// inside `exclude`, saying what it removed.
+fn cleanup_ipvs(exclude: &[ipnetwork::IpNetwork]) -> anyhow::Result<()> {
     let link = ipvs::Options::default().link;
-    let removed = ipvs::cleanup::cleanup(&link)
-        .context("removing the IPVS mode's virtual servers, sets and link")?;
+    let removed = ipvs::cleanup::cleanup(&link, exclude)
+        .context("removing the IPVS mode's virtual servers, netfilter rules, sets and link")?;
     if !removed.is_empty() {
         info!(
             virtual_servers = removed.virtual_servers,
-            sets = ?removed.sets,
+            rules_v4 = removed.rules_v4,
+            rules_v6 = removed.rules_v6,
+            sets = removed.sets.len(),
             link = removed.link,
             "removed the IPVS mode's state"
         );

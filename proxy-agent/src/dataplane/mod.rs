@@ -5,6 +5,7 @@ pub mod ebpf;
 #[cfg(test)]
 pub mod fake;
 pub mod ipvs;
+pub mod listing;
 pub mod netdev;
 pub mod nlsocket;
 
@@ -41,6 +42,10 @@ pub enum DataplaneError {
     /// This backend cannot express the request.
     #[error("unsupported by this data plane: {0}")]
     Unsupported(String),
+    /// The kernel lacks a part this backend needs (a module not loaded); the message
+    /// names the part and how to get it.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl DataplaneError {
@@ -66,6 +71,7 @@ impl DataplaneError {
             DataplaneError::Capacity { .. } => "capacity",
             DataplaneError::Kernel { .. } => "kernel",
             DataplaneError::Unsupported(_) => "unsupported",
+            DataplaneError::Unavailable(_) => "unavailable",
         }
     }
 

@@ -5,9 +5,11 @@
 use std::fmt::Write as _;
 
 use crate::dataplane::ebpf::conntrack::{Flow, Legs};
-use crate::dataplane::ebpf::inspect::{AffinityView, ServiceView};
+use crate::dataplane::ebpf::inspect::AffinityView;
+use crate::dataplane::listing::{IpvsCounters, IpvsView, ServiceView};
 
-/// A table in the spirit of `ipvsadm -Ln`.
+/// A table in the spirit of `ipvsadm -Ln`, the same for both data planes; IPVS adds a
+/// line of options and counters per virtual server and its numbers per destination.
 pub fn render_table(services: &[ServiceView]) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -20,12 +22,24 @@ pub fn render_table(services: &[ServiceView]) -> String {
             .affinity_timeout_s
             .map(|t| format!("ClientIP {t}s"))
             .unwrap_or_else(|| "-".into());
+        let dash = |t: &str| {
+            if t.is_empty() {
+                "-".to_owned()
+            } else {
+                t.to_owned()
+            }
+        };
+        // IPVS has no service ids.
+        let id = match (v.service_id, &v.ipvs) {
+            (0, Some(_)) => "-".to_owned(),
+            (id, _) => id.to_string(),
+        };
         let _ = writeln!(
             s,
             "{:<44} {:<12} {:>4}  {:<16} {:<8} {}",
             v.frontend,
-            v.kind,
-            v.service_id,
+            dash(&v.kind),
+            id,
             aff,
             v.backends.len(),
             v.service
@@ -34,14 +48,61 @@ pub fn render_table(services: &[ServiceView]) -> String {
             let ranges: Vec<String> = v.source_ranges.iter().map(ToString::to_string).collect();
             let _ = writeln!(s, "  source ranges: {}", ranges.join(", "));
         }
-        if v.backends.is_empty() {
-            let _ = writeln!(s, "  -> (none: connections are refused)");
-        }
-        for b in &v.backends {
-            let _ = writeln!(s, "  -> {b}");
+        match &v.ipvs {
+            Some(ipvs) => render_ipvs(&mut s, ipvs, v.backends.is_empty()),
+            None => {
+                if v.backends.is_empty() {
+                    let _ = writeln!(s, "  -> (none: connections are refused)");
+                }
+                for b in &v.backends {
+                    let _ = writeln!(s, "  -> {b}");
+                }
+            }
         }
     }
     s
+}
+
+/// The IPVS lines of a virtual server: options and counters, then each destination.
+fn render_ipvs(s: &mut String, ipvs: &IpvsView, no_backends: bool) {
+    let persistence = if ipvs.persistent {
+        format!(", persistent {}s /{}", ipvs.timeout_s, ipvs.netmask)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        s,
+        "  ipvs: scheduler {}{persistence}; {}",
+        ipvs.scheduler,
+        counters(&ipvs.counters)
+    );
+    if no_backends {
+        let _ = writeln!(s, "  -> (none takes new connections)");
+    }
+    for d in &ipvs.destinations {
+        let draining = if d.weight == 0 { " (draining)" } else { "" };
+        let forward = if d.forward == "masquerade" {
+            String::new()
+        } else {
+            format!("  {}", d.forward)
+        };
+        let _ = writeln!(
+            s,
+            "  -> {:<42} weight {}{draining}{forward}  active {}  inactive {}; {}",
+            d.address.to_string(),
+            d.weight,
+            d.active_connections,
+            d.inactive_connections,
+            counters(&d.counters)
+        );
+    }
+}
+
+fn counters(c: &IpvsCounters) -> String {
+    format!(
+        "{} connections, in {} packets {} bytes, out {} packets {} bytes",
+        c.connections, c.packets_in, c.bytes_in, c.packets_out, c.bytes_out
+    )
 }
 
 /// `proxyctl stats`: the data plane's counters as a table.
@@ -210,6 +271,7 @@ mod tests {
             affinity_timeout_s: None,
             source_ranges: vec!["10.0.0.0/8".parse().expect("cidr")],
             backends: vec!["10.244.0.11:8080".parse().expect("address")],
+            ipvs: None,
         };
         let json = serde_json::to_value(&v).expect("json");
         assert_eq!(
@@ -228,6 +290,70 @@ mod tests {
         let t = render_table(&[v]);
         assert!(
             t.contains("NodePort") && t.contains("source ranges: 10.0.0.0/8"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn an_ipvs_virtual_server_shows_its_options_counters_and_destinations() {
+        use crate::dataplane::listing::IpvsDestinationView;
+        let c = |connections| IpvsCounters {
+            connections,
+            packets_in: 100,
+            packets_out: 90,
+            bytes_in: 6400,
+            bytes_out: 12800,
+        };
+        let dest = |address: &str, weight, active, inactive| IpvsDestinationView {
+            address: address.parse().expect("address"),
+            forward: "masquerade".into(),
+            weight,
+            active_connections: active,
+            inactive_connections: inactive,
+            persistent_connections: 0,
+            counters: c(6),
+        };
+        let v = ServiceView {
+            service: "default/web:http".into(),
+            frontend: "10.96.0.10:80/TCP".into(),
+            kind: "ClusterIP".into(),
+            scope: "internal".into(),
+            service_id: 0,
+            affinity_timeout_s: Some(10800),
+            source_ranges: Vec::new(),
+            backends: vec!["10.244.1.5:8080".parse().expect("address")],
+            ipvs: Some(IpvsView {
+                scheduler: "rr".into(),
+                persistent: true,
+                timeout_s: 10800,
+                netmask: 32,
+                counters: c(12),
+                destinations: vec![
+                    dest("10.244.1.5:8080", 1, 1, 0),
+                    dest("10.244.2.5:8080", 0, 0, 2),
+                ],
+            }),
+        };
+        let t = render_table(&[v]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 5, "{t}");
+        // The same columns as the eBPF table; no id.
+        assert_eq!(lines[0].find("KIND"), lines[1].find("ClusterIP"), "{t}");
+        assert!(
+            lines[1].contains("   -  ClientIP 10800s") && lines[1].ends_with("default/web:http"),
+            "{t}"
+        );
+        assert_eq!(
+            lines[2],
+            "  ipvs: scheduler rr, persistent 10800s /32; 12 connections, in 100 packets \
+             6400 bytes, out 90 packets 12800 bytes"
+        );
+        assert!(
+            lines[3].starts_with("  -> 10.244.1.5:8080") && lines[3].contains("weight 1  active 1"),
+            "{t}"
+        );
+        assert!(
+            lines[4].contains("weight 0 (draining)  active 0  inactive 2; 6 connections"),
             "{t}"
         );
     }

@@ -3,40 +3,23 @@
 //! same code the agent adopts them with ([`super::tables::read_back`]).
 
 use std::collections::HashMap as StdHashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context;
 use aya::maps::{HashMap, MapData};
-use ipnetwork::IpNetwork;
 use proxy_common::{AffinityKey, AffinityValue, ServiceName, maps};
 
 use super::conntrack::{self, Flow, gc::CtTable};
 use super::keys::{affinity_of, backend_addr, kind_of, model_frontend};
 use super::pins;
 use super::tables::{Held, MapTables, read_back};
+pub use crate::dataplane::listing::ServiceView;
 use crate::model::Scope;
 
-/// One programmed frontend as the kernel holds it.
-#[derive(Debug, serde::Serialize)]
-pub struct ServiceView {
-    /// `namespace/name:port` as the agent recorded it ("" if unknown).
-    pub service: String,
-    /// The model frontend's form: `VIP:port/protocol`, `*:port/protocol` for a
-    /// NodePort, with ` (external)` for the external scope.
-    pub frontend: String,
-    /// `ClusterIP`, `NodePort`, `ExternalIP` or `LoadBalancer`.
-    pub kind: String,
-    /// `internal` (clients on this node) or `external` (clients outside it).
-    pub scope: String,
-    /// The service id in the maps.
-    pub service_id: u32,
-    /// ClientIP affinity timeout, if on.
-    pub affinity_timeout_s: Option<u32>,
-    /// `loadBalancerSourceRanges` enforced on this frontend (empty: any source).
-    pub source_ranges: Vec<IpNetwork>,
-    /// Backends in slot order.
-    pub backends: Vec<SocketAddr>,
+/// Whether a data plane pinned its maps under `bpffs` (what `proxyctl --mode auto`
+/// looks for).
+pub fn pinned(bpffs: &Path) -> bool {
+    pins::map_path(bpffs, maps::FRONTENDS).exists()
 }
 
 /// Lists the programmed services, sorted by frontend.
@@ -82,6 +65,7 @@ fn views(held: &Held) -> Vec<ServiceView> {
                     .filter_map(|id| held.backends.get(id))
                     .map(backend_addr)
                     .collect(),
+                ipvs: None,
             },
         ));
     }
@@ -181,7 +165,9 @@ pub fn conntrack(bpffs: &Path) -> anyhow::Result<Vec<Flow>> {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use std::collections::BTreeMap;
+    use std::net::SocketAddr;
 
+    use ipnetwork::IpNetwork;
     use proxy_common as pc;
 
     use super::*;

@@ -30,6 +30,7 @@ use super::adopt;
 use super::kernel::{IpvsTable, SetTable, VipAddresses};
 use super::netlink::{Destination, Entry, Ipset, Ipvs, Service, ServiceFlags, ServiceId};
 use super::plan::{Plan, bare, is_twin, plan};
+use super::rules;
 use super::sets;
 use super::sysctl;
 use super::undo::Undo;
@@ -118,6 +119,8 @@ pub struct IpvsDataplane<T = Ipvs, S = Ipset, A = DummyLink> {
     /// How many held frontends use each set member and VIP: shared ones (a VIP with
     /// several ports, an endpoint behind several frontends) go with their last user.
     refs: Refs,
+    /// The netfilter rules to keep installed (none over fakes).
+    rules: Option<RuleOptions>,
 }
 
 #[derive(Default)]
@@ -171,12 +174,31 @@ impl Refs {
 impl IpvsDataplane {
     /// Opens IPVS, ipset and rtnetlink in the calling thread's network namespace and
     /// adopts what the kernel already holds.
+    ///
+    /// Both modules are looked for before anything is changed; a kernel without one
+    /// is told which ([`DataplaneError::Unavailable`]), with the mode that needs
+    /// neither.
     pub fn open(options: &Options) -> Result<Self, DataplaneError> {
-        let table = Ipvs::open()?;
-        sysctl::apply()?;
-        let sets = Ipset::open()?;
+        let or_ebpf = |e: DataplaneError| match e {
+            DataplaneError::Unavailable(what) => {
+                DataplaneError::Unavailable(format!("{what} or use --proxy-mode=ebpf"))
+            }
+            e => e,
+        };
+        let mut table = Ipvs::open().map_err(|e| or_ebpf(e.into()))?;
+        let sets = Ipset::open().map_err(|e| or_ebpf(e.into()))?;
+        sysctl::apply(&sysctl::Settings {
+            strict_arp: options.strict_arp,
+            // The INVALID drop rule is left out exactly when conntrack is liberal.
+            tcp_be_liberal: !options.rules.drop_invalid,
+        })?;
+        super::timeouts::apply(&mut table, &options.timeouts)?;
         let addrs = DummyLink::open(&options.link)?;
-        IpvsDataplane::new(table, sets, addrs, options)
+        let mut dp = IpvsDataplane::new(table, sets, addrs, options)?;
+        // After the sets, which the rules match.
+        dp.rules = Some(options.rules.clone());
+        dp.apply_rules()?;
+        Ok(dp)
     }
 }
 
@@ -195,10 +217,22 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
             node_ips: Vec::new(),
             node_applied: false,
             refs: Refs::default(),
+            rules: None,
         };
         dp.ensure_sets()?;
         dp.read_back()?;
         Ok(dp)
+    }
+
+    /// Installs the netfilter rules in both families (again: kube-proxy rewrites them
+    /// at every sync, repairing a flush behind its back).
+    fn apply_rules(&mut self) -> Result<(), DataplaneError> {
+        if let Some(opts) = &self.rules {
+            for v6 in [false, true] {
+                rules::apply(v6, opts)?;
+            }
+        }
+        Ok(())
     }
 
     fn ensure_sets(&mut self) -> Result<(), DataplaneError> {
@@ -537,8 +571,10 @@ where
                 self.table.del_dest(id, &dest)?;
             }
         }
-        // A set destroyed behind the agent's back (the rules need them all).
+        // A set destroyed behind the agent's back (the rules need them all), and the
+        // rules.
         self.ensure_sets()?;
+        self.apply_rules()?;
         self.read_back()
     }
 }

@@ -1,11 +1,16 @@
 //! What the IPVS mode leaves in the kernel, removed: for `--cleanup`, and when the
 //! agent starts in the other mode (as kube-proxy removes the leftovers of the modes it
-//! is not running). Every IPVS virtual server goes (kube-proxy flushes them all too),
-//! with the netfilter rules and ipsets this mode creates and the dummy interface
-//! holding the VIPs. A kernel without IPVS or ipset has nothing to remove, nor has a
-//! node without the iptables tools any rules of ours.
+//! is not running). Every IPVS virtual server goes except those whose address is in
+//! `--ipvs-exclude-cidrs` (someone else's: kube-proxy's own cleanup flushes them too,
+//! which its flag's promise does not cover), with the netfilter rules and ipsets this
+//! mode creates and the dummy interface holding the VIPs. A kernel without IPVS or
+//! ipset has nothing to remove, nor has a node without the iptables tools any rules
+//! of ours.
+
+use ipnetwork::IpNetwork;
 
 use super::addresses::DummyLink;
+use super::kernel::IpvsTable;
 use super::netlink::{Ipset, IpsetError, Ipvs, IpvsError};
 use super::rules::{self, RulesError};
 use super::sets;
@@ -34,16 +39,19 @@ impl Removed {
 }
 
 /// Removes the IPVS mode's state in the calling thread's network namespace; `link` is
-/// the dummy interface's name (`kube-ipvs0`).
-pub fn cleanup(link: &str) -> Result<Removed, DataplaneError> {
+/// the dummy interface's name (`kube-ipvs0`), virtual servers with an address inside
+/// `exclude` stay.
+pub fn cleanup(link: &str, exclude: &[IpNetwork]) -> Result<Removed, DataplaneError> {
     let mut removed = Removed::default();
     match Ipvs::open() {
-        Ok(mut ipvs) => {
+        Ok(mut ipvs) if exclude.is_empty() => {
+            // One request for all (firewall-mark services too, as kube-proxy's flush).
             removed.virtual_servers = ipvs.services()?.len();
             if removed.virtual_servers > 0 {
                 ipvs.flush()?;
             }
         }
+        Ok(mut ipvs) => removed.virtual_servers = remove_virtual_servers(&mut ipvs, exclude)?,
         Err(IpvsError::NoIpvs) => {}
         Err(e) => return Err(e.into()),
     }
@@ -71,4 +79,84 @@ pub fn cleanup(link: &str) -> Result<Removed, DataplaneError> {
     }
     removed.link = DummyLink::open(link)?.delete()?;
     Ok(removed)
+}
+
+/// Deletes every virtual server of `table` whose address is outside `exclude`; how
+/// many went. (Firewall-mark services have no address and are never listed: they are
+/// not this mode's, and stay.)
+pub fn remove_virtual_servers<T: IpvsTable>(
+    table: &mut T,
+    exclude: &[IpNetwork],
+) -> Result<usize, DataplaneError> {
+    let (mut gone, mut kept) = (0, 0);
+    for svc in table.services()? {
+        if exclude.iter().any(|net| net.contains(svc.id.addr)) {
+            kept += 1;
+            continue;
+        }
+        table.del_service(&svc.id)?;
+        gone += 1;
+    }
+    if kept > 0 {
+        tracing::info!(
+            kept,
+            "left the IPVS virtual servers inside --ipvs-exclude-cidrs"
+        );
+    }
+    Ok(gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::ipvs::fake::Fake;
+    use crate::dataplane::ipvs::netlink::{Protocol, Service, ServiceId};
+
+    fn svc(addr: &str, port: u16) -> Service {
+        let id = ServiceId {
+            protocol: Protocol::Tcp,
+            addr: addr.parse().expect("an address"),
+            port,
+        };
+        Service::new(id, "rr")
+    }
+
+    #[test]
+    fn only_virtual_servers_outside_the_excluded_ranges_are_deleted_and_counted() {
+        let mut fake = Fake::default();
+        for s in [
+            svc("10.96.0.10", 80),
+            svc("10.96.0.10", 443),
+            svc("192.168.50.7", 80),
+            svc("fd00:96::10", 80),
+            svc("fd00:ab::1", 53),
+        ] {
+            fake.state().services.insert(s.id, (s, Vec::new()));
+        }
+        let exclude: Vec<IpNetwork> = ["192.168.50.0/24", "fd00:ab::/32"]
+            .iter()
+            .map(|n| n.parse().expect("a CIDR"))
+            .collect();
+        let gone = remove_virtual_servers(&mut fake, &exclude).expect("removing");
+        assert_eq!(gone, 3);
+        let left: Vec<String> = fake
+            .state()
+            .services
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(left, ["TCP 192.168.50.7:80", "TCP [fd00:ab::1]:53"]);
+        // Nothing left outside them: a second run deletes nothing.
+        assert_eq!(remove_virtual_servers(&mut fake, &exclude).ok(), Some(0));
+    }
+
+    #[test]
+    fn a_failed_deletion_is_the_error_and_stops_the_cleanup() {
+        let mut fake = Fake::default();
+        let s = svc("10.96.0.10", 80);
+        fake.state().services.insert(s.id, (s, Vec::new()));
+        fake.state().fail = Some("del_service".into());
+        let e = remove_virtual_servers(&mut fake, &[]).expect_err("refused");
+        assert!(e.to_string().contains("10.96.0.10:80"), "{e}");
+    }
 }

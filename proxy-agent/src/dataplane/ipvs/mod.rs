@@ -5,7 +5,7 @@
 //! `iptables-restore` (see [`rules`]).
 //!
 //! `--proxy-mode=ipvs` builds it with [`IpvsDataplane::open`]; [`cleanup`] removes
-//! what it leaves.
+//! what it leaves; [`inspect`] reads it back for `proxyctl`.
 
 pub mod addresses;
 pub mod adopt;
@@ -13,12 +13,14 @@ pub mod backend;
 pub mod cleanup;
 #[cfg(test)]
 mod fake;
+pub mod inspect;
 pub mod kernel;
 pub mod netlink;
 pub mod plan;
 pub mod rules;
 pub mod sets;
 pub mod sysctl;
+pub mod timeouts;
 mod undo;
 
 pub use backend::{DEFAULT_SCHEDULER, IpvsDataplane, Options, RuleOptions, Timeouts};

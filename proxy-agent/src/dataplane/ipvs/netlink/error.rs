@@ -97,6 +97,8 @@ pub enum IpvsObject {
     },
     /// Every service (dumps, flush).
     All,
+    /// The connection timeouts (`SET_CONFIG`, `GET_CONFIG`).
+    Timeouts,
 }
 
 impl fmt::Display for IpvsObject {
@@ -108,6 +110,7 @@ impl fmt::Display for IpvsObject {
                 destination,
             } => write!(f, "IPVS destination {destination} of service {service}"),
             IpvsObject::All => f.write_str("IPVS services"),
+            IpvsObject::Timeouts => f.write_str("IPVS connection timeouts"),
         }
     }
 }
@@ -117,7 +120,8 @@ impl fmt::Display for IpvsObject {
 pub enum IpvsError {
     /// The generic netlink family "IPVS" is not registered.
     #[error(
-        "the kernel has no IPVS: load the ip_vs module (generic netlink family \"IPVS\" not found)"
+        "the kernel has no IPVS (no generic netlink family \"IPVS\"): load the ip_vs module \
+         (modprobe ip_vs)"
     )]
     NoIpvs,
     /// A new service or destination is already there (`EEXIST`).
@@ -211,9 +215,8 @@ impl IpvsError {
 impl From<IpvsError> for DataplaneError {
     fn from(e: IpvsError) -> Self {
         match &e {
-            IpvsError::NoIpvs | IpvsError::Invalid { .. } => {
-                DataplaneError::Unsupported(e.to_string())
-            }
+            IpvsError::NoIpvs => DataplaneError::Unavailable(e.to_string()),
+            IpvsError::Invalid { .. } => DataplaneError::Unsupported(e.to_string()),
             _ => {
                 let (op, object) = match &e {
                     IpvsError::Kernel { op, object, .. }
@@ -466,7 +469,7 @@ impl fmt::Display for IpsetErrno {
 #[derive(Debug, thiserror::Error)]
 pub enum IpsetError {
     /// nfnetlink or its ipset subsystem is not in the kernel.
-    #[error("the kernel has no ipset: load the ip_set module ({0})")]
+    #[error("the kernel has no ipset ({0}): load the ip_set module (modprobe ip_set)")]
     NoIpset(&'static str),
     /// The kernel refused the request.
     #[error("ipset {op} {set}: {code}")]
@@ -517,9 +520,8 @@ impl IpsetError {
 impl From<IpsetError> for DataplaneError {
     fn from(e: IpsetError) -> Self {
         match e {
-            IpsetError::NoIpset(_) | IpsetError::Invalid { .. } => {
-                DataplaneError::Unsupported(e.to_string())
-            }
+            IpsetError::NoIpset(_) => DataplaneError::Unavailable(e.to_string()),
+            IpsetError::Invalid { .. } => DataplaneError::Unsupported(e.to_string()),
             IpsetError::Kernel {
                 code: IpsetErrno::HashFull,
                 set,

@@ -331,7 +331,13 @@ fn a_kernel_without_ipset_is_told_to_load_it_and_bad_names_never_leave() {
     let Err(e) = Ipset::over(script) else {
         panic!("ipset found");
     };
-    assert!(e.to_string().contains("load the ip_set module"), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "the kernel has no ipset (nfnetlink subsystem 6 not registered): load the ip_set \
+         module (modprobe ip_set)"
+    );
+    let dp = DataplaneError::from(e);
+    assert!(matches!(dp, DataplaneError::Unavailable(_)), "{dp:?}");
     let mut ipset = ipset_with(Vec::new());
     let long = "A".repeat(32);
     let e = ipset.create(

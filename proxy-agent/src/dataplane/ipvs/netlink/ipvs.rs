@@ -23,6 +23,9 @@ pub const FAMILY_VERSION: u8 = 1;
 // Top-level attributes (IPVS_CMD_ATTR_*).
 const CMD_ATTR_SERVICE: u16 = 1;
 const CMD_ATTR_DEST: u16 = 2;
+const CMD_ATTR_TIMEOUT_TCP: u16 = 4;
+const CMD_ATTR_TIMEOUT_TCP_FIN: u16 = 5;
+const CMD_ATTR_TIMEOUT_UDP: u16 = 6;
 
 // Service attributes (IPVS_SVC_ATTR_*).
 const SVC_AF: u16 = 1;
@@ -88,6 +91,11 @@ pub enum Command {
     DelDest = 7,
     /// Dump a service's destinations.
     GetDest = 8,
+    /// Set the connection timeouts (`ipvsadm --set`); also the command of the
+    /// `GET_CONFIG` answer.
+    SetConfig = 12,
+    /// Get the connection timeouts.
+    GetConfig = 13,
     /// Delete every service.
     Flush = 17,
 }
@@ -104,6 +112,8 @@ impl Command {
             Command::SetDest => "IPVS_CMD_SET_DEST",
             Command::DelDest => "IPVS_CMD_DEL_DEST",
             Command::GetDest => "IPVS_CMD_GET_DEST",
+            Command::SetConfig => "IPVS_CMD_SET_CONFIG",
+            Command::GetConfig => "IPVS_CMD_GET_CONFIG",
             Command::Flush => "IPVS_CMD_FLUSH",
         }
     }
@@ -359,6 +369,26 @@ pub struct DestinationInfo {
     pub stats: Stats,
 }
 
+/// IPVS's connection timeouts in seconds (`struct ip_vs_timeout_user`): what
+/// `GET_CONFIG` reports (a protocol the kernel lacks is absent) and what `SET_CONFIG`
+/// changes (an absent one is not sent, and the kernel keeps it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeoutConfig {
+    /// Established TCP connections (`IPVS_CMD_ATTR_TIMEOUT_TCP`).
+    pub tcp: Option<u32>,
+    /// TCP connections after a FIN (`IPVS_CMD_ATTR_TIMEOUT_TCP_FIN`).
+    pub tcp_fin: Option<u32>,
+    /// UDP (`IPVS_CMD_ATTR_TIMEOUT_UDP`).
+    pub udp: Option<u32>,
+}
+
+impl TimeoutConfig {
+    /// Whether no timeout is given.
+    pub fn is_empty(&self) -> bool {
+        *self == TimeoutConfig::default()
+    }
+}
+
 /// The payload of an IPVS message: a command and its attributes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpvsMessage {
@@ -483,7 +513,43 @@ pub fn dest_message(cmd: Command, id: &ServiceId, dest: &Destination) -> IpvsMes
     }
 }
 
-/// A message without attributes (`GET_SERVICE` dumps, `FLUSH`).
+/// `SET_CONFIG` with the timeouts given, as top-level `u32` attributes. The kernel
+/// reads the current ones first and overwrites only those sent (and takes a 0 as
+/// "keep" too).
+pub fn set_config_message(timeouts: &TimeoutConfig) -> IpvsMessage {
+    let attrs = [
+        (CMD_ATTR_TIMEOUT_TCP, timeouts.tcp),
+        (CMD_ATTR_TIMEOUT_TCP_FIN, timeouts.tcp_fin),
+        (CMD_ATTR_TIMEOUT_UDP, timeouts.udp),
+    ]
+    .into_iter()
+    .filter_map(|(kind, secs)| secs.map(|s| Attr::u32(kind, s)))
+    .collect();
+    IpvsMessage {
+        cmd: Command::SetConfig,
+        attrs,
+    }
+}
+
+/// The timeouts of a `GET_CONFIG` answer (its command is `SET_CONFIG`).
+pub fn parse_config(replies: &[Reply]) -> Result<TimeoutConfig, DecodeError> {
+    let mut t = TimeoutConfig::default();
+    for reply in replies {
+        let body = reply.payload.get(GENL_HDRLEN..).unwrap_or_default();
+        for nla in attr::iter(body) {
+            let nla = nla?;
+            match nla.kind() {
+                CMD_ATTR_TIMEOUT_TCP => t.tcp = Some(attr::get_u32(&nla)?),
+                CMD_ATTR_TIMEOUT_TCP_FIN => t.tcp_fin = Some(attr::get_u32(&nla)?),
+                CMD_ATTR_TIMEOUT_UDP => t.udp = Some(attr::get_u32(&nla)?),
+                _ => {}
+            }
+        }
+    }
+    Ok(t)
+}
+
+/// A message without attributes (`GET_SERVICE` dumps, `GET_CONFIG`, `FLUSH`).
 pub fn bare_message(cmd: Command) -> IpvsMessage {
     IpvsMessage {
         cmd,

@@ -8,8 +8,8 @@ use super::error::{IpvsError, IpvsObject, NetlinkError};
 use super::genl;
 use super::ipvs::{
     Command, Destination, DestinationInfo, FAMILY_NAME, IpvsMessage, SCHEDNAME_MAXLEN, Service,
-    ServiceId, ServiceInfo, bare_message, dest_message, parse_dests, parse_services,
-    service_id_message, service_message,
+    ServiceId, ServiceInfo, TimeoutConfig, bare_message, dest_message, parse_config, parse_dests,
+    parse_services, service_id_message, service_message, set_config_message,
 };
 use super::socket::{self, Conn, Kernel, Transport};
 
@@ -128,6 +128,26 @@ impl<T: Transport> Ipvs<T> {
     pub fn flush(&mut self) -> Result<(), IpvsError> {
         let msg = bare_message(Command::Flush);
         self.ack(msg, IpvsObject::All, None)
+    }
+
+    /// The connection timeouts (`ipvsadm -L --timeout`).
+    pub fn timeouts(&mut self) -> Result<TimeoutConfig, IpvsError> {
+        let cmd = Command::GetConfig;
+        let msg = self.message(bare_message(cmd));
+        let replies = self
+            .conn
+            .request(msg, 0)
+            .map_err(|e| kernel_error(cmd, IpvsObject::Timeouts, None, e))?;
+        parse_config(&replies).map_err(|e| decode(cmd, IpvsObject::Timeouts, e))
+    }
+
+    /// Sets the timeouts given (`ipvsadm --set`); the others stay as they are. The
+    /// kernel refuses (`EINVAL`) one over `INT_MAX / HZ` seconds.
+    pub fn set_timeouts(&mut self, timeouts: &TimeoutConfig) -> Result<(), IpvsError> {
+        if timeouts.is_empty() {
+            return Ok(());
+        }
+        self.ack(set_config_message(timeouts), IpvsObject::Timeouts, None)
     }
 
     fn change_service(&mut self, cmd: Command, svc: &Service) -> Result<(), IpvsError> {

@@ -425,11 +425,15 @@ fn a_kernel_without_ipvs_is_told_to_load_the_module() {
         panic!("an unknown family resolved");
     };
     assert!(matches!(e, IpvsError::NoIpvs));
-    assert!(e.to_string().contains("load the ip_vs module"), "{e}");
-    assert!(matches!(
-        DataplaneError::from(e),
-        DataplaneError::Unsupported(_)
-    ));
+    assert_eq!(
+        e.to_string(),
+        "the kernel has no IPVS (no generic netlink family \"IPVS\"): load the ip_vs module \
+         (modprobe ip_vs)"
+    );
+    let dp = DataplaneError::from(e);
+    assert!(matches!(dp, DataplaneError::Unavailable(_)), "{dp:?}");
+    // Said once: the variant adds no words of its own.
+    assert_eq!(dp.to_string().matches("no IPVS").count(), 1, "{dp}");
 }
 
 #[test]
@@ -464,4 +468,108 @@ fn a_scheduler_name_too_long_for_the_kernel_is_refused_before_sending() {
     let mut ipvs = ipvs_with(Vec::new());
     let e = ipvs.new_service(&Service::new(vip(), "a-scheduler-name-too-long"));
     assert!(matches!(e, Err(IpvsError::Invalid { .. })), "{e:?}");
+}
+
+#[cfg(target_endian = "little")]
+#[test]
+fn set_config_sends_only_the_timeouts_given_as_top_level_u32s() {
+    let timeouts = TimeoutConfig {
+        tcp: Some(900),
+        tcp_fin: None,
+        udp: Some(300),
+    };
+    let bytes = request_bytes(set_config_message(&timeouts));
+    #[rustfmt::skip]
+    let expected: Vec<u8> = vec![
+        // nlmsghdr: len 36, type 0x1c, flags REQUEST|ACK, seq 1, pid 0
+        36, 0, 0, 0,  0x1c, 0,  0x05, 0,  1, 0, 0, 0,  0, 0, 0, 0,
+        // genlmsghdr: cmd IPVS_CMD_SET_CONFIG (12), version 1
+        12, 1, 0, 0,
+        // IPVS_CMD_ATTR_TIMEOUT_TCP (4): u32 900 (0x384)
+        8, 0, 4, 0,  0x84, 0x03, 0, 0,
+        // IPVS_CMD_ATTR_TIMEOUT_UDP (6): u32 300 (0x12c); no TIMEOUT_TCP_FIN (5)
+        8, 0, 6, 0,  0x2c, 0x01, 0, 0,
+    ];
+    assert_eq!(bytes, expected);
+
+    let bytes = request_bytes(bare_message(Command::GetConfig));
+    #[rustfmt::skip]
+    let expected: Vec<u8> = vec![
+        20, 0, 0, 0,  0x1c, 0,  0x05, 0,  1, 0, 0, 0,  0, 0, 0, 0,
+        13, 1, 0, 0, // IPVS_CMD_GET_CONFIG, no attributes
+    ];
+    assert_eq!(bytes, expected);
+}
+
+/// The kernel's `GET_CONFIG` answer: command `SET_CONFIG`, the three timeouts.
+fn config_answer(tcp: u32, tcp_fin: u32, udp: u32) -> Reply {
+    let mut payload = vec![Command::SetConfig as u8, 1, 0, 0];
+    payload.extend(emit_all(&[
+        Attr::u32(4, tcp),
+        Attr::u32(5, tcp_fin),
+        Attr::u32(6, udp),
+    ]));
+    Reply {
+        message_type: FAMILY,
+        payload,
+    }
+}
+
+#[test]
+fn get_config_decodes_the_three_timeouts_and_absent_ones_stay_unknown() {
+    let t = parse_config(&[config_answer(900, 120, 300)]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        t,
+        TimeoutConfig {
+            tcp: Some(900),
+            tcp_fin: Some(120),
+            udp: Some(300),
+        }
+    );
+    // A kernel built without UDP support sends only the TCP ones.
+    let mut payload = vec![Command::SetConfig as u8, 1, 0, 0];
+    payload.extend(emit_all(&[Attr::u32(4, 900), Attr::u32(5, 120)]));
+    let tcp_only = Reply {
+        message_type: FAMILY,
+        payload,
+    };
+    let t = parse_config(&[tcp_only]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.udp, None);
+    let mut payload = vec![Command::SetConfig as u8, 1, 0, 0];
+    payload.extend(emit_all(&[Attr::u16(4, 900)]));
+    let short = Reply {
+        message_type: FAMILY,
+        payload,
+    };
+    assert!(parse_config(&[short]).is_err(), "a 2-byte timeout");
+}
+
+#[test]
+fn timeouts_go_through_the_connection_and_nothing_to_set_sends_nothing() {
+    let answer = config_answer(900, 120, 300);
+    let mut get = message(answer.message_type, 0, 3, &answer.payload);
+    get.extend(error(3, 0));
+    let mut ipvs = ipvs_with(vec![error(2, 0), get, error(4, libc::EINVAL)]);
+    let udp_only = TimeoutConfig {
+        udp: Some(45),
+        ..TimeoutConfig::default()
+    };
+    ipvs.set_timeouts(&udp_only)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t = ipvs.timeouts().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.tcp, Some(900));
+    // Nothing given: no request (the script has no answer for one).
+    ipvs.set_timeouts(&TimeoutConfig::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let too_long = TimeoutConfig {
+        tcp: Some(u32::MAX),
+        ..TimeoutConfig::default()
+    };
+    let Err(e) = ipvs.set_timeouts(&too_long) else {
+        panic!("EINVAL accepted");
+    };
+    assert_eq!(
+        e.to_string(),
+        "IPVS connection timeouts: IPVS_CMD_SET_CONFIG: the kernel answered EINVAL (22)"
+    );
 }

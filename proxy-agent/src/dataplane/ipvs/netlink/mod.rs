@@ -19,6 +19,6 @@ pub use ipset::{Entry, SetFamily, SetInfo, SetSpec, SetType};
 pub use ipset_conn::Ipset;
 pub use ipvs::{
     Destination, DestinationInfo, ForwardMethod, Protocol, Service, ServiceFlags, ServiceId,
-    ServiceInfo, Stats,
+    ServiceInfo, Stats, TimeoutConfig,
 };
 pub use ipvs_conn::Ipvs;
