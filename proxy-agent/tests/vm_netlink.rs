@@ -438,9 +438,14 @@ fn inspect_lists_a_programmed_service_by_the_name_in_its_set_member() {
     ipvs.new_dest(&vip, &b).expect("NEW_DEST b");
     let drained = Destination { weight: 0, ..b };
     ipvs.set_dest(&vip, &drained).expect("SET_DEST weight 0");
-    let set = sets::spec(FrontendKind::ClusterIp, frontend.ip).expect("the ClusterIP set");
+    let set = sets::CLUSTER_IP.spec(false);
     ipset.create(&set, true).expect("create KUBE-CLUSTER-IP");
-    let member = sets::member(&frontend).with_comment("default/web:http");
+    let member = proxy_agent::dataplane::ipvs::netlink::Entry::ip_port(
+        frontend.ip,
+        Protocol::Tcp,
+        frontend.port,
+    )
+    .with_comment("default/web:http");
     ipset
         .add(&set.name, &member, false)
         .expect("add the member");

@@ -208,7 +208,7 @@ fn cleanup_removes_the_rules_of_both_families_before_the_sets() {
     for v6 in [false, true] {
         rules::apply(v6, &opts()).expect("apply");
     }
-    let removed = cleanup::cleanup("kube-ipvs0").expect("cleanup");
+    let removed = cleanup::cleanup("kube-ipvs0", &[]).expect("cleanup");
     assert!(removed.rules_v4 && removed.rules_v6, "{removed:?}");
     for v6 in [false, true] {
         assert!(!saved(v6).contains("KUBE-"), "v6={v6}");
@@ -219,7 +219,7 @@ fn cleanup_removes_the_rules_of_both_families_before_the_sets() {
         "{removed:?}"
     );
     // With none of our chains left, there is nothing to remove and no error.
-    let again = cleanup::cleanup("kube-ipvs0").expect("cleanup again");
+    let again = cleanup::cleanup("kube-ipvs0", &[]).expect("cleanup again");
     assert!(!again.rules_v4 && !again.rules_v6, "{again:?}");
 }
 
