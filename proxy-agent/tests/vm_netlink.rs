@@ -16,7 +16,7 @@ use proxy_agent::dataplane::ipvs::netlink::{
     ServiceFlags, ServiceId, SetFamily, SetSpec, SetType, TimeoutConfig,
 };
 use proxy_agent::dataplane::ipvs::{cleanup, inspect, sets, sysctl};
-use proxy_agent::model::{FrontendKey, FrontendKind};
+use proxy_agent::model::FrontendKey;
 
 /// Moves this test's thread into a new network namespace, with a route to the pod
 /// range: IPVS takes an IPv4 destination only if it is routable (`inet_addr_type` must
