@@ -43,6 +43,9 @@ enum Task {
         /// Kill the VM and fail after this many seconds.
         #[arg(long, default_value_t = vm::DEFAULT_TIMEOUT.as_secs())]
         timeout: u64,
+        /// The guest's memory in MiB.
+        #[arg(long, default_value_t = vm::DEFAULT_MEMORY_MIB)]
+        memory_mib: u32,
     },
     /// Run the demo.
     Demo,
@@ -58,9 +61,15 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Setup => setup::run(),
         Task::Test { cargo_test_args } => test(&cargo_test_args),
-        Task::VmTest { bins, timeout } => vm::run(&vm::Options {
+        Task::VmTest {
+            bins,
+            timeout,
+            memory_mib,
+        } => vm::run(&vm::Options {
             bins,
             timeout: std::time::Duration::from_secs(timeout),
+            memory_mib,
+            ..vm::Options::default()
         }),
         Task::Demo => demo::run(),
         Task::Bench { name } => bench::run(&name),
@@ -130,6 +139,10 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
         "vm_netlink",
         "--test",
         "vm_ipvs_backend",
+        "--test",
+        "vm_rules",
+        "--test",
+        "vm_ipvs_agent",
         "--",
         "-D",
         "warnings",

@@ -13,14 +13,18 @@ use anyhow::{Context, Result, bail};
 use super::{Kind, VmBinary};
 use crate::{cargo, display};
 
-/// Builds `b` (`cargo build --bin` or `cargo test --no-run --test`) and returns its
-/// executable. Compiler diagnostics stream to stderr as usual.
-pub fn build(b: &VmBinary) -> Result<PathBuf> {
+/// Builds `b` (`cargo build --bin` or `cargo test --no-run --test`, with `--release`
+/// if `release`) and returns its executable. Compiler diagnostics stream to stderr as
+/// usual.
+pub fn build(b: &VmBinary, release: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
     match b.kind {
         Kind::Bin => cmd.args(["build", "-p", b.package, "--bin", b.name]),
         Kind::Test => cmd.args(["test", "--no-run", "-p", b.package, "--test", b.name]),
     };
+    if release {
+        cmd.arg("--release");
+    }
     cmd.arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped());
     let shown = display(&cmd);
@@ -70,6 +74,7 @@ mod tests {
         kind: Kind::Bin,
         name: "vm-smoke",
         args: &[],
+        needs: &[],
     };
 
     #[test]

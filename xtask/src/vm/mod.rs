@@ -41,12 +41,32 @@ pub struct VmBinary {
     pub kind: Kind,
     pub name: &'static str,
     pub args: &'static [&'static str],
+    /// Entries of [`SHIPPED`] it runs, copied next to it as `/tests/NAME`.
+    pub needs: &'static [&'static str],
 }
 
-/// Everything `vm-test` runs by default, in order, in one boot. The IPVS integration
-/// tests (the agent in `--proxy-mode=ipvs`, namespaces inside the VM) belong here as
-/// further entries, e.g. a `[[test]]` of the `tests` crate that `cargo test` on the host
-/// leaves out.
+/// Binaries copied into the VM as `/tests/NAME` for the tests that name them in
+/// [`VmBinary::needs`], never run as tests themselves: the agent and its CLI, which
+/// the VM tests drive as a node would.
+pub const SHIPPED: &[VmBinary] = &[
+    VmBinary {
+        package: "proxy-agent",
+        kind: Kind::Bin,
+        name: "proxy-agent",
+        args: &[],
+        needs: &[],
+    },
+    VmBinary {
+        package: "proxy-agent",
+        kind: Kind::Bin,
+        name: "proxyctl",
+        args: &[],
+        needs: &[],
+    },
+];
+
+/// Everything `vm-test` runs by default, in order, in one boot: `[[test]]` targets with
+/// `test = false` (or binaries) that `cargo test` on the host leaves out.
 pub const BINARIES: &[VmBinary] = &[
     // Proves the harness and the guest kernel: IPVS, ipset, a dummy link.
     VmBinary {
@@ -54,6 +74,7 @@ pub const BINARIES: &[VmBinary] = &[
         kind: Kind::Bin,
         name: "vm-smoke",
         args: &[],
+        needs: &[],
     },
     // The IPVS and ipset netlink messages, taken by the kernel and read back.
     VmBinary {
@@ -61,6 +82,7 @@ pub const BINARIES: &[VmBinary] = &[
         kind: Kind::Test,
         name: "vm_netlink",
         args: &[],
+        needs: &[],
     },
     // The IPVS backend programming a ClusterIP that carries connections.
     VmBinary {
@@ -68,6 +90,7 @@ pub const BINARIES: &[VmBinary] = &[
         kind: Kind::Test,
         name: "vm_ipvs_backend",
         args: &[],
+        needs: &[],
     },
     // The IPVS mode's netfilter rules through the host's iptables: applied once however
     // often applied, removed without a trace, refusing VIP ports no service has.
@@ -76,6 +99,17 @@ pub const BINARIES: &[VmBinary] = &[
         kind: Kind::Test,
         name: "vm_rules",
         args: &[],
+        needs: &[],
+    },
+    // The real agent binary in --proxy-mode=ipvs, from manifests, in a node namespace
+    // with clients and pods around it. One test at a time: each starts agents and
+    // counts connections, and the VM has one CPU.
+    VmBinary {
+        package: "proxy-agent",
+        kind: Kind::Test,
+        name: "vm_ipvs_agent",
+        args: &["--test-threads=1"],
+        needs: &["proxy-agent", "proxyctl"],
     },
 ];
 
@@ -86,11 +120,19 @@ pub struct Options {
     pub bins: Vec<String>,
     /// For the whole boot; qemu is killed when it passes.
     pub timeout: Duration,
+    /// Build with `--release` (benchmarks).
+    pub release: bool,
+    /// The guest's memory.
+    pub memory_mib: u32,
 }
 
 /// The whole boot's default limit: a cached run takes 4–9 s, a small `cargo test`
-/// binary inside 25–30 s under emulation.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// binary inside 25–30 s under emulation, the agent tests a few minutes.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The guest's default memory: enough for the initramfs (the binaries are unpacked
+/// into RAM) and the tests' namespaces.
+pub const DEFAULT_MEMORY_MIB: u32 = 1024;
 
 /// Everything in [`BINARIES`], as `cargo xtask test` would run it.
 impl Default for Options {
@@ -98,17 +140,43 @@ impl Default for Options {
         Self {
             bins: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            release: false,
+            memory_mib: DEFAULT_MEMORY_MIB,
         }
     }
 }
 
+/// What a boot left: the console and the markers read from it.
+pub struct Outcome {
+    pub log: String,
+    pub report: init::Report,
+}
+
 /// Builds, boots, runs, reports. Fails if any binary fails or the VM does not finish.
 pub fn run(opts: &Options) -> Result<()> {
-    let started = Instant::now();
     let selected = select(&opts.bins)?;
+    let outcome = boot(&selected, opts)?;
+    let failures = summary(&selected, &outcome.report);
+    if !failures.is_empty() {
+        bail!(
+            "failed in the VM: {}; console log in {}",
+            failures.join(", "),
+            console_log_path().display()
+        );
+    }
+    Ok(())
+}
+
+/// Builds `selected` (and what they need from [`SHIPPED`]), boots, runs them in order
+/// and returns the console. Fails if the VM does not reach its end; the binaries'
+/// own results are in the report.
+pub fn boot(selected: &[&VmBinary], opts: &Options) -> Result<Outcome> {
+    let started = Instant::now();
+    let shipped = shipped_for(selected)?;
     let binaries = selected
         .iter()
-        .map(|b| Ok((b.name.to_owned(), build::build(b)?)))
+        .chain(&shipped)
+        .map(|b| Ok((b.name.to_owned(), build::build(b, opts.release)?)))
         .collect::<Result<Vec<(String, PathBuf)>>>()?;
     let built = Instant::now();
 
@@ -140,14 +208,13 @@ pub fn run(opts: &Options) -> Result<()> {
         opts.timeout.as_secs()
     );
     let boot_start = Instant::now();
-    let console = qemu::boot(&guest.vmlinux, &initrd, opts.timeout)?;
+    let console = qemu::boot(&guest.vmlinux, &initrd, opts.timeout, opts.memory_mib)?;
     let booted = Instant::now();
-    let log_path = cache.join("last-console.log");
+    let log_path = console_log_path();
     fs::write(&log_path, &console.log)
         .with_context(|| format!("writing {}", log_path.display()))?;
 
     let report = init::parse(&console.log);
-    let failures = summary(&selected, &report);
     println!(
         "vm-test: build {:.1} s, guest image {:.1} s, boot and run {:.1} s, total {:.1} s",
         (built - started).as_secs_f64(),
@@ -172,18 +239,34 @@ pub fn run(opts: &Options) -> Result<()> {
             tail(&console.log, 40)
         );
     }
-    if !failures.is_empty() {
-        bail!(
-            "failed in the VM: {}; console log in {}",
-            failures.join(", "),
-            log_path.display()
-        );
+    Ok(Outcome {
+        log: console.log,
+        report,
+    })
+}
+
+/// Where the last boot's console is kept.
+fn console_log_path() -> PathBuf {
+    target_dir().join("vm").join("last-console.log")
+}
+
+/// The entries of [`SHIPPED`] that `selected` need, each once.
+fn shipped_for(selected: &[&VmBinary]) -> Result<Vec<&'static VmBinary>> {
+    let mut out: Vec<&'static VmBinary> = Vec::new();
+    for name in selected.iter().flat_map(|b| b.needs) {
+        let b = SHIPPED
+            .iter()
+            .find(|s| s.name == *name)
+            .with_context(|| format!("no shipped binary {name:?} (see vm::SHIPPED)"))?;
+        if !out.iter().any(|o| o.name == b.name) {
+            out.push(b);
+        }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Prints one line per binary (and per module that did not load); returns what failed.
-fn summary(selected: &[&VmBinary], report: &init::Report) -> Vec<String> {
+pub fn summary(selected: &[&VmBinary], report: &init::Report) -> Vec<String> {
     println!("vm-test: summary");
     let mut failures = Vec::new();
     for b in selected {

@@ -26,9 +26,10 @@ pub struct Console {
     pub status: Option<ExitStatus>,
 }
 
-/// Boots `vmlinux` with `initrd` (concatenated cpio archives), echoing the console to
-/// stdout line by line, until qemu exits or `timeout` passes.
-pub fn boot(vmlinux: &Path, initrd: &Path, timeout: Duration) -> Result<Console> {
+/// Boots `vmlinux` with `initrd` (concatenated cpio archives) and `memory_mib` of
+/// memory, echoing the console to stdout line by line, until qemu exits or `timeout`
+/// passes.
+pub fn boot(vmlinux: &Path, initrd: &Path, timeout: Duration, memory_mib: u32) -> Result<Console> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-accel",
@@ -38,7 +39,7 @@ pub fn boot(vmlinux: &Path, initrd: &Path, timeout: Duration) -> Result<Console>
         "-smp",
         "1",
         "-m",
-        "1024",
+        &memory_mib.to_string(),
         "-nographic",
         "-no-reboot",
         "-nic",
