@@ -98,7 +98,8 @@ impl Held {
         );
     }
 
-    fn try_exchange(&mut self, msg: &str) -> io::Result<String> {
+    /// Sends `msg` and reads the answer line, or the error.
+    pub fn try_exchange(&mut self, msg: &str) -> io::Result<String> {
         self.writer.write_all(format!("{msg}\n").as_bytes())?;
         let mut line = String::new();
         self.reader.read_line(&mut line)?;

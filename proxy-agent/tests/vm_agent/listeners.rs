@@ -55,6 +55,24 @@ pub fn serve_udp(ns: &Netns, addr: SocketAddr, name: &str) {
     });
 }
 
+/// Greets every TCP connection on `addr` (bound in `ns`) with `NAME PEER-ADDRESS` and
+/// closes it: what a backend sees as the client's address (masqueraded or kept).
+pub fn serve_tcp_peer(ns: &Netns, addr: SocketAddr, name: &str) {
+    let listener = ns.run(move || {
+        TcpListener::bind(addr).unwrap_or_else(|e| panic!("binding a listener on {addr}: {e}"))
+    });
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let peer = conn
+                .peer_addr()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
+            let _ = conn.write_all(format!("{name} {peer}\n").as_bytes());
+        }
+    });
+}
+
 /// Greets every TCP connection on `addr` (bound in `ns`) with `name` and closes it at
 /// once: the cheapest server, for counting connections per second.
 pub fn serve_tcp_greet_and_close(ns: &Netns, addr: SocketAddr, name: &str) {

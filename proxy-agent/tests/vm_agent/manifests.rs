@@ -53,16 +53,32 @@ impl Drop for Manifests {
     }
 }
 
-/// A ClusterIP Service of one family in namespace `test`, with one EndpointSlice of
-/// ready endpoints on [`NODE`]. Ports are `(port, TCP|UDP, targetPort)`, named `p<port>`.
+/// The node the endpoints of [`Service::remote_endpoints`] are on.
+pub const OTHER_NODE: &str = "node-b";
+
+/// A Service of one family in namespace `test` (ClusterIP unless given NodePorts or
+/// load balancer IPs), with one EndpointSlice of ready endpoints on [`NODE`] (and
+/// [`OTHER_NODE`]). Ports are `(port, TCP|UDP, targetPort)`, named `p<port>`.
 #[derive(Clone, Debug)]
 pub struct Service {
     pub name: String,
     pub cluster_ip: IpAddr,
     pub ports: Vec<(u16, &'static str, u16)>,
     pub endpoints: Vec<IpAddr>,
+    /// Endpoints on [`OTHER_NODE`].
+    pub remote_endpoints: Vec<IpAddr>,
     /// `sessionAffinity: ClientIP` with this timeout.
     pub affinity_timeout_s: Option<u32>,
+    /// `nodePort` by service port: type NodePort (LoadBalancer with `lb_ips`).
+    pub node_ports: Vec<(u16, u16)>,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`: type LoadBalancer.
+    pub lb_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges`.
+    pub source_ranges: Vec<String>,
+    /// `externalTrafficPolicy: Local`.
+    pub local: bool,
 }
 
 impl Service {
@@ -73,8 +89,50 @@ impl Service {
             cluster_ip,
             ports: Vec::new(),
             endpoints: Vec::new(),
+            remote_endpoints: Vec::new(),
             affinity_timeout_s: None,
+            node_ports: Vec::new(),
+            external_ips: Vec::new(),
+            lb_ips: Vec::new(),
+            source_ranges: Vec::new(),
+            local: false,
         }
+    }
+
+    /// Gives service port `port` the NodePort `node_port`.
+    pub fn node_port(mut self, port: u16, node_port: u16) -> Service {
+        self.node_ports.push((port, node_port));
+        self
+    }
+
+    /// Adds an externalIP.
+    pub fn external_ip(mut self, ip: IpAddr) -> Service {
+        self.external_ips.push(ip);
+        self
+    }
+
+    /// Adds a load balancer IP (the Service becomes type LoadBalancer).
+    pub fn load_balancer(mut self, ip: IpAddr) -> Service {
+        self.lb_ips.push(ip);
+        self
+    }
+
+    /// Adds a `loadBalancerSourceRanges` entry.
+    pub fn source_range(mut self, cidr: &str) -> Service {
+        self.source_ranges.push(cidr.to_owned());
+        self
+    }
+
+    /// `externalTrafficPolicy: Local`.
+    pub fn local(mut self) -> Service {
+        self.local = true;
+        self
+    }
+
+    /// Sets the endpoints on [`OTHER_NODE`].
+    pub fn remote_endpoints(mut self, endpoints: impl IntoIterator<Item = IpAddr>) -> Service {
+        self.remote_endpoints = endpoints.into_iter().collect();
+        self
     }
 
     /// Adds a TCP port.
@@ -109,11 +167,39 @@ impl Service {
             "IPv6"
         };
         let (name, ip) = (&self.name, self.cluster_ip);
+        let kind = if !self.lb_ips.is_empty() {
+            "LoadBalancer"
+        } else if !self.node_ports.is_empty() {
+            "NodePort"
+        } else {
+            "ClusterIP"
+        };
         let mut y = format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: test}}\n\
-             spec:\n  type: ClusterIP\n  clusterIP: \"{ip}\"\n  clusterIPs: [\"{ip}\"]\n  \
+             spec:\n  type: {kind}\n  clusterIP: \"{ip}\"\n  clusterIPs: [\"{ip}\"]\n  \
              ipFamilies: [{family}]\n"
         );
+        let quoted = |ips: &[IpAddr]| {
+            ips.iter()
+                .map(|ip| format!("\"{ip}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !self.external_ips.is_empty() {
+            let _ = writeln!(y, "  externalIPs: [{}]", quoted(&self.external_ips));
+        }
+        if !self.source_ranges.is_empty() {
+            let ranges: Vec<String> = self
+                .source_ranges
+                .iter()
+                .map(|r| format!("\"{r}\""))
+                .collect();
+            let _ = writeln!(y, "  loadBalancerSourceRanges: [{}]", ranges.join(", "));
+        }
+        if kind != "ClusterIP" || !self.external_ips.is_empty() {
+            let policy = if self.local { "Local" } else { "Cluster" };
+            let _ = writeln!(y, "  externalTrafficPolicy: {policy}");
+        }
         match self.affinity_timeout_s {
             Some(t) => {
                 let _ = writeln!(
@@ -125,10 +211,22 @@ impl Service {
         }
         y.push_str("  ports:\n");
         for (port, proto, target) in &self.ports {
+            let node_port = self
+                .node_ports
+                .iter()
+                .find(|(p, _)| p == port)
+                .map(|(_, n)| format!(", nodePort: {n}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 y,
-                "  - {{name: p{port}, port: {port}, protocol: {proto}, targetPort: {target}}}"
+                "  - {{name: p{port}, port: {port}, protocol: {proto}, targetPort: {target}{node_port}}}"
             );
+        }
+        if !self.lb_ips.is_empty() {
+            y.push_str("status:\n  loadBalancer:\n    ingress:\n");
+            for ip in &self.lb_ips {
+                let _ = writeln!(y, "    - {{ip: \"{ip}\"}}");
+            }
         }
         let _ = write!(
             y,
@@ -136,15 +234,21 @@ impl Service {
              metadata: {{name: {name}-1, namespace: test, labels: {{kubernetes.io/service-name: {name}}}}}\n\
              addressType: {family}\n"
         );
-        if self.endpoints.is_empty() {
+        if self.endpoints.is_empty() && self.remote_endpoints.is_empty() {
             y.push_str("endpoints: []\n");
         } else {
             y.push_str("endpoints:\n");
         }
-        for ip in &self.endpoints {
+        let on = |node| move |ip: &IpAddr| (*ip, node);
+        for (ip, node) in self
+            .endpoints
+            .iter()
+            .map(on(NODE))
+            .chain(self.remote_endpoints.iter().map(on(OTHER_NODE)))
+        {
             let _ = writeln!(
                 y,
-                "- {{addresses: [\"{ip}\"], conditions: {{ready: true}}, nodeName: {NODE}}}"
+                "- {{addresses: [\"{ip}\"], conditions: {{ready: true}}, nodeName: {node}}}"
             );
         }
         y.push_str("ports:\n");

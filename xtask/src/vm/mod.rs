@@ -111,6 +111,15 @@ pub const BINARIES: &[VmBinary] = &[
         args: &["--test-threads=1"],
         needs: &["proxy-agent", "proxyctl"],
     },
+    // The same for clients outside the node (NodePort, externalIP, LB IP, policies,
+    // source ranges, the conntrack-INVALID reset).
+    VmBinary {
+        package: "proxy-agent",
+        kind: Kind::Test,
+        name: "vm_ipvs_external",
+        args: &["--test-threads=1"],
+        needs: &["proxy-agent"],
+    },
 ];
 
 /// How to run.

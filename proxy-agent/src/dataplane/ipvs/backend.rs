@@ -275,12 +275,28 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
         rewrite: bool,
         undo: &mut Vec<Undo>,
     ) -> Result<(), DataplaneError> {
-        // 1. The virtual servers and their destinations: not reachable yet if new
-        // (the VIP is not local, the port not in a set the rules accept).
+        // 0. Out of a set exempting from masquerading (externalTrafficPolicy became
+        // Cluster) before any remote destination is added: its traffic must be
+        // masqueraded from the first packet, or the replies would bypass the node.
+        for (set, member) in dropped(old, new).filter(|(s, _)| sets::exempts_from_masquerade(s)) {
+            if self.refs.member(set, member) <= 1 {
+                self.sets.del(set, member)?;
+                undo.push(Undo::AddMember(set.clone(), member.clone()));
+            }
+        }
+        // 1. The set members, but for the exempting ones: a member is inert until
+        // its address and port are served, and the rules must hold (masquerading,
+        // source ranges) from the first packet a new server takes: a NodePort's is
+        // reachable as soon as it exists.
+        self.add_members(new, old, rewrite, false, undo)?;
+        // 2. The virtual servers and their destinations (removed ones drained).
         for id in &new.servers {
             self.write_server(*id, svc, undo)?;
         }
-        // 2. The VIPs on the dummy interface: from here on the service is reachable.
+        // 3. Into the exempting sets (externalTrafficPolicy became Local) once the
+        // remote destinations take no new connection.
+        self.add_members(new, old, rewrite, true, undo)?;
+        // 4. The VIPs on the dummy interface: from here on the service is reachable.
         for ip in &new.vips {
             if self.refs.vip(ip) == 0 && !old.vips.contains(ip) {
                 self.addrs.ensure_link()?;
@@ -288,19 +304,7 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
                 undo.push(Undo::DelAddress(*ip));
             }
         }
-        // 3. The set members (re-added when their comment changed: the name follows
-        // a renamed service).
-        for (set, member) in &new.members {
-            if !rewrite && old.members.iter().any(|(s, m)| s == set && m == member) {
-                continue;
-            }
-            let existed = self.refs.member(set, member) > 0;
-            self.sets.add(set, member)?;
-            if !existed {
-                undo.push(Undo::DelMember(set.clone(), member.clone()));
-            }
-        }
-        // 4. What the old state had and the new one has not, once the new one serves:
+        // 5. What the old state had and the new one has not, once the new one serves:
         // virtual servers (a NodePort on an address the node no longer has), then
         // members and VIPs no other frontend uses.
         for id in old.servers.iter().filter(|id| !new.servers.contains(id)) {
@@ -310,12 +314,8 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
                 undo.push(Undo::NewService(old_svc, dests));
             }
         }
-        for (set, member) in &old.members {
-            let kept = new
-                .members
-                .iter()
-                .any(|(s, m)| s == set && bare(m) == bare(member));
-            if !kept && self.refs.member(set, member) <= 1 {
+        for (set, member) in dropped(old, new).filter(|(s, _)| !sets::exempts_from_masquerade(s)) {
+            if self.refs.member(set, member) <= 1 {
                 self.sets.del(set, member)?;
                 undo.push(Undo::AddMember(set.clone(), member.clone()));
             }
@@ -324,6 +324,32 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
             if self.refs.vip(ip) <= 1 {
                 self.addrs.del(*ip)?;
                 undo.push(Undo::AddAddress(*ip));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `new`'s members of the exempting sets (`exempting`) or of the others,
+    /// those `old` lacks (all if `rewrite`; re-added when their comment changed: the
+    /// name follows a renamed service).
+    fn add_members(
+        &mut self,
+        new: &Plan,
+        old: &Plan,
+        rewrite: bool,
+        exempting: bool,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), DataplaneError> {
+        for (set, member) in &new.members {
+            if sets::exempts_from_masquerade(set) != exempting
+                || (!rewrite && old.members.iter().any(|(s, m)| s == set && m == member))
+            {
+                continue;
+            }
+            let existed = self.refs.member(set, member) > 0;
+            self.sets.add(set, member)?;
+            if !existed {
+                undo.push(Undo::DelMember(set.clone(), member.clone()));
             }
         }
         Ok(())
@@ -585,6 +611,15 @@ fn service_id(frontend: &FrontendKey) -> ServiceId {
         addr: frontend.ip,
         port: frontend.port,
     }
+}
+
+/// The members `old` has and `new` has not (whatever their comments).
+fn dropped<'a>(old: &'a Plan, new: &'a Plan) -> impl Iterator<Item = &'a (String, Entry)> {
+    old.members.iter().filter(move |(set, member)| {
+        !new.members
+            .iter()
+            .any(|(s, m)| s == set && bare(m) == bare(member))
+    })
 }
 
 /// Whether `ip` is in one of `--ipvs-exclude-cidrs`.

@@ -74,15 +74,15 @@ fn a_new_service_is_programmed_virtual_server_first_and_made_reachable_last() {
     assert_eq!(
         journal(&fake),
         [
+            "add_member KUBE-CLUSTER-IP 10.96.0.10,tcp:80",
+            "add_member KUBE-IPVS-IPS 10.96.0.10",
+            "add_member KUBE-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5",
+            "add_member KUBE-LOOP-BACK 10.244.2.5,tcp:8080,10.244.2.5",
             "new_service TCP 10.96.0.10:80",
             "new_dest TCP 10.96.0.10:80 10.244.1.5:8080 w1",
             "new_dest TCP 10.96.0.10:80 10.244.2.5:8080 w1",
             "create_link",
             "add_address 10.96.0.10",
-            "add_member KUBE-CLUSTER-IP 10.96.0.10,tcp:80",
-            "add_member KUBE-IPVS-IPS 10.96.0.10",
-            "add_member KUBE-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5",
-            "add_member KUBE-LOOP-BACK 10.244.2.5,tcp:8080,10.244.2.5",
         ]
     );
     let st = fake.state();
@@ -190,10 +190,13 @@ fn a_removed_udp_destination_is_deleted_at_once_and_restored_if_the_update_fails
     dp.upsert(&udp(&["10.244.1.5:53"])).expect("first");
     journal(&fake);
     let moved = udp(&["10.244.2.5:53"]);
-    fake.state().fail = Some("add_member".into());
+    // The last write (the old endpoint's hairpin member) fails.
+    fake.state().fail = Some("del_member KUBE-LOOP-BACK 10.244.1.5".into());
     dp.upsert(&moved).expect_err("the member fails");
+    let mut wrote = journal(&fake);
+    wrote.retain(|l| l.contains("_dest"));
     assert_eq!(
-        journal(&fake),
+        wrote,
         [
             "new_dest UDP 10.96.0.10:53 10.244.2.5:53 w1",
             "del_dest UDP 10.96.0.10:53 10.244.1.5:53 w1",
@@ -219,9 +222,14 @@ fn a_drained_destination_coming_back_is_weighted_again() {
     journal(&fake);
     let back = svc("10.96.0.10", 80, &["10.244.1.5:8080"]);
     dp.upsert(&back).expect("back");
+    let wrote = journal(&fake);
     assert_eq!(
-        journal(&fake)[0],
-        "set_dest TCP 10.96.0.10:80 10.244.1.5:8080 w1"
+        wrote
+            .iter()
+            .find(|l| l.contains("_dest"))
+            .map(String::as_str),
+        Some("set_dest TCP 10.96.0.10:80 10.244.1.5:8080 w1"),
+        "{wrote:?}"
     );
     assert_eq!(fake.state().dests(&id(&back)), ["10.244.1.5:8080 w1"]);
 }
@@ -520,10 +528,22 @@ fn a_node_port_is_served_on_each_node_address_and_follows_them() {
     restarted.upsert(&np).expect("unchanged");
     assert!(journal(&fake).is_empty(), "nothing to rewrite");
 
-    // ETP Cluster now: out of the -LOCAL set only.
+    // ETP Cluster now, with a remote endpoint: out of the -LOCAL set before the new
+    // destination, so that no connection to it goes unmasqueraded.
     np.node_local = false;
+    np.backends
+        .push("10.244.2.5:8080".parse().expect("backend"));
+    journal(&fake);
     dp.upsert(&np).expect("policy change");
     assert!(members(&fake, "KUBE-NODE-PORT-LOCAL-TCP").is_empty());
+    let lines = journal(&fake);
+    let out_of_local = lines
+        .iter()
+        .position(|l| l.starts_with("del_member KUBE-NODE-PORT-LOCAL-TCP"));
+    let remote = lines
+        .iter()
+        .position(|l| l.contains("new_dest") && l.contains("10.244.2.5"));
+    assert!(out_of_local.is_some() && out_of_local < remote, "{lines:?}");
     dp.remove(&np.frontend).expect("remove");
     dp.remove(&twin.frontend).expect("remove twin");
     assert!(servers(&fake).is_empty());
@@ -661,7 +681,11 @@ fn a_virtual_server_with_another_scheduler_reads_as_drift_and_is_rewritten() {
     assert_ne!(held[0], web, "the scheduler differs: drift");
     journal(&fake);
     dp.upsert(&web).expect("the repair");
-    assert_eq!(journal(&fake)[0], "set_service TCP 10.96.0.10:80");
+    let wrote = journal(&fake);
+    assert!(
+        wrote.iter().any(|l| l == "set_service TCP 10.96.0.10:80"),
+        "{wrote:?}"
+    );
     assert_eq!(fake.state().services[&id(&web)].0.scheduler, "wlc");
     dp.refresh().expect("refresh");
     assert_eq!(dp.programmed().expect("programmed"), [web]);

@@ -160,6 +160,19 @@ pub const KUBE_SETS: [KubeSet; 15] = [
     IPVS_IPS,
 ];
 
+/// Whether a member of the set `name` keeps a frontend's traffic from being
+/// masqueraded (`externalTrafficPolicy: Local`): the `-LOCAL` sets.
+pub fn exempts_from_masquerade(name: &str) -> bool {
+    [
+        EXTERNAL_IP_LOCAL,
+        LOAD_BALANCER_LOCAL,
+        NODE_PORT_LOCAL_TCP,
+        NODE_PORT_LOCAL_UDP,
+    ]
+    .iter()
+    .any(|s| s.name_for(false) == name || s.name_for(true) == name)
+}
+
 /// Every set name of this mode, both families.
 pub fn all() -> impl Iterator<Item = String> {
     KUBE_SETS

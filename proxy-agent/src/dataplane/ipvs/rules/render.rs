@@ -16,8 +16,9 @@
 //!   marked packets are masqueraded;
 //! - filter INPUT/FORWARD -> `KUBE-PROXY-FIREWALL`: a load balancer IP with source
 //!   ranges is reached only from them;
-//! - filter INPUT -> `KUBE-IPVS-FILTER`: a NEW connection to a VIP on a port no set
-//!   holds is rejected; `KUBE-NODE-PORT` accepts health check node ports;
+//! - filter INPUT -> `KUBE-IPVS-FILTER`: an INVALID segment from an endpoint is
+//!   dropped (unless `drop_invalid` is off; our addition, see there); a NEW connection
+//!   to a VIP on a port no set holds is rejected; `KUBE-NODE-PORT` accepts health check node ports;
 //! - filter FORWARD -> `KUBE-FORWARD`: marked and established traffic is forwarded,
 //!   INVALID packets dropped (unless `drop_invalid` is off).
 
@@ -31,6 +32,9 @@ use super::chains::{
 };
 use crate::dataplane::ipvs::RuleOptions;
 use crate::dataplane::ipvs::sets::{self, KubeSet};
+
+/// The comment of the rule dropping INVALID replies of endpoints to the node.
+pub const INVALID_FROM_ENDPOINTS: &str = "INVALID replies of endpoints to masqueraded connections";
 
 /// kube-proxy's masquerade mark (`--iptables-masquerade-bit` 14).
 pub const MASQ_MARK: &str = "0x4000";
@@ -280,6 +284,17 @@ impl Rules {
         );
         self.line(&format!("-A {SOURCE_RANGES_FIREWALL} -j DROP"));
 
+        // KUBE-IPVS-FILTER (INPUT): an INVALID segment from an endpoint (ip and port
+        // in KUBE-LOOP-BACK) to the node is the reply of a masqueraded connection that
+        // conntrack could not un-SNAT; the node's stack would answer it with a reset
+        // the endpoint accepts (kubernetes#74839 with masquerading, which kube-proxy's
+        // FORWARD rule never sees). Not in kube-proxy's IPVS mode.
+        if drop_invalid {
+            let loop_back = sets::LOOP_BACK.name_for(self.v6);
+            self.line(&format!(
+                "-A {IPVS_FILTER} -m comment --comment \"{INVALID_FROM_ENDPOINTS}\" -m conntrack --ctstate INVALID -m set --match-set {loop_back} src,src,src -j DROP"
+            ));
+        }
         // KUBE-IPVS-FILTER: a VIP answers only on its services' ports.
         for set in [
             &sets::LOAD_BALANCER,

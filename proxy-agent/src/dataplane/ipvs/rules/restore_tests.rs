@@ -321,7 +321,7 @@ fn a_refused_restore_names_the_line_and_its_table() {
     let mut fake = Fake {
         restore_fails: Some(
             "iptables-restore v1.8.9 (nf_tables): Set KUBE-IPVS-IPS doesn't exist.\n\n\
-             Error occurred at line: 50\n\
+             Error occurred at line: 51\n\
              Try `iptables-restore -h' or 'iptables-restore --help' for more information."
                 .into(),
         ),
@@ -331,8 +331,8 @@ fn a_refused_restore_names_the_line_and_its_table() {
         .apply(&opts())
         .expect_err("refused");
     let input = render(false, &opts());
-    let line50 = input.lines().nth(49).expect("50 lines").to_owned();
-    assert!(line50.contains("KUBE-IPVS-IPS"), "{line50}");
+    let line51 = input.lines().nth(50).expect("51 lines").to_owned();
+    assert!(line51.contains("KUBE-IPVS-IPS"), "{line51}");
     match &e {
         RulesError::Restore {
             program,
@@ -343,12 +343,12 @@ fn a_refused_restore_names_the_line_and_its_table() {
         } => {
             assert_eq!(program, "iptables-restore");
             assert_eq!(*table, "filter");
-            assert_eq!(line.as_ref(), Some(&(50, line50.clone())));
+            assert_eq!(line.as_ref(), Some(&(51, line51.clone())));
             assert!(stderr.contains("doesn't exist"));
         }
         other => panic!("{other:?}"),
     }
-    assert!(e.to_string().contains(&line50), "{e}");
+    assert!(e.to_string().contains(&line51), "{e}");
     match DataplaneError::from(e) {
         DataplaneError::Kernel { op, object, .. } => {
             assert_eq!(
