@@ -178,8 +178,20 @@ impl<D: Dataplane> Pipeline<D> {
         m.no_local_endpoints
             .get_or_create(&policy("external"))
             .set(self.translator.no_local_endpoints_external() as i64);
-        let bind_errors = self.health_checks.sync(&self.translator.health_checks());
+        let health_checks = self.translator.health_checks();
+        let bind_errors = self.health_checks.sync(&health_checks);
         m.health_check_bind_errors.inc_by(bind_errors.len() as u64);
+        let ports: Vec<u16> = health_checks.iter().map(|h| h.port).collect();
+        if let Err(e) = self
+            .reconciler
+            .dataplane_mut()
+            .set_health_check_ports(&ports)
+        {
+            warn!(error = %e, "letting the health check node ports in failed; will retry");
+            m.programming_failures
+                .get_or_create(&reason(e.metric_label()))
+                .inc();
+        }
         let applied = self.reconciler.applied();
         m.services.set(applied.len() as i64);
         m.backends

@@ -121,6 +121,13 @@ pub trait Dataplane: Send {
         Cow::Borrowed(svc)
     }
 
+    /// The `healthCheckNodePort`s the agent serves, for a backend whose rules must let
+    /// them in (the IPVS mode's `KUBE-HEALTH-CHECK-NODE-PORT`). Nothing by default.
+    fn set_health_check_ports(&mut self, ports: &[u16]) -> Result<(), DataplaneError> {
+        let _ = ports;
+        Ok(())
+    }
+
     /// Re-reads the kernel state, so that [`Dataplane::programmed`] shows entries
     /// changed or deleted behind the agent's back and the next sync repairs them.
     fn refresh(&mut self) -> Result<(), DataplaneError> {

@@ -121,6 +121,8 @@ pub struct IpvsDataplane<T = Ipvs, S = Ipset, A = DummyLink> {
     refs: Refs,
     /// The netfilter rules to keep installed (none over fakes).
     rules: Option<RuleOptions>,
+    /// The health check node ports in `KUBE-HEALTH-CHECK-NODE-PORT`.
+    health_ports: BTreeSet<u16>,
 }
 
 #[derive(Default)]
@@ -218,6 +220,7 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
             node_applied: false,
             refs: Refs::default(),
             rules: None,
+            health_ports: BTreeSet::new(),
         };
         dp.ensure_sets()?;
         dp.read_back()?;
@@ -504,6 +507,14 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
         }
         self.held = adopted.held;
         self.node_servers = adopted.node_servers;
+        // Re-learnt each time, so a port removed behind the agent's back is re-added.
+        self.health_ports = kernel
+            .members
+            .get(&sets::HEALTH_CHECK_NODE_PORT.name_for(false))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.port)
+            .collect();
         Ok(())
     }
 }
@@ -581,6 +592,24 @@ where
 
     fn held<'a>(&self, svc: &'a VirtualService) -> Cow<'a, VirtualService> {
         adopt::stored(svc)
+    }
+
+    fn set_health_check_ports(&mut self, ports: &[u16]) -> Result<(), DataplaneError> {
+        let want: BTreeSet<u16> = ports.iter().copied().collect();
+        // Both families' sets: the rules of each match their own.
+        let names = [false, true].map(|v6| sets::HEALTH_CHECK_NODE_PORT.name_for(v6));
+        for port in want.difference(&self.health_ports) {
+            for set in &names {
+                self.sets.add(set, &Entry::port(*port))?;
+            }
+        }
+        for port in self.health_ports.difference(&want) {
+            for set in &names {
+                self.sets.del(set, &Entry::port(*port))?;
+            }
+        }
+        self.health_ports = want;
+        Ok(())
     }
 
     fn refresh(&mut self) -> Result<(), DataplaneError> {

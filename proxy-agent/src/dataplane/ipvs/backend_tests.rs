@@ -690,3 +690,21 @@ fn a_virtual_server_with_another_scheduler_reads_as_drift_and_is_rewritten() {
     dp.refresh().expect("refresh");
     assert_eq!(dp.programmed().expect("programmed"), [web]);
 }
+
+#[test]
+fn health_check_node_ports_follow_the_served_ones_in_both_families() {
+    let fake = Fake::default();
+    let mut dp = backend(&fake);
+    dp.set_health_check_ports(&[30100, 30101]).expect("two");
+    dp.set_health_check_ports(&[30101]).expect("one");
+    for set in [
+        "KUBE-HEALTH-CHECK-NODE-PORT",
+        "KUBE-6-HEALTH-CHECK-NODE-PORT",
+    ] {
+        assert_eq!(members(&fake, set), ["30101"], "{set}");
+    }
+    // A restarted agent knows them, and removes the one no longer served.
+    let mut restarted = backend(&fake);
+    restarted.set_health_check_ports(&[]).expect("none");
+    assert!(members(&fake, "KUBE-HEALTH-CHECK-NODE-PORT").is_empty());
+}
