@@ -468,3 +468,78 @@ fn an_invalid_segment_resets_a_masqueraded_node_port_under_kube_proxy_s_rules_no
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A restart with NodePorts, externalIPs and load balancer IPs (one under
+/// `externalTrafficPolicy: Local` with source ranges): the new agent adopts them all,
+/// their internal twins included, and its first sync rewrites nothing; a connection
+/// held through the NodePort lives on.
+#[test]
+fn a_restarted_agent_adopts_external_frontends_and_rewrites_nothing() {
+    let lab = Lab::new("readopt", &["a", "b"], 1);
+    let manifests = Manifests::new("readopt");
+    let pods = |v6: bool| lab.pods.iter().map(move |p| p.ip(v6)).collect::<Vec<_>>();
+    manifests.write_services(
+        "web.yaml",
+        &[
+            Service::new("web", ip("10.96.0.60"))
+                .tcp(80, TCP_PORT)
+                .udp(53, UDP_PORT)
+                .node_port(80, 30080)
+                .node_port(53, 30053)
+                .external_ip(ip("192.0.2.60"))
+                .load_balancer(ip("198.51.100.60"))
+                .endpoints(pods(false)),
+            Service::new("local", ip("10.96.0.61"))
+                .tcp(80, TCP_PORT)
+                .node_port(80, 30081)
+                .load_balancer(ip("198.51.100.61"))
+                .source_range("10.0.1.0/24")
+                .local()
+                .endpoints(pods(false)),
+            Service::new("web6", ip("fd00:96::60"))
+                .tcp(80, TCP_PORT)
+                .node_port(80, 30082)
+                .endpoints(pods(true)),
+        ],
+    );
+    let args = ["--nodeport-addresses", NODE_PORT_ADDRESSES];
+    let first = Agent::start(&lab, &manifests, &args);
+    let node_port = at("10.0.1.1", 30080);
+    let pods_tcp: Vec<SocketAddr> = lab.pods.iter().map(|p| p.tcp(false)).collect();
+    wait_dests(&lab, tcp(node_port), &pods_tcp);
+    wait_dests(&lab, tcp(at("198.51.100.61", 80)), &pods_tcp);
+    wait_dests(
+        &lab,
+        tcp(at("fd00:1:1::1", 30082)),
+        &lab.pods.iter().map(|p| p.tcp(true)).collect::<Vec<_>>(),
+    );
+    let first_sync = first.wait_syncs(1).remove(0);
+    let mut held = Held::open(&lab.client().ns, node_port);
+    held.exchange();
+    let before = kernel::table(&lab.node);
+
+    let status = first.stop();
+    assert!(status.success(), "the first agent exited {status}");
+    held.exchange();
+    let second = Agent::start(&lab, &manifests, &args);
+    let report = second.wait_syncs(1).remove(0);
+    assert_eq!(
+        (report.upserted, report.removed, report.failed),
+        (0, 0, 0),
+        "the first sync rewrote something: {}",
+        report.line
+    );
+    assert_eq!(report.services, first_sync.services, "{}", report.line);
+    let after = kernel::table(&lab.node);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "the same virtual servers"
+    );
+    held.exchange();
+    first_contact(&lab.client().ns, at("198.51.100.61", 80));
+    assert_eq!(
+        answers(&lab.client().ns, node_port, 4),
+        BTreeSet::from(["a".to_owned(), "b".to_owned()])
+    );
+}
