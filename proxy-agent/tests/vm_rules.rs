@@ -34,7 +34,7 @@ use proxy_agent::dataplane::ipvs::addresses::DummyLink;
 use proxy_agent::dataplane::ipvs::cleanup;
 use proxy_agent::dataplane::ipvs::kernel::VipAddresses;
 use proxy_agent::dataplane::ipvs::netlink::socket::{self, Conn};
-use proxy_agent::dataplane::ipvs::netlink::{Entry, Ipset, Protocol, SetSpec};
+use proxy_agent::dataplane::ipvs::netlink::{Entry, Ipset, Protocol};
 use proxy_agent::dataplane::ipvs::rules::{self, Iptables, JUMPS, chains::CHAINS};
 use proxy_agent::dataplane::ipvs::sets::{self, KUBE_SETS};
 
@@ -66,18 +66,14 @@ fn no_dad(dev: &str) {
 }
 
 /// A fresh namespace for this thread, with every set the rules match, in both
-/// families, as the backend creates them (under the names the rules use: ipset takes
-/// at most 31 bytes).
+/// families, as the backend creates them.
 fn node_with_sets() -> Ipset {
     unshare_net();
     ip(&["link", "set", "lo", "up"]);
     let mut ipset = Ipset::open().expect("ipset");
     for v6 in [false, true] {
         for set in KUBE_SETS {
-            let spec = SetSpec {
-                name: set.name_for(v6),
-                ..set.spec(v6)
-            };
+            let spec = set.spec(v6);
             ipset
                 .create(&spec, false)
                 .unwrap_or_else(|e| panic!("creating {}: {e}", spec.name));
