@@ -3,17 +3,18 @@
 //! the console, which xtask reads and sums up (medians, spreads, quantiles).
 //!
 //! In one lab (a client and a pod around the node, see `vm_agent::lab`):
-//! 1. new TCP connections per second from the client, through an IPVS ClusterIP and
-//!    straight to the pod, in alternating rounds, with 1 service programmed;
-//! 2. the agent stopped and `--cleanup`ed; `SERVICES` more services x 10 endpoints
-//!    written to the manifests; a new agent started: the time from its start to its
-//!    first sync holding them all (its log's timestamp), then the kernel's table
-//!    counted;
-//! 3. the connection rounds again, now among those services;
-//! 4. one service's endpoints changed `CHANGES` times, one at a time: the time from
-//!    writing the manifest until the new destination is in IPVS (polled over netlink).
+//! 1. with 2 services programmed (the measured one and a probe): new TCP connections
+//!    per second from the client, through an IPVS ClusterIP and straight to the pod,
+//!    in alternating rounds; then the probe's endpoints changed `CHANGES` times, one
+//!    at a time: the time from writing the manifest until the new destination is in
+//!    IPVS (polled over netlink);
+//! 2. the agent stopped and `--cleanup`ed; `SERVICES` services x 10 endpoints (the
+//!    probe among them) written to the manifests; a new agent started: the time from
+//!    its start to its first sync holding them all (its log's timestamp), then the
+//!    kernel's table counted;
+//! 3. the connection rounds again, and `LOADED_CHANGES` probe changes, among them.
 //!
-//! Arguments: `--rounds N --round-ms MS --services N --changes N`.
+//! Arguments: `--rounds N --round-ms MS --services N --changes N --loaded-changes N`.
 
 mod vm_agent;
 
@@ -51,6 +52,7 @@ struct Args {
     round: Duration,
     services: usize,
     changes: usize,
+    loaded_changes: usize,
 }
 
 fn args() -> Args {
@@ -59,6 +61,7 @@ fn args() -> Args {
         round: Duration::from_millis(1500),
         services: 10_000,
         changes: 100,
+        loaded_changes: 5,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -72,6 +75,7 @@ fn args() -> Args {
             "--round-ms" => a.round = Duration::from_millis(v),
             "--services" => a.services = v as usize,
             "--changes" => a.changes = v as usize,
+            "--loaded-changes" => a.loaded_changes = v as usize,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -97,13 +101,17 @@ fn main() {
         .tcp(VIP.port(), POD_PORT)
         .endpoints([IpAddr::V4(pod.ipv4)]);
     manifests.write_services("bench.yaml", &[bench]);
-    let first = Agent::start(&lab, &manifests, &[]);
+    manifests.write_services("probe.yaml", &[load_service(PROBE, 0)]);
+    // No full resync during the measurements (each re-applies the netfilter rules
+    // with iptables-restore, seconds of the VM's one CPU).
+    let first = Agent::start(&lab, &manifests, &["--sync-period", "3600"]);
     wait_live(
         &lab.node,
         tcp(VIP),
         &[SocketAddr::new(pod.ipv4.into(), POD_PORT)],
     );
-    connection_rounds(&lab, &args, 1, direct);
+    connection_rounds(&lab, &args, 2, direct);
+    endpoint_changes(&lab, &manifests, &first, 2, args.changes);
     assert!(first.stop().success(), "the first agent's exit");
 
     // From cold: nothing programmed, everything in the manifests before the start.
@@ -139,7 +147,7 @@ fn main() {
     );
 
     connection_rounds(&lab, &args, total, direct);
-    endpoint_changes(&lab, &manifests, &args, &second);
+    endpoint_changes(&lab, &manifests, &second, total, args.loaded_changes);
     println!(
         "@@kpt-bench rss services={} kib={}",
         args.services,
@@ -223,18 +231,20 @@ fn write_load(manifests: &Manifests, n: usize, probe_version: usize) {
     manifests.write_services("probe.yaml", &[load_service(PROBE, probe_version)]);
 }
 
-/// The probe's endpoints changed one at a time: from each write until IPVS has the
-/// new destination, polled every millisecond over one netlink socket of the node's;
-/// with the agent's own account of that sync (from the change reaching it to the
-/// kernel holding it, and its translate and apply parts).
-fn endpoint_changes(lab: &Lab, manifests: &Manifests, args: &Args, agent: &Agent) {
+/// The probe's endpoints changed `n` times, one at a time, with `services` programmed:
+/// from each write until IPVS has the new destination, polled over one netlink socket
+/// of the node's (every millisecond for 2 s, then every 20 ms); with the agent's account of that sync (when it
+/// ended, from the write, and its translate and apply parts: the rest is the source's
+/// debounce and its re-reading of the manifests).
+fn endpoint_changes(lab: &Lab, manifests: &Manifests, agent: &Agent, services: usize, n: usize) {
     let probe = load_service(PROBE, 0);
     let id = tcp(SocketAddr::new(probe.cluster_ip, 80));
     let mut ipvs = lab.node.run(|| Ipvs::open().expect("IPVS"));
-    for version in 1..=args.changes {
+    for version in 1..=n {
         let changed = load_service(PROBE, version);
         let new = SocketAddr::new(changed.endpoints[0], 8080);
         let syncs = agent.syncs().len();
+        let written = jiff::Timestamp::now();
         let started = Instant::now();
         manifests.write_services("probe.yaml", &[changed]);
         loop {
@@ -246,24 +256,32 @@ fn endpoint_changes(lab: &Lab, manifests: &Manifests, args: &Args, agent: &Agent
                 break;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "change {version}: {new} not in IPVS after 120 s: {dests:?}"
+                started.elapsed() < Duration::from_secs(600),
+                "change {version}: {new} not in IPVS after 600 s: {dests:?}"
             );
-            std::thread::sleep(Duration::from_millis(1));
+            // Fine-grained while a change is quick; then coarser, not to take the
+            // VM's one CPU from the agent during a long one.
+            let pause = if started.elapsed() < Duration::from_secs(2) {
+                1
+            } else {
+                20
+            };
+            std::thread::sleep(Duration::from_millis(pause));
         }
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let synced = agent.wait("the change's sync line", || {
-            agent.syncs().pop().filter(|_| agent.syncs().len() > syncs)
+            let all = agent.syncs();
+            (all.len() > syncs).then(|| all[syncs].clone())
         });
         let us = |key: &str| {
             synced
                 .field(key)
                 .unwrap_or_else(|| panic!("no {key} in {}", synced.line))
         };
+        let sync_end_ms = synced.at().duration_since(written).as_secs_f64() * 1000.0;
         println!(
-            "@@kpt-bench change services={} ms={ms:.2} agent_latency_us={} translate_us={} apply_us={}",
-            args.services,
-            us("latency_us"),
+            "@@kpt-bench change services={services} ms={ms:.2} sync_end_ms={sync_end_ms:.1} \
+             translate_us={} apply_us={}",
             us("translate_us"),
             us("apply_us")
         );
