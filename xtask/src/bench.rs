@@ -4,6 +4,7 @@
 
 mod clusterip;
 mod flood;
+mod ipvs;
 mod nodeport;
 mod pkt;
 mod sync;
@@ -17,11 +18,14 @@ pub fn run(name: &str) -> Result<()> {
     match name {
         "clusterip" => clusterip::run(),
         "flood" => flood::run(),
+        "ipvs" => ipvs::run(),
         "nodeport" => nodeport::run(),
         "pkt" => pkt::run(),
         "sync" => sync::run(),
         other => {
-            bail!("unknown benchmark {other:?}; available: clusterip, flood, nodeport, pkt, sync")
+            bail!(
+                "unknown benchmark {other:?}; available: clusterip, flood, ipvs, nodeport, pkt, sync"
+            )
         }
     }
 }

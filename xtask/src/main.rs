@@ -51,7 +51,7 @@ enum Task {
     Demo,
     /// Run the benchmark NAME.
     Bench {
-        /// Which benchmark: clusterip, flood, nodeport, pkt or sync.
+        /// Which benchmark: clusterip, flood, ipvs, nodeport, pkt or sync.
         name: String,
     },
 }
@@ -143,6 +143,8 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
         "vm_rules",
         "--test",
         "vm_ipvs_agent",
+        "--test",
+        "vm_ipvs_bench",
         "--",
         "-D",
         "warnings",
