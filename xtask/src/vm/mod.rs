@@ -157,8 +157,7 @@ impl Default for Options {
 
 /// What a boot left: the console and the markers read from it.
 pub struct Outcome {
-    /// The whole console (the benchmarks read their figures from it).
-    #[allow(dead_code, reason = "read by `bench ipvs`")]
+    /// The whole console (`bench ipvs` reads its figures from it).
     pub log: String,
     pub report: init::Report,
 }
