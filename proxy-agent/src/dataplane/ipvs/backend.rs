@@ -291,14 +291,22 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
         // its address and port are served, and the rules must hold (masquerading,
         // source ranges) from the first packet a new server takes: a NodePort's is
         // reachable as soon as it exists.
+        // A new frontend joins the exempting sets now too: it has no remote
+        // destination to drain, and its first connection must keep its client.
+        let new_frontend = old.servers.is_empty();
         self.add_members(new, old, rewrite, false, undo)?;
+        if new_frontend {
+            self.add_members(new, old, rewrite, true, undo)?;
+        }
         // 2. The virtual servers and their destinations (removed ones drained).
         for id in &new.servers {
             self.write_server(*id, svc, undo)?;
         }
         // 3. Into the exempting sets (externalTrafficPolicy became Local) once the
         // remote destinations take no new connection.
-        self.add_members(new, old, rewrite, true, undo)?;
+        if !new_frontend {
+            self.add_members(new, old, rewrite, true, undo)?;
+        }
         // 4. The VIPs on the dummy interface: from here on the service is reachable.
         for ip in &new.vips {
             if self.refs.vip(ip) == 0 && !old.vips.contains(ip) {

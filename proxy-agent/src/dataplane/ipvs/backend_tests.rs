@@ -476,7 +476,15 @@ fn a_node_port_is_served_on_each_node_address_and_follows_them() {
     dp.set_node(&node).expect("node");
     let mut np = node_port(30080, &["10.244.1.5:8080"]);
     np.node_local = true;
+    journal(&fake);
     dp.upsert(&np).expect("upsert");
+    // New and Local: in the -LOCAL set before its first server takes a connection.
+    let lines = journal(&fake);
+    let local = lines
+        .iter()
+        .position(|l| l.starts_with("add_member KUBE-NODE-PORT-LOCAL-TCP"));
+    let served = lines.iter().position(|l| l.starts_with("new_service"));
+    assert!(local.is_some() && local < served, "{lines:?}");
     // Its internal twin programs nothing: IPVS has one server per address and port.
     let twin = VirtualService {
         frontend: FrontendKey {
