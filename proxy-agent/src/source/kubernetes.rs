@@ -163,15 +163,11 @@ pub struct KubeSource {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Services and EndpointSlices managed by another proxy are not ours (kube-proxy's own
-/// selector).
-const NOT_OURS: &str = "!service.kubernetes.io/service-proxy-name";
-
 impl KubeSource {
     /// Starts the watchers on `client`; `node_name` selects this node's object.
     pub fn start(client: Client, node_name: &str) -> KubeSource {
         let shared = Arc::new(Shared::default());
-        let selector = watcher::Config::default().labels(NOT_OURS);
+        let selector = watcher::Config::default().labels(super::SELECTOR);
         let node_selector =
             watcher::Config::default().fields(&format!("metadata.name={node_name}"));
         let tasks = vec![
@@ -380,6 +376,19 @@ mod tests {
     /// No visible change and no problem: what every event of a list in progress
     /// returns.
     const UNCHANGED: (bool, Option<String>) = (false, None);
+
+    #[test]
+    fn services_and_slices_are_watched_with_kube_proxys_exact_selector() {
+        // The string kube-proxy's `labels.Selector` renders, requirement for requirement.
+        assert_eq!(
+            crate::source::SELECTOR,
+            "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
+        );
+        let keys = |k: &[&'static str]| crate::source::selected(k.iter().copied());
+        assert!(keys(&[]) && keys(&["app", "kubernetes.io/service-name"]));
+        assert!(!keys(&["app", "service.kubernetes.io/headless"]));
+        assert!(!keys(&["service.kubernetes.io/service-proxy-name"]));
+    }
 
     #[test]
     fn a_relist_is_swapped_in_whole_at_init_done() {

@@ -18,6 +18,23 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use validate::{LABEL_SERVICE_NAME, namespace_of};
 
+/// Services with this label belong to another service proxy.
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+
+/// The EndpointSlice controller marks the slices of headless Services with this label
+/// (and some tools put it on the Services too).
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+
+/// kube-proxy's label selector for the Services and EndpointSlices it lists and
+/// watches (`cmd/kube-proxy/app/server.go`); what it filters out, a proxy never sees.
+pub const SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+/// Whether an object with these label keys passes [`SELECTOR`].
+pub fn selected<'a>(mut label_keys: impl Iterator<Item = &'a str>) -> bool {
+    !label_keys.any(|k| k == LABEL_SERVICE_PROXY_NAME || k == LABEL_HEADLESS)
+}
+
 /// `namespace/name` of an object.
 pub type ObjectKey = (String, String);
 

@@ -113,12 +113,9 @@ use conflicts::settle;
 use service::{Candidate, service};
 use slices::{index_slices, usable_slice};
 
-/// Services with this label belong to another service proxy.
-pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
-
-/// The EndpointSlice controller marks the slices of headless Services with this label;
-/// kube-proxy does not watch them.
-pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+// The sources filter on these already (kube-proxy's selector); the translation checks
+// again so that a world built by hand (tests, other sources) follows the same rule.
+pub use crate::source::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME};
 
 /// The ClientIP affinity timeout when a Service does not set one (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;

@@ -392,6 +392,23 @@ fn object(context: &Context<'_>, value: &Value, source: Source<'_>) -> Outcome {
         );
     }
 
+    // What kube-proxy's list/watch selector filters out is absent, not invalid: a file
+    // shows the agent what a watch would.
+    let label_keys = meta
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flat_map(|labels| labels.keys().filter_map(Value::as_str));
+    if !crate::source::selected(label_keys) {
+        debug!(
+            file = %context.file.display(),
+            object = object_label.as_deref().unwrap_or(&context.place),
+            selector = crate::source::SELECTOR,
+            "skipping an object outside kube-proxy's selector"
+        );
+        return Outcome::Ignored;
+    }
+
     let parsed = match kind {
         Kind::Service => source.parse::<Service>().map(|mut svc| {
             default_namespace(&mut svc.metadata);

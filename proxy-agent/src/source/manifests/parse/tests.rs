@@ -95,6 +95,55 @@ fn other_kinds_files_and_directories_are_ignored() {
     assert_eq!(keys(&snapshot.services), ["demo/a"]);
 }
 
+/// `yaml` with `label: ""` added to its metadata (the manifest builders' layout).
+fn labelled(yaml: &str, label: &str) -> String {
+    let entry = format!("    {label}: \"\"\n");
+    match yaml.find("  labels:\n") {
+        Some(at) => format!("{}{entry}{}", &yaml[..at + 10], &yaml[at + 10..]),
+        None => yaml.replacen("metadata:\n", &format!("metadata:\n  labels:\n{entry}"), 1),
+    }
+}
+
+#[test]
+fn objects_outside_kube_proxys_selector_are_absent_as_if_never_listed() {
+    let dir = TempDir::new();
+    let proxied = "service.kubernetes.io/service-proxy-name";
+    let headless = "service.kubernetes.io/headless";
+    dir.write("a.yaml", &service_yaml("demo", "a", "10.96.0.1", 80));
+    dir.write(
+        "b.yaml",
+        &labelled(&service_yaml("demo", "b", "10.96.0.2", 80), headless),
+    );
+    dir.write(
+        "c.yaml",
+        &labelled(&service_yaml("demo", "c", "10.96.0.3", 80), proxied),
+    );
+    dir.write(
+        "d.yaml",
+        &labelled(&slice_yaml("demo", "b-1", "b", "10.244.0.12"), headless),
+    );
+    dir.write("e.yaml", &slice_yaml("demo", "a-1", "a", "10.244.0.11"));
+    // Filtered before validation, as the API server's selector would: never reported.
+    dir.write(
+        "f.yaml",
+        &labelled(&service_yaml("demo", "f", "10.96.0.4", 70000), headless),
+    );
+    let mut src = source(&dir);
+    let (snapshot, errors) = src.load();
+    assert_eq!(errors, []);
+    assert_eq!(keys(&snapshot.services), ["demo/a"]);
+    assert_eq!(keys(&snapshot.slices), ["demo/a-1"]);
+
+    // Gaining the label is leaving the selection: the object goes, as a watch's delete.
+    dir.write(
+        "a.yaml",
+        &labelled(&service_yaml("demo", "a", "10.96.0.1", 80), headless),
+    );
+    let (snapshot, errors) = src.load();
+    assert_eq!(errors, []);
+    assert!(snapshot.services.is_empty());
+}
+
 #[test]
 fn an_object_without_a_namespace_is_in_default() {
     let dir = TempDir::new();
