@@ -1,18 +1,27 @@
 //! The `proxy-agent` command line, with kube-proxy's flag names where they mean the
 //! same, and what the rest of the daemon derives from it.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ipnetwork::IpNetwork;
 
 use super::sync_loop::Timing;
 use crate::dataplane::ebpf::conntrack::{ConntrackSizes, cores};
 use crate::dataplane::ebpf::{DEFAULT_BPFFS, EbpfConfig, MapSizes};
 use crate::dataplane::ipvs;
 use crate::model::NodePortAddresses;
+use values::*;
+pub use values::{CidrList, DetectLocalMode};
+
+mod file;
+mod merge;
+mod values;
+
+pub use file::{FileError, KubeProxyConfiguration, Translation};
+pub use merge::MergeError;
 
 /// `proxy-agent` command line.
 #[derive(Debug, clap::Parser)]
@@ -22,35 +31,51 @@ use crate::model::NodePortAddresses;
     about = "eBPF Kubernetes service proxy (node agent)"
 )]
 pub struct Config {
+    /// kube-proxy's configuration file (a `KubeProxyConfiguration`,
+    /// kubeproxy.config.k8s.io/v1alpha1, as in kubeadm's `kube-proxy` ConfigMap). Flags
+    /// given on the command line override its values.
+    #[arg(long, help_heading = "Misc", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Read Services and EndpointSlices from YAML/JSON manifests in this directory
     /// (watched for changes) instead of a Kubernetes API server.
-    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    #[arg(
+        long,
+        help_heading = "Kubernetes",
+        value_name = "DIR",
+        conflicts_with = "kubeconfig"
+    )]
     pub manifests: Option<PathBuf>,
     /// Kubeconfig to reach the API server. Default: in-cluster configuration, else
     /// $KUBECONFIG or ~/.kube/config.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, help_heading = "Kubernetes", value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
     /// The cgroup v2 directory whose processes are load-balanced at the socket layer.
     /// Default: the root of the cgroup2 mount.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, help_heading = "eBPF", value_name = "PATH")]
     pub cgroup_path: Option<PathBuf>,
     /// Where maps and program links are pinned, on a bpffs.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+    #[arg(long, help_heading = "eBPF", value_name = "DIR", default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
     /// This node's name (topology, internalTrafficPolicy). Default: $NODE_NAME, else
     /// the hostname.
-    #[arg(long, env = "NODE_NAME")]
+    #[arg(long, help_heading = "Kubernetes", env = "NODE_NAME")]
     pub hostname_override: Option<String>,
+    /// How often kube-proxy's informers re-deliver their cache. Accepted for
+    /// compatibility: the watches here are event-driven, and the full resync every
+    /// `--sync-period` already re-applies the whole state. More than 0.
+    #[arg(long, help_heading = "Kubernetes", value_name = "DURATION",
+          value_parser = config_sync_period, default_value = "15m")]
+    pub config_sync_period: Duration,
     /// Remove everything this agent pinned (detaching its programs) and exit.
-    #[arg(long)]
+    #[arg(long, help_heading = "Misc")]
     pub cleanup: bool,
     /// The data plane: `ebpf` (socket-level ClusterIPs, tc NodePorts with their own
     /// connection tracking) or `ipvs` (kube-proxy's IPVS mode; ClusterIP, ExternalIP
     /// and LoadBalancer IPs served on the node so far, NodePorts not yet).
-    #[arg(long, value_enum, default_value_t = ProxyMode::Ebpf)]
+    #[arg(long, help_heading = "Networking", value_enum, default_value_t = ProxyMode::Ebpf)]
     pub proxy_mode: ProxyMode,
     /// The IPVS scheduler of every virtual server (`--proxy-mode=ipvs`).
-    #[arg(long, default_value = crate::dataplane::ipvs::DEFAULT_SCHEDULER,
+    #[arg(long, help_heading = "IPVS", default_value = crate::dataplane::ipvs::DEFAULT_SCHEDULER,
           value_parser = clap::builder::PossibleValuesParser::new(IPVS_SCHEDULERS))]
     pub ipvs_scheduler: String,
     /// With `--proxy-mode=ipvs`, the full resync interval, in place of `--sync-period`.
@@ -58,135 +83,167 @@ pub struct Config {
     /// only when given (its other modes take `--iptables-*-sync-period`; ours
     /// `--sync-period` and `--min-sync-period`). Default: `--sync-period` (30s).
     /// A duration (`30s`, `1m`) or seconds.
-    #[arg(long, value_name = "DURATION", value_parser = sync_period)]
+    #[arg(long, help_heading = "IPVS", value_name = "DURATION", value_parser = sync_period)]
     pub ipvs_sync_period: Option<Duration>,
     /// With `--proxy-mode=ipvs`, the minimum time between the starts of two syncs, in
     /// place of `--min-sync-period` (0: each change at once; at most the resync
     /// period). Default: `--min-sync-period` (0.05 s; kube-proxy's is 1 s).
-    #[arg(long, value_name = "DURATION", value_parser = min_sync_period)]
+    #[arg(long, help_heading = "IPVS", value_name = "DURATION", value_parser = min_sync_period)]
     pub ipvs_min_sync_period: Option<Duration>,
     /// IPVS virtual servers whose address is inside one of these CIDRs
     /// (comma-separated) are someone else's: never adopted, changed or removed, also
     /// by `--cleanup` and by the eBPF mode's removal of the IPVS mode's leftovers.
-    #[arg(long, value_name = "CIDRS", value_parser = cidr_list, default_value = "",
+    #[arg(long, help_heading = "IPVS", value_name = "CIDRS", value_parser = cidr_list, default_value = "",
           hide_default_value = true)]
     pub ipvs_exclude_cidrs: CidrList,
     /// Strict ARP (`net.ipv4.conf.all.arp_ignore=1`, `arp_announce=2`): the node answers
     /// ARP only for addresses of the interface asked, so never for the VIPs on
     /// kube-ipvs0 (MetalLB and kube-vip in L2 mode need it). IPVS mode.
-    #[arg(long)]
+    #[arg(long, help_heading = "IPVS")]
     pub ipvs_strict_arp: bool,
     /// Idle timeout of IPVS TCP connections (`ipvsadm --set`), whole seconds; 0 leaves
     /// the kernel's (900s unless changed). IPVS mode.
-    #[arg(long, value_name = "DURATION", value_parser = ipvs_timeout, default_value = "0")]
+    #[arg(long, help_heading = "IPVS", value_name = "DURATION", value_parser = ipvs_timeout, default_value = "0")]
     pub ipvs_tcp_timeout: Duration,
     /// Timeout of IPVS TCP connections after a FIN, whole seconds; 0 leaves the
     /// kernel's (120s unless changed). IPVS mode.
-    #[arg(long, value_name = "DURATION", value_parser = ipvs_timeout, default_value = "0")]
+    #[arg(long, help_heading = "IPVS", value_name = "DURATION", value_parser = ipvs_timeout, default_value = "0")]
     pub ipvs_tcpfin_timeout: Duration,
     /// Idle timeout of IPVS UDP "connections", whole seconds; 0 leaves the kernel's
     /// (300s unless changed). IPVS mode.
-    #[arg(long, value_name = "DURATION", value_parser = ipvs_timeout, default_value = "0")]
+    #[arg(long, help_heading = "IPVS", value_name = "DURATION", value_parser = ipvs_timeout, default_value = "0")]
     pub ipvs_udp_timeout: Duration,
     /// The pods' address ranges, comma-separated, at most one per family. In IPVS mode
     /// connections to a ClusterIP from outside them are masqueraded. Not used by the
     /// eBPF mode.
-    #[arg(long, value_name = "CIDRS", value_parser = cluster_cidrs, default_value = "",
+    #[arg(long, help_heading = "Networking", value_name = "CIDRS", value_parser = cluster_cidrs, default_value = "",
           hide_default_value = true)]
     pub cluster_cidr: CidrList,
     /// Masquerade (SNAT) every connection to a ClusterIP (IPVS mode; some CNI plugins
     /// need it). No effect in the eBPF mode, whose ClusterIPs are translated at the
     /// socket, with no NAT to masquerade.
-    #[arg(long)]
+    #[arg(long, help_heading = "Networking")]
     pub masquerade_all: bool,
+    /// kube-proxy's `--bind-address`: an address other than `0.0.0.0` or `::` is this
+    /// node's primary address of its family (taken before the Node's InternalIPs for
+    /// `--nodeport-addresses=primary`), as kube-proxy derives its node IP from it.
+    #[arg(long, help_heading = "Networking", value_name = "IP", value_parser = ip_address,
+          default_value = "0.0.0.0")]
+    pub bind_address: std::net::IpAddr,
+    /// How traffic from this cluster's pods is told from outside traffic (what the IPVS
+    /// mode does not masquerade): `ClusterCIDR`, the `--cluster-cidr` ranges, is the
+    /// one implemented; kube-proxy's other modes are refused.
+    #[arg(long, help_heading = "Networking", value_name = "MODE",
+          value_parser = detect_local_mode, default_value = "ClusterCIDR")]
+    pub detect_local_mode: DetectLocalMode,
     /// Liberal TCP tracking (`net.netfilter.nf_conntrack_tcp_be_liberal=1`):
     /// out-of-window segments are not INVALID, so none escapes NAT to reset the
     /// connection (kubernetes issue 74839), and the rule dropping INVALID packets is
     /// left out, as in kube-proxy. IPVS mode. No effect in the eBPF mode: none of its
     /// connections goes through netfilter's NAT (ClusterIPs are translated at the
     /// socket, NodePorts by its own connection tracking, which has no such reset).
-    #[arg(long)]
+    #[arg(long, help_heading = "Conntrack")]
     pub conntrack_tcp_be_liberal: bool,
+    /// `net.netfilter.nf_conntrack_tcp_timeout_close_wait`, as kube-proxy sets it
+    /// (whole seconds; 0 leaves the kernel's). IPVS mode: the eBPF mode's connections
+    /// do not go through netfilter's NAT, so it leaves the host's sysctls alone.
+    #[arg(long, help_heading = "Conntrack", value_name = "DURATION",
+          value_parser = sysctl_timeout, default_value = "1h")]
+    pub conntrack_tcp_timeout_close_wait: Duration,
     /// Where `/metrics` and `/proxyMode` are served (port 0: any free port).
-    #[arg(long, default_value = "127.0.0.1:10249")]
+    #[arg(
+        long,
+        help_heading = "Observability",
+        default_value = "127.0.0.1:10249"
+    )]
     pub metrics_bind_address: SocketAddr,
     /// Where `/healthz` and `/livez` are served (port 0: any free port).
-    #[arg(long, default_value = "0.0.0.0:10256")]
+    #[arg(long, help_heading = "Observability", default_value = "0.0.0.0:10256")]
     pub healthz_bind_address: SocketAddr,
+    /// Log verbosity, kube-proxy's `-v`: 0-1 info, 2-3 debug, 4 and more trace (for
+    /// this agent's own logs; libraries stay at info). `RUST_LOG`, when set, wins.
+    #[arg(
+        short = 'v',
+        long = "v",
+        help_heading = "Observability",
+        value_name = "LEVEL",
+        default_value_t = 0
+    )]
+    pub v: u8,
     /// Full resync interval (also repairs drift); a change left unapplied for twice
     /// this long makes /healthz answer 503.
-    #[arg(long, value_parser = positive_secs, default_value = "30")]
+    #[arg(long, help_heading = "Networking", value_parser = positive_secs, default_value = "30")]
     pub sync_period: Duration,
     /// Minimum time between the starts of two syncs; changes arriving meanwhile are
     /// coalesced into one sync. At most `--sync-period`.
-    #[arg(long, value_parser = humantime_secs, default_value = "0.05")]
+    #[arg(long, help_heading = "Networking", value_parser = humantime_secs, default_value = "0.05")]
     pub min_sync_period: Duration,
     /// Capacity of the frontends map (service ports x VIPs).
-    #[arg(long, default_value_t = proxy_common::sizes::FRONTENDS)]
+    #[arg(long, help_heading = "eBPF", default_value_t = proxy_common::sizes::FRONTENDS)]
     pub max_frontends: u32,
     /// Capacity of the backend slot map (endpoints summed over services).
-    #[arg(long, default_value_t = proxy_common::sizes::SLOTS)]
+    #[arg(long, help_heading = "eBPF", default_value_t = proxy_common::sizes::SLOTS)]
     pub max_slots: u32,
     /// Capacity of the backends map (distinct endpoints).
-    #[arg(long, default_value_t = proxy_common::sizes::BACKENDS)]
+    #[arg(long, help_heading = "eBPF", default_value_t = proxy_common::sizes::BACKENDS)]
     pub max_backends: u32,
     /// Capacity of the ClientIP affinity map (LRU).
-    #[arg(long, default_value_t = proxy_common::sizes::AFFINITY)]
+    #[arg(long, help_heading = "eBPF", default_value_t = proxy_common::sizes::AFFINITY)]
     pub max_affinity: u32,
     /// Capacity of the reverse socket map (LRU).
-    #[arg(long, default_value_t = proxy_common::sizes::REV_SOCK)]
+    #[arg(long, help_heading = "eBPF", default_value_t = proxy_common::sizes::REV_SOCK)]
     pub max_rev_sock: u32,
     /// Where NodePorts are served: comma-separated CIDRs (every local address inside
     /// them), `primary` (the node's primary address of each family), or `none` (no
     /// NodePorts, no tc programs on external interfaces). Loopback addresses only when a
     /// range names them.
-    #[arg(long, default_value = "primary")]
+    #[arg(long, help_heading = "Networking", default_value = "primary")]
     pub nodeport_addresses: NodePortAddresses,
     /// Pod-facing interfaces that also get the tc ingress program (hairpin, pods
     /// outside the cgroup, replies of local backends); names, or prefixes ending in
     /// `*`, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, help_heading = "eBPF", value_delimiter = ',')]
     pub pod_interfaces: Vec<String>,
     /// Assured flows the tc path tracks, overriding `--conntrack-max-per-core` and
     /// `--conntrack-min` (0: use them). Flows that are not assured yet have a table of
     /// their own (`--conntrack-unassured-max`).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, help_heading = "Conntrack", default_value_t = 0)]
     pub conntrack_max: u32,
     /// Assured flows to track per CPU core (kube-proxy's flag); the table holds
     /// max(this × cores, `--conntrack-min`). 0: `--conntrack-min` alone.
-    #[arg(long, default_value_t = 32_768)]
+    #[arg(long, help_heading = "Conntrack", default_value_t = 32_768)]
     pub conntrack_max_per_core: u32,
     /// The least number of assured flows to track, whatever the core count.
-    #[arg(long, default_value_t = 131_072)]
+    #[arg(long, help_heading = "Conntrack", default_value_t = 131_072)]
     pub conntrack_min: u32,
     /// Flows not yet assured (handshake not proven, UDP not two-way) to track; the
     /// oldest are evicted to make room. 0: a quarter of the assured table.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, help_heading = "Conntrack", default_value_t = 0)]
     pub conntrack_unassured_max: u32,
     /// Idle timeout of an established TCP flow on the tc path.
-    #[arg(long, value_parser = duration, default_value = "24h")]
+    #[arg(long, help_heading = "Conntrack", value_parser = duration, default_value = "24h")]
     pub conntrack_tcp_timeout_established: Duration,
     /// Idle timeout of a TCP flow whose handshake is not proven yet (netfilter's
     /// syn_sent/syn_recv).
-    #[arg(long, value_parser = duration, default_value = "30s")]
+    #[arg(long, help_heading = "Conntrack", value_parser = duration, default_value = "30s")]
     pub conntrack_tcp_timeout_opening: Duration,
     /// Idle timeout of a TCP flow after FIN or RST.
-    #[arg(long, value_parser = duration, default_value = "30s")]
+    #[arg(long, help_heading = "Conntrack", value_parser = duration, default_value = "30s")]
     pub conntrack_tcp_timeout_closing: Duration,
     /// Idle timeout of a UDP flow that is not assured (no reply yet, or no datagram
     /// from the client after it), as netfilter's nf_conntrack_udp_timeout.
-    #[arg(long, value_parser = duration, default_value = "30s")]
+    #[arg(long, help_heading = "Conntrack", value_parser = duration, default_value = "30s")]
     pub conntrack_udp_timeout: Duration,
     /// Idle timeout of an assured UDP flow, as netfilter's
     /// nf_conntrack_udp_timeout_stream.
-    #[arg(long, value_parser = duration, default_value = "120s")]
+    #[arg(long, help_heading = "Conntrack", value_parser = duration, default_value = "120s")]
     pub conntrack_udp_timeout_stream: Duration,
     /// How often expired connection-tracking entries are removed.
-    #[arg(long, value_parser = duration, default_value = "10s")]
+    #[arg(long, help_heading = "Conntrack", value_parser = duration, default_value = "10s")]
     pub conntrack_gc_interval: Duration,
     /// Source ports for SNAT when the client's own port is taken (`MIN-MAX`); keep it
     /// outside net.ipv4.ip_local_port_range.
-    #[arg(long, value_parser = port_range, default_value = "61000-65535")]
+    #[arg(long, help_heading = "eBPF", value_parser = port_range, default_value = "61000-65535")]
     pub snat_port_range: (u16, u16),
 }
 
@@ -204,143 +261,94 @@ pub const IPVS_SCHEDULERS: [&str; 11] = [
     "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh",
 ];
 
-/// CIDRs given as one comma-separated flag value (`10.0.0.0/8,fd00::/8`); empty: none.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CidrList(pub Vec<IpNetwork>);
-
-/// Comma-separated CIDRs; each must have a prefix length (as Go's `net.ParseCIDR`
-/// requires); host bits are cleared (`10.0.0.1/8` is `10.0.0.0/8`, as Go reads it).
-fn cidr_list(s: &str) -> Result<CidrList, String> {
-    let mut out = Vec::new();
-    for piece in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        if !piece.contains('/') {
-            return Err(format!(
-                "{piece:?} is not a CIDR: it has no /prefix length (like 10.0.0.0/8, or \
-                 10.0.0.1/32 for one address)"
-            ));
-        }
-        let net: IpNetwork = piece
-            .parse()
-            .map_err(|e| format!("{piece:?} is not a CIDR (like 10.0.0.0/8 or fd00::/8): {e}"))?;
-        let net = IpNetwork::new(net.network(), net.prefix())
-            .map_err(|e| format!("{piece:?} is not a CIDR: {e}"))?;
-        out.push(net);
-    }
-    Ok(CidrList(out))
+/// The command line with its `--config` file under it, and what to log about the file
+/// once logging is set up (it depends on `-v`).
+#[derive(Debug)]
+pub struct Loaded {
+    /// The settings.
+    pub config: Config,
+    /// INFO lines: how the file's `mode` was read, the flags that override the file,
+    /// and the file's fields that have no meaning here.
+    pub notes: Vec<String>,
 }
 
-/// `--cluster-cidr`: as kube-proxy, one range, or one per family (dual-stack).
-fn cluster_cidrs(s: &str) -> Result<CidrList, String> {
-    let list = cidr_list(s)?;
-    for (i, a) in list.0.iter().enumerate() {
-        if let Some(b) = list.0[i + 1..].iter().find(|b| b.is_ipv4() == a.is_ipv4()) {
-            return Err(format!(
-                "at most one range per family (one IPv4, one IPv6): {a} and {b} are both {}",
-                if a.is_ipv4() { "IPv4" } else { "IPv6" }
-            ));
-        }
-    }
-    Ok(list)
-}
-
-/// A duration as kube-proxy's flags take them (`30s`, `1m30s`, `500ms`), or a number
-/// of seconds (`30`, `0.5`); not negative.
-fn any_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("{s:?} is not a duration of 0 s or more"));
-    }
-    let d: jiff::SignedDuration = s
-        .parse()
-        .map_err(|e| format!("{s:?} is not a duration like 500ms, 30s or 1m: {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("{s:?} is negative"))
-}
-
-/// A resync period: at least 0.1 s, as `--sync-period`.
-fn sync_period(s: &str) -> Result<Duration, String> {
-    let d = any_duration(s)?;
-    if d < Duration::from_millis(100) {
-        return Err(format!("{s:?} is too short (at least 0.1 s)"));
-    }
-    Ok(d)
-}
-
-/// A minimum sync interval: 0 or more (checked against the resync period later).
-fn min_sync_period(s: &str) -> Result<Duration, String> {
-    any_duration(s)
-}
-
-/// The kernel refuses an IPVS timeout over `INT_MAX / HZ` seconds; this bound holds
-/// for every HZ up to 1000.
-const IPVS_TIMEOUT_MAX_S: u64 = i32::MAX as u64 / 1000;
-
-/// An IPVS timeout: whole seconds (what IPVS keeps), 0 for "the kernel's".
-fn ipvs_timeout(s: &str) -> Result<Duration, String> {
-    let d = any_duration(s)?;
-    if d.subsec_nanos() != 0 {
-        return Err(format!(
-            "{s:?} is not a whole number of seconds (IPVS keeps seconds)"
-        ));
-    }
-    if d.as_secs() > IPVS_TIMEOUT_MAX_S {
-        return Err(format!(
-            "{s:?} is over the kernel's limit of {IPVS_TIMEOUT_MAX_S} s (24 days)"
-        ));
-    }
-    Ok(d)
-}
-
-/// A Go-style duration (`24h`, `1h30m`, `90s`) or a number of seconds.
-fn duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let d: jiff::SignedDuration = s
-        .parse()
-        .map_err(|e| format!("{s:?} is not a duration like 90s, 10m or 24h: {e}"))?;
-    let d = Duration::try_from(d).map_err(|_| format!("{s:?} is negative"))?;
-    if d.as_secs() == 0 || d.as_secs() > u64::from(u32::MAX) {
-        return Err(format!("{s:?} is out of range (1 s to 136 years)"));
-    }
-    Ok(d)
-}
-
-fn port_range(s: &str) -> Result<(u16, u16), String> {
-    let (a, b) = s
-        .split_once('-')
-        .ok_or_else(|| format!("{s:?} is not MIN-MAX"))?;
-    let parse = |p: &str| {
-        p.trim()
-            .parse::<u16>()
-            .map_err(|e| format!("{p:?} is not a port: {e}"))
-    };
-    let (a, b) = (parse(a)?, parse(b)?);
-    if a == 0 || a > b {
-        return Err(format!("{s:?}: need 1 <= MIN <= MAX"));
-    }
-    Ok((a, b))
-}
-
-fn humantime_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|e| format!("{s:?} is not a number of seconds: {e}"))?;
-    if !(0.0..=3600.0).contains(&secs) {
-        return Err(format!("{s:?} is out of range (0..=3600 s)"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn positive_secs(s: &str) -> Result<Duration, String> {
-    let d = humantime_secs(s)?;
-    if d < Duration::from_millis(100) {
-        return Err(format!("{s:?} is too short (at least 0.1 s)"));
-    }
-    Ok(d)
+/// Why the settings could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The command line itself (also `--help` and `--version`, which clap prints).
+    #[error(transparent)]
+    CommandLine(#[from] clap::Error),
+    /// The file could not be read.
+    #[error("reading the configuration file {path}: {source}")]
+    Read {
+        /// `--config`.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a configuration kube-proxy would take.
+    #[error("the configuration file {path}: {source}")]
+    File {
+        /// `--config`.
+        path: PathBuf,
+        /// Why.
+        source: FileError,
+    },
+    /// A value of the file that its flag refuses.
+    #[error("the configuration file {path}: {source}")]
+    Merge {
+        /// `--config`.
+        path: PathBuf,
+        /// Why.
+        source: MergeError,
+    },
 }
 
 impl Config {
+    /// Parses `args` (program name first) and, with `--config`, the file under them.
+    pub fn load(args: &[OsString]) -> Result<Loaded, LoadError> {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let cmd = Config::command();
+        let cli = cmd.clone().try_get_matches_from(args)?;
+        let config = Config::from_arg_matches(&cli)?;
+        let Some(path) = config.config.clone() else {
+            return Ok(Loaded {
+                config,
+                notes: Vec::new(),
+            });
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let translation = file::decode(&text)
+            .and_then(|f| f.translate())
+            .map_err(|source| LoadError::File {
+                path: path.clone(),
+                source,
+            })?;
+        let (translation, notes) = merge::notes(&cli, translation);
+        let merged = merge::file_args(&cmd, &cli, &translation)
+            .and_then(|file_args| merge::merged(&cmd, args, file_args))
+            .map_err(|source| LoadError::Merge {
+                path: path.clone(),
+                source,
+            })?;
+        let config = Config::from_arg_matches(&merged)?;
+        Ok(Loaded { config, notes })
+    }
+
+    /// The log filter for `-v` (when `RUST_LOG` is not set): kube-proxy's levels, for
+    /// this agent's own logs.
+    pub fn log_filter(&self) -> String {
+        let level = match self.v {
+            0 | 1 => "info",
+            2 | 3 => "debug",
+            _ => "trace",
+        };
+        format!("info,proxy_agent={level}")
+    }
+
     fn map_sizes(&self) -> MapSizes {
         MapSizes {
             frontends: self.max_frontends,

@@ -213,16 +213,25 @@ pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
 /// The `proxy-agent` binary: logging, command line, runtime. Shared with the test
 /// harness's copy of the binary so both run exactly this.
 pub fn main() -> anyhow::Result<()> {
-    use clap::Parser as _;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Before logging: -v (on the command line or in the file) sets its level.
+    let loaded = match Config::load(&args) {
+        Ok(loaded) => loaded,
+        Err(config::LoadError::CommandLine(e)) => e.exit(),
+        Err(e) => return Err(e.into()),
+    };
+    let cfg = loaded.config;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cfg.log_filter())),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cfg = Config::parse();
+    for note in &loaded.notes {
+        info!("{note}");
+    }
     // One thread for the sources, the loop and the sync (a change reaches the maps
     // without crossing threads); the observers have a runtime of their own.
     tokio::runtime::Builder::new_current_thread()
