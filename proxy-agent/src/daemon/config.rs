@@ -447,6 +447,7 @@ impl Config {
                 masquerade_all: self.masquerade_all,
                 drop_invalid: !self.conntrack_tcp_be_liberal,
             },
+            conntrack_tcp_close_wait: given(self.conntrack_tcp_timeout_close_wait),
             ..ipvs::Options::default()
         }
     }
@@ -473,6 +474,10 @@ impl Config {
                 (!self.cluster_cidr.0.is_empty(), "--cluster-cidr"),
                 (self.masquerade_all, "--masquerade-all"),
                 (self.conntrack_tcp_be_liberal, "--conntrack-tcp-be-liberal"),
+                (
+                    self.conntrack_tcp_timeout_close_wait != Duration::from_secs(3600),
+                    "--conntrack-tcp-timeout-close-wait",
+                ),
             ],
             ProxyMode::Ipvs => vec![
                 (self.cgroup_path.is_some(), "--cgroup-path"),
@@ -499,5 +504,7 @@ impl Config {
     }
 }
 
+#[cfg(test)]
+mod load_tests;
 #[cfg(test)]
 mod tests;

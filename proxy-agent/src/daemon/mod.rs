@@ -135,7 +135,8 @@ async fn serve_with<D: Dataplane>(
         health_checks,
         Arc::clone(&metrics),
         Arc::clone(&health),
-    );
+    )
+    .with_bind_address(cfg.bind_address);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let shutdown = async move {

@@ -29,6 +29,8 @@ pub struct Pipeline<D> {
     health: Arc<Health>,
     /// The last node-address problem logged, so that a lasting one is logged once.
     node_error: Option<String>,
+    /// `--bind-address`, when it names one address: the node's primary of its family.
+    bind_ip: Option<std::net::IpAddr>,
 }
 
 impl<D: Dataplane> Pipeline<D> {
@@ -52,7 +54,16 @@ impl<D: Dataplane> Pipeline<D> {
             metrics,
             health,
             node_error: None,
+            bind_ip: None,
         }
+    }
+
+    /// Takes `--bind-address` as kube-proxy does: an address other than the unspecified
+    /// (and loopback) ones is this node's primary address of its family, before the
+    /// Node object's InternalIPs.
+    pub fn with_bind_address(mut self, ip: std::net::IpAddr) -> Self {
+        self.bind_ip = (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip);
+        self
     }
 
     /// The data plane, for its device events.
@@ -123,7 +134,7 @@ impl<D: Dataplane> Pipeline<D> {
         // The node addresses first: NodePort frontends are served on them.
         let addresses = NodeAddresses {
             nodeport_addresses: self.nodeport_addresses.clone(),
-            node_ips: info.internal_ips.clone(),
+            node_ips: primary_first(self.bind_ip, &info.internal_ips),
         };
         let result = self.reconciler.set_node(&addresses, full);
         self.log_node_result(result);
@@ -236,4 +247,43 @@ pub fn unix_now() -> f64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or_default()
+}
+
+/// The node's addresses with `primary` (if any) first, so it is the one of its family
+/// that `--nodeport-addresses=primary` takes.
+fn primary_first(
+    primary: Option<std::net::IpAddr>,
+    ips: &[std::net::IpAddr],
+) -> Vec<std::net::IpAddr> {
+    primary
+        .into_iter()
+        .chain(ips.iter().copied().filter(|ip| Some(*ip) != primary))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::primary_first;
+
+    fn ips(s: &[&str]) -> Vec<IpAddr> {
+        s.iter()
+            .map(|i| i.parse().unwrap_or_else(|e| panic!("{i}: {e}")))
+            .collect()
+    }
+
+    #[test]
+    fn the_bind_address_is_the_primary_of_its_family_before_the_nodes_internal_ips() {
+        let node = ips(&["10.0.0.5", "fd00::5"]);
+        let bind = ips(&["10.0.0.9"])[0];
+        assert_eq!(
+            primary_first(Some(bind), &node),
+            ips(&["10.0.0.9", "10.0.0.5", "fd00::5"])
+        );
+        // Named twice, listed once; without one, the Node's order stays.
+        let same = ips(&["10.0.0.5"])[0];
+        assert_eq!(primary_first(Some(same), &node), node);
+        assert_eq!(primary_first(None, &node), node);
+    }
 }

@@ -55,10 +55,19 @@ pub struct GoDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for GoDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_go_duration(&s)
-            .map(GoDuration)
-            .map_err(serde::de::Error::custom)
+        // A visitor, not `String::deserialize` then parse: serde_yaml gives an error
+        // raised inside the visitor the value's full path.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = GoDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration like 30s, 1m0s or 1h30m")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<GoDuration, E> {
+                parse_go_duration(s).map(GoDuration).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 
@@ -256,7 +265,7 @@ pub struct Translation {
 /// Decodes a `config.conf` body (YAML or JSON), strictly, and checks its type.
 pub fn decode(text: &str) -> Result<KubeProxyConfiguration, FileError> {
     let cfg: KubeProxyConfiguration =
-        serde_yaml::from_str(text).map_err(|e| FileError::Decode(e.to_string()))?;
+        serde_yaml::from_str(text).map_err(|e| FileError::Decode(field_first(e.to_string())))?;
     let check = |field, found: &Option<String>, expected| match found.as_deref() {
         Some(f) if f == expected => Ok(()),
         f => Err(FileError::Type {
@@ -268,6 +277,23 @@ pub fn decode(text: &str) -> Result<KubeProxyConfiguration, FileError> {
     check("apiVersion", &cfg.api_version, API_VERSION)?;
     check("kind", &cfg.kind, KIND)?;
     Ok(cfg)
+}
+
+/// serde_yaml names an unknown field after its parent's path (`conntrack: unknown
+/// field `maxPerCorex``); the field's own path comes first, as for other errors.
+fn field_first(message: String) -> String {
+    let (parent, rest) = match message.split_once(": unknown field `") {
+        Some((parent, rest)) => (format!("{parent}."), rest),
+        None => match message.strip_prefix("unknown field `") {
+            Some(rest) => (String::new(), rest),
+            None => return message,
+        },
+    };
+    let Some((name, tail)) = rest.split_once('`') else {
+        return message;
+    };
+    let tail = tail.strip_prefix(", ").unwrap_or(tail);
+    format!("{parent}{name}: unknown field; {tail}")
 }
 
 /// A duration as the flags take it (seconds, with a fraction if any).
@@ -578,4 +604,4 @@ impl KubeProxyConfiguration {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use clap::Parser as _;
+use ipnetwork::IpNetwork;
 
 use super::*;
 

@@ -59,6 +59,9 @@ pub struct Options {
     pub timeouts: Timeouts,
     /// The netfilter rules' inputs.
     pub rules: RuleOptions,
+    /// `--conntrack-tcp-timeout-close-wait` (whole seconds):
+    /// `nf_conntrack_tcp_timeout_close_wait`; `None` leaves the kernel's.
+    pub conntrack_tcp_close_wait: Option<Duration>,
 }
 
 /// IPVS's connection timeouts; `None` leaves the kernel's value (kube-proxy's 0).
@@ -96,6 +99,8 @@ impl Default for Options {
                 drop_invalid: true,
                 ..RuleOptions::default()
             },
+            // kube-proxy's default.
+            conntrack_tcp_close_wait: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -193,6 +198,7 @@ impl IpvsDataplane {
             strict_arp: options.strict_arp,
             // The INVALID drop rule is left out exactly when conntrack is liberal.
             tcp_be_liberal: !options.rules.drop_invalid,
+            tcp_close_wait_s: options.conntrack_tcp_close_wait.map(|d| d.as_secs()),
         })?;
         super::timeouts::apply(&mut table, &options.timeouts)?;
         let addrs = DummyLink::open(&options.link)?;

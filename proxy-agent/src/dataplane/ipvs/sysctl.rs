@@ -34,6 +34,11 @@ pub struct Settings {
     /// out-of-window TCP segments are not marked INVALID (and not left un-NATed),
     /// which is what makes the INVALID drop rule unnecessary.
     pub tcp_be_liberal: bool,
+    /// `--conntrack-tcp-timeout-close-wait`: `nf_conntrack_tcp_timeout_close_wait`, in
+    /// seconds (kube-proxy's default 1 h, against the kernel's 60 s, so that a
+    /// half-closed connection through a VIP is not forgotten while the backend still
+    /// answers); `None` leaves the kernel's.
+    pub tcp_close_wait_s: Option<u64>,
 }
 
 /// What `conn_reuse_mode` needs on a kernel (kube-proxy's rule, by version).
@@ -92,6 +97,13 @@ pub fn apply_under(root: &Path, settings: &Settings) -> Result<Vec<String>, Data
     }
     if settings.tcp_be_liberal {
         wanted.push(("net/netfilter/nf_conntrack_tcp_be_liberal".into(), "1"));
+    }
+    let close_wait = settings.tcp_close_wait_s.map(|s| s.to_string());
+    if let Some(secs) = &close_wait {
+        wanted.push((
+            "net/netfilter/nf_conntrack_tcp_timeout_close_wait".into(),
+            secs.as_str(),
+        ));
     }
     let mut written = Vec::new();
     for (name, value) in wanted {
@@ -159,6 +171,7 @@ mod tests {
                 ("net/ipv4/conf/all/arp_ignore", "0"),
                 ("net/ipv4/conf/all/arp_announce", "0"),
                 ("net/netfilter/nf_conntrack_tcp_be_liberal", "0"),
+                ("net/netfilter/nf_conntrack_tcp_timeout_close_wait", "60"),
             ];
             for (name, value) in files {
                 let path = root.join(name);
@@ -219,6 +232,10 @@ mod tests {
         assert_eq!(sys.get("net/ipv4/vs/conn_reuse_mode"), "1");
         assert_eq!(sys.get("net/ipv4/conf/all/arp_ignore"), "0");
         assert_eq!(sys.get("net/netfilter/nf_conntrack_tcp_be_liberal"), "0");
+        assert_eq!(
+            sys.get("net/netfilter/nf_conntrack_tcp_timeout_close_wait"),
+            "60"
+        );
         // Applied again: everything already right, nothing written.
         let again = apply_under(&sys.0, &Settings::default()).expect("applying again");
         assert!(again.is_empty(), "{again:?}");
@@ -230,6 +247,7 @@ mod tests {
         let settings = Settings {
             strict_arp: true,
             tcp_be_liberal: true,
+            tcp_close_wait_s: Some(3600),
         };
         let written = apply_under(&sys.0, &settings).expect("applying");
         assert!(written.contains(&"net/ipv4/vs/conn_reuse_mode".to_owned()));
@@ -237,6 +255,10 @@ mod tests {
         assert_eq!(sys.get("net/ipv4/conf/all/arp_ignore"), "1");
         assert_eq!(sys.get("net/ipv4/conf/all/arp_announce"), "2");
         assert_eq!(sys.get("net/netfilter/nf_conntrack_tcp_be_liberal"), "1");
+        assert_eq!(
+            sys.get("net/netfilter/nf_conntrack_tcp_timeout_close_wait"),
+            "3600"
+        );
     }
 
     #[test]
