@@ -91,3 +91,70 @@ fn the_agent_lists_the_ipvs_schedulers_for_an_unknown_one() {
         "{err}"
     );
 }
+
+#[test]
+fn the_agent_refuses_a_config_file_with_an_unknown_field_naming_it() {
+    let path = std::env::temp_dir().join(format!("proxy-agent-cli-{}.conf", std::process::id()));
+    std::fs::write(
+        &path,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+         conntrack:\n  maxPerCorex: 1\n",
+    )
+    .expect("writing the file");
+    let config = format!("--config={}", path.display());
+    let (ok, err) = run(
+        env!("CARGO_BIN_EXE_proxy-agent"),
+        &["--manifests", "/nonexistent", &config],
+    );
+    let _ = std::fs::remove_file(&path);
+    assert!(!ok);
+    assert!(
+        err.contains("conntrack.maxPerCorex: unknown field")
+            && err.contains(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_agent_refuses_a_mode_kube_proxy_does_not_have_listing_the_valid_ones() {
+    let path =
+        std::env::temp_dir().join(format!("proxy-agent-cli-mode-{}.conf", std::process::id()));
+    std::fs::write(
+        &path,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+         mode: userspace\n",
+    )
+    .expect("writing the file");
+    let config = format!("--config={}", path.display());
+    let (ok, err) = run(
+        env!("CARGO_BIN_EXE_proxy-agent"),
+        &["--manifests", "/nonexistent", &config],
+    );
+    let _ = std::fs::remove_file(&path);
+    assert!(!ok);
+    assert!(
+        err.contains("mode: \"userspace\" is not a kube-proxy mode on Linux (\"\" (the default), iptables, ipvs, nftables)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_agent_help_groups_its_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_proxy-agent"))
+        .arg("--help")
+        .output()
+        .expect("running the agent");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for heading in [
+        "Kubernetes:",
+        "Networking:",
+        "Conntrack:",
+        "IPVS:",
+        "eBPF:",
+        "Observability:",
+        "Misc:",
+    ] {
+        assert!(help.contains(heading), "no {heading} in\n{help}");
+    }
+}

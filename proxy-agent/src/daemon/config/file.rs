@@ -545,7 +545,7 @@ impl KubeProxyConfiguration {
             } else {
                 out.ignore("iptables.masqueradeAll", t.masquerade_all == Some(true));
             }
-            if mode == "" || mode == "iptables" {
+            if mode.is_empty() || mode == "iptables" {
                 out.nonzero("iptables.syncPeriod", "sync-period", &t.sync_period);
                 out.nonzero(
                     "iptables.minSyncPeriod",
