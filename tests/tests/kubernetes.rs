@@ -67,6 +67,33 @@ fn services_and_endpoint_slices_follow_the_api_server_through_relists_and_outage
     agent.wait_for("10.96.0.10:80/TCP", &addrs(&ips[..2]), SYNC);
     assert_eq!(reached(&topo, 30).len(), 2);
 
+    // Services and EndpointSlices are listed and watched with kube-proxy's selector.
+    for resource in [
+        "/api/v1/services?",
+        "/apis/discovery.k8s.io/v1/endpointslices?",
+    ] {
+        let queries: Vec<String> = api
+            .requests()
+            .iter()
+            .filter(|r| r.contains(resource))
+            .map(|r| {
+                r.replace("%21", "!")
+                    .replace("%2F", "/")
+                    .replace("%2f", "/")
+                    .replace("%2C", ",")
+                    .replace("%2c", ",")
+            })
+            .collect();
+        assert!(
+            !queries.is_empty()
+                && queries.iter().all(|q| q.contains(
+                    "labelSelector=!service.kubernetes.io/service-proxy-name,\
+                     !service.kubernetes.io/headless"
+                )),
+            "{resource}: {queries:?}"
+        );
+    }
+
     // A new endpoint appears.
     apply_all(&api, &web(&ips));
     agent.wait_for("10.96.0.10:80/TCP", &addrs(&ips), SYNC);
