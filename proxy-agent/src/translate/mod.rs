@@ -7,7 +7,8 @@
 //! the iptables proxier and `healthcheck`):
 //!
 //! - Skipped silently: Services labelled `service.kubernetes.io/service-proxy-name`
-//!   (another proxy owns them), `ExternalName` Services and headless Services
+//!   (another proxy owns them) or `service.kubernetes.io/headless` (both already
+//!   filtered by the sources, kube-proxy's selector), `ExternalName` Services and headless Services
 //!   (`clusterIP: None`). Skipped with a [`Skipped`] entry: Services that fail
 //!   [`validate::service`] (whole, never half), Services with no ClusterIP at all, SCTP
 //!   ports (the other ports are still served), ClusterIPs of a family this node lacks,

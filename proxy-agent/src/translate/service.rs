@@ -13,8 +13,7 @@ use super::frontends::{Frontends, Port};
 use super::health_check::Health;
 use super::source_ranges::SourceRanges;
 use super::{
-    DEFAULT_AFFINITY_TIMEOUT_S, LABEL_SERVICE_PROXY_NAME, NodeContext, Skipped, external_ip,
-    load_balancer, node_port,
+    DEFAULT_AFFINITY_TIMEOUT_S, NodeContext, Skipped, external_ip, load_balancer, node_port,
 };
 use crate::model::{HealthCheck, Protocol, ServicePortName, VirtualService};
 use crate::source::validate::{self, namespace_of};
@@ -160,16 +159,13 @@ pub(super) fn service(
     })
 }
 
-/// Services kube-proxy leaves alone without a word: another proxy's (labelled
-/// `service.kubernetes.io/service-proxy-name`), `ExternalName` and headless
-/// (`clusterIP: None`) ones.
+/// Services kube-proxy leaves alone without a word: those outside its selector
+/// (labelled `service.kubernetes.io/service-proxy-name`, another proxy's, or
+/// `service.kubernetes.io/headless`), `ExternalName` and headless (`clusterIP: None`)
+/// ones.
 fn not_for_kube_proxy(svc: &Service) -> bool {
-    if svc
-        .metadata
-        .labels
-        .as_ref()
-        .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME))
-    {
+    let labels = svc.metadata.labels.iter().flatten();
+    if !crate::source::selected(labels.map(|(k, _)| k.as_str())) {
         return true;
     }
     let Some(spec) = &svc.spec else {

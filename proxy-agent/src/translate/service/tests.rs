@@ -133,8 +133,23 @@ fn headless_external_name_and_other_proxies_services_are_skipped_silently() {
             )]));
         },
     );
+    let labelled_headless = with(
+        svc("demo", "labelled", "10.96.0.21", &[("http", 80, "TCP")]),
+        |s| {
+            s.metadata.labels = Some(BTreeMap::from([(
+                crate::translate::LABEL_HEADLESS.to_string(),
+                String::new(),
+            )]));
+        },
+    );
     let t = run(
-        vec![headless, headless_no_ports, external, foreign],
+        vec![
+            headless,
+            headless_no_ports,
+            external,
+            foreign,
+            labelled_headless,
+        ],
         vec![slice(
             "demo",
             "headless-1",
