@@ -35,9 +35,9 @@ pub trait IpvsTable {
     fn set_dest(&mut self, id: &ServiceId, dest: &Destination) -> Result<(), DataplaneError>;
     /// Deletes a destination; absent is fine.
     fn del_dest(&mut self, id: &ServiceId, dest: &Destination) -> Result<(), DataplaneError>;
-    /// The destinations of a virtual server that are drained: weight 0 and no active
-    /// or inactive connection left.
-    fn drained(&mut self, id: &ServiceId) -> Result<Vec<Destination>, DataplaneError>;
+    /// The destinations of a virtual server that are draining (weight 0), each with
+    /// its connections (active and inactive).
+    fn draining(&mut self, id: &ServiceId) -> Result<Vec<(Destination, u32)>, DataplaneError>;
 }
 
 /// The ipsets the backend keeps (`KUBE-CLUSTER-IP`, ...).
@@ -106,13 +106,14 @@ impl IpvsTable for Ipvs {
         Ok(Ipvs::new_dest(self, id, dest)?)
     }
 
-    fn drained(&mut self, id: &ServiceId) -> Result<Vec<Destination>, DataplaneError> {
+    fn draining(&mut self, id: &ServiceId) -> Result<Vec<(Destination, u32)>, DataplaneError> {
         Ok(Ipvs::dests(self, id)?
             .into_iter()
-            .filter(|d| {
-                d.destination.weight == 0 && d.active_connections + d.inactive_connections == 0
+            .filter(|d| d.destination.weight == 0)
+            .map(|d| {
+                let conns = d.active_connections.saturating_add(d.inactive_connections);
+                (d.destination, conns)
             })
-            .map(|d| d.destination)
             .collect())
     }
 
