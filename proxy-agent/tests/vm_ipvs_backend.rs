@@ -567,3 +567,77 @@ fn a_drained_backend_without_connections_is_deleted_at_the_next_refresh() {
     dp.refresh().expect("refresh");
     assert_eq!(dests(&mut ipvs), [(B.into(), 1)], "then deleted");
 }
+
+/// A drained backend still holding connections goes once its grace period is over
+/// (here none), connections or not.
+#[test]
+fn a_drained_backend_with_connections_goes_after_the_grace_period() {
+    node_with_a_and_b();
+    let options = Options {
+        drain_grace: Duration::ZERO,
+        ..Options::default()
+    };
+    let mut dp = IpvsDataplane::open(&options).expect("IPVS, ipset, rtnetlink");
+    dp.upsert(&web(&[A])).expect("upsert");
+    assert_eq!(ask().expect("through the VIP"), "a");
+    dp.upsert(&web(&[B])).expect("upsert without a");
+    let mut ipvs = Ipvs::open().expect("IPVS");
+    let a = |ipvs: &mut Ipvs| {
+        ipvs.dests(&web_id())
+            .expect("dests")
+            .into_iter()
+            .find(|d| SocketAddr::new(d.destination.addr, d.destination.port).to_string() == A)
+    };
+    let held = a(&mut ipvs).expect("a, drained");
+    assert_eq!(held.destination.weight, 0);
+    assert!(
+        held.active_connections + held.inactive_connections > 0,
+        "the connection a served is still in IPVS's table: {held:?}"
+    );
+    dp.refresh().expect("refresh");
+    assert!(a(&mut ipvs).is_none(), "deleted at the refresh");
+    drop(dp);
+    cleanup::cleanup("kube-ipvs0", &[]).expect("cleanup");
+}
+
+/// A set kube-proxy made (ipset's default maxelem, 65,536) is rebuilt with the
+/// backend's size and swapped in, its members kept.
+#[test]
+fn a_set_made_with_other_parameters_is_rebuilt_with_its_members() {
+    node_alone();
+    let mut ipset = Ipset::open().expect("ipset");
+    let set = &proxy_agent::dataplane::ipvs::sets::CLUSTER_IP;
+    let mut theirs = set.spec(false);
+    theirs.maxelem = None;
+    ipset.create(&theirs, false).expect("kube-proxy's set");
+    let member = proxy_agent::dataplane::ipvs::netlink::Entry::ip_port(
+        "10.96.0.99".parse().expect("ip"),
+        proxy_agent::dataplane::ipvs::netlink::Protocol::Tcp,
+        80,
+    );
+    ipset.add(&theirs.name, &member, false).expect("its member");
+
+    let dp = IpvsDataplane::open(&Options::default()).expect("IPVS, ipset, rtnetlink");
+    let now = ipset.list(&theirs.name).expect("list").expect("the set");
+    assert_eq!(
+        now.maxelem,
+        Some(proxy_agent::dataplane::ipvs::sets::MAXELEM),
+        "{now:?}"
+    );
+    assert!(
+        now.entries
+            .iter()
+            .any(|e| e.ip == member.ip && e.port == member.port),
+        "the member kept: {:?}",
+        now.entries
+    );
+    assert!(
+        ipset
+            .list(proxy_agent::dataplane::ipvs::sets::REBUILD)
+            .expect("list")
+            .is_none(),
+        "no temporary set left"
+    );
+    drop(dp);
+    cleanup::cleanup("kube-ipvs0", &[]).expect("cleanup");
+}

@@ -21,7 +21,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 
@@ -62,7 +62,15 @@ pub struct Options {
     /// `--conntrack-tcp-timeout-close-wait` (whole seconds):
     /// `nf_conntrack_tcp_timeout_close_wait`; `None` leaves the kernel's.
     pub conntrack_tcp_close_wait: Option<Duration>,
+    /// How long a removed TCP endpoint drains (weight 0) while it still has
+    /// connections; then it is deleted, and what it still carried is cut.
+    pub drain_grace: Duration,
 }
+
+/// The default of [`Options::drain_grace`]: IPVS's own idle timeout of an established
+/// TCP connection, so that only connections still busy after it are cut (kube-proxy
+/// waits without bound; a connection kept alive forever would pin a dead endpoint).
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(15 * 60);
 
 /// IPVS's connection timeouts; `None` leaves the kernel's value (kube-proxy's 0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -101,6 +109,7 @@ impl Default for Options {
             },
             // kube-proxy's default.
             conntrack_tcp_close_wait: Some(Duration::from_secs(3600)),
+            drain_grace: DEFAULT_DRAIN_GRACE,
         }
     }
 }
@@ -128,6 +137,11 @@ pub struct IpvsDataplane<T = Ipvs, S = Ipset, A = DummyLink> {
     rules: Option<RuleOptions>,
     /// The health check node ports in `KUBE-HEALTH-CHECK-NODE-PORT`.
     health_ports: BTreeSet<u16>,
+    /// See [`Options::drain_grace`].
+    drain_grace: Duration,
+    /// When each draining destination was first seen at weight 0 (set by an update,
+    /// or found at a refresh after a restart).
+    draining_since: HashMap<(ServiceId, SocketAddr), Instant>,
 }
 
 #[derive(Default)]
@@ -227,6 +241,8 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
             refs: Refs::default(),
             rules: None,
             health_ports: BTreeSet::new(),
+            drain_grace: options.drain_grace,
+            draining_since: HashMap::new(),
         };
         dp.ensure_sets()?;
         dp.read_back()?;
@@ -433,6 +449,7 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
             };
             self.table.set_dest(&id, &drained)?;
             undo.push(Undo::SetDest(id, old.clone()));
+            self.draining_since.insert((id, endpoint), Instant::now());
         }
         Ok(())
     }
@@ -531,6 +548,40 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
             .collect();
         Ok(())
     }
+
+    /// Graceful termination's second half, at each full resync (kube-proxy checks
+    /// every minute): a draining destination goes once it has no connection left, or
+    /// once it has drained for the grace period.
+    fn end_drains(&mut self) -> Result<(), DataplaneError> {
+        let now = Instant::now();
+        let ids: Vec<ServiceId> = self
+            .held
+            .values()
+            .flat_map(|svc| self.plan_of(svc).servers)
+            .collect();
+        let mut still = HashMap::new();
+        for id in ids {
+            for (dest, conns) in self.table.draining(&id)? {
+                let key = (id, SocketAddr::new(dest.addr, dest.port));
+                let since = self.draining_since.get(&key).copied().unwrap_or(now);
+                if conns > 0 && now.saturating_duration_since(since) < self.drain_grace {
+                    still.insert(key, since);
+                    continue;
+                }
+                if conns > 0 {
+                    tracing::info!(
+                        service = %id, endpoint = %key.1, connections = conns,
+                        grace = ?self.drain_grace,
+                        "drain grace period over: deleting the destination and its connections"
+                    );
+                }
+                self.table.del_dest(&id, &dest)?;
+            }
+        }
+        // Destinations that came back, or went with their service, are forgotten.
+        self.draining_since = still;
+        Ok(())
+    }
 }
 
 impl<T, S, A> Dataplane for IpvsDataplane<T, S, A>
@@ -627,19 +678,7 @@ where
     }
 
     fn refresh(&mut self) -> Result<(), DataplaneError> {
-        // Graceful termination's second half, at each full resync (kube-proxy checks
-        // every minute): a drained destination, weight 0 with no connection left,
-        // goes.
-        let ids: Vec<ServiceId> = self
-            .held
-            .values()
-            .flat_map(|svc| self.plan_of(svc).servers)
-            .collect();
-        for id in &ids {
-            for dest in self.table.drained(id)? {
-                self.table.del_dest(id, &dest)?;
-            }
-        }
+        self.end_drains()?;
         // A set destroyed behind the agent's back (the rules need them all), and the
         // rules.
         self.ensure_sets()?;

@@ -264,6 +264,57 @@ fn a_drained_destination_goes_at_the_refresh_after_its_last_connection() {
 }
 
 #[test]
+fn a_draining_destination_still_busy_after_the_grace_period_goes() {
+    let fake = Fake::default();
+    let options = Options {
+        drain_grace: Duration::ZERO,
+        ..Options::default()
+    };
+    let mut dp =
+        IpvsDataplane::new(fake.clone(), fake.clone(), fake.clone(), &options).expect("adopting");
+    let both = svc("10.96.0.10", 80, &["10.244.1.5:8080", "10.244.1.6:8080"]);
+    dp.upsert(&both).expect("both");
+    let one = svc("10.96.0.10", 80, &["10.244.1.6:8080"]);
+    dp.upsert(&one).expect("one left");
+    fake.state()
+        .busy
+        .insert("10.244.1.5:8080".parse().expect("addr"));
+    journal(&fake);
+
+    // Connections or not, its time is up: deleted, and nothing else moves.
+    dp.refresh().expect("refresh");
+    assert_eq!(
+        journal(&fake),
+        ["del_dest TCP 10.96.0.10:80 10.244.1.5:8080 w0"]
+    );
+    assert_eq!(fake.state().dests(&id(&one)), ["10.244.1.6:8080 w1"]);
+}
+
+#[test]
+fn a_destination_found_draining_at_start_gets_a_whole_grace_period() {
+    // A restart finds a weight-0 destination with connections: its grace period
+    // starts at the first refresh, as if drained then (the agent cannot know when).
+    let fake = Fake::default();
+    let both = svc("10.96.0.10", 80, &["10.244.1.5:8080", "10.244.1.6:8080"]);
+    let one = svc("10.96.0.10", 80, &["10.244.1.6:8080"]);
+    {
+        let mut first = backend(&fake);
+        first.upsert(&both).expect("both");
+        first.upsert(&one).expect("one left");
+    }
+    fake.state()
+        .busy
+        .insert("10.244.1.5:8080".parse().expect("addr"));
+    let mut dp = backend(&fake);
+    dp.refresh().expect("refresh");
+    dp.refresh().expect("refresh");
+    assert_eq!(
+        fake.state().dests(&id(&one)),
+        ["10.244.1.5:8080 w0", "10.244.1.6:8080 w1"]
+    );
+}
+
+#[test]
 fn the_address_goes_with_the_last_frontend_on_its_ip() {
     let fake = Fake::default();
     let mut dp = backend(&fake);

@@ -67,7 +67,7 @@ pub fn cleanup(link: &str, exclude: &[IpNetwork]) -> Result<Removed, DataplaneEr
     }
     match Ipset::open() {
         Ok(mut ipset) => {
-            for name in sets::all() {
+            for name in sets::all().chain([sets::REBUILD.to_owned()]) {
                 if ipset.list(&name)?.is_some() {
                     ipset.destroy(&name)?;
                     removed.sets.push(name);

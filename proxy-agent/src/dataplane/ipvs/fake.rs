@@ -129,13 +129,16 @@ impl IpvsTable for Fake {
         }
     }
 
-    fn drained(&mut self, id: &ServiceId) -> Result<Vec<Destination>, DataplaneError> {
+    fn draining(&mut self, id: &ServiceId) -> Result<Vec<(Destination, u32)>, DataplaneError> {
         let st = self.state();
         match st.services.get(id) {
             Some((_, d)) => Ok(d
                 .iter()
-                .filter(|d| d.weight == 0 && !st.busy.contains(&SocketAddr::new(d.addr, d.port)))
-                .cloned()
+                .filter(|d| d.weight == 0)
+                .map(|d| {
+                    let busy = st.busy.contains(&SocketAddr::new(d.addr, d.port));
+                    (d.clone(), u32::from(busy))
+                })
                 .collect()),
             None => Err(absent(id.to_string())),
         }

@@ -35,9 +35,9 @@ pub trait IpvsTable {
     fn set_dest(&mut self, id: &ServiceId, dest: &Destination) -> Result<(), DataplaneError>;
     /// Deletes a destination; absent is fine.
     fn del_dest(&mut self, id: &ServiceId, dest: &Destination) -> Result<(), DataplaneError>;
-    /// The destinations of a virtual server that are drained: weight 0 and no active
-    /// or inactive connection left.
-    fn drained(&mut self, id: &ServiceId) -> Result<Vec<Destination>, DataplaneError>;
+    /// The destinations of a virtual server that are draining (weight 0), each with
+    /// its connections (active and inactive).
+    fn draining(&mut self, id: &ServiceId) -> Result<Vec<(Destination, u32)>, DataplaneError>;
 }
 
 /// The ipsets the backend keeps (`KUBE-CLUSTER-IP`, ...).
@@ -106,13 +106,14 @@ impl IpvsTable for Ipvs {
         Ok(Ipvs::new_dest(self, id, dest)?)
     }
 
-    fn drained(&mut self, id: &ServiceId) -> Result<Vec<Destination>, DataplaneError> {
+    fn draining(&mut self, id: &ServiceId) -> Result<Vec<(Destination, u32)>, DataplaneError> {
         Ok(Ipvs::dests(self, id)?
             .into_iter()
-            .filter(|d| {
-                d.destination.weight == 0 && d.active_connections + d.inactive_connections == 0
+            .filter(|d| d.destination.weight == 0)
+            .map(|d| {
+                let conns = d.active_connections.saturating_add(d.inactive_connections);
+                (d.destination, conns)
             })
-            .map(|d| d.destination)
             .collect())
     }
 
@@ -132,12 +133,32 @@ impl IpvsTable for Ipvs {
 
 impl SetTable for Ipset {
     fn ensure(&mut self, spec: &SetSpec) -> Result<(), DataplaneError> {
-        Ok(self.create(spec, true)?)
+        match self.create(spec, true) {
+            Err(IpsetError::Kernel {
+                code: IpsetErrno::Exist,
+                ..
+            }) => rebuild(self, spec),
+            other => Ok(other?),
+        }
     }
 
     fn add(&mut self, set: &str, entry: &Entry) -> Result<(), DataplaneError> {
         // exist_ok: the kernel then rewrites the member's extensions (its comment).
-        Ok(Ipset::add(self, set, entry, true)?)
+        match Ipset::add(self, set, entry, true) {
+            Ok(()) => Ok(()),
+            // The kernel's answer has no size: the one the sets are created with
+            // (a set someone else created may have another).
+            Err(IpsetError::Kernel {
+                code: IpsetErrno::HashFull,
+                set,
+                ..
+            }) => Err(DataplaneError::Capacity {
+                table: "ipset",
+                capacity: super::sets::MAXELEM,
+                what: set,
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn del(&mut self, set: &str, entry: &Entry) -> Result<(), DataplaneError> {
@@ -155,4 +176,29 @@ impl SetTable for Ipset {
     fn entries(&mut self, set: &str) -> Result<Vec<Entry>, DataplaneError> {
         Ok(self.list(set)?.map(|s| s.entries).unwrap_or_default())
     }
+}
+
+/// A set of that name exists with other parameters (kube-proxy's, made with ipset's
+/// default maxelem, or a set of an older version of ours): rebuilt with `spec`
+/// under a temporary name, its members copied, and swapped in, so that the rules
+/// matching it never see it empty or missing.
+fn rebuild(ipset: &mut Ipset, spec: &SetSpec) -> Result<(), DataplaneError> {
+    let old = ipset.list(&spec.name)?.unwrap_or_default();
+    tracing::info!(
+        set = %spec.name, maxelem = ?old.maxelem, to = ?spec.maxelem, members = old.entries.len(),
+        "rebuilding an ipset made with other parameters"
+    );
+    let tmp = SetSpec {
+        name: super::sets::REBUILD.to_owned(),
+        ..spec.clone()
+    };
+    // A leftover of an interrupted rebuild.
+    ipset.destroy(super::sets::REBUILD)?;
+    ipset.create(&tmp, false)?;
+    for entry in &old.entries {
+        ipset.add(super::sets::REBUILD, entry, true)?;
+    }
+    ipset.swap(&spec.name, super::sets::REBUILD)?;
+    ipset.destroy(super::sets::REBUILD)?;
+    Ok(())
 }

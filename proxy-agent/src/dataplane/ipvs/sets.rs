@@ -40,9 +40,22 @@ impl KubeSet {
         } else {
             SetFamily::Inet
         };
-        SetSpec::new(&self.name_for(v6), self.kind, family)
+        let mut spec = SetSpec::new(&self.name_for(v6), self.kind, family);
+        if !self.kind.is_bitmap() {
+            spec.maxelem = Some(MAXELEM);
+        }
+        spec
     }
 }
+
+/// The most members a set may hold. kube-proxy keeps ipset's default, 65,536, which
+/// `KUBE-LOOP-BACK` (one member per endpoint and port) outgrows at 10,000 services of
+/// ten endpoints; a hash set's memory follows its members, not this cap.
+pub const MAXELEM: u32 = 1 << 20;
+
+/// The temporary name of a set being rebuilt with other parameters (see
+/// `kernel::rebuild`); `--cleanup` removes a leftover.
+pub const REBUILD: &str = "KUBE-PROXY-AGENT-REBUILD";
 
 const fn kube_set(name: &'static str, kind: SetType, holds: &'static str) -> KubeSet {
     KubeSet { name, kind, holds }
