@@ -21,8 +21,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tests::{
-    Agent, BpfFs, Cgroup, ManifestDir, Netns, NodesTopology, ProbeReply, ServiceSpec,
-    agent_binary, capwrap_bin, probe_bin, run,
+    Agent, BpfFs, Cgroup, ManifestDir, Netns, NodesTopology, ProbeReply, ServiceSpec, agent_binary,
+    capwrap_bin, probe_bin, run,
 };
 
 /// What the eBPF data plane needs, and so what `deploy/daemonset.yaml` adds; keep
@@ -63,7 +63,15 @@ fn wait_answered_by(
         let out = run(
             ns,
             cgroup,
-            Command::new(probe_bin()).args(["tcp", "--to", to, "--count", "3", "--timeout-ms", "500"]),
+            Command::new(probe_bin()).args([
+                "tcp",
+                "--to",
+                to,
+                "--count",
+                "3",
+                "--timeout-ms",
+                "500",
+            ]),
             Duration::from_secs(30),
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -124,7 +132,13 @@ fn an_agent_with_exactly_the_documented_capabilities_serves_cluster_ips_and_node
     wait_answered_by(&topo.client, None, "192.0.2.1:30090", "a-pod-0", context);
     // ClusterIP: the socket programs on the test's cgroup, from the node without an agent.
     let b_pod = &topo.node_b().pods[0];
-    wait_answered_by(&b_pod.netns, Some(&cgroup), "10.96.0.30:80", "a-pod-0", context);
+    wait_answered_by(
+        &b_pod.netns,
+        Some(&cgroup),
+        "10.96.0.30:80",
+        "a-pod-0",
+        context,
+    );
     agent.stop();
 }
 
@@ -187,7 +201,10 @@ fn the_ipvs_mode_names_cap_net_admin_when_it_is_missing() {
         bpffs.path(),
         cgroup.path(),
     );
-    assert!(!ok, "the IPVS mode started without CAP_NET_ADMIN:\n{stderr}");
+    assert!(
+        !ok,
+        "the IPVS mode started without CAP_NET_ADMIN:\n{stderr}"
+    );
     assert!(
         stderr.contains("needs CAP_NET_ADMIN (missing)"),
         "the IPVS mode's error does not name CAP_NET_ADMIN:\n{stderr}"

@@ -190,10 +190,7 @@ fn main() -> ExitCode {
     let result = (|| -> anyhow::Result<std::io::Error> {
         let mask = parse_caps(&args.caps)?;
         restrict_to(mask)?;
-        let (program, rest) = args
-            .command
-            .split_first()
-            .context("no program to run")?;
+        let (program, rest) = args.command.split_first().context("no program to run")?;
         // exec returns only on failure.
         Ok(Command::new(program).args(rest).exec())
     })();
