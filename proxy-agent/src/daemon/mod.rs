@@ -176,7 +176,7 @@ async fn serve_with<D: Dataplane>(
 fn cleanup(cfg: &Config) -> anyhow::Result<()> {
     let pins = crate::dataplane::ebpf::cleanup(&cfg.bpffs)
         .with_context(|| format!("removing pins under {}", cfg.bpffs.display()))?;
-    let ipvs = remove_ipvs(&cfg.ipvs_exclude_cidrs.0)?;
+    let ipvs = cleanup_ipvs(&cfg.ipvs_exclude_cidrs.0)?;
     println!("{}", cleanup_summary(&cfg.bpffs, &pins, &ipvs));
     Ok(())
 }
@@ -219,17 +219,11 @@ fn cleanup_summary(
 }
 
 /// Removes what the IPVS mode left (see [`ipvs::cleanup`]) but the virtual servers
-/// inside `exclude`, and says what it removed.
-fn remove_ipvs(exclude: &[ipnetwork::IpNetwork]) -> anyhow::Result<ipvs::cleanup::Removed> {
-    let link = ipvs::Options::default().link;
-    ipvs::cleanup::cleanup(&link, exclude)
-        .context("removing the IPVS mode's virtual servers, netfilter rules, sets and link")
-}
-
-/// Removes what the IPVS mode left (see [`ipvs::cleanup`]) but the virtual servers
 /// inside `exclude`, saying what it removed.
-fn cleanup_ipvs(exclude: &[ipnetwork::IpNetwork]) -> anyhow::Result<()> {
-    let removed = remove_ipvs(exclude)?;
+fn cleanup_ipvs(exclude: &[ipnetwork::IpNetwork]) -> anyhow::Result<ipvs::cleanup::Removed> {
+    let link = ipvs::Options::default().link;
+    let removed = ipvs::cleanup::cleanup(&link, exclude)
+        .context("removing the IPVS mode's virtual servers, netfilter rules, sets and link")?;
     if !removed.is_empty() {
         info!(
             virtual_servers = removed.virtual_servers,
@@ -240,7 +234,7 @@ fn cleanup_ipvs(exclude: &[ipnetwork::IpNetwork]) -> anyhow::Result<()> {
             "removed the IPVS mode's state"
         );
     }
-    Ok(())
+    Ok(removed)
 }
 
 async fn kube_client(cfg: &Config) -> anyhow::Result<kube::Client> {
