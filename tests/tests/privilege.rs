@@ -14,6 +14,14 @@
 //! node-b runs no agent and has no route to the service range: b-pod-0 reaches the
 //! ClusterIP only through the socket programs on the cgroup, which rewrite its connect
 //! to a-pod-0's address.
+//!
+//! The set was found with the first test and `KPT_CAPS` (which replaces the set it
+//! grants), before the agent checked its capabilities itself: with CAP_BPF,
+//! CAP_NET_ADMIN and CAP_PERFMON it serves; without CAP_BPF creating the first map
+//! fails (EPERM), without CAP_NET_ADMIN loading `tc_ingress` fails (EPERM), without
+//! CAP_PERFMON the verifier refuses `tc_ingress` (EACCES, "pointer arithmetic with it
+//! prohibited for !root"). CAP_SYS_ADMIN alone also works (the kernel accepts it for
+//! all three BPF checks), but grants far more.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -209,4 +217,35 @@ fn the_ipvs_mode_names_cap_net_admin_when_it_is_missing() {
         stderr.contains("needs CAP_NET_ADMIN (missing)"),
         "the IPVS mode's error does not name CAP_NET_ADMIN:\n{stderr}"
     );
+}
+
+#[test]
+fn the_daemonset_grants_exactly_this_set_and_nothing_privileged() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
+    let text = std::fs::read_to_string(&path).expect("reading deploy/daemonset.yaml");
+    let ds: serde_yaml::Value = serde_yaml::from_str(&text).expect("deploy/daemonset.yaml parses");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_ne!(pod["hostPID"].as_bool(), Some(true), "hostPID");
+    let sc = &pod["containers"][0]["securityContext"];
+    assert_ne!(sc["privileged"].as_bool(), Some(true), "privileged: {sc:?}");
+    assert_eq!(
+        sc["allowPrivilegeEscalation"].as_bool(),
+        Some(false),
+        "{sc:?}"
+    );
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true), "{sc:?}");
+    let list = |key: &str| -> Vec<String> {
+        sc["capabilities"][key]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("capabilities.{key} is not a list: {sc:?}"))
+            .iter()
+            .map(|v| v.as_str().expect("a capability name").to_owned())
+            .collect()
+    };
+    assert_eq!(list("drop"), ["ALL"]);
+    let mut added: Vec<String> = list("add").iter().map(|c| format!("CAP_{c}")).collect();
+    added.sort();
+    let mut want = EBPF_CAPS.map(str::to_owned).to_vec();
+    want.sort();
+    assert_eq!(added, want, "capabilities.add in {}", path.display());
 }

@@ -11,7 +11,9 @@
 //! ambient. `SECBIT_NOROOT` (locked) stops the kernel from handing uid 0 the full
 //! set again at `exec`; the ambient set is what carries the list across `exec` of a
 //! program without file capabilities, and on to its own children (`mount`, the iptables
-//! tools). Names are `CAP_X` or `x`, case-insensitive.
+//! tools). `no_new_privs` is set too, as `allowPrivilegeEscalation: false` does: the
+//! program cannot gain anything back through a setuid or file-capability binary.
+//! Names are `CAP_X` or `x`, case-insensitive.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
@@ -170,6 +172,8 @@ fn restrict_to(mask: u64) -> anyhow::Result<()> {
             libc::c_ulong::from(cap),
         )?;
     }
+    // Last: as a runtime does for allowPrivilegeEscalation: false.
+    prctl("PR_SET_NO_NEW_PRIVS", libc::PR_SET_NO_NEW_PRIVS, 1, 0)?;
     Ok(())
 }
 
