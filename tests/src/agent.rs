@@ -227,6 +227,33 @@ impl Agent {
         )
     }
 
+    /// Like [`Agent::start_in`], with the agent run by `capwrap --caps CAPS` (see
+    /// `src/bin/capwrap.rs`): with exactly the capabilities `caps` names
+    /// (`CAP_BPF,CAP_NET_ADMIN`, or `none`), as a container's root with
+    /// `capabilities: {drop: [ALL], add: [...]}`.
+    pub fn start_in_with_caps(
+        caps: &str,
+        netns: &Netns,
+        bpffs: &Path,
+        cgroup: &Path,
+        manifests: &Path,
+        extra: &[&str],
+    ) -> Agent {
+        let mut cmd = Command::new(crate::capwrap_bin());
+        cmd.args(["--caps", caps, "--"])
+            .arg(agent_binary("proxy-agent"));
+        Agent::start_program(
+            cmd,
+            Some(netns),
+            bpffs,
+            cgroup,
+            "--manifests",
+            manifests,
+            extra,
+            &[],
+        )
+    }
+
     fn start_with(
         netns: Option<&Netns>,
         bpffs: &Path,
@@ -236,8 +263,24 @@ impl Agent {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Agent {
+        let cmd = Command::new(agent_binary("proxy-agent"));
+        Agent::start_program(cmd, netns, bpffs, cgroup, flag, source, extra, env)
+    }
+
+    /// [`Agent::start_with`] with `cmd` as the agent (the binary, or a wrapper running
+    /// it), to which the flags are appended.
+    #[expect(clippy::too_many_arguments, reason = "start_with's, plus the program")]
+    fn start_program(
+        mut cmd: Command,
+        netns: Option<&Netns>,
+        bpffs: &Path,
+        cgroup: &Path,
+        flag: &str,
+        source: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         let pins = bpffs.join("agent");
-        let mut cmd = Command::new(agent_binary("proxy-agent"));
         cmd.arg(flag)
             .arg(source)
             .arg("--bpffs")

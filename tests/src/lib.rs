@@ -56,7 +56,7 @@ pub use nodes::{
     kube_proxy_forward_rules, kube_proxy_nodeport_local_rules, kube_proxy_nodeport_rules,
     kube_proxy_nodeports_rules, rule_packets,
 };
-pub use probe::{ProbeReply, Stamped, probe_bin, start_probe_server, unix_us};
+pub use probe::{ProbeReply, Stamped, capwrap_bin, probe_bin, start_probe_server, unix_us};
 pub use process::{
     ChildGuard, RunTimedOut, run, spawn, spawn_guarded, stdout_lines, tool, try_run,
 };

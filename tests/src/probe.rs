@@ -20,6 +20,14 @@ pub fn probe_bin() -> PathBuf {
     own_bin("probe")
 }
 
+/// Path of the `capwrap` binary (`src/bin/capwrap.rs`), found as [`probe_bin`] is.
+///
+/// # Panics
+/// If it is not found, saying how to build it.
+pub fn capwrap_bin() -> PathBuf {
+    own_bin("capwrap")
+}
+
 /// Path of the binary `name` of this package (`probe`, `flood`): `$KPT_<NAME>_BIN`,
 /// `$CARGO_BIN_EXE_<name>`, then next to the running executable and in its parent
 /// directory (see [`probe_bin`]).

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod pipeline;
+pub mod privileges;
 pub mod schedule;
 pub mod sync_loop;
 
@@ -33,12 +34,17 @@ use pipeline::Pipeline;
 /// keeps flowing until the next agent adopts it (use `--cleanup` to remove it).
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.cleanup {
-        // Whatever the mode: what either left behind.
-        crate::dataplane::ebpf::cleanup(&cfg.bpffs)
-            .with_context(|| format!("removing pins under {}", cfg.bpffs.display()))?;
-        info!(bpffs = %cfg.bpffs.display(), "cleaned up the eBPF data plane's pins");
-        cleanup_ipvs(&cfg.ipvs_exclude_cidrs.0)?;
-        return Ok(());
+        return cleanup(&cfg);
+    }
+    // Before anything changes: too few capabilities fail here, naming the missing
+    // one, rather than halfway through loading. A process whose capabilities cannot
+    // be read is let through, to fail (or not) on its own.
+    match privileges::check(cfg.proxy_mode) {
+        Ok(()) => {}
+        Err(e @ privileges::PrivilegeError::Missing { .. }) => return Err(e.into()),
+        Err(e) => {
+            warn!(error = %format!("{:#}", anyhow::Error::from(e)), "capabilities not checked")
+        }
     }
     // Refused before anything changes.
     cfg.timing()?;
@@ -84,12 +90,20 @@ async fn serve(cfg: &Config, node_name: String, source: impl Source) -> anyhow::
         }
         ProxyMode::Ipvs => {
             // The eBPF data plane would still answer for the services: its pins go.
-            crate::dataplane::ebpf::cleanup(&cfg.bpffs).with_context(|| {
+            let removed = crate::dataplane::ebpf::cleanup(&cfg.bpffs).with_context(|| {
                 format!(
                     "removing the eBPF data plane's pins under {}",
                     cfg.bpffs.display()
                 )
             })?;
+            if !removed.is_empty() {
+                info!(
+                    bpffs = %cfg.bpffs.display(),
+                    maps = removed.maps,
+                    links = removed.cgroup_links + removed.tc_links,
+                    "removed the eBPF data plane's pins"
+                );
+            }
             let options = cfg.ipvs_options();
             let dataplane = IpvsDataplane::open(&options).context("opening the IPVS data plane")?;
             info!(scheduler = %options.scheduler, link = %options.link, "IPVS data plane opened");
@@ -158,9 +172,56 @@ async fn serve_with<D: Dataplane>(
     Ok(())
 }
 
+/// `--cleanup`: removes what either mode left behind, whatever `--proxy-mode` says,
+/// and prints what went (on stdout, for the operator who ran it).
+fn cleanup(cfg: &Config) -> anyhow::Result<()> {
+    let pins = crate::dataplane::ebpf::cleanup(&cfg.bpffs)
+        .with_context(|| format!("removing pins under {}", cfg.bpffs.display()))?;
+    let ipvs = cleanup_ipvs(&cfg.ipvs_exclude_cidrs.0)?;
+    println!("{}", cleanup_summary(&cfg.bpffs, &pins, &ipvs));
+    Ok(())
+}
+
+/// The line `--cleanup` prints.
+fn cleanup_summary(
+    bpffs: &std::path::Path,
+    pins: &crate::dataplane::ebpf::bpffs::Removed,
+    ipvs: &ipvs::cleanup::Removed,
+) -> String {
+    if pins.is_empty() && ipvs.is_empty() {
+        return format!(
+            "cleanup: nothing to remove (no pins under {}, no IPVS state)",
+            bpffs.display()
+        );
+    }
+    let rules = match (ipvs.rules_v4, ipvs.rules_v6) {
+        (true, true) => "IPv4 and IPv6",
+        (true, false) => "IPv4",
+        (false, true) => "IPv6",
+        (false, false) => "no",
+    };
+    format!(
+        "cleanup: removed {} map pins, {} program links ({} cgroup, {} tc) and {} directories \
+         from {}; {} IPVS virtual servers, {rules} iptables rules, {} ipsets{}",
+        pins.maps,
+        pins.cgroup_links + pins.tc_links,
+        pins.cgroup_links,
+        pins.tc_links,
+        pins.dirs,
+        bpffs.display(),
+        ipvs.virtual_servers,
+        ipvs.sets.len(),
+        if ipvs.link {
+            ", the kube-ipvs0 interface"
+        } else {
+            ""
+        },
+    )
+}
+
 /// Removes what the IPVS mode left (see [`ipvs::cleanup`]) but the virtual servers
 /// inside `exclude`, saying what it removed.
-fn cleanup_ipvs(exclude: &[ipnetwork::IpNetwork]) -> anyhow::Result<()> {
+fn cleanup_ipvs(exclude: &[ipnetwork::IpNetwork]) -> anyhow::Result<ipvs::cleanup::Removed> {
     let link = ipvs::Options::default().link;
     let removed = ipvs::cleanup::cleanup(&link, exclude)
         .context("removing the IPVS mode's virtual servers, netfilter rules, sets and link")?;
@@ -174,7 +235,7 @@ fn cleanup_ipvs(exclude: &[ipnetwork::IpNetwork]) -> anyhow::Result<()> {
             "removed the IPVS mode's state"
         );
     }
-    Ok(())
+    Ok(removed)
 }
 
 async fn kube_client(cfg: &Config) -> anyhow::Result<kube::Client> {

@@ -404,3 +404,33 @@ async fn under_manifest_churn_the_programmed_state_matches_the_directory_within_
     task.await.unwrap();
     eprintln!("churn: worst time to match the directory {worst:?}");
 }
+
+#[test]
+fn the_cleanup_summary_says_nothing_was_removed_or_counts_what_was() {
+    use crate::dataplane::ebpf::bpffs::Removed as Pins;
+    use crate::dataplane::ipvs::cleanup::Removed as Ipvs;
+    let root = std::path::Path::new("/sys/fs/bpf/x");
+    assert_eq!(
+        super::cleanup_summary(root, &Pins::default(), &Ipvs::default()),
+        "cleanup: nothing to remove (no pins under /sys/fs/bpf/x, no IPVS state)"
+    );
+    let pins = Pins {
+        maps: 12,
+        cgroup_links: 3,
+        tc_links: 2,
+        dirs: 2,
+    };
+    let ipvs = Ipvs {
+        virtual_servers: 4,
+        rules_v4: true,
+        rules_v6: false,
+        sets: vec!["KUBE-CLUSTER-IP".into()],
+        link: true,
+    };
+    assert_eq!(
+        super::cleanup_summary(root, &pins, &ipvs),
+        "cleanup: removed 12 map pins, 5 program links (3 cgroup, 2 tc) and 2 directories \
+         from /sys/fs/bpf/x; 4 IPVS virtual servers, IPv4 iptables rules, 1 ipsets, the \
+         kube-ipvs0 interface"
+    );
+}

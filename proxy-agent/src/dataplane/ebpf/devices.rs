@@ -25,7 +25,7 @@ use crate::dataplane::netdev::{self, Device, DevicePlan};
 use crate::model::NodeAddresses;
 
 /// Pins of tc links start with this (`tc-in-<ifindex>-<name>`, `tc-out-...`).
-const TC_PIN_PREFIX: &str = "tc-";
+pub(super) const TC_PIN_PREFIX: &str = "tc-";
 
 /// The tc attachment and the maps describing it.
 pub(super) struct Devices {
