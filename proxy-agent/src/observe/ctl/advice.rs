@@ -55,7 +55,7 @@ impl PinRoot {
         );
         if self.on_bpffs == Some(false) {
             fix.push_str(&format!(
-                "; {} is not on a bpf filesystem, where the agent pins its maps: is one \
+                ". {} is not on a bpf filesystem, where the agent pins its maps: is one \
                  mounted (mount -t bpf bpf /sys/fs/bpf)?",
                 self.dir.display()
             ));
@@ -79,7 +79,7 @@ impl PinRoot {
                 self.problem()
             ),
             fix: format!(
-                "{}; for IPVS mode, run proxyctl in the agent's network namespace",
+                "{}. For IPVS mode, run proxyctl in the agent's network namespace",
                 self.fix()
             ),
         }
