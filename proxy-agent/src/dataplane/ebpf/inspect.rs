@@ -337,7 +337,8 @@ mod tests {
             v[0].source_ranges.is_empty(),
             "not enforced without the flag"
         );
-        let rows: Vec<(String, u32, EndpointState, Option<u32>, Option<u32>)> = v[0]
+        type Row = (String, u32, EndpointState, Option<u32>, Option<u32>);
+        let rows: Vec<Row> = v[0]
             .endpoints
             .iter()
             .map(|e| {
