@@ -41,6 +41,20 @@ fn the_agent_rejects_a_bad_sync_period() {
     assert!(err.contains("\"soon\" is not a number of seconds"), "{err}");
 }
 
+/// Fails if a message segment of `stderr` (between `:`, `;` and line ends) of some
+/// length is printed twice: each cause is to be said once.
+#[track_caller]
+fn assert_said_once(stderr: &str) {
+    let mut seen = std::collections::HashSet::new();
+    for seg in stderr
+        .split(['\n', ':', ';'])
+        .map(str::trim)
+        .filter(|s| s.len() >= 12)
+    {
+        assert!(seen.insert(seg), "{seg:?} is said twice in:\n{stderr}");
+    }
+}
+
 #[test]
 fn proxyctl_explains_a_missing_agent() {
     let (ok, err) = run(
@@ -54,11 +68,78 @@ fn proxyctl_explains_a_missing_agent() {
         ],
     );
     assert!(!ok);
-    assert!(
-        err.contains("/nonexistent/proxy-agent/maps/FRONTENDS")
-            && err.contains("is the agent running with this --bpffs?"),
+    assert_eq!(
+        err.lines().next(),
+        Some("error: no agent state under /nonexistent/proxy-agent: the directory does not exist"),
         "{err}"
     );
+    assert!(
+        err.contains("\nhint: check that the agent is running on this node in eBPF mode")
+            && err.contains("started with this --bpffs"),
+        "{err}"
+    );
+    assert_said_once(&err);
+}
+
+#[test]
+fn proxyctl_on_an_empty_pin_directory_says_where_it_looked_and_what_to_check() {
+    let dir = std::env::temp_dir().join(format!("proxyctl-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let bpffs = dir.to_str().expect("a UTF-8 path");
+    // Every command that reads the eBPF maps, in auto mode too (no IPVS here, or not
+    // in this namespace: the message then says both).
+    for args in [
+        vec!["--bpffs", bpffs, "list"],
+        vec!["--mode", "ebpf", "--bpffs", bpffs, "list", "-o", "json"],
+        vec!["--bpffs", bpffs, "conntrack"],
+        vec!["--bpffs", bpffs, "affinity", "--json"],
+        vec!["--bpffs", bpffs, "stats"],
+    ] {
+        let (ok, err) = run(env!("CARGO_BIN_EXE_proxyctl"), &args);
+        if ok {
+            // `list` in auto mode found IPVS in this namespace: nothing to explain.
+            assert!(
+                !args.contains(&"ebpf") && args.contains(&"list"),
+                "{args:?}"
+            );
+            continue;
+        }
+        let looked = format!("no agent state under {bpffs}: {bpffs}/maps/FRONTENDS is not pinned");
+        assert!(
+            err.starts_with("error: ") && err.contains(&looked),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("hint: check that the agent is running")
+                && err.contains(&format!("{bpffs} is not on a bpf filesystem"))
+                && err.contains("mount -t bpf bpf /sys/fs/bpf"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("BPF_OBJ_GET") && !err.contains("Caused by"),
+            "{err}"
+        );
+        assert_said_once(&err);
+    }
+    let _ = std::fs::remove_dir(&dir);
+}
+
+#[test]
+fn the_agent_says_a_missing_manifest_directory_once_with_what_to_pass() {
+    let (ok, err) = run(
+        env!("CARGO_BIN_EXE_proxy-agent"),
+        &["--manifests", "/nonexistent"],
+    );
+    assert!(!ok);
+    let enoent = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+    assert_eq!(err.matches(&enoent).count(), 1, "{err}");
+    assert!(
+        err.contains("error: watching /nonexistent: manifest directory /nonexistent: ")
+            && err.contains("hint: --manifests takes an existing directory"),
+        "{err}"
+    );
+    assert!(!err.contains("Caused by"), "{err}");
+    assert_said_once(&err);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! `proxy-agent`: the node daemon. All logic lives in the library.
 
-fn main() -> anyhow::Result<()> {
-    proxy_agent::daemon::main()
+fn main() -> std::process::ExitCode {
+    proxy_agent::observe::errors::exit(proxy_agent::daemon::main())
 }

@@ -3,9 +3,14 @@
 //! [`super::ebpf::inspect`], IPVS by [`super::ipvs::inspect`]), with what only IPVS
 //! has in [`IpvsView`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnetwork::IpNetwork;
+
+/// What the eBPF programs use to choose a backend, in `ipvsadm`'s column: a uniformly
+/// random slot per TCP connection and tc flow (a connected UDP socket hashes its
+/// cookie instead, so that it keeps its backend). Each slot holds one backend.
+pub const EBPF_SCHEDULER: &str = "random";
 
 /// One programmed frontend as the kernel holds it.
 #[derive(Debug, PartialEq, Eq, serde::Serialize)]
@@ -15,6 +20,15 @@ pub struct ServiceView {
     /// The model frontend's form: `VIP:port/protocol`, `*:port/protocol` for a
     /// NodePort, with ` (external)` for the external scope.
     pub frontend: String,
+    /// The frontend's address: the VIP, or the unspecified address of its family for
+    /// a NodePort (which the eBPF data plane serves on every node address).
+    pub ip: IpAddr,
+    /// The frontend's port.
+    pub port: u16,
+    /// `TCP`, `UDP` (or, in IPVS mode, `SCTP` or the protocol number).
+    pub protocol: String,
+    /// How a backend is chosen: [`EBPF_SCHEDULER`], or the IPVS scheduler (`rr`, ...).
+    pub scheduler: String,
     /// `ClusterIP`, `NodePort`, `ExternalIP` or `LoadBalancer`; "" for an IPVS
     /// virtual server no ipset of the agent names (not its own, or mid-write).
     pub kind: String,
@@ -29,9 +43,55 @@ pub struct ServiceView {
     /// The backends new connections go to: in slot order (eBPF), or the IPVS
     /// destinations of weight > 0 by address.
     pub backends: Vec<SocketAddr>,
+    /// Every backend the kernel holds for this frontend, with its weight, state and
+    /// connections: the `backends`, then (IPVS weight 0, or eBPF flows still tracked
+    /// to a backend no slot names) the draining ones.
+    pub endpoints: Vec<EndpointView>,
     /// What IPVS holds besides (absent in eBPF mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipvs: Option<IpvsView>,
+}
+
+/// One backend of a frontend, as `ipvsadm -Ln` shows a real server.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointView {
+    /// Its address.
+    pub address: SocketAddr,
+    /// Its share of new connections: the IPVS weight, or the number of eBPF slots
+    /// holding it.
+    pub weight: u32,
+    /// Whether it takes new connections.
+    pub state: EndpointState,
+    /// Established connections, where the data plane keeps them: IPVS's
+    /// `ActiveConn`; in eBPF mode the tc path's established flows for an
+    /// external-scope frontend. `None` for an internal-scope eBPF frontend, whose
+    /// connections are translated once at `connect()` and leave no state to count.
+    pub active_connections: Option<u32>,
+    /// The other tracked connections (opening, closing; IPVS's `InActConn`), where
+    /// known, as above.
+    pub inactive_connections: Option<u32>,
+}
+
+/// Whether a backend takes new connections. Neither data plane records whether an
+/// endpoint is terminating: the agent programs the ready endpoints, or the serving
+/// terminating ones when none is ready, and the kernel holds only the result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointState {
+    /// Takes new connections (ready, or serving while terminating as a fallback).
+    Serving,
+    /// Takes none; its existing connections go on (IPVS weight 0; eBPF: tracked flows
+    /// to a backend that left the service).
+    Draining,
+}
+
+impl std::fmt::Display for EndpointState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EndpointState::Serving => "serving",
+            EndpointState::Draining => "draining",
+        })
+    }
 }
 
 /// An IPVS virtual server's options and counters.

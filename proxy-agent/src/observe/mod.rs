@@ -3,6 +3,7 @@
 //! views) and change nothing.
 
 pub mod ctl;
+pub mod errors;
 pub mod healthcheck;
 pub mod http;
 pub mod metrics;

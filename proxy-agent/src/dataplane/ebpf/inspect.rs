@@ -2,18 +2,21 @@
 //! actually holds, independent of the agent process. The services are read with the
 //! same code the agent adopts them with ([`super::tables::read_back`]).
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::{BTreeMap, HashMap as StdHashMap};
+use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context;
 use aya::maps::{HashMap, MapData};
 use proxy_common::{AffinityKey, AffinityValue, ServiceName, maps};
 
+use super::conntrack::FlowState;
 use super::conntrack::{self, Flow, gc::CtTable};
 use super::keys::{affinity_of, backend_addr, kind_of, model_frontend};
 use super::pins;
 use super::tables::{Held, MapTables, read_back};
 pub use crate::dataplane::listing::ServiceView;
+use crate::dataplane::listing::{EBPF_SCHEDULER, EndpointState, EndpointView};
 use crate::model::Scope;
 
 /// Whether a data plane pinned its maps under `bpffs` (what `proxyctl --mode auto`
@@ -22,17 +25,95 @@ pub fn pinned(bpffs: &Path) -> bool {
     pins::map_path(bpffs, maps::FRONTENDS).exists()
 }
 
-/// Lists the programmed services, sorted by frontend.
+/// Lists the programmed services, sorted by frontend, with the tc path's flows counted
+/// per backend.
 pub fn list(bpffs: &Path) -> anyhow::Result<Vec<ServiceView>> {
     let tables = MapTables::from_pins(bpffs)?;
-    Ok(views(
-        &read_back(&tables).context("reading the service maps")?,
-    ))
+    let held = read_back(&tables).context("reading the service maps")?;
+    // The table is read in batches (a few syscalls for thousands of flows), so the
+    // counts cost little; a data plane without one shows no counts rather than failing.
+    let flows = conntrack(bpffs).map(|f| flow_counts(&f)).ok();
+    Ok(views(&held, flows.as_ref()))
 }
 
-/// The views of what [`read_back`] found. Slots that are missing or name no backend
-/// (an update in flight, or drift) are left out.
-fn views(held: &Held) -> Vec<ServiceView> {
+/// Established and other live flows, by service id and backend.
+pub type FlowCounts = BTreeMap<(u32, SocketAddr), (u32, u32)>;
+
+/// The live (not expired) tc flows of `flows` counted per service and backend:
+/// established ones as active, opening and closing ones as inactive, as IPVS counts.
+pub fn flow_counts(flows: &[Flow]) -> FlowCounts {
+    let mut out = FlowCounts::new();
+    for f in flows.iter().filter(|f| !f.expired) {
+        let (active, inactive) = out.entry((f.service_id, f.backend)).or_default();
+        match f.state {
+            FlowState::Established => *active += 1,
+            FlowState::Opening | FlowState::Closing => *inactive += 1,
+        }
+    }
+    out
+}
+
+/// The backends of frontend `service_id` in slot order, weighted by their slots, then
+/// the backends only `flows` still names (draining). Only the tc path tracks flows,
+/// and it alone serves the external scope: an internal frontend's connections are
+/// translated at `connect()` and its counts are unknown (`None`).
+fn endpoints(
+    held: &Held,
+    slots: &[Option<u32>],
+    service_id: u32,
+    flows: Option<&FlowCounts>,
+) -> Vec<EndpointView> {
+    let mut out: Vec<EndpointView> = Vec::new();
+    for address in slots
+        .iter()
+        .flatten()
+        .filter_map(|id| held.backends.get(id))
+        .map(backend_addr)
+    {
+        match out.iter_mut().find(|e| e.address == address) {
+            Some(e) => e.weight += 1,
+            None => out.push(EndpointView {
+                address,
+                weight: 1,
+                state: EndpointState::Serving,
+                active_connections: None,
+                inactive_connections: None,
+            }),
+        }
+    }
+    let Some(flows) = flows else {
+        return out;
+    };
+    for e in &mut out {
+        let (active, inactive) = flows
+            .get(&(service_id, e.address))
+            .copied()
+            .unwrap_or_default();
+        (e.active_connections, e.inactive_connections) = (Some(active), Some(inactive));
+    }
+    // `0.0.0.0:0` is the least address (IPv4 sorts before IPv6): the range starts
+    // at this service's first backend.
+    let least = SocketAddr::from(([0u8; 4], 0));
+    let gone: Vec<EndpointView> = flows
+        .range((service_id, least)..)
+        .take_while(|((sid, _), _)| *sid == service_id)
+        .filter(|((_, address), _)| !out.iter().any(|e| e.address == *address))
+        .map(|((_, address), (active, inactive))| EndpointView {
+            address: *address,
+            weight: 0,
+            state: EndpointState::Draining,
+            active_connections: Some(*active),
+            inactive_connections: Some(*inactive),
+        })
+        .collect();
+    out.extend(gone);
+    out
+}
+
+/// The views of what [`read_back`] found, with the connections of `flows` (counted
+/// for external-scope frontends only). Slots that are missing or name no backend (an
+/// update in flight, or drift) are left out.
+fn views(held: &Held, flows: Option<&FlowCounts>) -> Vec<ServiceView> {
     let mut out = Vec::new();
     for f in &held.frontends {
         let Some(frontend) = model_frontend(&f.key) else {
@@ -44,6 +125,10 @@ fn views(held: &Held) -> Vec<ServiceView> {
             ServiceView {
                 service: f.name.clone().unwrap_or_default(),
                 frontend: frontend.to_string(),
+                ip: frontend.ip,
+                port: frontend.port,
+                protocol: frontend.protocol.to_string(),
+                scheduler: EBPF_SCHEDULER.to_owned(),
                 kind: kind_of(fe.flags).to_string(),
                 scope: match frontend.scope {
                     Scope::Internal => "internal",
@@ -65,6 +150,12 @@ fn views(held: &Held) -> Vec<ServiceView> {
                     .filter_map(|id| held.backends.get(id))
                     .map(backend_addr)
                     .collect(),
+                endpoints: endpoints(
+                    held,
+                    &f.slots,
+                    fe.service_id,
+                    flows.filter(|_| frontend.scope == Scope::External),
+                ),
                 ipvs: None,
             },
         ));
@@ -220,7 +311,13 @@ mod tests {
                 (2, backend(&"10.244.0.12:8080".parse().unwrap(), 6)),
             ]),
         };
-        let v = views(&held);
+        let flows = FlowCounts::from([
+            ((3, "10.244.0.11:8080".parse().unwrap()), (2, 1)),
+            // Backend 7 left the service; its flows go on.
+            ((3, "10.244.0.7:8080".parse().unwrap()), (1, 0)),
+            ((4, "10.244.0.9:8080".parse().unwrap()), (5, 5)),
+        ]);
+        let v = views(&held, Some(&flows));
         assert_eq!(v.len(), 2);
         // Sorted by frontend: the NodePort (address 0.0.0.0) first.
         assert_eq!(v[0].frontend, "*:30080/TCP (external)");
@@ -240,13 +337,103 @@ mod tests {
             v[0].source_ranges.is_empty(),
             "not enforced without the flag"
         );
+        type Row = (String, u32, EndpointState, Option<u32>, Option<u32>);
+        let rows: Vec<Row> = v[0]
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.address.to_string(),
+                    e.weight,
+                    e.state,
+                    e.active_connections,
+                    e.inactive_connections,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    "10.244.0.12:8080".into(),
+                    1,
+                    EndpointState::Serving,
+                    Some(0),
+                    Some(0)
+                ),
+                (
+                    "10.244.0.11:8080".into(),
+                    1,
+                    EndpointState::Serving,
+                    Some(2),
+                    Some(1)
+                ),
+                (
+                    "10.244.0.7:8080".into(),
+                    0,
+                    EndpointState::Draining,
+                    Some(1),
+                    Some(0)
+                ),
+            ]
+        );
+        assert_eq!(
+            (v[0].scheduler.as_str(), v[0].protocol.as_str(), v[0].port),
+            ("random", "TCP", 30080)
+        );
         assert_eq!(v[1].frontend, "10.96.0.1:80/TCP");
         assert_eq!(
             (v[1].affinity_timeout_s, v[1].service.as_str()),
             (Some(60), "")
         );
         assert!(v[1].backends.is_empty(), "backend 9 does not exist");
+        // Internal scope: connections are not tracked, and flows of another id never
+        // show.
+        assert!(v[1].endpoints.is_empty(), "{:?}", v[1].endpoints);
         assert_eq!(v[1].source_ranges, vec![range]);
+    }
+
+    #[test]
+    fn a_backend_in_two_slots_weighs_two_and_flows_count_by_state_unless_expired() {
+        use crate::dataplane::ebpf::conntrack::Legs;
+        let held = Held {
+            frontends: Vec::new(),
+            backends: BTreeMap::from([(1, backend(&"10.244.0.11:8080".parse().unwrap(), 6))]),
+        };
+        let e = endpoints(&held, &[Some(1), Some(1)], 3, None);
+        assert_eq!(
+            (e.len(), e[0].weight, e[0].active_connections),
+            (1, 2, None)
+        );
+        let flow = |state, expired| Flow {
+            protocol: "TCP".into(),
+            client: "203.0.113.7:40001".parse().unwrap(),
+            frontend: "192.0.2.10:30080".parse().unwrap(),
+            backend: "10.244.0.11:8080".parse().unwrap(),
+            snat: None,
+            state,
+            service_id: 3,
+            service: String::new(),
+            idle_s: 0,
+            age_s: 0,
+            packets_in: 0,
+            packets_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            expired,
+            legs: Legs::Both,
+            assured: true,
+        };
+        let counts = flow_counts(&[
+            flow(FlowState::Established, false),
+            flow(FlowState::Established, true),
+            flow(FlowState::Opening, false),
+            flow(FlowState::Closing, false),
+        ]);
+        assert_eq!(
+            counts.get(&(3, "10.244.0.11:8080".parse().unwrap())),
+            Some(&(1, 2))
+        );
     }
 
     #[test]

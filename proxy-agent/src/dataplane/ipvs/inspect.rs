@@ -13,7 +13,9 @@ use super::netlink::{
     ServiceInfo, Stats,
 };
 use super::sets;
-use crate::dataplane::listing::{IpvsCounters, IpvsDestinationView, IpvsView, ServiceView};
+use crate::dataplane::listing::{
+    EndpointState, EndpointView, IpvsCounters, IpvsDestinationView, IpvsView, ServiceView,
+};
 use crate::model::{FrontendKey, FrontendKind};
 
 /// Why the IPVS listing could not be read.
@@ -137,6 +139,10 @@ pub fn views(servers: Vec<(ServiceInfo, Vec<DestinationInfo>)>, names: &Names) -
             let view = ServiceView {
                 service: named.map(|n| n.name.clone()).unwrap_or_default(),
                 frontend: frontend(svc.id.addr, svc.id.port, svc.id.protocol),
+                ip: svc.id.addr,
+                port: svc.id.port,
+                protocol: svc.id.protocol.to_string(),
+                scheduler: svc.scheduler.clone(),
                 kind: named.map(|n| n.kind.to_string()).unwrap_or_default(),
                 scope: match named.map(|n| n.kind) {
                     Some(FrontendKind::ClusterIp) | None => "internal",
@@ -151,6 +157,7 @@ pub fn views(servers: Vec<(ServiceInfo, Vec<DestinationInfo>)>, names: &Names) -
                     .filter(|d| d.destination.weight > 0)
                     .map(|d| SocketAddr::new(d.destination.addr, d.destination.port))
                     .collect(),
+                endpoints: endpoints(&dests),
                 ipvs: Some(IpvsView {
                     scheduler: svc.scheduler,
                     persistent,
@@ -173,6 +180,28 @@ fn frontend(addr: IpAddr, port: u16, protocol: Protocol) -> String {
         Some(p) => FrontendKey::internal(addr, port, p).to_string(),
         None => format!("{}/{protocol}", SocketAddr::new(addr, port)),
     }
+}
+
+/// The destinations as the listing's backends: the ones taking connections first,
+/// then the draining ones (weight 0: the backend keeps a removed destination until
+/// its connections end or its grace period runs out), each by address.
+fn endpoints(dests: &[DestinationInfo]) -> Vec<EndpointView> {
+    let mut out: Vec<EndpointView> = dests
+        .iter()
+        .map(|d| EndpointView {
+            address: SocketAddr::new(d.destination.addr, d.destination.port),
+            weight: d.destination.weight,
+            state: if d.destination.weight > 0 {
+                EndpointState::Serving
+            } else {
+                EndpointState::Draining
+            },
+            active_connections: Some(d.active_connections),
+            inactive_connections: Some(d.inactive_connections),
+        })
+        .collect();
+    out.sort_by_key(|e| (e.state, e.address));
+    out
 }
 
 fn destination(d: &DestinationInfo) -> IpvsDestinationView {
@@ -320,6 +349,29 @@ mod tests {
             .map(|d| (d.weight, d.active_connections, d.inactive_connections))
             .collect();
         assert_eq!(weights, [(1, 1, 0), (0, 0, 2)]);
+        let endpoints: Vec<(u32, EndpointState, Option<u32>, Option<u32>)> = web
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.weight,
+                    e.state,
+                    e.active_connections,
+                    e.inactive_connections,
+                )
+            })
+            .collect();
+        assert_eq!(
+            endpoints,
+            [
+                (1, EndpointState::Serving, Some(1), Some(0)),
+                (0, EndpointState::Draining, Some(0), Some(2))
+            ]
+        );
+        assert_eq!(
+            (web.scheduler.as_str(), web.protocol.as_str(), web.port),
+            ("rr", "TCP", 80)
+        );
         assert_eq!(ipvs.destinations[0].forward, "masquerade");
         assert_eq!(ipvs.destinations[1].counters.connections, 6);
         // Unnamed: no set member (not the agent's, or mid-write).

@@ -1,0 +1,338 @@
+//! `proxyctl`: inspect what the data plane holds, straight from the kernel: the eBPF
+//! data plane's pinned maps, or IPVS over netlink in this network namespace.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::dataplane::ebpf::inspect as ebpf;
+use crate::dataplane::ipvs::inspect as ipvs;
+use crate::dataplane::ipvs::netlink::IpvsError;
+use crate::observe::render::{self, Width};
+
+mod advice;
+mod filter;
+
+use advice::PinRoot;
+pub use filter::{AddrSel, Filter, ServiceSel};
+
+#[derive(Parser)]
+#[command(
+    name = "proxyctl",
+    version,
+    about = "Inspect the service proxy's data plane on this node"
+)]
+struct Cli {
+    /// The agent's pin directory (eBPF mode).
+    #[arg(long, global = true, default_value = crate::dataplane::ebpf::DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Which data plane to read: `auto` takes the eBPF one if its maps are pinned under
+    /// --bpffs, else IPVS if the kernel answers in this network namespace (run
+    /// proxyctl in the agent's).
+    #[arg(long, global = true, value_enum, default_value_t = Mode::Auto)]
+    mode: Mode,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// `--mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Whichever is there (eBPF first).
+    Auto,
+    /// The eBPF data plane's pinned maps.
+    Ebpf,
+    /// IPVS over netlink.
+    Ipvs,
+}
+
+/// `-o`, in kubectl's convention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+    /// The table with more columns.
+    Wide,
+}
+
+/// `-o FORMAT`, and `--json` for `-o json`.
+#[derive(Args, Clone, Copy, Debug, Default)]
+struct Output {
+    /// Output format; a table without it.
+    #[arg(short = 'o', long = "output", value_enum)]
+    format: Option<Format>,
+    /// The same as `-o json`.
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+}
+
+impl Output {
+    fn format(self) -> Option<Format> {
+        if self.json {
+            Some(Format::Json)
+        } else {
+            self.format
+        }
+    }
+
+    /// `value` as JSON or YAML, or `table` of the width asked for.
+    fn print<T: serde::Serialize + ?Sized>(
+        self,
+        value: &T,
+        table: impl FnOnce(Width) -> String,
+    ) -> anyhow::Result<()> {
+        match self.format() {
+            Some(Format::Json) => println!("{}", serde_json::to_string_pretty(value)?),
+            Some(Format::Yaml) => print!("{}", serde_yaml::to_string(value)?),
+            Some(Format::Wide) => print!("{}", table(Width::Wide)),
+            None => print!("{}", table(Width::Normal)),
+        }
+        Ok(())
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the virtual servers as `ipvsadm -Ln` does: per frontend its protocol,
+    /// address, scheduler, affinity and service; per backend its weight, state and
+    /// connections. `-o wide` adds kinds, ids, source ranges and IPVS forwarding.
+    List {
+        /// Only this service's frontends: NAMESPACE/NAME, or NAMESPACE/NAME:PORT for
+        /// one port.
+        #[arg(long, value_name = "NS/NAME[:PORT]")]
+        service: Option<ServiceSel>,
+        /// Only the frontends at this address (and port). A node address with a port
+        /// also finds the NodePort frontend of that port.
+        #[arg(long, value_name = "IP[:PORT]")]
+        vip: Option<AddrSel>,
+        /// Only the frontends holding this backend, and of their backends only it.
+        #[arg(long, value_name = "IP[:PORT]")]
+        backend: Option<AddrSel>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show the data plane's event counters (translations, refusals, drops, affinity
+    /// hits; eBPF mode).
+    Stats,
+    /// List the flows tracked by the tc path (NodePort, ExternalIP, LoadBalancer; eBPF
+    /// mode). `-o wide` adds each flow's age and bytes.
+    Conntrack {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List the remembered ClientIP affinities (client pod -> backend; eBPF mode).
+    Affinity {
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// The data plane `mode` names; `auto` looks for the eBPF pins, then asks IPVS. An
+/// eBPF data plane that is not there is reported here, with what to check, rather
+/// than as the first map that fails to open.
+fn choose(mode: Mode, bpffs: &Path) -> anyhow::Result<Mode> {
+    match mode {
+        Mode::Ipvs => Ok(Mode::Ipvs),
+        _ if ebpf::pinned(bpffs) => Ok(Mode::Ebpf),
+        Mode::Ebpf => Err(PinRoot::probe(bpffs).advice().into()),
+        Mode::Auto => auto_without_pins(&PinRoot::probe(bpffs), ipvs::available()),
+    }
+}
+
+/// `auto` when nothing is pinned: IPVS if it answered, else where both were looked for.
+fn auto_without_pins(root: &PinRoot, ipvs: Result<(), IpvsError>) -> anyhow::Result<Mode> {
+    match ipvs {
+        Ok(()) => Ok(Mode::Ipvs),
+        Err(e) => Err(root.advice_without_ipvs(&e.to_string()).into()),
+    }
+}
+
+/// The eBPF-only commands refuse `--mode ipvs`, saying where IPVS keeps the like.
+fn ebpf_only(mode: Mode, command: &str, instead: &str) -> anyhow::Result<()> {
+    if mode == Mode::Ipvs {
+        bail!(
+            "proxyctl {command} reads the eBPF data plane's tables, which IPVS mode has none of; {instead}"
+        );
+    }
+    Ok(())
+}
+
+/// The eBPF data plane, for the eBPF-only commands: found, or reported as [`choose`]
+/// reports it.
+fn ebpf_pins(bpffs: &Path) -> anyhow::Result<()> {
+    if ebpf::pinned(bpffs) {
+        return Ok(());
+    }
+    Err(PinRoot::probe(bpffs).advice().into())
+}
+
+/// The `proxyctl` binary's work; [`crate::observe::errors::exit`] prints its error.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::List {
+            service,
+            vip,
+            backend,
+            output,
+        } => {
+            let services = match choose(cli.mode, &cli.bpffs)? {
+                Mode::Ipvs => ipvs::list().context("reading IPVS")?,
+                _ => ebpf::list(&cli.bpffs)?,
+            };
+            let filter = Filter {
+                service,
+                vip,
+                backend,
+            };
+            let services = filter.apply(services);
+            output.print(&services, |w| render::render_list(&services, w))?;
+        }
+        Command::Affinity { output } => {
+            ebpf_only(
+                cli.mode,
+                "affinity",
+                "IPVS keeps affinity as persistence templates: `proxyctl list -o wide` shows them per destination",
+            )?;
+            ebpf_pins(&cli.bpffs)?;
+            let list = ebpf::affinities(&cli.bpffs)?;
+            output.print(&list, |_| render::render_affinities(&list))?;
+        }
+        Command::Conntrack { output } => {
+            ebpf_only(
+                cli.mode,
+                "conntrack",
+                "IPVS connections are in `conntrack -L` (and `ipvsadm -Lnc`)",
+            )?;
+            ebpf_pins(&cli.bpffs)?;
+            let flows = ebpf::conntrack(&cli.bpffs)?;
+            output.print(&flows, |w| render::render_conntrack(&flows, w))?;
+        }
+        Command::Stats => {
+            ebpf_only(
+                cli.mode,
+                "stats",
+                "IPVS's own counters are in `proxyctl list -o json`",
+            )?;
+            ebpf_pins(&cli.bpffs)?;
+            print!("{}", render::render_counters(&ebpf::counters(&cli.bpffs)?));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_without_pins_takes_ipvs_when_it_answers_else_says_where_it_looked() {
+        let pins = Path::new("/nonexistent/proxy-agent");
+        let root = PinRoot::probe(pins);
+        assert_eq!(auto_without_pins(&root, Ok(())).ok(), Some(Mode::Ipvs));
+        let e = auto_without_pins(&root, Err(IpvsError::NoIpvs))
+            .err()
+            .map(|e| crate::observe::errors::report(&e))
+            .unwrap_or_default();
+        assert!(
+            e.contains(
+                "no agent state under /nonexistent/proxy-agent: the directory does not exist"
+            ) && e.contains("the kernel has no IPVS")
+                && e.contains("\nhint: check that the agent is running"),
+            "{e}"
+        );
+        assert_eq!(choose(Mode::Ipvs, pins).ok(), Some(Mode::Ipvs));
+        assert!(choose(Mode::Ebpf, pins).is_err());
+    }
+
+    #[test]
+    fn an_unknown_mode_is_refused_with_the_choices() {
+        let e = Cli::try_parse_from(["proxyctl", "--mode", "iptables", "list"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("[possible values: auto, ebpf, ipvs]"), "{e}");
+        let ok = Cli::try_parse_from(["proxyctl", "list", "--mode", "ipvs"]);
+        assert!(
+            ok.is_ok_and(|c| c.mode == Mode::Ipvs),
+            "global: after the command too"
+        );
+    }
+
+    #[test]
+    fn output_takes_kubectls_formats_and_json_as_an_alias() {
+        let format = |args: &[&str]| {
+            Cli::try_parse_from(args).map(|c| match c.command {
+                Command::List { output, .. }
+                | Command::Conntrack { output }
+                | Command::Affinity { output } => output.format(),
+                Command::Stats => None,
+            })
+        };
+        assert_eq!(format(&["proxyctl", "list"]).ok(), Some(None));
+        assert_eq!(
+            format(&["proxyctl", "list", "-o", "wide"]).ok(),
+            Some(Some(Format::Wide))
+        );
+        assert_eq!(
+            format(&["proxyctl", "list", "-o", "yaml"]).ok(),
+            Some(Some(Format::Yaml))
+        );
+        for cmd in ["list", "conntrack", "affinity"] {
+            assert_eq!(
+                format(&["proxyctl", cmd, "--json"]).ok(),
+                Some(Some(Format::Json))
+            );
+            assert_eq!(
+                format(&["proxyctl", cmd, "--output", "json"]).ok(),
+                Some(Some(Format::Json))
+            );
+        }
+        assert!(format(&["proxyctl", "list", "--json", "-o", "yaml"]).is_err());
+        assert!(format(&["proxyctl", "list", "-o", "xml"]).is_err());
+    }
+
+    #[test]
+    fn list_filters_parse_and_refuse_bad_values_with_an_example() {
+        let cli = Cli::try_parse_from([
+            "proxyctl",
+            "list",
+            "--service",
+            "default/web:http",
+            "--vip",
+            "10.96.0.10:80",
+            "--backend",
+            "10.244.1.5",
+        ]);
+        assert!(cli.is_ok_and(|c| matches!(
+            c.command,
+            Command::List {
+                service: Some(_),
+                vip: Some(_),
+                backend: Some(_),
+                ..
+            }
+        )));
+        let e = Cli::try_parse_from(["proxyctl", "list", "--vip", "web"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("is not IP or IP:PORT"), "{e}");
+    }
+
+    #[test]
+    fn the_ebpf_only_commands_refuse_ipvs_mode_pointing_elsewhere() {
+        let e = ebpf_only(Mode::Ipvs, "conntrack", "see conntrack -L")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with("proxyctl conntrack reads the eBPF") && e.ends_with("see conntrack -L"),
+            "{e}"
+        );
+        assert!(ebpf_only(Mode::Auto, "stats", "").is_ok());
+    }
+}
