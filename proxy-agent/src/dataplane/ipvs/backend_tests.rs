@@ -270,8 +270,8 @@ fn a_draining_destination_still_busy_after_the_grace_period_goes() {
         drain_grace: Duration::ZERO,
         ..Options::default()
     };
-    let mut dp = IpvsDataplane::new(fake.clone(), fake.clone(), fake.clone(), &options)
-        .expect("adopting");
+    let mut dp =
+        IpvsDataplane::new(fake.clone(), fake.clone(), fake.clone(), &options).expect("adopting");
     let both = svc("10.96.0.10", 80, &["10.244.1.5:8080", "10.244.1.6:8080"]);
     dp.upsert(&both).expect("both");
     let one = svc("10.96.0.10", 80, &["10.244.1.6:8080"]);
