@@ -58,6 +58,10 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// netfilter's entries of service traffic instead (both modes; IPVS mode's are only
+        /// there); run in the agent's network namespace.
+        #[arg(long)]
+        netfilter: bool,
     },
     /// List the remembered ClientIP affinities (client pod -> backend; eBPF mode).
     Affinity {
@@ -134,7 +138,20 @@ pub fn main() -> anyhow::Result<()> {
                 print!("{}", crate::observe::render::render_affinities(&list));
             }
         }
-        Command::Conntrack { json } => {
+        Command::Conntrack {
+            json,
+            netfilter: true,
+        } => {
+            let services = match choose(cli.mode, &cli.bpffs)? {
+                Mode::Ipvs => ipvs::list().context("reading IPVS")?,
+                _ => ebpf::list(&cli.bpffs)?,
+            };
+            print!(
+                "{}",
+                crate::observe::render_netfilter::conntrack(&services, json)?
+            );
+        }
+        Command::Conntrack { json, .. } => {
             ebpf_only(
                 cli.mode,
                 "conntrack",

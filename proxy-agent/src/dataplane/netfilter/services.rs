@@ -134,6 +134,13 @@ pub fn service_entries(entries: Vec<Entry>, services: &[ServiceView]) -> Vec<Ser
     out
 }
 
+/// Dumps this network namespace's table (run it in the agent's) and keeps the
+/// entries of `services`' traffic.
+pub fn list(services: &[ServiceView]) -> Result<Vec<ServiceEntry>, super::NetfilterError> {
+    let entries = super::Ctnetlink::open()?.dump()?;
+    Ok(service_entries(entries, services))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
