@@ -7,6 +7,7 @@ pub mod fake;
 pub mod ipvs;
 pub mod listing;
 pub mod netdev;
+pub mod netfilter;
 pub mod nlsocket;
 
 use std::borrow::Cow;

@@ -165,6 +165,11 @@ impl Metrics {
             "healthCheckNodePorts that could not be listened on (retried at each sync)",
             m.health_check_bind_errors.clone(),
         );
+        // netfilter's table carries IPVS mode, the node's own traffic and the INVALID
+        // verdicts in either mode: read at scrape time, in the agent's namespace.
+        r.register_collector(Box::new(
+            crate::dataplane::netfilter::metrics::NetfilterStats::kernel(),
+        ));
         register_backend(r);
         Arc::new(Metrics { registry, ..m })
     }

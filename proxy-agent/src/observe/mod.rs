@@ -8,4 +8,5 @@ pub mod healthcheck;
 pub mod http;
 pub mod metrics;
 pub mod render;
+pub mod render_netfilter;
 pub mod runtime;

@@ -122,6 +122,10 @@ enum Command {
     Conntrack {
         #[command(flatten)]
         output: Output,
+        /// netfilter's entries of service traffic instead (both modes; IPVS mode's
+        /// connections are only there); run in the agent's network namespace.
+        #[arg(long)]
+        netfilter: bool,
     },
     /// List the remembered ClientIP affinities (client pod -> backend; eBPF mode).
     Affinity {
@@ -201,7 +205,22 @@ pub fn main() -> anyhow::Result<()> {
             let list = ebpf::affinities(&cli.bpffs)?;
             output.print(&list, |_| render::render_affinities(&list))?;
         }
-        Command::Conntrack { output } => {
+        Command::Conntrack {
+            output,
+            netfilter: true,
+        } => {
+            let services = match choose(cli.mode, &cli.bpffs)? {
+                Mode::Ipvs => ipvs::list().context("reading IPVS")?,
+                _ => ebpf::list(&cli.bpffs)?,
+            };
+            let entries = crate::dataplane::netfilter::services::list(&services).context(
+                "reading netfilter's connection table (run proxyctl in the agent's network namespace)",
+            )?;
+            output.print(&entries, |_| {
+                crate::observe::render_netfilter::render(&entries)
+            })?;
+        }
+        Command::Conntrack { output, .. } => {
             ebpf_only(
                 cli.mode,
                 "conntrack",
@@ -267,7 +286,7 @@ mod tests {
         let format = |args: &[&str]| {
             Cli::try_parse_from(args).map(|c| match c.command {
                 Command::List { output, .. }
-                | Command::Conntrack { output }
+                | Command::Conntrack { output, .. }
                 | Command::Affinity { output } => output.format(),
                 Command::Stats => None,
             })
