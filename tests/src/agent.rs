@@ -384,7 +384,10 @@ impl Agent {
                 return l.to_owned();
             }
             if let Some(status) = self.guard.try_wait() {
-                panic!("agent exited with {status} before logging {needle:?}:\n{}", self.log());
+                panic!(
+                    "agent exited with {status} before logging {needle:?}:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,

@@ -404,7 +404,7 @@ impl Drop for FakeApiServer {
 fn accept_connection(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let Some(tls) = &shared.tls else {
-        return serve_connection(shared, stream);
+        return serve_connection(shared, &mut stream);
     };
     let mut conn = rustls::ServerConnection::new(Arc::clone(tls)).map_err(std::io::Error::other)?;
     // The handshake first, so that a client that rejects the certificate is counted.
@@ -415,10 +415,16 @@ fn accept_connection(shared: &Shared, mut stream: TcpStream) -> std::io::Result<
             return Err(e);
         }
     }
-    serve_connection(shared, rustls::StreamOwned::new(conn, stream))
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    let served = serve_connection(shared, &mut tls);
+    // A TLS connection ends with close_notify: without it the client reads the close as
+    // a truncation attack and fails the request it may already have sent on it.
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    served
 }
 
-fn serve_connection<S: Read + Write>(shared: &Shared, stream: S) -> std::io::Result<()> {
+fn serve_connection<S: Read + Write>(shared: &Shared, stream: &mut S) -> std::io::Result<()> {
     // One stream for both directions: reads go through the buffer, writes straight to
     // the stream (a TLS stream cannot be cloned into halves).
     let mut reader = BufReader::new(stream);
@@ -459,18 +465,10 @@ fn serve_connection<S: Read + Write>(shared: &Shared, stream: S) -> std::io::Res
             if st.down {
                 return Ok(()); // close without answering
             }
-            if st
-                .accepted
-                .as_ref()
-                .is_some_and(|ok| !ok.contains(&token))
-            {
+            if st.accepted.as_ref().is_some_and(|ok| !ok.contains(&token)) {
                 st.unauthorized += 1;
                 drop(st);
-                respond(
-                    out,
-                    401,
-                    &status_body(401, "Unauthorized", "Unauthorized"),
-                )?;
+                respond(out, 401, &status_body(401, "Unauthorized", "Unauthorized"))?;
                 if close {
                     return Ok(());
                 }
@@ -483,11 +481,7 @@ fn serve_connection<S: Read + Write>(shared: &Shared, stream: S) -> std::io::Res
             .filter_map(|kv| kv.split_once('='))
             .collect();
         let Some((res, ns)) = Resource::from_path(path) else {
-            respond(
-                out,
-                404,
-                &status_body(404, "NotFound", "no such resource"),
-            )?;
+            respond(out, 404, &status_body(404, "NotFound", "no such resource"))?;
             continue;
         };
         if params
@@ -498,7 +492,13 @@ fn serve_connection<S: Read + Write>(shared: &Shared, stream: S) -> std::io::Res
                 .get("resourceVersion")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            return watch(shared, out, res, ns.as_deref(), from);
+            // The connection stays open after a watch ends, as a real API server's
+            // does: the client may already be sending its next request on it.
+            watch(shared, out, res, ns.as_deref(), from)?;
+            if close {
+                return Ok(());
+            }
+            continue;
         }
         let body = list_body(shared, res, ns.as_deref());
         respond_raw(out, 200, &body)?;

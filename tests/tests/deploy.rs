@@ -32,7 +32,10 @@ fn manifests() -> BTreeMap<String, String> {
     for e in std::fs::read_dir(&dir).expect("reading deploy/").flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with(".yaml") || name.ends_with(".yml") {
-            out.insert(name, read(&format!("deploy/{}", e.file_name().to_string_lossy())));
+            out.insert(
+                name,
+                read(&format!("deploy/{}", e.file_name().to_string_lossy())),
+            );
         }
     }
     assert!(!out.is_empty(), "no manifests in {}", dir.display());
@@ -43,9 +46,7 @@ fn manifests() -> BTreeMap<String, String> {
 fn documents(file: &str, yaml: &str) -> Vec<Value> {
     use serde::Deserialize as _;
     serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| {
-            Value::deserialize(doc).unwrap_or_else(|e| panic!("{file}: not YAML: {e}"))
-        })
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{file}: not YAML: {e}")))
         .filter(|v| !v.is_null())
         .collect()
 }
@@ -126,7 +127,12 @@ fn check_all() -> Vec<(String, String, String)> {
 fn every_manifest_in_deploy_reads_into_the_kubernetes_types_without_an_unknown_field() {
     let seen = check_all();
     let kinds: BTreeSet<&str> = seen.iter().map(|(_, k, _)| k.as_str()).collect();
-    for want in ["DaemonSet", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"] {
+    for want in [
+        "DaemonSet",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    ] {
         assert!(kinds.contains(want), "no {want} in deploy/: {seen:?}");
     }
 }
@@ -199,10 +205,7 @@ fn the_cluster_role_grants_exactly_get_list_watch_on_services_endpointslices_and
     assert_eq!(binding.role_ref.kind, "ClusterRole");
     assert_eq!(binding.role_ref.name, "proxy-agent");
     let ds_yaml = read("deploy/daemonset.yaml");
-    let ds: DaemonSet = typed(
-        "daemonset.yaml",
-        &documents("daemonset.yaml", &ds_yaml)[0],
-    );
+    let ds: DaemonSet = typed("daemonset.yaml", &documents("daemonset.yaml", &ds_yaml)[0]);
     let pod = ds
         .spec
         .and_then(|s| s.template.spec)
@@ -221,9 +224,37 @@ fn the_cluster_role_grants_exactly_get_list_watch_on_services_endpointslices_and
 /// The metric names a PromQL expression reads: identifiers that are not functions,
 /// keywords, label names (in `{...}` and `by (...)`), strings or durations.
 fn promql_metrics(expr: &str) -> Vec<String> {
+    // Aggregations may be followed by `by (...)` rather than their argument.
+    const AGGREGATIONS: &[&str] = &[
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    ];
     const KEYWORDS: &[&str] = &[
-        "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
-        "and", "or", "unless", "inf", "nan",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "offset",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "inf",
+        "nan",
     ];
     let chars: Vec<char> = expr.chars().collect();
     let mut out = Vec::new();
@@ -285,7 +316,7 @@ fn promql_metrics(expr: &str) -> Vec<String> {
                     i = j;
                     skip(&mut i, '(', ')');
                 }
-            } else if !called {
+            } else if !called && !AGGREGATIONS.contains(&word.as_str()) {
                 out.push(word);
             }
         } else {
@@ -347,14 +378,16 @@ fn exposed(name: &str, families: &BTreeMap<String, String>) -> bool {
             .get(family)
             .is_some_and(|t| types.contains(&t.as_str()))
     };
-    let suffixed = |suffix: &str, types: &[&str]| {
-        name.strip_suffix(suffix).is_some_and(|f| is(f, types))
-    };
+    let suffixed =
+        |suffix: &str, types: &[&str]| name.strip_suffix(suffix).is_some_and(|f| is(f, types));
     suffixed("_total", &["counter"])
         || suffixed("_bucket", &["histogram"])
         || suffixed("_sum", &["histogram", "summary"])
         || suffixed("_count", &["histogram", "summary"])
-        || is(name, &["gauge", "counter", "untyped", "unknown", "info", "stateset"])
+        || is(
+            name,
+            &["gauge", "counter", "untyped", "unknown", "info", "stateset"],
+        )
 }
 
 #[test]
@@ -489,4 +522,12 @@ fn the_dockerfile_builds_with_the_commands_the_readme_documents() {
             "the image does not ship {b}: {copy}"
         );
     }
+}
+
+#[test]
+fn the_build_commands_are_read_from_the_dockerfile_stage_and_the_readme_block() {
+    let dockerfile = "FROM rust AS build\nRUN a --x \\\n && b\nFROM debian\nRUN apt-get update\n";
+    assert_eq!(dockerfile_runs(dockerfile, "build"), ["a --x", "b"]);
+    let readme = "text\n<!-- build-commands -->\n```sh\n# a comment\na  --x\nb\n```\n<!-- /build-commands -->\nmore\n";
+    assert_eq!(readme_build_commands(readme), ["a --x", "b"]);
 }

@@ -117,13 +117,20 @@ fn in_cluster_the_agent_lists_and_watches_over_https_with_its_token_and_follows_
 
     // Listed and watched, every request with the service account's token.
     let requests = api.requests();
-    for needle in ["/api/v1/services?", "/apis/discovery.k8s.io/v1/endpointslices?"] {
+    for needle in [
+        "/api/v1/services?",
+        "/apis/discovery.k8s.io/v1/endpointslices?",
+    ] {
         assert!(
-            requests.iter().any(|r| r.contains(needle) && !r.contains("watch=")),
+            requests
+                .iter()
+                .any(|r| r.contains(needle) && !r.contains("watch=")),
             "no list of {needle}: {requests:?}"
         );
         assert!(
-            requests.iter().any(|r| r.contains(needle) && r.contains("watch=")),
+            requests
+                .iter()
+                .any(|r| r.contains(needle) && r.contains("watch=")),
             "no watch of {needle}: {requests:?}"
         );
     }
@@ -158,7 +165,13 @@ fn in_cluster_the_agent_lists_and_watches_over_https_with_its_token_and_follows_
     api.drop_watches();
     apply_all(
         &api,
-        &service("api2", "10.96.0.11".parse().expect("vip"), PORTS, &ips[..1], None),
+        &service(
+            "api2",
+            "10.96.0.11".parse().expect("vip"),
+            PORTS,
+            &ips[..1],
+            None,
+        ),
     );
     agent.wait_for("10.96.0.11:80/TCP", &addrs(&ips[..1]), SYNC);
     assert_eq!(reached(&topo, "10.96.0.11:80", 5).len(), 1);
@@ -166,6 +179,12 @@ fn in_cluster_the_agent_lists_and_watches_over_https_with_its_token_and_follows_
         api.unauthorized(),
         refused_before,
         "requests with the old token after the rotation was picked up"
+    );
+    // Every ended watch was re-made cleanly over TLS, none failed.
+    assert!(
+        !agent.log().contains("watch failed"),
+        "a watch failed:\n{}",
+        agent.log()
     );
     agent.stop();
 }
@@ -211,7 +230,10 @@ fn in_cluster_a_wrong_ca_is_reported_with_the_api_server_and_the_cause_and_nothi
         lower.contains("certificate") || lower.contains("unknownissuer"),
         "the error does not name the certificate problem: {line}"
     );
-    assert!(api.tls_failures() > 0, "no failed TLS handshake at the fake");
+    assert!(
+        api.tls_failures() > 0,
+        "no failed TLS handshake at the fake"
+    );
     assert_eq!(
         api.requests().len(),
         served_before,
@@ -224,5 +246,9 @@ fn in_cluster_a_wrong_ca_is_reported_with_the_api_server_and_the_cause_and_nothi
     assert!(failures >= 2, "{}", agent.log());
     agent.wait_for("10.96.0.10:80/TCP", &addrs(&ips), Duration::ZERO);
     assert_eq!(reached(&topo, "10.96.0.10:80", 20).len(), 2);
-    assert!(agent.syncs() == 0, "the agent synced without the API:\n{}", agent.log());
+    assert!(
+        agent.syncs() == 0,
+        "the agent synced without the API:\n{}",
+        agent.log()
+    );
 }
