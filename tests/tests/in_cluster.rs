@@ -190,7 +190,8 @@ fn in_cluster_the_agent_lists_and_watches_over_https_with_its_token_and_follows_
 }
 
 #[test]
-fn in_cluster_a_wrong_ca_is_reported_with_the_api_server_and_the_cause_and_nothing_is_withdrawn() {
+fn in_cluster_a_wrong_ca_or_a_refused_token_is_reported_with_the_api_server_and_the_cause_and_nothing_is_withdrawn()
+ {
     let (topo, api, ca, ips) = setup("wrongca", "token-1");
     let _servers = topo.serve_backends(&[8080], &[]);
     let dir = ManifestDir::new("wrongca");
@@ -251,4 +252,27 @@ fn in_cluster_a_wrong_ca_is_reported_with_the_api_server_and_the_cause_and_nothi
         "the agent synced without the API:\n{}",
         agent.log()
     );
+    agent.stop();
+
+    // The right CA, but a token the API server refuses: "401 Unauthorized" is reported
+    // the same way, and again nothing is withdrawn.
+    sa.update("token-revoked", &ca.pem());
+    let mut agent = Agent::spawn_in_cluster(
+        &api,
+        bpffs.path(),
+        topo.client_cgroup.path(),
+        sa.path(),
+        &["--sync-period", "1"],
+    );
+    let line = agent.wait_log("watch failed", SYNC);
+    assert!(
+        line.contains(&server) && line.contains("Unauthorized"),
+        "the error does not name the API server and the refusal: {line}"
+    );
+    assert!(api.unauthorized() > 0, "the fake refused nothing");
+    assert!(api.tokens_seen().iter().any(|t| t == "token-revoked"));
+    std::thread::sleep(Duration::from_secs(2));
+    agent.wait_for("10.96.0.10:80/TCP", &addrs(&ips), Duration::ZERO);
+    assert_eq!(reached(&topo, "10.96.0.10:80", 20).len(), 2);
+    agent.stop();
 }
