@@ -239,18 +239,63 @@ impl Agent {
         manifests: &Path,
         extra: &[&str],
     ) -> Agent {
-        let mut cmd = Command::new(crate::capwrap_bin());
-        cmd.args(["--caps", caps, "--"])
-            .arg(agent_binary("proxy-agent"));
-        Agent::start_program(
-            cmd,
+        let mut agent = Agent::launch(
             Some(netns),
             bpffs,
             cgroup,
-            "--manifests",
-            manifests,
+            Some(("--manifests", manifests)),
             extra,
             &[],
+            Wrap::Caps(caps),
+        );
+        agent.wait_syncs(1, Duration::from_secs(30));
+        agent
+    }
+
+    /// Starts the agent as a DaemonSet's pod starts it, in the namespace where `api`
+    /// listens: no `--kubeconfig` or `--manifests`, `KUBERNETES_SERVICE_HOST`/`PORT`
+    /// naming `api`, and `service_account` (holding `token`, `ca.crt`, `namespace`)
+    /// bind-mounted over `/var/run/secrets/kubernetes.io/serviceaccount` in a private
+    /// mount namespace of the agent's own (the machine's `/var/run` is never changed).
+    /// Waits for its first sync.
+    pub fn start_in_cluster(
+        api: &FakeApiServer,
+        bpffs: &Path,
+        cgroup: &Path,
+        service_account: &Path,
+        extra: &[&str],
+    ) -> Agent {
+        let mut agent = Agent::spawn_in_cluster(api, bpffs, cgroup, service_account, extra);
+        agent.wait_syncs(1, Duration::from_secs(30));
+        agent
+    }
+
+    /// [`Agent::start_in_cluster`] without waiting for a sync (for an agent that cannot
+    /// reach its API server).
+    pub fn spawn_in_cluster(
+        api: &FakeApiServer,
+        bpffs: &Path,
+        cgroup: &Path,
+        service_account: &Path,
+        extra: &[&str],
+    ) -> Agent {
+        let port = api.addr().port().to_string();
+        // HOME without a .kube/config: kube's inference tries a kubeconfig first.
+        let home = service_account.parent().unwrap_or(service_account);
+        let home = home.to_string_lossy();
+        let env = [
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", port.as_str()),
+            ("HOME", home.as_ref()),
+        ];
+        Agent::launch(
+            Some(api.netns()),
+            bpffs,
+            cgroup,
+            None,
+            extra,
+            &env,
+            Wrap::InCluster(service_account),
         )
     }
 
@@ -263,27 +308,67 @@ impl Agent {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Agent {
-        let cmd = Command::new(agent_binary("proxy-agent"));
-        Agent::start_program(cmd, netns, bpffs, cgroup, flag, source, extra, env)
+        let mut agent = Agent::launch(
+            netns,
+            bpffs,
+            cgroup,
+            Some((flag, source)),
+            extra,
+            env,
+            Wrap::Plain,
+        );
+        agent.wait_syncs(1, Duration::from_secs(30));
+        agent
     }
 
-    /// [`Agent::start_with`] with `cmd` as the agent (the binary, or a wrapper running
-    /// it), to which the flags are appended.
-    #[expect(clippy::too_many_arguments, reason = "start_with's, plus the program")]
-    fn start_program(
-        mut cmd: Command,
+    /// Spawns the agent with `source` (`--manifests DIR`, `--kubeconfig FILE`), or with
+    /// none and `service_account` mounted at the in-cluster path.
+    fn launch(
         netns: Option<&Netns>,
         bpffs: &Path,
         cgroup: &Path,
-        flag: &str,
-        source: &Path,
+        source: Option<(&str, &Path)>,
         extra: &[&str],
         env: &[(&str, &str)],
+        wrap: Wrap<'_>,
     ) -> Agent {
         let pins = bpffs.join("agent");
-        cmd.arg(flag)
-            .arg(source)
-            .arg("--bpffs")
+        let mut cmd = match wrap {
+            Wrap::Plain => Command::new(agent_binary("proxy-agent")),
+            Wrap::Caps(caps) => {
+                let mut c = Command::new(crate::capwrap_bin());
+                c.args(["--caps", caps, "--"])
+                    .arg(agent_binary("proxy-agent"));
+                c
+            }
+            Wrap::InCluster(sa) => {
+                // unshare execs sh, which execs the agent: one process, so the guard's
+                // kill and the namespace assertion below hold for the agent itself. The
+                // mount namespace dies with it: nothing to undo on the machine.
+                // /var/run/secrets usually does not exist (and must not be made on the
+                // machine): a tmpfs over /var/run of the private namespace holds the
+                // mount point; the agent needs nothing else under /run.
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(
+                        "set -e; sa=$1; shift; \
+                         if [ -d /var/run/secrets ]; then mount -t tmpfs kpt-sa /var/run/secrets; \
+                         else mount -t tmpfs kpt-sa /var/run; fi; \
+                         mkdir -p /var/run/secrets/kubernetes.io/serviceaccount; \
+                         mount --bind \"$sa\" /var/run/secrets/kubernetes.io/serviceaccount; \
+                         exec \"$@\"",
+                    )
+                    .arg("sh")
+                    .arg(sa)
+                    .arg(agent_binary("proxy-agent"))
+                    .env_remove("KUBECONFIG");
+                c
+            }
+        };
+        if let Some((flag, source)) = source {
+            cmd.arg(flag).arg(source);
+        }
+        cmd.arg("--bpffs")
             .arg(&pins)
             .arg("--cgroup-path")
             .arg(cgroup);
@@ -318,15 +403,38 @@ impl Agent {
             ns_of("self"),
             "the agent must not run in the test's own (root) network namespace"
         );
-        let mut agent = Agent {
+        Agent {
             guard: ChildGuard::with_label(child, format!("agent@{}", ns.name())),
             bpffs: pins,
             netns: ns.path(),
             _own_netns: own_netns,
             spawned_us,
-        };
-        agent.wait_syncs(1, Duration::from_secs(30));
-        agent
+        }
+    }
+
+    /// Waits until the agent has logged a line containing `needle`, and returns it.
+    ///
+    /// # Panics
+    /// After `timeout`, or if the agent exits first, with the log.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log().lines().find(|l| l.contains(needle)) {
+                return l.to_owned();
+            }
+            if let Some(status) = self.guard.try_wait() {
+                panic!(
+                    "agent exited with {status} before logging {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not log {needle:?} within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Runs `f` in the agent's network namespace (on a thread that entered it); e.g. to
@@ -638,4 +746,15 @@ impl Agent {
             self.log()
         );
     }
+}
+
+/// How the agent binary is run.
+enum Wrap<'a> {
+    /// As it is.
+    Plain,
+    /// Through `capwrap`, with exactly these capabilities.
+    Caps(&'a str),
+    /// With this service-account directory at the in-cluster path, in a private mount
+    /// namespace.
+    InCluster(&'a Path),
 }

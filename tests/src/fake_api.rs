@@ -4,10 +4,15 @@
 //! failure modes that matter: dropped watches, "410 Gone" (expired resource versions,
 //! which force a relist) and a server that is down.
 //!
+//! With [`FakeApiServer::start_tls`] it serves HTTPS as a real API server does, with a
+//! certificate from a CA made at test time, and answers "401 Unauthorized" to a request
+//! without an accepted `Authorization: Bearer` token: the in-cluster path (service-account
+//! token and CA) is exercised against it.
+//!
 //! No kube-apiserver can be installed on the test machines; this is the one stand-in.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -90,6 +95,14 @@ struct State {
     generation: u64,
     down: bool,
     requests: Vec<String>,
+    /// The bearer token of each request, in order ("" for none).
+    tokens: Vec<String>,
+    /// Bearer tokens accepted; `None` accepts any request (the plain HTTP fake).
+    accepted: Option<Vec<String>>,
+    /// Requests answered "401 Unauthorized".
+    unauthorized: usize,
+    /// TLS handshakes that failed (e.g. a client that does not trust the CA).
+    tls_failures: usize,
     /// Serialized cluster-wide lists, valid while `rv` is unchanged (a real API server
     /// serves lists from its watch cache; this keeps the fake's own cost out of the
     /// agent's timings).
@@ -100,6 +113,64 @@ struct Shared {
     state: Mutex<State>,
     changed: Condvar,
     stop: AtomicBool,
+    /// The HTTPS configuration; plain HTTP without it.
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A certificate authority made for one test.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    /// A new self-signed CA named `name`.
+    pub fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("generating the CA key");
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).expect("self-signing the CA");
+        let issuer = rcgen::Issuer::new(params, key);
+        TestCa { cert, issuer }
+    }
+
+    /// The CA certificate, PEM (the contents of a service account's `ca.crt`).
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A server certificate for `ip` (as its one subject alternative name, which is what
+    /// a client checks for an `https://IP:PORT` URL) and its key, DER.
+    fn server_cert(
+        &self,
+        ip: std::net::IpAddr,
+    ) -> (
+        rustls::pki_types::CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        let key = rcgen::KeyPair::generate().expect("generating the server key");
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kube-apiserver");
+        params.subject_alt_names = vec![rcgen::SanType::IpAddress(ip)];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("signing the server certificate");
+        let key_der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+        (cert.der().clone(), key_der.into())
+    }
 }
 
 /// The running fake; stops when dropped.
@@ -114,6 +185,10 @@ impl FakeApiServer {
     /// Starts serving on an ephemeral port of 127.0.0.1, in a new network namespace
     /// (never on the machine's own loopback).
     pub fn start() -> FakeApiServer {
+        FakeApiServer::start_with(None)
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> FakeApiServer {
         let netns = Netns::new("api");
         // The listening socket belongs to the namespace it was made in.
         let listener = netns
@@ -130,6 +205,7 @@ impl FakeApiServer {
             }),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
+            tls,
         });
         let s = Arc::clone(&shared);
         thread::spawn(move || {
@@ -138,7 +214,7 @@ impl FakeApiServer {
                     Ok((stream, _)) => {
                         let s = Arc::clone(&s);
                         thread::spawn(move || {
-                            let _ = serve_connection(&s, stream);
+                            let _ = accept_connection(&s, stream);
                         });
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -155,14 +231,67 @@ impl FakeApiServer {
         }
     }
 
+    /// Serves HTTPS with a certificate for 127.0.0.1 from a new [`TestCa`] (see
+    /// [`ca`](Self::ca)) and accepts only requests carrying `Authorization: Bearer
+    /// <token>`; others get "401 Unauthorized". The accepted tokens can be changed with
+    /// [`accept_tokens`](Self::accept_tokens).
+    pub fn start_tls(token: &str) -> (FakeApiServer, TestCa) {
+        let ca = TestCa::new("kpt-test-ca");
+        let (cert, key) = ca.server_cert(std::net::Ipv4Addr::LOCALHOST.into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .expect("the server certificate");
+        let server = FakeApiServer::start_with(Some(Arc::new(config)));
+        server.accept_tokens(&[token]);
+        (server, ca)
+    }
+
+    /// Accepts exactly these bearer tokens from now on (a rotation: the API server stops
+    /// accepting an old token once it expires). Connections are kept; the next request
+    /// on each is checked.
+    pub fn accept_tokens(&self, tokens: &[&str]) {
+        self.with_state(|st| st.accepted = Some(tokens.iter().map(|t| (*t).to_owned()).collect()));
+    }
+
+    /// The bearer token of every request so far, in order ("" for a request without one).
+    pub fn tokens_seen(&self) -> Vec<String> {
+        self.with_state(|st| st.tokens.clone())
+    }
+
+    /// How many requests were answered "401 Unauthorized".
+    pub fn unauthorized(&self) -> usize {
+        self.with_state(|st| st.unauthorized)
+    }
+
+    /// How many TLS handshakes failed (a client that rejected the certificate).
+    pub fn tls_failures(&self) -> usize {
+        self.with_state(|st| st.tls_failures)
+    }
+
+    /// Where it listens (inside [`netns`](Self::netns)).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The namespace it listens in.
     pub fn netns(&self) -> &Netns {
         &self.netns
     }
 
-    /// `http://127.0.0.1:PORT` (inside [`netns`](Self::netns)).
+    /// `http://127.0.0.1:PORT`, or `https://` for [`start_tls`](Self::start_tls)
+    /// (inside [`netns`](Self::netns)).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Writes a kubeconfig pointing at this server into `path`.
@@ -271,24 +400,59 @@ impl Drop for FakeApiServer {
     }
 }
 
-fn serve_connection(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
+/// Serves one connection, after the TLS handshake if the server has TLS.
+fn accept_connection(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
+    let Some(tls) = &shared.tls else {
+        return serve_connection(shared, &mut stream);
+    };
+    let mut conn = rustls::ServerConnection::new(Arc::clone(tls)).map_err(std::io::Error::other)?;
+    // The handshake first, so that a client that rejects the certificate is counted.
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut stream) {
+            let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.tls_failures += 1;
+            return Err(e);
+        }
+    }
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    let served = serve_connection(shared, &mut tls);
+    // A TLS connection ends with close_notify: without it the client reads the close as
+    // a truncation attack and fails the request it may already have sent on it.
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    served
+}
+
+fn serve_connection<S: Read + Write>(shared: &Shared, stream: &mut S) -> std::io::Result<()> {
+    // One stream for both directions: reads go through the buffer, writes straight to
+    // the stream (a TLS stream cannot be cloned into halves).
+    let mut reader = BufReader::new(stream);
     loop {
         let mut request_line = String::new();
         if reader.read_line(&mut request_line)? == 0 {
             return Ok(());
         }
-        // Headers up to the blank line; only `Connection: close` matters.
+        // Headers up to the blank line; only `Connection: close` and the bearer token
+        // matter.
         let mut close = false;
+        let mut token = String::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
                 break;
             }
-            close |= h.to_ascii_lowercase().starts_with("connection: close");
+            let lower = h.to_ascii_lowercase();
+            close |= lower.starts_with("connection: close");
+            if let Some((name, value)) = h.split_once(':')
+                && name.eq_ignore_ascii_case("authorization")
+                && let Some((scheme, t)) = value.trim().split_once(' ')
+                && scheme.eq_ignore_ascii_case("bearer")
+            {
+                t.trim().clone_into(&mut token);
+            }
         }
+        let out = reader.get_mut();
         let target = request_line
             .split_whitespace()
             .nth(1)
@@ -297,8 +461,18 @@ fn serve_connection(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
         {
             let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             st.requests.push(request_line.trim().to_owned());
+            st.tokens.push(token.clone());
             if st.down {
                 return Ok(()); // close without answering
+            }
+            if st.accepted.as_ref().is_some_and(|ok| !ok.contains(&token)) {
+                st.unauthorized += 1;
+                drop(st);
+                respond(out, 401, &status_body(401, "Unauthorized", "Unauthorized"))?;
+                if close {
+                    return Ok(());
+                }
+                continue;
             }
         }
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
@@ -307,11 +481,7 @@ fn serve_connection(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
             .filter_map(|kv| kv.split_once('='))
             .collect();
         let Some((res, ns)) = Resource::from_path(path) else {
-            respond(
-                &mut out,
-                404,
-                &status_body(404, "NotFound", "no such resource"),
-            )?;
+            respond(out, 404, &status_body(404, "NotFound", "no such resource"))?;
             continue;
         };
         if params
@@ -322,10 +492,16 @@ fn serve_connection(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
                 .get("resourceVersion")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            return watch(shared, &mut out, res, ns.as_deref(), from);
+            // The connection stays open after a watch ends, as a real API server's
+            // does: the client may already be sending its next request on it.
+            watch(shared, out, res, ns.as_deref(), from)?;
+            if close {
+                return Ok(());
+            }
+            continue;
         }
         let body = list_body(shared, res, ns.as_deref());
-        respond_raw(&mut out, 200, &body)?;
+        respond_raw(out, 200, &body)?;
         if close {
             return Ok(());
         }
@@ -382,12 +558,16 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
            "code": code, "reason": reason, "message": message, "metadata": {}})
 }
 
-fn respond(out: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
+fn respond(out: &mut impl Write, code: u16, body: &Value) -> std::io::Result<()> {
     respond_raw(out, code, &body.to_string())
 }
 
-fn respond_raw(out: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()> {
-    let reason = if code == 200 { "OK" } else { "Error" };
+fn respond_raw(out: &mut impl Write, code: u16, body: &str) -> std::io::Result<()> {
+    let reason = match code {
+        200 => "OK",
+        401 => "Unauthorized",
+        _ => "Error",
+    };
     write!(
         out,
         "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -396,7 +576,7 @@ fn respond_raw(out: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()
     out.flush()
 }
 
-fn chunk(out: &mut TcpStream, line: &str) -> std::io::Result<()> {
+fn chunk(out: &mut impl Write, line: &str) -> std::io::Result<()> {
     write!(out, "{:x}\r\n{line}\n\r\n", line.len() + 1)?;
     out.flush()
 }
@@ -405,7 +585,7 @@ fn chunk(out: &mut TcpStream, line: &str) -> std::io::Result<()> {
 /// the client goes away; ends with a clean last chunk.
 fn watch(
     shared: &Shared,
-    out: &mut TcpStream,
+    out: &mut impl Write,
     res: Resource,
     ns: Option<&str>,
     from: u64,
@@ -419,7 +599,7 @@ fn watch(
         let e = json!({"type": "ERROR", "object": status_body(410, "Expired", "too old resource version")});
         drop(st);
         chunk(out, &e.to_string())?;
-        return write!(out, "0\r\n\r\n");
+        return end_chunks(out);
     }
     let generation = st.generation;
     let mut sent = if from == 0 { st.rv } else { from };
@@ -451,7 +631,7 @@ fn watch(
             || Instant::now() > deadline
         {
             drop(st);
-            return write!(out, "0\r\n\r\n");
+            return end_chunks(out);
         }
         let (guard, _) = shared
             .changed
@@ -459,4 +639,10 @@ fn watch(
             .unwrap_or_else(|e| e.into_inner());
         st = guard;
     }
+}
+
+/// The last chunk of a chunked body, flushed (a TLS stream buffers until then).
+fn end_chunks(out: &mut impl Write) -> std::io::Result<()> {
+    write!(out, "0\r\n\r\n")?;
+    out.flush()
 }

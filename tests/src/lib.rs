@@ -43,7 +43,7 @@ pub use agent::{Agent, LogLine, ServiceView, agent_binary, run_cleanup};
 pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup, cgroup2_mount};
 pub use continuity::{Restart, TrafficWatch};
-pub use fake_api::{FakeApiServer, Resource};
+pub use fake_api::{FakeApiServer, Resource, TestCa};
 pub use http::{http_get, metric_value};
 pub use manifests::{
     ManifestDir, PortSpec, ServiceSpec, SvcEndpoint, SvcPort, service, yaml_objects,

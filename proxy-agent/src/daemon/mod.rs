@@ -64,8 +64,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             serve(&cfg, node_name, source).await
         }
         None => {
-            let client = kube_client(&cfg).await?;
-            let source = KubeSource::start(client, &node_name);
+            let (client, server) = kube_client(&cfg).await?;
+            let source = KubeSource::start(client, &server, &node_name);
             serve(&cfg, node_name, source).await
         }
     }
@@ -238,7 +238,8 @@ fn cleanup_ipvs(exclude: &[ipnetwork::IpNetwork]) -> anyhow::Result<ipvs::cleanu
     Ok(removed)
 }
 
-async fn kube_client(cfg: &Config) -> anyhow::Result<kube::Client> {
+/// The client, and the URL of the API server it talks to (for error messages).
+async fn kube_client(cfg: &Config) -> anyhow::Result<(kube::Client, String)> {
     let config = match &cfg.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -251,7 +252,10 @@ async fn kube_client(cfg: &Config) -> anyhow::Result<kube::Client> {
             .await
             .context("no Kubernetes configuration (in-cluster, $KUBECONFIG or ~/.kube/config); pass --kubeconfig or --manifests")?,
     };
-    kube::Client::try_from(config).context("building the Kubernetes client")
+    let server = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config)
+        .with_context(|| format!("building the Kubernetes client for {server}"))?;
+    Ok((client, server))
 }
 
 /// The mount point of the cgroup v2 hierarchy.

@@ -66,6 +66,11 @@ impl DataplaneError {
         }
     }
 
+    /// Every [`metric_label`](Self::metric_label), so that each series can be
+    /// exported at 0 before the first failure (a query or alert on it then has data).
+    pub const METRIC_LABELS: [&'static str; 4] =
+        ["capacity", "kernel", "unsupported", "unavailable"];
+
     /// A short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -146,5 +151,30 @@ pub trait Dataplane: Send {
     /// in the agent's `/metrics`.
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         let _ = registry;
+    }
+}
+
+#[cfg(test)]
+mod metric_label_tests {
+    use super::DataplaneError;
+
+    #[test]
+    fn every_error_kind_has_its_label_listed_for_export_at_zero() {
+        let all = [
+            DataplaneError::Capacity {
+                table: "t",
+                capacity: 1,
+                what: String::new(),
+            },
+            DataplaneError::Kernel {
+                op: "insert",
+                object: String::new(),
+                source: std::io::Error::other("x"),
+            },
+            DataplaneError::Unsupported(String::new()),
+            DataplaneError::Unavailable(String::new()),
+        ];
+        let labels: Vec<&str> = all.iter().map(DataplaneError::metric_label).collect();
+        assert_eq!(labels, DataplaneError::METRIC_LABELS);
     }
 }

@@ -93,6 +93,20 @@ impl Metrics {
             health_check_bind_errors: Counter::default(),
             registry: Registry::default(),
         };
+        // Families are exported only once they have a series: the ones the dashboard
+        // and alerts read start at 0 for every label value they can take, rather than
+        // being absent until the first failure or probe.
+        for reason in crate::dataplane::DataplaneError::METRIC_LABELS {
+            m.programming_failures
+                .get_or_create(&Reason {
+                    reason: reason.to_owned(),
+                })
+                .inc_by(0);
+        }
+        for code in [200, 503] {
+            m.healthz.get_or_create(&Code { code }).inc_by(0);
+            m.livez.get_or_create(&Code { code }).inc_by(0);
+        }
         let r = &mut registry;
         r.register(
             "kubeproxy_sync_proxy_rules_duration_seconds",

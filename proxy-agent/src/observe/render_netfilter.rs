@@ -3,7 +3,6 @@
 
 use std::fmt::Write;
 
-use crate::dataplane::listing::ServiceView;
 use crate::dataplane::netfilter::services::ServiceEntry;
 
 /// The table: one line per entry, with its service, both tuples, TCP state, status

@@ -164,9 +164,11 @@ pub struct KubeSource {
 }
 
 impl KubeSource {
-    /// Starts the watchers on `client`; `node_name` selects this node's object.
-    pub fn start(client: Client, node_name: &str) -> KubeSource {
+    /// Starts the watchers on `client`, which talks to `server` (its URL, named in
+    /// every watch error); `node_name` selects this node's object.
+    pub fn start(client: Client, server: &str, node_name: &str) -> KubeSource {
         let shared = Arc::new(Shared::default());
+        let server: Arc<str> = server.into();
         let selector = watcher::Config::default().labels(super::SELECTOR);
         let node_selector =
             watcher::Config::default().fields(&format!("metadata.name={node_name}"));
@@ -175,6 +177,7 @@ impl KubeSource {
                 Api::<Service>::all(client.clone()),
                 selector.clone(),
                 Arc::clone(&shared),
+                Arc::clone(&server),
                 |s| &mut s.services,
                 |c| &mut c.services,
                 crate::source::validate::service,
@@ -183,6 +186,7 @@ impl KubeSource {
                 Api::<EndpointSlice>::all(client.clone()),
                 selector,
                 Arc::clone(&shared),
+                Arc::clone(&server),
                 |s| &mut s.slices,
                 |c| &mut c.endpoint_slices,
                 crate::source::validate::endpoint_slice,
@@ -191,6 +195,7 @@ impl KubeSource {
                 Api::<Node>::all(client),
                 node_selector,
                 Arc::clone(&shared),
+                server,
                 |s| &mut s.node,
                 |c| &mut c.nodes,
                 |_| Ok(()),
@@ -306,6 +311,7 @@ fn spawn_watch<K>(
     api: Api<K>,
     config: watcher::Config,
     shared: Arc<Shared>,
+    server: Arc<str>,
     pick: fn(&mut Stores) -> &mut Store<K>,
     count: fn(&mut Changes) -> &mut u64,
     check: Check<K>,
@@ -339,9 +345,13 @@ where
                 }
                 Err(e) => {
                     // The watcher retries with backoff; the store keeps its contents.
-                    warn!(%kind, error = %e, "watch failed; keeping the last known state");
+                    // The whole cause chain: kube's own message for a TLS or connection
+                    // failure is only "client error (Connect)"; the cause (an untrusted
+                    // certificate, a refused connection) is in its sources.
+                    let error = error_chain(&e);
+                    warn!(%kind, %server, %error, "watch failed; keeping the last known state");
                     debug!(?e);
-                    lock(&shared.errors).push(format!("{kind} watch: {e}"));
+                    lock(&shared.errors).push(format!("{kind} watch of {server}: {error}"));
                     shared.notify.notify_one();
                 }
             }
@@ -349,9 +359,50 @@ where
     })
 }
 
+/// `e` and its sources, `: `-separated, leaving out a source whose text is already
+/// there (many errors repeat their source's message in their own).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watch_error_names_each_cause_once() {
+        #[derive(Debug)]
+        struct Connect(std::io::Error);
+        impl std::fmt::Display for Connect {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("client error (Connect)")
+            }
+        }
+        impl std::error::Error for Connect {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Connect(std::io::Error::other(
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        assert_eq!(
+            error_chain(&e),
+            "client error (Connect): invalid peer certificate: UnknownIssuer"
+        );
+        let plain = std::io::Error::other("connection refused");
+        assert_eq!(error_chain(&plain), "connection refused");
+    }
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn svc(name: &str) -> Service {

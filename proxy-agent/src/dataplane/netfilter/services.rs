@@ -150,6 +150,12 @@ mod tests {
         ServiceView {
             service: service.to_owned(),
             frontend: frontend.to_owned(),
+            // The matching reads `frontend` (and `backends`) only.
+            ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            port: 0,
+            protocol: "TCP".to_owned(),
+            scheduler: "random".to_owned(),
+            endpoints: Vec::new(),
             kind: "ClusterIP".to_owned(),
             scope: "internal".to_owned(),
             service_id: 1,
