@@ -531,3 +531,57 @@ fn the_build_commands_are_read_from_the_dockerfile_stage_and_the_readme_block() 
     let readme = "text\n<!-- build-commands -->\n```sh\n# a comment\na  --x\nb\n```\n<!-- /build-commands -->\nmore\n";
     assert_eq!(readme_build_commands(readme), ["a --x", "b"]);
 }
+
+/// The kubeadm patch applied to a DaemonSet of kubeadm's shape (its `kube-proxy`
+/// container, command and mounts) reads into the Kubernetes types without an unknown
+/// field, keeps kubeadm's command with the paths the agent needs, and grants the same
+/// capabilities as `daemonset.yaml`.
+#[test]
+fn the_kubeadm_patch_keeps_kubeadm_s_command_and_grants_the_daemonset_s_capabilities() {
+    let file = "deploy/kubeadm/kube-proxy-patch.yaml";
+    let patch = documents(file, &read(file));
+    assert_eq!(patch.len(), 1, "{file}: one document");
+    let container = &patch[0]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["name"], "kube-proxy", "kubeadm's container name");
+    let command: Vec<&str> = container["command"]
+        .as_array()
+        .expect("a command")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        command[..3],
+        [
+            "/usr/local/bin/kube-proxy",
+            "--config=/var/lib/kube-proxy/config.conf",
+            "--hostname-override=$(NODE_NAME)"
+        ],
+        "kubeadm's command first"
+    );
+    assert!(
+        command.contains(&"--bpffs=/sys/fs/bpf/proxy-agent"),
+        "{command:?}"
+    );
+    let caps = |c: &Value| c["securityContext"]["capabilities"].clone();
+    let daemonset = documents("daemonset.yaml", &read("deploy/daemonset.yaml"))
+        .into_iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("a DaemonSet in daemonset.yaml");
+    assert_eq!(
+        caps(container),
+        caps(&daemonset["spec"]["template"]["spec"]["containers"][0]),
+        "the same capabilities as deploy/daemonset.yaml"
+    );
+    // As a whole DaemonSet (the patch's fields, under kubeadm's metadata and selector).
+    let mut whole = patch[0].clone();
+    whole["apiVersion"] = "apps/v1".into();
+    whole["kind"] = "DaemonSet".into();
+    whole["metadata"] = serde_json::json!({"name": "kube-proxy", "namespace": "kube-system"});
+    whole["spec"]["selector"] = serde_json::json!({"matchLabels": {"k8s-app": "kube-proxy"}});
+    let _: DaemonSet = typed(file, &whole);
+    // The image links kube-proxy to the agent, so that command runs it.
+    assert!(
+        read("deploy/Dockerfile").contains("ln -s proxy-agent /usr/local/bin/kube-proxy"),
+        "deploy/Dockerfile must provide /usr/local/bin/kube-proxy"
+    );
+}
