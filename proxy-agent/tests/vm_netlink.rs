@@ -382,7 +382,10 @@ fn the_sysctls_of_the_ipvs_mode_are_set_in_the_namespace() {
     assert_eq!(get("net/ipv4/conf/all/arp_ignore"), "1");
     assert_eq!(get("net/ipv4/conf/all/arp_announce"), "2");
     assert_eq!(get("net/netfilter/nf_conntrack_tcp_be_liberal"), "1");
-    assert_eq!(get("net/netfilter/nf_conntrack_tcp_timeout_close_wait"), "3600");
+    assert_eq!(
+        get("net/netfilter/nf_conntrack_tcp_timeout_close_wait"),
+        "3600"
+    );
     // Debian 12's 6.1: 5.9 or later, so conn_reuse_mode keeps the kernel's 1.
     assert_eq!(get("net/ipv4/vs/conn_reuse_mode"), "1");
 }
