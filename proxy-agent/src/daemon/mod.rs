@@ -59,8 +59,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let node_name = cfg.node_name()?;
     match &cfg.manifests {
         Some(dir) => {
-            let source = ManifestSource::new(dir.clone())
-                .with_context(|| format!("watching {}", dir.display()))?;
+            let source = ManifestSource::new(dir.clone()).map_err(|e| {
+                let fix = e.fix().to_owned();
+                anyhow::Error::new(e).context(crate::observe::errors::Advice {
+                    problem: format!("watching {}", dir.display()),
+                    fix,
+                })
+            })?;
             serve(&cfg, node_name, source).await
         }
         None => {

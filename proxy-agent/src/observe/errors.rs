@@ -7,7 +7,6 @@
 use std::process::ExitCode;
 
 use crate::dataplane::ebpf::pins::PinError;
-use crate::source::manifests::SourceError;
 
 /// A failure with what the operator should check: `problem` is printed as the error,
 /// `fix` as a `hint:` line after it.
@@ -25,7 +24,13 @@ pub struct Advice {
 /// in the chain.
 pub fn report(e: &anyhow::Error) -> String {
     let mut text = String::new();
-    let mut hints: Vec<String> = Vec::new();
+    // Advice given as context is only found on the error itself (anyhow's chain shows
+    // its message, not its type).
+    let mut hints: Vec<String> = e
+        .downcast_ref::<Advice>()
+        .map(|a| a.fix.clone())
+        .into_iter()
+        .collect();
     for cause in e.chain() {
         let msg = cause.to_string();
         if !text.contains(&msg) {
@@ -49,18 +54,6 @@ pub fn report(e: &anyhow::Error) -> String {
 fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(a) = e.downcast_ref::<Advice>() {
         return Some(a.fix.clone());
-    }
-    if let Some(e) = e.downcast_ref::<SourceError>() {
-        return Some(match e {
-            SourceError::Directory { .. } | SourceError::NotADirectory { .. } => {
-                "--manifests takes an existing directory of Service and EndpointSlice \
-                 manifests (YAML or JSON); leave it out to read a Kubernetes API server"
-                    .to_owned()
-            }
-            SourceError::Watch { .. } => "the directory is watched with inotify: check \
-                 fs.inotify.max_user_instances and max_user_watches (sysctl)"
-                .to_owned(),
-        });
     }
     if let Some(PinError::Open { path, .. }) = e.downcast_ref::<PinError>() {
         return Some(format!(
@@ -87,10 +80,8 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
-    use std::path::PathBuf;
-
     use anyhow::Context as _;
+    use std::io;
 
     use super::*;
 
@@ -122,17 +113,21 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_manifest_directory_says_what_to_pass() {
-        let e = anyhow::Error::new(SourceError::Directory {
-            dir: PathBuf::from("/nonexistent"),
+    fn advice_given_as_context_is_a_hint_and_its_cause_printed_once() {
+        let e = anyhow::Error::new(Both {
+            what: "manifest directory /nonexistent",
             source: io::Error::from_raw_os_error(libc::ENOENT),
         })
-        .context("watching /nonexistent");
+        .context(Advice {
+            problem: "watching /nonexistent".into(),
+            fix: "--manifests takes an existing directory".into(),
+        });
         let r = report(&e);
         assert_eq!(r.matches("No such file or directory").count(), 1, "{r}");
         assert!(
-            r.starts_with("error: watching /nonexistent: manifest directory /nonexistent: ")
-                && r.contains("\nhint: --manifests takes an existing directory"),
+            r.starts_with(
+                "error: watching /nonexistent: reading manifest directory /nonexistent: "
+            ) && r.ends_with("\nhint: --manifests takes an existing directory\n"),
             "{r}"
         );
     }

@@ -33,6 +33,22 @@ pub enum SourceError {
     },
 }
 
+impl SourceError {
+    /// What the operator should check or do.
+    pub fn fix(&self) -> &'static str {
+        match self {
+            SourceError::Directory { .. } | SourceError::NotADirectory { .. } => {
+                "--manifests takes an existing directory of Service and EndpointSlice \
+                 manifests (YAML or JSON); leave it out to read a Kubernetes API server"
+            }
+            SourceError::Watch { .. } => {
+                "the directory is watched with inotify: check fs.inotify.max_user_instances \
+                 and max_user_watches (sysctl)"
+            }
+        }
+    }
+}
+
 /// One problem in the manifest directory.
 ///
 /// Displays as `file: object: field: message`, leaving out what is unknown, e.g.
