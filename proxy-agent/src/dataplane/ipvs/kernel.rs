@@ -134,8 +134,9 @@ impl IpvsTable for Ipvs {
 impl SetTable for Ipset {
     fn ensure(&mut self, spec: &SetSpec) -> Result<(), DataplaneError> {
         match self.create(spec, true) {
+            // IPSET_ERR_EXIST, or plain EEXIST (Debian's 6.1 answers that).
             Err(IpsetError::Kernel {
-                code: IpsetErrno::Exist,
+                code: IpsetErrno::Exist | IpsetErrno::Os(libc::EEXIST),
                 ..
             }) => rebuild(self, spec),
             other => Ok(other?),
