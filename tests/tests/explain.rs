@@ -8,6 +8,8 @@
 //!   backend explain names is the one every next connection reaches.
 //! - A source outside `loadBalancerSourceRanges`: explain says dropped (exit 4), and the
 //!   client's connection times out; an allowed source is translated (exit 0).
+//! - A tracked flow (a connection held open from a known port): explain names its
+//!   backend, the one the held connection talks to.
 //! - A service whose endpoints are all terminating: explain says why there is no
 //!   backend (exit 4) and the pod's connection is refused; with endpoints terminating
 //!   but still serving, explain lists them as the candidates, and they answer.
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tests::{
     Agent, BpfFs, Cgroup, ChildGuard, ClusterTopology, ManifestDir, NodesTopology, PortSpec,
-    ProbeReply, ServiceSpec, agent_binary, service,
+    ProbeReply, ServiceSpec, agent_binary, probe_bin, service, spawn_guarded,
 };
 
 const SYNC: Duration = Duration::from_secs(10);
@@ -460,4 +462,62 @@ fn explain_says_a_source_outside_the_ranges_is_dropped_and_the_connection_times_
         reached.iter().all(|n| candidates.contains(n)),
         "explain's candidates {candidates:?}, reached {reached:?}"
     );
+}
+
+#[test]
+fn explain_names_the_backend_a_tracked_flow_of_the_tuple_goes_to() {
+    let spread = ServiceSpec::new("spread", "NodePort")
+        .cluster_ip(ip("10.96.0.17"))
+        .port("http", 80, "TCP", POD_TCP, Some(30087))
+        .endpoints([ip("10.244.1.11"), ip("10.244.1.12")], "node-a")
+        .endpoints([ip("10.244.2.11"), ip("10.244.2.12")], "node-b")
+        .yaml();
+    let env = ExtEnv::new("xct", &[("spread.yaml", spread)]);
+    env.wait_served("192.0.2.1:30087");
+    let pins = env.agent.bpffs.clone();
+    // One connection held open from a known port: its flow is tracked.
+    let mut hold = spawn_guarded(
+        &env.topo.client,
+        None,
+        Command::new(probe_bin()).args([
+            "hold",
+            "--to",
+            "192.0.2.1:30087",
+            "--rounds",
+            "100",
+            "--interval-ms",
+            "100",
+            "--source-port",
+            "41000",
+        ]),
+    );
+    let first = hold.expect_line(SYNC);
+    let held = match ProbeReply::parse(&first) {
+        Some(ProbeReply::Ok { name, .. }) => name,
+        other => panic!("the held connection failed: {other:?} ({first})"),
+    };
+    let args = ["192.0.2.100:41000", "192.0.2.1:30087/TCP", "--external"];
+    let (code, x) = explain(&pins, &args);
+    assert_eq!(code, 0, "{x:#}");
+    assert_eq!(x["choice"]["by"], "conntrack", "{x:#}");
+    assert_eq!(outcome(&x, "conntrack"), "pin", "{x:#}");
+    assert_eq!(
+        env.pod_of(chosen(&x)),
+        held,
+        "{}",
+        explain_text(&pins, &args)
+    );
+    // Its next packets still reach that backend (the connection lives on).
+    let round = hold.wait_for_line(SYNC, |l| l.starts_with("round") || l.starts_with("err"));
+    assert!(round.ends_with(" ok"), "the held connection broke: {round}");
+
+    // Another port has no flow: a new one opens, to any of the four.
+    let (code, x) = explain(
+        &pins,
+        &["192.0.2.100:41001", "192.0.2.1:30087/TCP", "--external"],
+    );
+    assert_eq!(code, 0, "{x:#}");
+    assert_eq!(outcome(&x, "conntrack"), "pass", "{x:#}");
+    assert_eq!(x["choice"]["by"], "random", "{x:#}");
+    assert_eq!(x["candidates"].as_array().map(Vec::len), Some(4), "{x:#}");
 }
