@@ -90,7 +90,38 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
+    use super::super::{Cli, Command};
     use super::*;
+
+    #[test]
+    fn explain_takes_one_path_and_a_namespace() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["proxyctl", "explain", "10.244.0.2", "10.96.0.10:80/TCP"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+        };
+        let cli = parse(&["--netns", "/run/netns/client"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Explain {
+                external: false,
+                netns: Some(_),
+                ..
+            }
+        ));
+        assert!(
+            parse(&["--external"])
+                .is_ok_and(|c| matches!(c.command, Command::Explain { external: true, .. }))
+        );
+        assert!(parse(&["--from-pod", "--external"]).is_err());
+        let e = Cli::try_parse_from(["proxyctl", "explain", "10.244.0.2", "10.96.0.10:80"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("has no /PROTO"), "{e}");
+    }
 
     #[test]
     fn sources_and_destinations_parse_and_bad_ones_say_what_is_expected() {

@@ -303,7 +303,7 @@ pub fn decide(q: &Query, m: &FlowMaps) -> Explanation {
                 q.destination.ip()
             )
         } else {
-            format!("{shown} ({})", kind_of(fe.flags))
+            format!("{} {shown}", kind_of(fe.flags))
         },
     );
 
