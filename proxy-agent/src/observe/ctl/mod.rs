@@ -12,6 +12,7 @@ use crate::dataplane::ipvs::netlink::IpvsError;
 use crate::observe::render::{self, Width};
 
 mod advice;
+mod explain;
 mod filter;
 
 use advice::PinRoot;
@@ -132,6 +133,36 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Explain what the data plane would do right now with the next connection from
+    /// SRC to DST:PORT/PROTO, from the live maps with the programs' rules: the frontend
+    /// it matches and in which scope, each check (tracked flow, backends, source
+    /// ranges, traffic policy, affinity), the candidate backends and the one chosen.
+    /// Exit status: 0 translated, 3 left untouched (no service there), 4 refused or
+    /// dropped, 1 on an error (eBPF mode).
+    Explain {
+        /// The client: IP, or IP:PORT to check a tracked flow of that port
+        /// (--external).
+        #[arg(value_name = "SRC")]
+        source: explain::Source,
+        /// What it connects to, e.g. 10.96.0.10:80/TCP or [fd00:96::10]:53/UDP.
+        #[arg(value_name = "DST:PORT/PROTO")]
+        destination: explain::Destination,
+        /// The client is a pod on this node, in the agent's cgroup: the socket
+        /// programs (the default).
+        #[arg(long, conflicts_with = "external")]
+        from_pod: bool,
+        /// The client is outside the node and its packets arrive on an external
+        /// interface: the tc program.
+        #[arg(long)]
+        external: bool,
+        /// The client pod's network namespace (/run/netns/NAME, /proc/PID/ns/net),
+        /// which keys the socket layer's ClientIP affinity; looked for by SRC's address
+        /// when not given.
+        #[arg(long, value_name = "PATH")]
+        netns: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 /// The data plane `mode` names; `auto` looks for the eBPF pins, then asks IPVS. An
@@ -230,6 +261,36 @@ pub fn main() -> anyhow::Result<()> {
             let flows = ebpf::conntrack(&cli.bpffs)?;
             output.print(&flows, |w| render::render_conntrack(&flows, w))?;
         }
+        Command::Explain {
+            source,
+            destination,
+            from_pod: _,
+            external,
+            netns,
+            output,
+        } => {
+            ebpf_only(
+                cli.mode,
+                "explain",
+                "in IPVS mode, `proxyctl list --vip ADDRESS` shows the virtual server, its scheduler, persistence and destinations, and `ipvsadm -Lnc` the connections",
+            )?;
+            if choose(cli.mode, &cli.bpffs)? == Mode::Ipvs {
+                bail!(
+                    "proxyctl explain reads the eBPF data plane's maps, and this node runs IPVS mode (nothing is pinned under {}); `proxyctl list --vip ADDRESS` shows the virtual server, its scheduler, persistence and destinations",
+                    cli.bpffs.display()
+                );
+            }
+            let x = explain::run(&cli.bpffs, source, destination, external, netns.as_deref())?;
+            output.print(&x, |_| render::render_explain(&x))?;
+            let code = x.verdict.exit_code();
+            if code != 0 {
+                // The documented status for a refused, dropped or untouched flow; what
+                // was printed must reach the reader first.
+                use std::io::Write as _;
+                std::io::stdout().flush()?;
+                std::process::exit(i32::from(code));
+            }
+        }
         Command::Stats => {
             ebpf_only(
                 cli.mode,
@@ -287,7 +348,8 @@ mod tests {
             Cli::try_parse_from(args).map(|c| match c.command {
                 Command::List { output, .. }
                 | Command::Conntrack { output, .. }
-                | Command::Affinity { output } => output.format(),
+                | Command::Affinity { output }
+                | Command::Explain { output, .. } => output.format(),
                 Command::Stats => None,
             })
         };
@@ -299,6 +361,18 @@ mod tests {
         assert_eq!(
             format(&["proxyctl", "list", "-o", "yaml"]).ok(),
             Some(Some(Format::Yaml))
+        );
+        assert_eq!(
+            format(&[
+                "proxyctl",
+                "explain",
+                "10.244.0.2",
+                "10.96.0.10:80/TCP",
+                "-o",
+                "json"
+            ])
+            .ok(),
+            Some(Some(Format::Json))
         );
         for cmd in ["list", "conntrack", "affinity"] {
             assert_eq!(

@@ -9,7 +9,9 @@ use std::fmt::Write as _;
 use crate::dataplane::ebpf::conntrack::{Flow, Legs};
 use crate::dataplane::ebpf::inspect::AffinityView;
 
+mod explain;
 mod list;
+pub use explain::render_explain;
 pub use list::render_list;
 
 #[cfg(test)]
