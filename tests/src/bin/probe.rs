@@ -27,7 +27,8 @@
 //!
 //! `resolver` is a client like glibc's resolver: one UDP socket, connect()ed once, a
 //! query (send, then recv with a timeout) every I ms. A timeout keeps the socket; any
-//! other error (`ECONNABORTED` when the agent destroyed it, `ECONNREFUSED`, ...) closes
+//! other error (`ECONNABORTED` or `EDESTADDRREQ` when the agent destroyed it,
+//! `ECONNREFUSED`, ...) closes
 //! it, and the next query opens and connects a new one. `--count 0` runs until SIGTERM.
 //!
 //! `send` moves N bytes of a seeded pseudo-random pattern through one connection and
@@ -391,6 +392,7 @@ fn errno_name(code: i32) -> String {
         libc::ENETDOWN => "ENETDOWN",
         libc::ENETUNREACH => "ENETUNREACH",
         libc::ECONNABORTED => "ECONNABORTED",
+        libc::EDESTADDRREQ => "EDESTADDRREQ",
         libc::ECONNRESET => "ECONNRESET",
         libc::ENOBUFS => "ENOBUFS",
         libc::EISCONN => "EISCONN",

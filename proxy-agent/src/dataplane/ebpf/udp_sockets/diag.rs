@@ -132,9 +132,10 @@ impl<T: Transport> Diag<T> {
         Ok(out)
     }
 
-    /// Destroys `socket`: the kernel aborts it (`udp_abort`): its pending or next
-    /// call fails with `ECONNABORTED` and it is disconnected, so the application's
-    /// next connect() is balanced afresh.
+    /// Destroys `socket`: the kernel aborts it (`udp_abort`): it is disconnected and
+    /// a pending or next recv fails with `ECONNABORTED` (a next send, with
+    /// `EDESTADDRREQ`), so the application reconnects and its connect() is balanced
+    /// afresh.
     pub fn destroy(&mut self, socket: &ConnectedUdp) -> Result<(), Destroy> {
         match self.conn.request(destroy_request(socket), 0) {
             Ok(_) => Ok(()),

@@ -1,7 +1,8 @@
 //! Connected UDP sockets follow their service: when a backend leaves a UDP service
 //! (or the service goes), every connected UDP socket the connect hook balanced to it
-//! is destroyed, so the application's next call fails with `ECONNABORTED` and its
-//! next connect() is balanced to a backend that is there.
+//! is destroyed: it is disconnected, the application's next call fails
+//! (`ECONNABORTED` from a recv, `EDESTADDRREQ` from a send), and its next connect() is
+//! balanced to a backend that is there.
 //!
 //! Why: the connect hook rewrites a UDP socket's destination once, at connect(). The
 //! sendmsg hook does not run for a connected socket's send() (no address given), so
@@ -63,7 +64,7 @@ struct Outcome {
     result: &'static str,
 }
 
-/// Destroyed: the application gets `ECONNABORTED`.
+/// Destroyed: the application gets `ECONNABORTED` (or `EDESTADDRREQ`) and reconnects.
 const DESTROYED: Outcome = Outcome {
     result: "destroyed",
 };
@@ -108,7 +109,7 @@ impl SweepMetrics {
     fn register(&self, r: &mut Registry) {
         r.register(
             "proxy_agent_udp_sockets_terminated",
-            "Connected UDP sockets balanced to a backend that left its service, by result: destroyed (the application gets ECONNABORTED and reconnects), gone (closed meanwhile), failed",
+            "Connected UDP sockets balanced to a backend that left its service, by result: destroyed (the application gets ECONNABORTED or EDESTADDRREQ and reconnects), gone (closed meanwhile), failed",
             self.terminated.clone(),
         );
         r.register(
