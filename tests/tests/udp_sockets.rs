@@ -59,7 +59,11 @@ impl Resolver {
 
     /// Replies until one is answered by a backend other than `gone`, within `within`:
     /// (the replies before it, that answer).
-    fn until_answered_elsewhere(&mut self, gone: &str, within: Duration) -> (Vec<ProbeReply>, ProbeReply) {
+    fn until_answered_elsewhere(
+        &mut self,
+        gone: &str,
+        within: Duration,
+    ) -> (Vec<ProbeReply>, ProbeReply) {
         let deadline = Instant::now() + within;
         let mut before = Vec::new();
         loop {
@@ -159,7 +163,13 @@ fn follows(tag: &str, vip: IpAddr, v6: bool) {
     let ips: Vec<IpAddr> = topo
         .backends
         .iter()
-        .map(|p| if v6 { IpAddr::V6(p.ipv6) } else { IpAddr::V4(p.ipv4) })
+        .map(|p| {
+            if v6 {
+                IpAddr::V6(p.ipv6)
+            } else {
+                IpAddr::V4(p.ipv4)
+            }
+        })
         .collect();
     let dir = ManifestDir::new(tag);
     dir.write("dns.yaml", &dns(vip, &ips));
@@ -180,7 +190,7 @@ fn follows(tag: &str, vip: IpAddr, v6: bool) {
     agent.wait_for(&frontend, &all[1..], SYNC);
     let (before, after) = leaving.until_answered_elsewhere("backend-0", RECOVERED_WITHIN);
     assert!(
-        before.iter().any(|r| aborted(r)),
+        before.iter().any(aborted),
         "the socket on backend-0 was not aborted (replies before recovering: {before:?})\n{}",
         agent.log()
     );
@@ -197,7 +207,11 @@ fn follows(tag: &str, vip: IpAddr, v6: bool) {
     assert!(!kept.is_empty(), "the backend-1 resolver went quiet");
     for r in &kept {
         assert_eq!(r.name(), Some("backend-1"), "{kept:?}");
-        assert_eq!(peer_of(r), Some(staying.socket), "the same socket: {kept:?}");
+        assert_eq!(
+            peer_of(r),
+            Some(staying.socket),
+            "the same socket: {kept:?}"
+        );
     }
     assert_eq!(terminated(&agent, "destroyed"), 1.0, "{}", agent.log());
     assert_eq!(leaving.backend, "backend-0");
@@ -208,7 +222,7 @@ fn follows(tag: &str, vip: IpAddr, v6: bool) {
     for (what, r) in [("leaving", &mut leaving), ("staying", &mut staying)] {
         let replies = r.during(RECOVERED_WITHIN);
         assert!(
-            replies.iter().any(|r| aborted(r)),
+            replies.iter().any(aborted),
             "the {what} resolver's socket was not aborted when the service went: {replies:?}"
         );
     }
@@ -262,8 +276,16 @@ fn without_cap_sys_admin_only_the_agents_own_namespace_is_followed_and_it_says_s
         "it names the capability: {:?}",
         warned[0].text
     );
-    let gauge = metric_value(&agent.metrics(), "proxy_agent_udp_socket_pod_namespaces", "");
-    assert_eq!(gauge, Some(0.0), "pod namespaces are reported as not covered");
+    let gauge = metric_value(
+        &agent.metrics(),
+        "proxy_agent_udp_socket_pod_namespaces",
+        "",
+    );
+    assert_eq!(
+        gauge,
+        Some(0.0),
+        "pod namespaces are reported as not covered"
+    );
 
     let args = resolver_args(&vip_port);
     let mut pod = resolver_on("backend-0", || {
@@ -282,7 +304,7 @@ fn without_cap_sys_admin_only_the_agents_own_namespace_is_followed_and_it_says_s
     // The agent's own namespace: aborted, and answered by backend-1 after.
     let (before, after) = host.until_answered_elsewhere("backend-0", RECOVERED_WITHIN);
     assert!(
-        before.iter().any(|r| aborted(r)),
+        before.iter().any(aborted),
         "{before:?} {after:?}\n{}",
         agent.log()
     );

@@ -1025,7 +1025,8 @@ fn resolver(
                 socket = Some(s);
             }
             Err(e) => {
-                let timed_out = matches!(&e, Failure::Io(io) if io.raw_os_error() == Some(libc::EAGAIN));
+                let timed_out =
+                    matches!(&e, Failure::Io(io) if io.raw_os_error() == Some(libc::EAGAIN));
                 say(&format!("err {e} {}", elapsed_ms(start)));
                 // As a resolver does: a lost answer is retried on the same socket; a
                 // socket error means it is done with, and the next query reconnects.

@@ -30,8 +30,8 @@ pub mod metrics;
 pub mod pins;
 mod services;
 pub mod tables;
-mod undo;
 pub mod udp_sockets;
+mod undo;
 
 use std::borrow::Cow;
 use std::future::Future;

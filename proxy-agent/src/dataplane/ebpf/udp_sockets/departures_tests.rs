@@ -60,11 +60,18 @@ fn backends_that_leave_or_whose_frontend_goes_are_departures_those_that_stay_are
     let left = departures(&dns(), Some((7, vec![a, b])), Some((7, vec![b])));
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].backend, a);
-    assert_eq!((left[0].service_id, left[0].vip_port_be), (7, 53u16.to_be()));
+    assert_eq!(
+        (left[0].service_id, left[0].vip_port_be),
+        (7, 53u16.to_be())
+    );
     assert_eq!(left[0].vip, Addr::from(ip("10.96.0.10")));
 
     let gone = departures(&dns(), Some((7, vec![a, b, a])), None);
-    assert_eq!(gone.len(), 2, "one departure per backend, however many slots");
+    assert_eq!(
+        gone.len(),
+        2,
+        "one departure per backend, however many slots"
+    );
     let new_id = departures(&dns(), Some((7, vec![a])), Some((9, vec![a])));
     assert_eq!(new_id.len(), 1, "a new service id is a new service");
     assert!(departures(&dns(), None, Some((7, vec![a]))).is_empty());

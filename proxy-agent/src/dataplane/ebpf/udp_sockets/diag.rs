@@ -82,7 +82,10 @@ pub(super) fn destroy_request(socket: &ConnectedUdp) -> SockDiagDestroy {
 }
 
 /// One entry of a dump, if it is a connected socket with a destination.
-pub(super) fn parse(message_type: u16, payload: &[u8]) -> Result<Option<ConnectedUdp>, DecodeError> {
+pub(super) fn parse(
+    message_type: u16,
+    payload: &[u8],
+) -> Result<Option<ConnectedUdp>, DecodeError> {
     if message_type != SOCK_DIAG_BY_FAMILY {
         return Ok(None);
     }

@@ -17,7 +17,14 @@ const ESTABLISHED: u32 = 1 << 1;
 
 /// `struct inet_diag_sockid`, laid out by hand: `__be16 sport, dport; __be32 src[4],
 /// dst[4]; __u32 if; __u32 cookie[2]` (48 bytes).
-fn sockid(sport: u16, dport: u16, src: [u8; 16], dst: [u8; 16], ifindex: u32, cookie: u64) -> Vec<u8> {
+fn sockid(
+    sport: u16,
+    dport: u16,
+    src: [u8; 16],
+    dst: [u8; 16],
+    ifindex: u32,
+    cookie: u64,
+) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&sport.to_be_bytes());
     b.extend_from_slice(&dport.to_be_bytes());
@@ -71,7 +78,10 @@ fn header(bytes: &[u8]) -> (u32, u16, u16) {
 fn the_dump_request_is_an_inet_diag_req_v2_for_established_udp() {
     let bytes = encode(dump_request(AF_INET), NLM_F_REQUEST | NLM_F_DUMP, 7);
     let (len, ty, flags) = header(&bytes);
-    assert_eq!((len as usize, ty, flags), (16 + 56, BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP));
+    assert_eq!(
+        (len as usize, ty, flags),
+        (16 + 56, BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP)
+    );
     let want = req_v2(2, ESTABLISHED, &sockid(0, 0, [0; 16], [0; 16], 0, 0));
     assert_eq!(&bytes[16..], &want[..]);
 
@@ -83,7 +93,14 @@ fn the_dump_request_is_an_inet_diag_req_v2_for_established_udp() {
 #[test]
 fn the_destroy_request_carries_the_tuple_interface_and_cookie_as_the_kernel_reads_them() {
     let cookie = 0x0000_0001_8000_0002_u64;
-    let id = sockid(40000, 5353, v4([10, 244, 0, 2]), v4([10, 244, 0, 11]), 3, cookie);
+    let id = sockid(
+        40000,
+        5353,
+        v4([10, 244, 0, 2]),
+        v4([10, 244, 0, 11]),
+        3,
+        cookie,
+    );
     let socket = parse(BY_FAMILY, &diag_msg(2, &id))
         .expect("parses")
         .expect("connected");
@@ -94,7 +111,10 @@ fn the_destroy_request_carries_the_tuple_interface_and_cookie_as_the_kernel_read
 
     let bytes = encode(destroy_request(&socket), NLM_F_REQUEST | NLM_F_ACK, 9);
     let (len, ty, flags) = header(&bytes);
-    assert_eq!((len as usize, ty, flags), (16 + 56, DESTROY, NLM_F_REQUEST | NLM_F_ACK));
+    assert_eq!(
+        (len as usize, ty, flags),
+        (16 + 56, DESTROY, NLM_F_REQUEST | NLM_F_ACK)
+    );
     assert_eq!(&bytes[16..], &req_v2(2, ESTABLISHED, &id)[..]);
 }
 
@@ -115,9 +135,15 @@ fn ipv6_and_ipv4_mapped_sockets_keep_all_sixteen_address_bytes() {
 #[test]
 fn sockets_without_a_destination_and_other_messages_are_not_connected_ones() {
     let unconnected = sockid(1234, 0, v4([10, 244, 0, 2]), [0; 16], 0, 1);
-    assert_eq!(parse(BY_FAMILY, &diag_msg(2, &unconnected)).expect("parses"), None);
+    assert_eq!(
+        parse(BY_FAMILY, &diag_msg(2, &unconnected)).expect("parses"),
+        None
+    );
     assert_eq!(parse(99, &[0; 8]).expect("not ours"), None);
-    assert!(parse(BY_FAMILY, &[2, 1, 0]).is_err(), "a short header is an error");
+    assert!(
+        parse(BY_FAMILY, &[2, 1, 0]).is_err(),
+        "a short header is an error"
+    );
 }
 
 #[test]
@@ -220,9 +246,12 @@ fn the_kernel_lists_a_connected_socket_with_its_cookie_and_destroy_aborts_only_i
         assert_eq!(entry.cookie(), so_cookie(&doomed), "the cookie BPF sees");
         assert!(diag.connected(AF_INET6).expect("dump v6").is_empty());
 
-        diag.destroy(entry).expect("SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY)");
+        diag.destroy(entry)
+            .expect("SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY)");
         let mut buf = [0u8; 16];
-        let e = doomed.recv(&mut buf).expect_err("a destroyed socket's recv fails");
+        let e = doomed
+            .recv(&mut buf)
+            .expect_err("a destroyed socket's recv fails");
         assert_eq!(e.raw_os_error(), Some(libc::ECONNABORTED), "{e}");
         // Disconnected: a send without an address has nowhere to go.
         let e = doomed.send(b"x").expect_err("no destination any more");

@@ -48,8 +48,8 @@ use prometheus_client::registry::Registry;
 use proxy_common::{RevSockKey, RevSockValue, maps};
 use tracing::{debug, info, info_span, warn};
 
-pub use self::departures::{Departure, departures, watched};
 use self::departures::Departed;
+pub use self::departures::{Departure, departures, watched};
 use self::diag::{Destroy, Diag};
 use self::netns::Namespace;
 use super::pins;
