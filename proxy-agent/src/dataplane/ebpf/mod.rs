@@ -12,7 +12,9 @@
 //! - [`keys`]: model <-> map conversions;
 //! - [`conntrack`], [`counters`], [`metrics`]: the connection table and its collector,
 //!   the programs' counters, and what the backend exports;
-//! - [`pins`] and [`inspect`]: reading the pinned maps, for `proxyctl`.
+//! - [`pins`] and [`inspect`]: reading the pinned maps, for `proxyctl`;
+//! - [`udp_sockets`]: connected UDP sockets of a backend that left are destroyed, so
+//!   that they reconnect to one that is there.
 
 pub mod bpffs;
 pub mod conntrack;
@@ -28,6 +30,7 @@ pub mod metrics;
 pub mod pins;
 mod services;
 pub mod tables;
+pub mod udp_sockets;
 mod undo;
 
 use std::borrow::Cow;
@@ -47,6 +50,7 @@ use self::devices::Devices;
 use self::metrics::{EbpfMetrics, GcMetrics};
 use self::services::Services;
 use self::tables::MapTables;
+use self::udp_sockets::UdpSockets;
 use super::netdev::DeviceWatch;
 use super::{Dataplane, DataplaneError};
 use crate::model::{FrontendKey, NodeAddresses, VirtualService};
@@ -103,6 +107,9 @@ pub struct EbpfConfig {
     /// `--pod-interfaces`: pod-facing interfaces that get the tc ingress program;
     /// names, or prefixes ending in `*`.
     pub pod_interfaces: Vec<String>,
+    /// `--pod-netns-dir`: where pod network namespaces are bind-mounted, searched for
+    /// connected UDP sockets of a backend that left.
+    pub pod_netns_dir: PathBuf,
 }
 
 /// Aborts a task when dropped: the backend's side tasks live as long as it does.
@@ -126,6 +133,7 @@ pub struct EbpfDataplane {
     /// Link, address and route notifications ([`Dataplane::node_changed`]).
     watch: DeviceWatch,
     metrics: EbpfMetrics,
+    udp_sockets: UdpSockets,
     _gc: AbortOnDrop,
 }
 
@@ -168,6 +176,7 @@ impl EbpfDataplane {
                 services::UNSAFE_WRITE_ORDER_ENV
             );
         }
+        let udp_sockets = UdpSockets::start(cfg.bpffs.clone(), cfg.pod_netns_dir.clone());
         info!(
             bpffs = %cfg.bpffs.display(),
             cgroup = %cfg.cgroup.display(),
@@ -181,6 +190,7 @@ impl EbpfDataplane {
             devices,
             watch,
             metrics,
+            udp_sockets,
             _gc: AbortOnDrop(gc),
         })
     }
@@ -196,13 +206,29 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn upsert(&mut self, svc: &VirtualService) -> Result<(), DataplaneError> {
+        let watched = udp_sockets::watched(&svc.frontend);
+        let before = watched
+            .then(|| self.services.backends_of(&svc.frontend))
+            .flatten();
         self.services
             .upsert(&mut self.tables, svc)
-            .map_err(|e| e.about(&svc.name))
+            .map_err(|e| e.about(&svc.name))?;
+        if before.is_some() {
+            let after = self.services.backends_of(&svc.frontend);
+            self.udp_sockets
+                .departed(udp_sockets::departures(&svc.frontend, before, after));
+        }
+        Ok(())
     }
 
     fn remove(&mut self, frontend: &FrontendKey) -> Result<(), DataplaneError> {
-        self.services.remove(&mut self.tables, frontend)
+        let before = udp_sockets::watched(frontend)
+            .then(|| self.services.backends_of(frontend))
+            .flatten();
+        self.services.remove(&mut self.tables, frontend)?;
+        self.udp_sockets
+            .departed(udp_sockets::departures(frontend, before, None));
+        Ok(())
     }
 
     fn programmed(&self) -> Result<Vec<VirtualService>, DataplaneError> {
@@ -239,6 +265,7 @@ impl Dataplane for EbpfDataplane {
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.metrics.register(registry);
+        self.udp_sockets.register(registry);
     }
 }
 
@@ -257,6 +284,7 @@ mod tests {
             conntrack: conntrack::ConntrackSizes::new(512, 0, 0, 0, 1),
             conntrack_gc_interval: Duration::from_secs(10),
             pod_interfaces: Vec::new(),
+            pod_netns_dir: udp_sockets::DEFAULT_POD_NETNS_DIR.into(),
         }
     }
 
