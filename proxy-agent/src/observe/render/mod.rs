@@ -10,7 +10,9 @@ use crate::dataplane::ebpf::conntrack::{Flow, Legs};
 use crate::dataplane::ebpf::inspect::AffinityView;
 
 mod list;
+mod monitor;
 pub use list::render_list;
+pub use monitor::render_event;
 
 #[cfg(test)]
 pub(crate) mod golden;
