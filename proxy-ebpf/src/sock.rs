@@ -170,7 +170,10 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
     };
     if fe.backend_count == 0 {
         let tuple = vip_tuple(vip, port_be, proto);
-        monitor::drop(counter::LB_NO_BACKEND, &subject(fe.service_id, 0, &tuple, None));
+        monitor::drop(
+            counter::LB_NO_BACKEND,
+            &subject(fe.service_id, 0, &tuple, None),
+        );
         return Verdict::Refuse;
     }
 

@@ -588,29 +588,6 @@ fn load_balancer_source_ranges_admit_listed_clients_and_drop_the_rest() {
     assert_eq!(oks(&env, "allowed source, again", &replies).len(), 3);
 }
 
-/// `proxyctl monitor` in node-a: the programs' events while it runs.
-fn monitor(env: &Env, args: &[&str]) -> ChildGuard {
-    let mut cmd = Command::new(tests::agent_binary("proxyctl"));
-    cmd.arg("--bpffs")
-        .arg(env.bpffs.path().join("agent"))
-        .arg("monitor")
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut m = spawn_guarded(&env.node_a().netns, None, &mut cmd);
-    // It prints this to stderr once its lease is in place; give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !m.stderr().contains("listening for") {
-        assert!(
-            Instant::now() < deadline && m.try_wait().is_none(),
-            "proxyctl monitor {args:?} did not start: {}",
-            m.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    m
-}
-
 /// The next event `m` prints, as JSON.
 fn next_event(env: &Env, m: &mut ChildGuard) -> serde_json::Value {
     let line = m
@@ -635,8 +612,14 @@ fn monitor_shows_drops_with_their_reason_and_new_flows_with_their_backend() {
         "monitor",
         1,
         &[
-            ("allowed.yaml", make("allowed", "203.0.113.30", 30030, "192.0.2.96/28")),
-            ("denied.yaml", make("denied", "203.0.113.31", 30031, "198.18.0.0/15")),
+            (
+                "allowed.yaml",
+                make("allowed", "203.0.113.30", 30030, "192.0.2.96/28"),
+            ),
+            (
+                "denied.yaml",
+                make("denied", "203.0.113.31", 30031, "198.18.0.0/15"),
+            ),
         ],
         &[],
     );
@@ -644,8 +627,14 @@ fn monitor_shows_drops_with_their_reason_and_new_flows_with_their_backend() {
     let client = IpAddr::V4(env.topo.client_v4);
 
     // A drop, with why and which flow.
-    let mut drops = monitor(&env, &["--type", "drop", "-o", "json"]);
-    let replies = env.probe(&["tcp", "--to", "203.0.113.31:80", "--timeout-ms", DROP_TIMEOUT_MS]);
+    let mut drops = env.agent().monitor(&["--type", "drop", "-o", "json"]);
+    let replies = env.probe(&[
+        "tcp",
+        "--to",
+        "203.0.113.31:80",
+        "--timeout-ms",
+        DROP_TIMEOUT_MS,
+    ]);
     assert_all_fail(&env, "source outside the ranges", &replies, "ETIMEDOUT");
     let e = next_event(&env, &mut drops);
     assert_eq!(e["kind"], "drop", "{e:#}");
@@ -654,35 +643,61 @@ fn monitor_shows_drops_with_their_reason_and_new_flows_with_their_backend() {
     assert_eq!(e["protocol"], "tcp", "{e:#}");
     assert_eq!(field_ip(&e, "source"), Some(client), "{e:#}");
     assert_eq!(e["destination"], "203.0.113.31:80", "{e:#}");
-    assert_eq!(e["service"], "default/denied:http", "{e:#}");
+    assert_eq!(e["service"], "test/denied:http", "{e:#}");
     // Served traffic is no drop.
     env.probe(&["tcp", "--to", "203.0.113.30:80", "--count", "3"]);
-    assert_eq!(drops.next_line(Duration::from_secs(1)), None, "served flows are no drops");
+    assert_eq!(
+        drops.next_line(Duration::from_secs(1)),
+        None,
+        "served flows are no drops"
+    );
     drops.kill();
 
     // A trace names the backend the flow went to, and the source it was sent with:
     // what the backend saw.
-    let mut traces = monitor(&env, &["--type", "trace", "-o", "json"]);
+    let mut traces = env.agent().monitor(&["--type", "trace", "-o", "json"]);
     for _ in 0..6 {
         let replies = env.probe(&["tcp", "--to", "203.0.113.30:80", "--peer"]);
         let (name, _, peer) = oks(&env, "allowed source", &replies)[0];
         let e = next_event(&env, &mut traces);
-        assert_eq!((&e["kind"], &e["reason"]), (&"trace".into(), &"ct_new".into()), "{e:#}");
+        assert_eq!(
+            (&e["kind"], &e["reason"]),
+            (&"trace".into(), &"ct_new".into()),
+            "{e:#}"
+        );
         assert_eq!(field_ip(&e, "source"), Some(client), "{e:#}");
         assert_eq!(e["destination"], "203.0.113.30:80", "{e:#}");
-        let backend = if name == "a-pod-0" { "10.244.1.11:8080" } else { "10.244.2.11:8080" };
+        let backend = if name == "a-pod-0" {
+            "10.244.1.11:8080"
+        } else {
+            "10.244.2.11:8080"
+        };
         assert_eq!(e["translated"], backend, "{name} answered: {e:#}");
-        assert_eq!(field_ip(&e, "translated_source"), Some(peer), "{name} saw {peer}: {e:#}");
-        assert_eq!(e["service"], "default/allowed:http", "{e:#}");
+        assert_eq!(
+            field_ip(&e, "translated_source"),
+            Some(peer),
+            "{name} saw {peer}: {e:#}"
+        );
+        assert_eq!(e["service"], "test/allowed:http", "{e:#}");
     }
     traces.kill();
 
     // Nobody listens: once the lease lapsed, drops leave nothing in the ring for the
     // next monitor to find.
     std::thread::sleep(Duration::from_millis(3500));
-    env.probe(&["tcp", "--to", "203.0.113.31:80", "--timeout-ms", DROP_TIMEOUT_MS]);
-    let mut later = monitor(&env, &["--type", "drop", "-o", "json"]);
-    assert_eq!(later.next_line(Duration::from_secs(1)), None, "an event from before it started");
+    env.probe(&[
+        "tcp",
+        "--to",
+        "203.0.113.31:80",
+        "--timeout-ms",
+        DROP_TIMEOUT_MS,
+    ]);
+    let mut later = env.agent().monitor(&["--type", "drop", "-o", "json"]);
+    assert_eq!(
+        later.next_line(Duration::from_secs(1)),
+        None,
+        "an event from before it started"
+    );
 }
 
 #[test]

@@ -285,7 +285,11 @@ mod tests {
             hook: monitor::HOOK_TC_INGRESS,
             ifindex: 3,
             service_id: 9,
-            tuple: key("192.0.2.100:40000", "203.0.113.21:80", proxy_common::proto::TCP),
+            tuple: key(
+                "192.0.2.100:40000",
+                "203.0.113.21:80",
+                proxy_common::proto::TCP,
+            ),
             ..MonitorEvent::default()
         };
         let back = decode(&bytes(&e)).expect("an event");
@@ -312,7 +316,10 @@ mod tests {
             ..MonitorEvent::default()
         };
         let r = resolve(&e, None);
-        assert_eq!((r.kind, r.reason, r.hook), ("trace", "lb_translated", "sock"));
+        assert_eq!(
+            (r.kind, r.reason, r.hook),
+            ("trace", "lb_translated", "sock")
+        );
         assert_eq!(r.source, None);
         assert_eq!(r.translated, Some("10.244.1.5:5353".parse().unwrap()));
         assert_eq!(r.translated_source, None);
