@@ -27,6 +27,7 @@ pub mod inspect;
 pub mod keys;
 pub mod load;
 pub mod metrics;
+pub mod monitor;
 pub mod pins;
 mod services;
 pub mod tables;

@@ -163,6 +163,32 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Stream the data plane's events as they happen: drops and refusals with their
+    /// reason and flow, and with `--type trace` each new flow's translation (eBPF
+    /// mode). The programs emit only while a monitor runs.
+    Monitor {
+        /// What to show; repeat for several.
+        #[arg(long = "type", value_enum, default_value = "drop")]
+        types: Vec<EventType>,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<u64>,
+        /// `-o json`: one JSON object per line.
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// `monitor --type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum EventType {
+    /// Dropped packets and refused connections.
+    Drop,
+    /// Translations of new flows and connections.
+    Trace,
 }
 
 /// The data plane `mode` names; `auto` looks for the eBPF pins, then asks IPVS. An
@@ -291,6 +317,20 @@ pub fn main() -> anyhow::Result<()> {
                 std::process::exit(i32::from(code));
             }
         }
+        Command::Monitor {
+            types,
+            count,
+            duration,
+            output,
+        } => {
+            ebpf_only(
+                cli.mode,
+                "monitor",
+                "IPVS mode's drops are netfilter's: `proxyctl conntrack --netfilter` and the INVALID counters in /metrics",
+            )?;
+            ebpf_pins(&cli.bpffs)?;
+            monitor(&cli.bpffs, &types, count, duration, output)?;
+        }
         Command::Stats => {
             ebpf_only(
                 cli.mode,
@@ -302,6 +342,49 @@ pub fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `proxyctl monitor`: renews the lease while it prints what comes.
+fn monitor(
+    bpffs: &Path,
+    types: &[EventType],
+    count: Option<u64>,
+    duration: Option<u64>,
+    output: Output,
+) -> anyhow::Result<()> {
+    use crate::dataplane::ebpf::monitor::{Kind, Listener};
+    use std::time::{Duration, Instant};
+
+    let kinds: Vec<Kind> = types
+        .iter()
+        .map(|t| match t {
+            EventType::Drop => Kind::Drop,
+            EventType::Trace => Kind::Trace,
+        })
+        .collect();
+    let mut listener = Listener::open(bpffs, &kinds)?;
+    let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+    eprintln!("listening for {} events", names.join(" and "));
+    let end = duration.map(|s| Instant::now() + Duration::from_secs(s));
+    let mut shown = 0u64;
+    loop {
+        if end.is_some_and(|end| Instant::now() >= end) || count.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+        // Well within the lease, so that a slow poll never lets it lapse.
+        listener.renew()?;
+        for e in listener.poll(Duration::from_millis(500))? {
+            if count.is_some_and(|n| shown >= n) {
+                break;
+            }
+            match output.format() {
+                Some(Format::Json) => println!("{}", serde_json::to_string(&e)?),
+                Some(Format::Yaml) => print!("---\n{}", serde_yaml::to_string(&e)?),
+                Some(Format::Wide) | None => print!("{}", render::render_event(&e)),
+            }
+            shown += 1;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -349,7 +432,8 @@ mod tests {
                 Command::List { output, .. }
                 | Command::Conntrack { output, .. }
                 | Command::Affinity { output }
-                | Command::Explain { output, .. } => output.format(),
+                | Command::Explain { output, .. }
+                | Command::Monitor { output, .. } => output.format(),
                 Command::Stats => None,
             })
         };

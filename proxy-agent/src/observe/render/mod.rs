@@ -11,8 +11,10 @@ use crate::dataplane::ebpf::inspect::AffinityView;
 
 mod explain;
 mod list;
+mod monitor;
 pub use explain::render_explain;
 pub use list::render_list;
+pub use monitor::render_event;
 
 #[cfg(test)]
 pub(crate) mod golden;
