@@ -463,6 +463,8 @@ fn an_invalid_segment_resets_a_masqueraded_node_port_under_kube_proxy_s_rules_no
             if drops == 3 { Ok(()) } else { Err(drops) }
         },
     );
+    // Its metrics server answers once it synced (the rules come first, at its start).
+    agent.wait_syncs(1);
     let dropped = || {
         agent
             .metric(
