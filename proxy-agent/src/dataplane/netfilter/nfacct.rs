@@ -320,8 +320,11 @@ mod tests {
         message(NEW, 0, seq, &payload)
     }
 
+    /// The requests a [`Recorder`] saw.
+    type Sent = Rc<RefCell<Vec<Vec<u8>>>>;
+
     /// A conversation over `replies`, and what it sends.
-    fn over(replies: Vec<Vec<u8>>) -> (Nfacct<Recorder>, Rc<RefCell<Vec<Vec<u8>>>>) {
+    fn over(replies: Vec<Vec<u8>>) -> (Nfacct<Recorder>, Sent) {
         let recorder = Recorder {
             replies: replies.into(),
             ..Recorder::default()
