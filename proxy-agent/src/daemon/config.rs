@@ -452,6 +452,7 @@ impl Config {
                 cluster_cidrs: self.cluster_cidr.0.clone(),
                 masquerade_all: self.masquerade_all,
                 drop_invalid: !self.conntrack_tcp_be_liberal,
+                ..ipvs::RuleOptions::default()
             },
             conntrack_tcp_close_wait: given(self.conntrack_tcp_timeout_close_wait),
             ..ipvs::Options::default()

@@ -236,6 +236,7 @@ fn cleanup_ipvs(exclude: &[ipnetwork::IpNetwork]) -> anyhow::Result<ipvs::cleanu
             virtual_servers = removed.virtual_servers,
             rules_v4 = removed.rules_v4,
             rules_v6 = removed.rules_v6,
+            invalid_counter = removed.invalid_counter,
             sets = removed.sets.len(),
             link = removed.link,
             "removed the IPVS mode's state"
