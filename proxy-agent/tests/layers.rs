@@ -14,7 +14,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("translate", &["source", "model", "error_text"]),
     ("dataplane", &["model", "error_text"]),
     ("reconcile", &["dataplane", "model", "error_text"]),
-    ("observe", &["reconcile", "dataplane", "model", "error_text"]),
+    (
+        "observe",
+        &["reconcile", "dataplane", "model", "error_text"],
+    ),
     (
         "daemon",
         &[
