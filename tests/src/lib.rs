@@ -27,6 +27,7 @@ mod agent;
 mod bpffs;
 mod cgroup;
 mod continuity;
+pub mod exposition;
 mod fake_api;
 pub mod flood;
 mod http;

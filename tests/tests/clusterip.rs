@@ -720,6 +720,35 @@ fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
         stats.contains("lb_translated") && stats.contains("lb_no_backend"),
         "{stats}"
     );
+
+    // The whole scrape parses as Prometheus parses it, and holds each family an
+    // operator's dashboards and alerts read, the newer ones included.
+    let scrape = tests::exposition::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    for (family, kind) in [
+        ("kubeproxy_sync_proxy_rules_duration_seconds", "histogram"),
+        ("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "gauge"),
+        ("proxy_agent_datapath_events", "counter"),
+        ("proxy_agent_netfilter_conntrack_entries", "gauge"),
+        ("proxy_agent_netfilter_conntrack_invalid", "counter"),
+        ("proxy_agent_udp_sockets_terminated", "counter"),
+        ("proxy_agent_udp_socket_pod_namespaces", "gauge"),
+        ("proxy_agent_udp_socket_sweep_duration_seconds", "histogram"),
+    ] {
+        assert_eq!(
+            scrape.families.get(family).map(String::as_str),
+            Some(kind),
+            "family {family} ({kind}) in\n{text}"
+        );
+    }
+    // Every data plane event is exported from the start, a lost monitor event too.
+    let events: Vec<&str> = scrape
+        .series("proxy_agent_datapath_events_total")
+        .filter_map(|s| s.labels.iter().find(|(k, _)| k == "event"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    for event in ["lb_translated", "nat_source_denied", "monitor_lost"] {
+        assert!(events.contains(&event), "no {event} in {events:?}");
+    }
 }
 
 #[test]
