@@ -7,7 +7,8 @@
 //!
 //! Shared helpers: [`lb`] (service lookup, backend choice), [`packet`] (parsing,
 //! rewriting, checksums), [`fib`] (the FIB's answers for forwarded flows), [`too_big`]
-//! (path MTU discovery's ICMP errors for translated flows), [`maps`].
+//! (path MTU discovery's ICMP errors for translated flows), [`stats`] (traffic
+//! statistics per service and backend), [`maps`].
 // For the host (`cargo build --workspace`, clippy) this is an ordinary program with an
 // empty `main`, so that workspace-wide commands work; the programs are for BPF.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -19,6 +20,7 @@ mod lb;
 mod maps;
 mod packet;
 mod sock;
+mod stats;
 mod tc;
 mod too_big;
 

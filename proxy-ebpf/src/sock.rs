@@ -26,8 +26,8 @@ use proxy_common::{
     counter, proto, scope,
 };
 
-use crate::lb;
 use crate::maps::{AFFINITY, REV_SOCK, count};
+use crate::{lb, stats};
 
 /// sock_addr hooks: 1 lets the call proceed, 0 fails it (with the errno set through
 /// bpf_set_retval, EPERM otherwise).
@@ -244,6 +244,7 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
         count(counter::REV_UPDATE_FAILED);
     }
     count(counter::LB_TRANSLATED);
+    stats::sock_connection(fe.service_id, backend_id);
     Verdict::Rewrite(be)
 }
 

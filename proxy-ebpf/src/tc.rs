@@ -50,7 +50,7 @@ use crate::maps::{
 };
 use crate::packet::{self, Packet};
 use crate::too_big::{self, Answer};
-use crate::{ct, fib, lb};
+use crate::{ct, fib, lb, stats};
 
 // The bindings' types for these differ between targets.
 #[allow(
@@ -388,6 +388,8 @@ fn open(
         }
     }
 
+    // Looked up once: the flow's packets count through the id its entries carry.
+    let stats_id = stats::id(fe.service_id, backend_id);
     let p = &s.pkt;
     let state = ct_state::OPENING;
     let snat_flag = if snat { CT_F_SNAT } else { 0 };
@@ -402,7 +404,7 @@ fn open(
     f.nat_dport_be = s.to.dport_be;
     f.flags = snat_flag;
     f.state = state;
-    f._pad = [0; 2];
+    f.set_stats_id(stats_id);
     f.backend_id = backend_id;
     f.service_id = fe.service_id;
     f.created_ns = now;
@@ -416,7 +418,7 @@ fn open(
     r.nat_dport_be = p.key.sport_be;
     r.flags = CT_F_REPLY | snat_flag;
     r.state = state;
-    r._pad = [0; 2];
+    r.set_stats_id(stats_id);
     r.backend_id = backend_id;
     r.service_id = fe.service_id;
     r.created_ns = now;
@@ -441,6 +443,7 @@ fn open(
         return DROP;
     }
     count(counter::CT_NEW);
+    stats::flow_opened(&s.fwd.ct, ctx.len());
     translate_and_forward(ctx, s, may_snat)
 }
 

@@ -103,6 +103,24 @@ fn replace_outgrown_counters(bpffs: &Path) {
     }
 }
 
+/// A `STATS` map pinned with another size than this build's: statistics only, so it is
+/// replaced (counts restart; memberships are renumbered when the agent adopts them).
+fn replace_resized_stats(bpffs: &Path) {
+    let pin = super::pins::map_path(bpffs, maps::STATS);
+    if let Ok(n) = super::pins::max_entries(bpffs, maps::STATS)
+        && n != pc::sizes::STATS
+    {
+        match std::fs::remove_file(&pin) {
+            Ok(()) => info!(
+                old = n,
+                new = pc::sizes::STATS,
+                "the pinned STATS map has another size: replaced, statistics restart"
+            ),
+            Err(e) => warn!(pin = %pin.display(), error = %e, "replacing the STATS pin"),
+        }
+    }
+}
+
 /// The kernel memory each pinned map takes, logged once with the total: the
 /// connection tables are preallocated, so this is paid whether flows come or not.
 pub(super) fn map_memory(bpffs: &Path) -> Family<MapName, Gauge> {
@@ -159,6 +177,7 @@ pub(super) fn load_and_attach(cfg: &EbpfConfig) -> Result<Ebpf, LoadError> {
         })?;
     }
     replace_outgrown_counters(&cfg.bpffs);
+    replace_resized_stats(&cfg.bpffs);
     check_adopted_size(&cfg.bpffs, maps::CONNTRACK, cfg.conntrack.assured_entries());
     check_adopted_size(&cfg.bpffs, maps::CT_OPEN, cfg.conntrack.unassured_entries());
     let s = cfg.sizes;

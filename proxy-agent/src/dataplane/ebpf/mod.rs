@@ -12,6 +12,7 @@
 //! - [`keys`]: model <-> map conversions;
 //! - [`conntrack`], [`counters`], [`metrics`]: the connection table and its collector,
 //!   the programs' counters, and what the backend exports;
+//! - [`stats`]: the traffic statistics per service and backend (stats ids, reading);
 //! - [`pins`] and [`inspect`]: reading the pinned maps, for `proxyctl`.
 
 pub mod bpffs;
@@ -27,6 +28,7 @@ pub mod load;
 pub mod metrics;
 pub mod pins;
 mod services;
+pub mod stats;
 pub mod tables;
 mod undo;
 

@@ -10,7 +10,7 @@ use crate::dataplane::ebpf::conntrack::{Flow, Legs};
 use crate::dataplane::ebpf::inspect::AffinityView;
 
 mod list;
-pub use list::render_list;
+pub use list::{Numbers, render_list, render_list_numbers};
 
 #[cfg(test)]
 pub(crate) mod golden;
