@@ -388,7 +388,8 @@ mod tests {
             Command::List { rate: true, stats: false, interval, .. } if interval == 0.5
         )));
         for bad in ["0", "-1", "soon", "7200"] {
-            let e = Cli::try_parse_from(["proxyctl", "list", "--rate", "--interval", bad])
+            let arg = format!("--interval={bad}");
+            let e = Cli::try_parse_from(["proxyctl", "list", "--rate", arg.as_str()])
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();

@@ -114,6 +114,7 @@ mod tests {
         after[np].endpoints[0].stats = Some(stats(110, Some(1100)));
         after[np].endpoints[1].stats = None;
         after[np].stats = Some(stats(110, Some(1100)));
+        after[0].stats = None;
         apply(&before, &mut after, 1.0);
         let r = after[np].rate.expect("a rate");
         assert_eq!((r.connections, r.packets_in), (10.0, Some(100.0)));

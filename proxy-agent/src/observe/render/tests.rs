@@ -191,6 +191,8 @@ pub(crate) fn ipvs_services() -> Vec<ServiceView> {
         stats: tc(4, (4, 4), (240, 480)),
         rate: None,
     };
+    let mut dns = dns;
+    dns.endpoints[0].stats = dns.stats;
     vec![web, dns]
 }
 
