@@ -41,9 +41,17 @@ fn a_flow_counts_once_with_its_packets_and_bytes_both_ways() {
 
     let syn = tcp(FROM_CLIENT, client, frontend, SYN);
     assert_eq!(dp.ingress(dp.ext, &syn).verdict, TC_ACT_REDIRECT);
-    let fwd = dp.ct_get(&tuple(client, frontend, packet::TCP)).expect("forward leg");
-    let rev = dp.ct_get(&tuple(backend, client, packet::TCP)).expect("reply leg");
-    assert_eq!((fwd.stats_id(), rev.stats_id()), (ID, ID), "both legs carry the id");
+    let fwd = dp
+        .ct_get(&tuple(client, frontend, packet::TCP))
+        .expect("forward leg");
+    let rev = dp
+        .ct_get(&tuple(backend, client, packet::TCP))
+        .expect("reply leg");
+    assert_eq!(
+        (fwd.stats_id(), rev.stats_id()),
+        (ID, ID),
+        "both legs carry the id"
+    );
     let n = |f: &[u8]| u64::try_from(f.len()).expect("a small frame");
     assert_eq!(dp.stats(ID), counted(1, (1, 0), (n(&syn), 0)));
 
@@ -52,17 +60,16 @@ fn a_flow_counts_once_with_its_packets_and_bytes_both_ways() {
     let ack = tcp(FROM_CLIENT, client, frontend, ACK);
     assert_eq!(dp.ingress(dp.ext, &ack).verdict, TC_ACT_REDIRECT);
     // Now assured (moved to the other table, the id with it): one more each way.
-    assert!(dp.ct_assured(&tuple(client, frontend, packet::TCP)).is_some());
+    assert!(
+        dp.ct_assured(&tuple(client, frontend, packet::TCP))
+            .is_some()
+    );
     let data = tcp(FROM_BACKEND, backend, client, ACK);
     assert_eq!(dp.ingress(dp.pod, &data).verdict, TC_ACT_REDIRECT);
     assert_eq!(dp.ingress(dp.ext, &ack).verdict, TC_ACT_REDIRECT);
     assert_eq!(
         dp.stats(ID),
-        counted(
-            1,
-            (3, 2),
-            (n(&syn) + 2 * n(&ack), n(&synack) + n(&data))
-        )
+        counted(1, (3, 2), (n(&syn) + 2 * n(&ack), n(&synack) + n(&data)))
     );
 }
 
@@ -73,7 +80,8 @@ fn a_slot_handed_to_another_membership_no_longer_counts_the_old_flows() {
     dp.count_member(SERVICE_ID, BACKEND_ID, ID);
     let (client, frontend) = (sa(CLIENT4, CLIENT_PORT), sa(NODE4, NODE_PORT));
     assert_eq!(
-        dp.ingress(dp.ext, &tcp(FROM_CLIENT, client, frontend, SYN)).verdict,
+        dp.ingress(dp.ext, &tcp(FROM_CLIENT, client, frontend, SYN))
+            .verdict,
         TC_ACT_REDIRECT
     );
     // The agent reuses the id for service 8's backend 1: zeroed and retagged.
@@ -96,20 +104,26 @@ fn without_an_id_or_with_counting_off_a_flow_counts_nothing() {
     // A membership an older agent wrote (value 1): no id, nothing counted.
     let first = sa(CLIENT4, CLIENT_PORT);
     assert_eq!(
-        dp.ingress(dp.ext, &udp(FROM_CLIENT, first, frontend, b"a")).verdict,
+        dp.ingress(dp.ext, &udp(FROM_CLIENT, first, frontend, b"a"))
+            .verdict,
         TC_ACT_REDIRECT
     );
-    let e = dp.ct_get(&tuple(first, frontend, packet::UDP)).expect("tracked");
+    let e = dp
+        .ct_get(&tuple(first, frontend, packet::UDP))
+        .expect("tracked");
     assert_eq!(e.stats_id(), 0);
 
     dp.count_member(SERVICE_ID, BACKEND_ID, ID);
     dp.set_stats_on(false);
     let second = sa(CLIENT4, CLIENT_PORT + 1);
     assert_eq!(
-        dp.ingress(dp.ext, &udp(FROM_CLIENT, second, frontend, b"b")).verdict,
+        dp.ingress(dp.ext, &udp(FROM_CLIENT, second, frontend, b"b"))
+            .verdict,
         TC_ACT_REDIRECT
     );
-    let e = dp.ct_get(&tuple(second, frontend, packet::UDP)).expect("tracked");
+    let e = dp
+        .ct_get(&tuple(second, frontend, packet::UDP))
+        .expect("tracked");
     assert_eq!(e.stats_id(), 0, "off when the flow opened: never counted");
     assert_eq!(dp.stats(ID), counted(0, (0, 0), (0, 0)));
 
@@ -119,7 +133,8 @@ fn without_an_id_or_with_counting_off_a_flow_counts_nothing() {
     let d = udp(FROM_CLIENT, third, frontend, b"c");
     assert_eq!(dp.ingress(dp.ext, &d).verdict, TC_ACT_REDIRECT);
     assert_eq!(
-        dp.ingress(dp.ext, &udp(FROM_CLIENT, second, frontend, b"b")).verdict,
+        dp.ingress(dp.ext, &udp(FROM_CLIENT, second, frontend, b"b"))
+            .verdict,
         TC_ACT_REDIRECT
     );
     let len = u64::try_from(d.len()).expect("small");

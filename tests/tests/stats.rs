@@ -101,7 +101,11 @@ fn stats_count_both_paths_per_frontend_and_backend_and_rate_sees_traffic() {
         if answered(&out) == 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "the NodePort never answered\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "the NodePort never answered\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let before = list(&agent, &["--stats"]);
@@ -148,7 +152,11 @@ fn stats_count_both_paths_per_frontend_and_backend_and_rate_sees_traffic() {
     // The table: ipvsadm's columns, `-` for what the socket path cannot see.
     let table = agent.proxyctl(&["list", "--stats"]);
     assert!(
-        table.starts_with("PROT") && table.lines().next().is_some_and(|l| l.contains("CONNS  INPKTS")),
+        table.starts_with("PROT")
+            && table
+                .lines()
+                .next()
+                .is_some_and(|l| l.contains("CONNS  INPKTS")),
         "{table}"
     );
     let line = table
@@ -166,9 +174,21 @@ fn stats_count_both_paths_per_frontend_and_backend_and_rate_sees_traffic() {
     let ext = frontend(&rate, external);
     let cps = ext["rate"]["connections"].as_f64().unwrap_or(0.0);
     let in_bps = ext["rate"]["bytes_in"].as_f64().unwrap_or(0.0);
-    assert!(cps > 10.0 && in_bps > 0.0, "no rate during traffic: {ext:#}");
+    assert!(
+        cps > 10.0 && in_bps > 0.0,
+        "no rate during traffic: {ext:#}"
+    );
     let e = endpoint(ext, BACKEND);
-    assert_eq!(e["rate"]["connections"], ext["rate"]["connections"], "{ext:#}");
+    assert_eq!(
+        e["rate"]["connections"], ext["rate"]["connections"],
+        "{ext:#}"
+    );
     let table = agent.proxyctl(&["list", "--rate", "--interval", "0.5"]);
-    assert!(table.lines().next().is_some_and(|l| l.contains("CPS  INPPS")), "{table}");
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("CPS  INPPS")),
+        "{table}"
+    );
 }

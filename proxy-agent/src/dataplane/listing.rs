@@ -121,16 +121,17 @@ impl TrafficStats {
     /// The sum of `parts`: a packet or byte count is known if it is in every part.
     pub fn sum<'a>(parts: impl IntoIterator<Item = &'a TrafficStats>) -> Self {
         let add = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_add(b?));
-        parts.into_iter().fold(
-            TrafficStats::all(0, (0, 0), (0, 0)),
-            |acc, p| TrafficStats {
-                connections: acc.connections.saturating_add(p.connections),
-                packets_in: add(acc.packets_in, p.packets_in),
-                packets_out: add(acc.packets_out, p.packets_out),
-                bytes_in: add(acc.bytes_in, p.bytes_in),
-                bytes_out: add(acc.bytes_out, p.bytes_out),
-            },
-        )
+        parts
+            .into_iter()
+            .fold(TrafficStats::all(0, (0, 0), (0, 0)), |acc, p| {
+                TrafficStats {
+                    connections: acc.connections.saturating_add(p.connections),
+                    packets_in: add(acc.packets_in, p.packets_in),
+                    packets_out: add(acc.packets_out, p.packets_out),
+                    bytes_in: add(acc.bytes_in, p.bytes_in),
+                    bytes_out: add(acc.bytes_out, p.bytes_out),
+                }
+            })
     }
 }
 

@@ -144,11 +144,7 @@ fn endpoints(
 /// The views of what [`read_back`] found, with the connections of `flows` (counted
 /// for external-scope frontends only). Slots that are missing or name no backend (an
 /// update in flight, or drift) are left out.
-fn views(
-    held: &Held,
-    flows: Option<&FlowCounts>,
-    stats: Option<&MemberStats>,
-) -> Vec<ServiceView> {
+fn views(held: &Held, flows: Option<&FlowCounts>, stats: Option<&MemberStats>) -> Vec<ServiceView> {
     let mut out = Vec::new();
     for f in &held.frontends {
         let Some(frontend) = model_frontend(&f.key) else {
@@ -194,15 +190,13 @@ fn views(
                     .collect(),
                 // The frontend's traffic is its backends': a backend that left
                 // takes its counts with it.
-                stats: stats.map(|_| {
-                    TrafficStats::sum(endpoints.iter().filter_map(|e| e.stats.as_ref()))
-                }),
+                stats: stats
+                    .map(|_| TrafficStats::sum(endpoints.iter().filter_map(|e| e.stats.as_ref()))),
                 endpoints,
                 rate: None,
                 ipvs: None,
             },
         ));
-
     }
     out.sort_by_key(|(f, _)| *f);
     out.into_iter().map(|(_, v)| v).collect()

@@ -102,7 +102,10 @@ impl<S: Slots> StatsIds<S> {
     /// Rebuilds the ids from the memberships a previous agent left (`key`, value). The
     /// memberships to rewrite come back with their new values: those an older agent
     /// wrote without an id, and any whose id is out of range or taken twice.
-    pub(super) fn adopt(&mut self, held: &[(AffinityMatchKey, u32)]) -> Vec<(AffinityMatchKey, u32)> {
+    pub(super) fn adopt(
+        &mut self,
+        held: &[(AffinityMatchKey, u32)],
+    ) -> Vec<(AffinityMatchKey, u32)> {
         let mut seen = std::collections::HashSet::new();
         let mut redo = Vec::new();
         for (key, value) in held {
@@ -281,7 +284,10 @@ mod tests {
         let got: Vec<(AffinityMatchKey, u16)> =
             redo.iter().map(|(k, v)| (*k, stats::id_of(*v))).collect();
         assert_eq!(got, [(key(1, 2), 1), (key(1, 3), 2), (key(1, 4), 4)]);
-        assert!(ids.slots.slots.get(&3).is_none(), "a kept slot keeps its counts");
+        assert!(
+            ids.slots.slots.get(&3).is_none(),
+            "a kept slot keeps its counts"
+        );
         assert_eq!(stats::id_of(ids.assign(key(2, 1))), 6);
     }
 

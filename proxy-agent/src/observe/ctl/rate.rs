@@ -98,7 +98,10 @@ mod tests {
         let r = rate(&stats(10, None), &stats(14, None), 0.5);
         assert_eq!((r.connections, r.packets_out), (8.0, None));
         // Started over in between: 6 since.
-        assert_eq!(rate(&stats(50, None), &stats(6, None), 1.0).connections, 6.0);
+        assert_eq!(
+            rate(&stats(50, None), &stats(6, None), 1.0).connections,
+            6.0
+        );
     }
 
     #[test]
@@ -118,7 +121,10 @@ mod tests {
         apply(&before, &mut after, 1.0);
         let r = after[np].rate.expect("a rate");
         assert_eq!((r.connections, r.packets_in), (10.0, Some(100.0)));
-        assert_eq!(after[np].endpoints[0].rate.map(|r| r.connections), Some(10.0));
+        assert_eq!(
+            after[np].endpoints[0].rate.map(|r| r.connections),
+            Some(10.0)
+        );
         assert_eq!(after[np].endpoints[1].rate, None);
         // Without statistics, no rate.
         assert_eq!(after[0].rate, None);
@@ -129,7 +135,11 @@ mod tests {
         let svc = crate::observe::render::tests::ipvs_services();
         let before = svc.clone();
         let mut after = svc;
-        after[0].stats = Some(TrafficStats::all(before[0].stats.map_or(0, |s| s.connections) + 5, (0, 0), (0, 0)));
+        after[0].stats = Some(TrafficStats::all(
+            before[0].stats.map_or(0, |s| s.connections) + 5,
+            (0, 0),
+            (0, 0),
+        ));
         apply(&before, &mut after, 1.0);
         assert_eq!(after[0].rate.map(|r| r.connections), Some(5.0));
     }

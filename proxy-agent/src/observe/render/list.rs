@@ -126,17 +126,19 @@ pub fn render_list_numbers(services: &[ServiceView], numbers: Numbers, width: Wi
     if wide {
         head.extend(["KIND".into(), "ID".into()]);
     }
-    let mut rows = vec![
-        head,
-        vec!["  ->".into(), "BACKEND".into(), "STATE".into()],
-    ];
+    let mut rows = vec![head, vec!["  ->".into(), "BACKEND".into(), "STATE".into()]];
     for v in services {
         let address = if v.ip.is_unspecified() {
             format!("*:{}", v.port)
         } else {
             std::net::SocketAddr::new(v.ip, v.port).to_string()
         };
-        let mut row = vec![v.protocol.clone(), address, dash(&v.scope), dash(&v.service)];
+        let mut row = vec![
+            v.protocol.clone(),
+            address,
+            dash(&v.scope),
+            dash(&v.service),
+        ];
         row.extend(cells(numbers, v.stats.as_ref(), v.rate.as_ref()));
         if wide {
             row.extend([
@@ -164,7 +166,11 @@ pub fn render_list_numbers(services: &[ServiceView], numbers: Numbers, width: Wi
 }
 
 /// The five numbers of a line, `-` where unknown.
-fn cells(numbers: Numbers, stats: Option<&TrafficStats>, rate: Option<&TrafficRate>) -> Vec<String> {
+fn cells(
+    numbers: Numbers,
+    stats: Option<&TrafficStats>,
+    rate: Option<&TrafficRate>,
+) -> Vec<String> {
     let n = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |n| n.to_string());
     let r = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.0}"));
     match numbers {

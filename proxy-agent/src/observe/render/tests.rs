@@ -304,7 +304,10 @@ fn the_json_carries_the_statistics_with_unseen_counts_as_null() {
     assert_eq!(json[0]["stats"]["connections"], 7);
     assert!(json[0]["stats"]["packets_in"].is_null());
     assert_eq!(json[1]["endpoints"][0]["stats"]["bytes_out"], 123_456_789);
-    assert!(json[1]["endpoints"][1]["stats"].is_null(), "draining: uncounted");
+    assert!(
+        json[1]["endpoints"][1]["stats"].is_null(),
+        "draining: uncounted"
+    );
     assert!(json[1].get("rate").is_none(), "only with --rate");
 }
 
