@@ -191,4 +191,34 @@ fn stats_count_both_paths_per_frontend_and_backend_and_rate_sees_traffic() {
             .is_some_and(|l| l.contains("CPS  INPPS")),
         "{table}"
     );
+    drop(_load);
+
+    // A restarted agent adopts the statistics with the services: nothing restarts
+    // from zero.
+    let kept = list(&agent, &["--stats"]);
+    let kept = n(endpoint(frontend(&kept, external), BACKEND), "connections");
+    agent.stop();
+    let agent = Agent::start_in(
+        &node_a.netns,
+        bpffs.path(),
+        cgroup.path(),
+        dir.path(),
+        NodesTopology::AGENT_FLAGS,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered(&topo.client_probe(&["tcp", "--to", NODEPORT, "--timeout-ms", "500"])) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "not served after the restart\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let again = list(&agent, &["--stats"]);
+    let e = endpoint(frontend(&again, external), BACKEND);
+    assert!(
+        n(e, "connections") > kept,
+        "after a restart, {kept} before: {e:#}\n{}",
+        agent.log()
+    );
 }

@@ -475,6 +475,48 @@ mod tests {
     }
 
     #[test]
+    fn statistics_attach_per_membership_and_socket_path_counts_hide_packets() {
+        let held = Held {
+            frontends: Vec::new(),
+            backends: BTreeMap::from([
+                (1, backend(&"10.244.0.11:8080".parse().unwrap(), 6)),
+                (2, backend(&"10.244.0.12:8080".parse().unwrap(), 6)),
+            ]),
+        };
+        let tc_only = Totals {
+            connections: 3,
+            packets_in: 30,
+            packets_out: 20,
+            bytes_in: 3000,
+            bytes_out: 9000,
+            ..Totals::default()
+        };
+        let mixed = Totals {
+            sock_connections: 2,
+            ..tc_only
+        };
+        let key = |service_id, backend_id| AffinityMatchKey {
+            service_id,
+            backend_id,
+        };
+        // Backend 1's counts in another service must not show in service 3.
+        let stats = MemberStats::from([(key(3, 2), tc_only), (key(4, 1), mixed)]);
+        let e = endpoints(&held, &[Some(1), Some(2)], 3, None, Some(&stats));
+        assert_eq!(e[0].stats, None, "no statistics of its own in service 3");
+        assert_eq!(
+            e[1].stats,
+            Some(TrafficStats::all(3, (30, 20), (3000, 9000)))
+        );
+        let e = endpoints(&held, &[Some(1)], 4, None, Some(&stats));
+        let s = e[0].stats.unwrap();
+        assert_eq!(
+            (s.connections, s.packets_in, s.bytes_out),
+            (5, None, None),
+            "the socket path's connections have no packets to show"
+        );
+    }
+
+    #[test]
     fn nothing_pinned_is_reported_with_the_pin_root() {
         let e = list(Path::new("/nonexistent/proxy-agent")).unwrap_err();
         assert!(format!("{e:#}").contains("--bpffs"), "{e:#}");
