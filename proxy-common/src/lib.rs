@@ -117,10 +117,16 @@ pub mod sizes {
     pub const CONNTRACK: u32 = 262_144;
     /// Connection-tracking entries of flows not yet assured (two per flow).
     pub const CT_OPEN: u32 = 65_536;
-    /// Entries of `STATS`: one per (frontend, backend) membership, index 0 reserved.
-    /// Preallocated per CPU ([`super::Stats`] is 56 bytes): 0.9 MiB on 2 CPUs, 29 MiB
-    /// on 64. Memberships past it are not counted (`proxyctl` shows `-`).
+    /// Entries of `STATS` at least (and in the object): one per (frontend, backend)
+    /// membership, index 0 reserved. Preallocated per CPU ([`super::Stats`] is 56
+    /// bytes), so the agent sizes it to [`STATS_BUDGET_BYTES`] within
+    /// `STATS..=STATS_MAX`. Memberships past it are not counted (`proxyctl` shows `-`).
     pub const STATS: u32 = 8_192;
+    /// Entries of `STATS` at most: stats ids are 16 bits in conntrack entries.
+    pub const STATS_MAX: u32 = 65_536;
+    /// The kernel memory `STATS` may take over all CPUs, unless [`STATS`] entries
+    /// need more: 65,536 entries (7 MiB) up to 9 CPUs, 9,362 on 64, 8,192 from 74.
+    pub const STATS_BUDGET_BYTES: u64 = 32 << 20;
 }
 
 /// The socket programs' names; also the names of their pinned links.
