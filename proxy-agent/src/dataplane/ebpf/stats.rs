@@ -285,7 +285,7 @@ mod tests {
             redo.iter().map(|(k, v)| (*k, stats::id_of(*v))).collect();
         assert_eq!(got, [(key(1, 2), 1), (key(1, 3), 2), (key(1, 4), 4)]);
         assert!(
-            ids.slots.slots.get(&3).is_none(),
+            !ids.slots.slots.contains_key(&3),
             "a kept slot keeps its counts"
         );
         assert_eq!(stats::id_of(ids.assign(key(2, 1))), 6);
