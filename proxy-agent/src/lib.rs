@@ -10,6 +10,7 @@
 //! translate  pure: Kubernetes objects -> desired state, kube-proxy's semantics
 //! source     manifest files | Kubernetes watch -> Snapshot / Update
 //! model      the desired state: plain values, no Kubernetes types, no I/O
+//! error_text how an error reads in a log line (used by every layer)
 //! ```
 //!
 //! (`observe` reads `dataplane` and `reconcile`; `translate` reads `source`'s
@@ -18,6 +19,7 @@
 
 pub mod daemon;
 pub mod dataplane;
+pub mod error_text;
 pub mod model;
 pub mod observe;
 pub mod reconcile;

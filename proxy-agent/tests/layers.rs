@@ -8,12 +8,16 @@ use std::path::{Path, PathBuf};
 /// Each layer and the layers it may import (ARCHITECTURE.md). The daemon wires
 /// everything; nothing imports it.
 const LAYERS: &[(&str, &[&str])] = &[
+    ("error_text", &[]),
     ("model", &[]),
-    ("source", &["model"]),
-    ("translate", &["source", "model"]),
-    ("dataplane", &["model"]),
-    ("reconcile", &["dataplane", "model"]),
-    ("observe", &["reconcile", "dataplane", "model"]),
+    ("source", &["model", "error_text"]),
+    ("translate", &["source", "model", "error_text"]),
+    ("dataplane", &["model", "error_text"]),
+    ("reconcile", &["dataplane", "model", "error_text"]),
+    (
+        "observe",
+        &["reconcile", "dataplane", "model", "error_text"],
+    ),
     (
         "daemon",
         &[
@@ -23,6 +27,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "translate",
             "source",
             "model",
+            "error_text",
         ],
     ),
 ];

@@ -450,9 +450,10 @@ fn an_invalid_segment_resets_a_masqueraded_node_port_under_kube_proxy_s_rules_no
     });
     eprintln!("under kube-proxy's rules the connection failed, as in #74839: {broken}");
 
-    // 2. Ours, as a new agent installs them, and the same injection.
+    // 2. Ours, as a new agent installs them, and the same injection, which the
+    // agent counts under kube-proxy's name (the nfacct object its INVALID drops add to).
     drop(agent);
-    let _agent = Agent::start(&lab, &manifests, &args);
+    let agent = Agent::start(&lab, &manifests, &args);
     eventually(
         "the agent's rules with both INVALID drops (and the counter)",
         || {
@@ -462,11 +463,30 @@ fn an_invalid_segment_resets_a_masqueraded_node_port_under_kube_proxy_s_rules_no
             if drops == 3 { Ok(()) } else { Err(drops) }
         },
     );
+    // Its metrics server answers once it synced (the rules come first, at its start).
+    agent.wait_syncs(1);
+    let dropped = || {
+        agent
+            .metric(
+                &lab.node,
+                "kubeproxy_iptables_ct_state_invalid_dropped_packets_total",
+            )
+            .unwrap_or_else(|| panic!("no INVALID drop counter in /metrics"))
+    };
+    let dropped_before = dropped();
     let mut held = held_and_injected(&lab, node_port, masq);
     for _ in 0..5 {
         held.exchange();
         std::thread::sleep(Duration::from_millis(100));
     }
+    let dropped_after = dropped();
+    assert!(
+        dropped_after > dropped_before,
+        "the forged segment was dropped and counted: {dropped_before} -> {dropped_after}"
+    );
+    eprintln!(
+        "kubeproxy_iptables_ct_state_invalid_dropped_packets_total: {dropped_before} -> {dropped_after}"
+    );
 }
 
 /// A restart with NodePorts, externalIPs and load balancer IPs (one under

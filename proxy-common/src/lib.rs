@@ -69,8 +69,12 @@ pub mod maps {
     /// Per-CPU traffic statistics per service and backend: stats id ->
     /// [`super::Stats`] (see [`super::stats`]).
     pub const STATS: &str = "STATS";
+    /// The ring buffer of [`super::MonitorEvent`]s for `proxyctl monitor`.
+    pub const EVENTS: &str = "EVENTS";
+    /// The listeners' leases, indexed by [`super::monitor`] kind: `u64` deadlines.
+    pub const MONITOR: &str = "MONITOR";
     /// Every map, in the order the agent lists them.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 18] = [
         FRONTENDS,
         SLOTS,
         BACKENDS,
@@ -87,6 +91,8 @@ pub mod maps {
         CT_OPEN,
         TC_CONFIG,
         STATS,
+        EVENTS,
+        MONITOR,
     ];
 }
 
@@ -259,8 +265,11 @@ pub mod counter {
     pub const ICMP_TOO_BIG_SENT: u32 = 31;
     /// tc: turning a too-big packet into that ICMP error failed half way; dropped.
     pub const ICMP_TOO_BIG_FAILED: u32 = 32;
+    /// `proxyctl monitor` was listening but the ring buffer was full: an event was
+    /// lost (the packet itself was handled as usual).
+    pub const MONITOR_LOST: u32 = 33;
     /// Number of counters.
-    pub const COUNT: u32 = 33;
+    pub const COUNT: u32 = 34;
     /// Prometheus-style names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
         "lb_translated",
@@ -296,7 +305,61 @@ pub mod counter {
         "ct_tuple_reclaimed",
         "icmp_too_big_sent",
         "icmp_too_big_failed",
+        "monitor_lost",
     ];
+}
+
+/// `proxyctl monitor`'s events. Programs emit them only while someone listens: a
+/// listener keeps a lease (a deadline on the `bpf_ktime_get_coarse_ns` clock, which is
+/// `CLOCK_MONOTONIC`) in `MONITOR` at its kind's index and renews it every second, so a
+/// listener that dies stops the events within [`LEASE_NS`](monitor::LEASE_NS), and
+/// with none the cost is one array read on the paths that would emit.
+pub mod monitor {
+    /// A packet or connection the data plane refused or dropped; `reason` says why.
+    pub const KIND_DROP: u32 = 0;
+    /// A new flow or connection translated to a backend.
+    pub const KIND_TRACE: u32 = 1;
+    /// Number of kinds (`MONITOR`'s size).
+    pub const KINDS: u32 = 2;
+    /// How long a lease lasts without renewal.
+    pub const LEASE_NS: u64 = 3_000_000_000;
+    /// The ring buffer's size in bytes (a power of two, pages): about 2,500 events.
+    pub const RING_BYTES: u32 = 256 * 1024;
+    /// [`super::MonitorEvent::hook`]: the socket programs (connect, sendmsg).
+    pub const HOOK_SOCK: u8 = 0;
+    /// tc ingress.
+    pub const HOOK_TC_INGRESS: u8 = 1;
+    /// tc egress.
+    pub const HOOK_TC_EGRESS: u8 = 2;
+}
+
+/// One `proxyctl monitor` event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MonitorEvent {
+    /// When, `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC`).
+    pub time_ns: u64,
+    /// [`monitor::KIND_DROP`] or [`monitor::KIND_TRACE`].
+    pub kind: u32,
+    /// The [`counter`] index that counted it: why it was dropped, or how it was
+    /// translated.
+    pub reason: u32,
+    /// [`monitor::HOOK_SOCK`], [`monitor::HOOK_TC_INGRESS`] or
+    /// [`monitor::HOOK_TC_EGRESS`].
+    pub hook: u8,
+    /// Explicit padding, 0.
+    pub _pad: [u8; 3],
+    /// The interface (tc), or 0.
+    pub ifindex: u32,
+    /// The frontend's service id, 0 when no frontend was found.
+    pub service_id: u32,
+    /// The chosen backend's id (trace), or 0.
+    pub backend_id: u32,
+    /// The packet's tuple as it arrived. The socket programs run before the
+    /// connection has a source: only the destination is set there.
+    pub tuple: CtKey,
+    /// Trace: the tuple it was translated to. Drop: zeros.
+    pub to: CtKey,
 }
 
 /// IP protocol numbers used in keys.
@@ -865,6 +928,7 @@ const _: () = {
     assert!(core::mem::size_of::<Stats>() == 56);
     // Stats ids are 16 bits in conntrack entries.
     assert!(sizes::STATS <= sizes::STATS_MAX && sizes::STATS_MAX <= 1 << 16);
+    assert!(core::mem::size_of::<MonitorEvent>() == 112);
 };
 
 #[cfg(feature = "user")]
@@ -900,6 +964,7 @@ mod pod {
         CtOpenEntry,
         TcConfig,
         Stats,
+        MonitorEvent,
     );
 }
 

@@ -274,9 +274,15 @@ const E2BIG: i32 = 7;
 /// any other kernel error, as they call for different fixes (a bigger table vs a bug).
 #[inline(always)]
 pub fn count_insert_error(err: i32) {
-    count(if err == -E2BIG {
+    count(insert_error(err));
+}
+
+/// The counter for a conntrack insert that failed with `err`.
+#[inline(always)]
+pub fn insert_error(err: i32) -> u32 {
+    if err == -E2BIG {
         counter::CT_FULL
     } else {
         counter::CT_INSERT_FAILED
-    });
+    }
 }

@@ -8,7 +8,8 @@
 //! Shared helpers: [`lb`] (service lookup, backend choice), [`packet`] (parsing,
 //! rewriting, checksums), [`fib`] (the FIB's answers for forwarded flows), [`too_big`]
 //! (path MTU discovery's ICMP errors for translated flows), [`stats`] (traffic
-//! statistics per service and backend), [`maps`].
+//! statistics per service and backend), [`maps`], [`monitor`]
+//! (events for `proxyctl monitor`, only while someone listens).
 // For the host (`cargo build --workspace`, clippy) this is an ordinary program with an
 // empty `main`, so that workspace-wide commands work; the programs are for BPF.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -18,6 +19,7 @@ mod ct;
 mod fib;
 mod lb;
 mod maps;
+mod monitor;
 mod packet;
 mod sock;
 mod stats;

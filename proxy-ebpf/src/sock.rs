@@ -22,11 +22,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use proxy_common::{
-    Addr, AffinityKey, AffinityValue, Backend, FRONTEND_F_AFFINITY, RevSockKey, RevSockValue,
-    counter, proto, scope,
+    Addr, AffinityKey, AffinityValue, Backend, CtKey, FRONTEND_F_AFFINITY, RevSockKey,
+    RevSockValue, counter, proto, scope,
 };
 
 use crate::maps::{AFFINITY, REV_SOCK, count};
+use crate::monitor::{self, Subject};
 use crate::{lb, stats};
 
 /// sock_addr hooks: 1 lets the call proceed, 0 fails it (with the errno set through
@@ -168,7 +169,11 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
         return Verdict::Pass;
     };
     if fe.backend_count == 0 {
-        count(counter::LB_NO_BACKEND);
+        let tuple = vip_tuple(vip, port_be, proto);
+        monitor::drop(
+            counter::LB_NO_BACKEND,
+            &subject(fe.service_id, 0, &tuple, None),
+        );
         return Verdict::Refuse;
     }
 
@@ -245,7 +250,43 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
     }
     count(counter::LB_TRANSLATED);
     stats::sock_connection(fe.service_id, backend_id);
+    let tuple = vip_tuple(vip, port_be, proto);
+    let to = vip_tuple(be.addr, be.port_be, proto);
+    monitor::trace(
+        counter::LB_TRANSLATED,
+        &subject(fe.service_id, backend_id, &tuple, Some(&to)),
+    );
     Verdict::Rewrite(be)
+}
+
+/// A tuple with only a destination: what the socket hooks know of a connection.
+#[inline(always)]
+fn vip_tuple(daddr: Addr, dport_be: u16, proto: u8) -> CtKey {
+    CtKey {
+        saddr: Addr::default(),
+        daddr,
+        sport_be: 0,
+        dport_be,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn subject<'a>(
+    service_id: u32,
+    backend_id: u32,
+    tuple: &'a CtKey,
+    to: Option<&'a CtKey>,
+) -> Subject<'a> {
+    Subject {
+        hook: proxy_common::monitor::HOOK_SOCK,
+        ifindex: 0,
+        service_id,
+        backend_id,
+        tuple,
+        to,
+    }
 }
 
 /// A cheap 64 -> 32 bit mix (Fibonacci hashing): socket cookies are sequential, so a

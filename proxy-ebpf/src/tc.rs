@@ -48,6 +48,7 @@ use proxy_common::{
 use crate::maps::{
     CLIENT_AFFINITY, CONNTRACK, CT_OPEN, IFACES, SOURCE_RANGES, Scratch, count, scratch,
 };
+use crate::monitor::{self, Subject};
 use crate::packet::{self, Packet};
 use crate::too_big::{self, Answer};
 use crate::{ct, fib, lb, stats};
@@ -194,10 +195,36 @@ fn egress(ctx: &mut TcContext) -> i32 {
     }
     // A reply the stack already routed toward the client.
     if packet::rewrite(ctx, &s.pkt, &s.to).is_err() {
-        count(counter::REPLY_REWRITE_FAILED);
-        return DROP;
+        return dropped(ctx, s, counter::REPLY_REWRITE_FAILED, false, 0);
     }
     PASS
+}
+
+/// Drops the packet in `s.pkt`: counts `reason` and tells `proxyctl monitor`.
+#[inline(always)]
+fn dropped(ctx: &TcContext, s: &Scratch, reason: u32, at_ingress: bool, service_id: u32) -> i32 {
+    monitor::drop(
+        reason,
+        &Subject {
+            hook: hook(at_ingress),
+            // SAFETY: reading a field of the context the kernel gave us.
+            ifindex: unsafe { (*ctx.skb.skb).ifindex },
+            service_id,
+            backend_id: 0,
+            tuple: &s.pkt.key,
+            to: None,
+        },
+    );
+    DROP
+}
+
+#[inline(always)]
+fn hook(at_ingress: bool) -> u8 {
+    if at_ingress {
+        proxy_common::monitor::HOOK_TC_INGRESS
+    } else {
+        proxy_common::monitor::HOOK_TC_EGRESS
+    }
 }
 
 /// An ICMP error about a tracked flow (port unreachable from a backend, "fragmentation
@@ -310,12 +337,10 @@ fn open(
     let now = s.pkt.clock();
     let p = &s.pkt;
     if fe.backend_count == 0 {
-        count(counter::NAT_NO_BACKEND);
-        return DROP;
+        return dropped(ctx, s, counter::NAT_NO_BACKEND, may_snat, fe.service_id);
     }
     if fe.flags & FRONTEND_F_SOURCE_RANGES != 0 && !source_allowed(fe.service_id, &p.key.saddr) {
-        count(counter::NAT_SOURCE_DENIED);
-        return DROP;
+        return dropped(ctx, s, counter::NAT_SOURCE_DENIED, may_snat, fe.service_id);
     }
 
     let affinity = fe.flags & FRONTEND_F_AFFINITY != 0;
@@ -375,15 +400,13 @@ fn open(
             None => Addr::default(),
         };
         if addr == Addr::default() {
-            count(counter::NAT_NO_SNAT_ADDR);
-            return DROP;
+            return dropped(ctx, s, counter::NAT_NO_SNAT_ADDR, may_snat, fe.service_id);
         }
         s.to.saddr = addr;
         match snat_port(ctx, &s.to, &s.pkt.key, now, &mut s.key, &mut s.tuple) {
             Some(port) => s.to.sport_be = port,
             None => {
-                count(counter::NAT_SNAT_EXHAUSTED);
-                return DROP;
+                return dropped(ctx, s, counter::NAT_SNAT_EXHAUSTED, may_snat, fe.service_id);
             }
         }
     }
@@ -432,18 +455,27 @@ fn open(
     // The reply leg first: a reply can never find a forward leg without its partner.
     // An LRU makes room by evicting; an error here is the kernel's, not a full table.
     if let Err(e) = CT_OPEN.insert(&s.key, &s.rev, 0) {
-        ct::count_insert_error(e);
-        return DROP;
+        return dropped(ctx, s, ct::insert_error(e), may_snat, fe.service_id);
     }
     if let Err(e) = CT_OPEN.insert(&s.pkt.key, &s.fwd, 0) {
         if CT_OPEN.remove(&s.key).is_err() {
             count(counter::CT_ROLLBACK_FAILED);
         }
-        ct::count_insert_error(e);
-        return DROP;
+        return dropped(ctx, s, ct::insert_error(e), may_snat, fe.service_id);
     }
     count(counter::CT_NEW);
     stats::flow_opened(&s.fwd.ct, ctx.len());
+    monitor::trace(
+        counter::CT_NEW,
+        &Subject {
+            hook: hook(may_snat),
+            ifindex,
+            service_id: fe.service_id,
+            backend_id,
+            tuple: &s.pkt.key,
+            to: Some(&s.to),
+        },
+    );
     translate_and_forward(ctx, s, may_snat)
 }
 
@@ -568,16 +600,14 @@ fn translate_and_forward(ctx: &mut TcContext, s: &mut Scratch, at_ingress: bool)
                 return verdict;
             }
             Answer::Failed => {
-                count(counter::ICMP_TOO_BIG_FAILED);
-                return DROP;
+                return dropped(ctx, s, counter::ICMP_TOO_BIG_FAILED, at_ingress, 0);
             }
             Answer::Declined => {}
         }
     }
     if packet::rewrite(ctx, &s.pkt, &s.to).is_err() {
         // Possibly half rewritten: never let it out.
-        count(counter::REWRITE_FAILED);
-        return DROP;
+        return dropped(ctx, s, counter::REWRITE_FAILED, at_ingress, 0);
     }
     send(ctx, s, hop)
 }

@@ -673,6 +673,31 @@ impl Agent {
             .unwrap_or_else(|e| panic!("proxyctl printed bad JSON ({e}):\n{out}"))
     }
 
+    /// `proxyctl monitor ARGS` (pass `-o json` to parse its lines), running once it
+    /// said it listens (its lease is in place).
+    pub fn monitor(&self, args: &[&str]) -> ChildGuard {
+        let child = Command::new(agent_binary("proxyctl"))
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("monitor")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running proxyctl monitor");
+        let mut m = ChildGuard::with_label(child, String::from("proxyctl monitor"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !m.stderr().contains("listening for") {
+            assert!(
+                Instant::now() < deadline && m.try_wait().is_none(),
+                "proxyctl monitor {args:?} did not start: {}",
+                m.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m
+    }
+
     /// Runs `proxyctl --bpffs <ours> ARGS` and returns its stdout; panics on failure.
     pub fn proxyctl(&self, args: &[&str]) -> String {
         let out = Command::new(agent_binary("proxyctl"))

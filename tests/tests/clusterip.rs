@@ -289,6 +289,8 @@ fn a_service_without_endpoints_refuses_connections_at_once() {
     );
     let view = env.agent().wait_for("10.96.0.10:80/TCP", &[], SYNC);
     assert!(view.backends.is_empty());
+    // `proxyctl monitor` sees each refusal, with why.
+    let mut monitor = env.agent().monitor(&["-o", "json"]);
 
     let start = Instant::now();
     let tcp = env.probe(&[
@@ -326,6 +328,18 @@ fn a_service_without_endpoints_refuses_connections_at_once() {
         start.elapsed() < Duration::from_secs(3),
         "refusals must not wait for a timeout"
     );
+    for (proto, port) in [("tcp", 80); 3].into_iter().chain([("udp", 53)]) {
+        let line = monitor.expect_line(Duration::from_secs(5));
+        let e: serde_json::Value = serde_json::from_str(&line).expect("a JSON event");
+        assert_eq!(
+            (&e["kind"], &e["reason"], &e["hook"]),
+            (&"drop".into(), &"lb_no_backend".into(), &"sock".into()),
+            "{e:#}"
+        );
+        assert_eq!(e["protocol"], proto, "{e:#}");
+        assert_eq!(e["destination"], format!("10.96.0.10:{port}"), "{e:#}");
+        assert_eq!(e["source"], serde_json::Value::Null, "{e:#}");
+    }
 }
 
 #[test]

@@ -588,6 +588,118 @@ fn load_balancer_source_ranges_admit_listed_clients_and_drop_the_rest() {
     assert_eq!(oks(&env, "allowed source, again", &replies).len(), 3);
 }
 
+/// The next event `m` prints, as JSON.
+fn next_event(env: &Env, m: &mut ChildGuard) -> serde_json::Value {
+    let line = m
+        .next_line(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no event within 5 s: {}\n{}", m.stderr(), env.diagnostics()));
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+#[test]
+fn monitor_shows_drops_with_their_reason_and_new_flows_with_their_backend() {
+    let make = |name: &str, vip: &str, node_port: u16, range: &str| {
+        ServiceSpec::new(name, "LoadBalancer")
+            .cluster_ip(ip(&format!("10.96.0.{}", node_port - 30000)))
+            .port("http", 80, "TCP", POD_TCP, Some(node_port))
+            .endpoint(ip("10.244.1.11"), "node-a")
+            .endpoint(ip("10.244.2.11"), "node-b")
+            .lb_ingress(ip(vip))
+            .source_range(range)
+            .yaml()
+    };
+    let env = Env::new(
+        "monitor",
+        1,
+        &[
+            (
+                "allowed.yaml",
+                make("allowed", "203.0.113.30", 30030, "192.0.2.96/28"),
+            ),
+            (
+                "denied.yaml",
+                make("denied", "203.0.113.31", 30031, "198.18.0.0/15"),
+            ),
+        ],
+        &[],
+    );
+    env.wait_served("tcp", "203.0.113.30:80");
+    let client = IpAddr::V4(env.topo.client_v4);
+
+    // A drop, with why and which flow.
+    let mut drops = env.agent().monitor(&["--type", "drop", "-o", "json"]);
+    let replies = env.probe(&[
+        "tcp",
+        "--to",
+        "203.0.113.31:80",
+        "--timeout-ms",
+        DROP_TIMEOUT_MS,
+    ]);
+    assert_all_fail(&env, "source outside the ranges", &replies, "ETIMEDOUT");
+    let e = next_event(&env, &mut drops);
+    assert_eq!(e["kind"], "drop", "{e:#}");
+    assert_eq!(e["reason"], "nat_source_denied", "{e:#}");
+    assert_eq!(e["hook"], "tc-ingress", "{e:#}");
+    assert_eq!(e["protocol"], "tcp", "{e:#}");
+    assert_eq!(field_ip(&e, "source"), Some(client), "{e:#}");
+    assert_eq!(e["destination"], "203.0.113.31:80", "{e:#}");
+    assert_eq!(e["service"], "test/denied:http", "{e:#}");
+    // Served traffic is no drop.
+    env.probe(&["tcp", "--to", "203.0.113.30:80", "--count", "3"]);
+    assert_eq!(
+        drops.next_line(Duration::from_secs(1)),
+        None,
+        "served flows are no drops"
+    );
+    drops.kill();
+
+    // A trace names the backend the flow went to, and the source it was sent with:
+    // what the backend saw.
+    let mut traces = env.agent().monitor(&["--type", "trace", "-o", "json"]);
+    for _ in 0..6 {
+        let replies = env.probe(&["tcp", "--to", "203.0.113.30:80", "--peer"]);
+        let (name, _, peer) = oks(&env, "allowed source", &replies)[0];
+        let e = next_event(&env, &mut traces);
+        assert_eq!(
+            (&e["kind"], &e["reason"]),
+            (&"trace".into(), &"ct_new".into()),
+            "{e:#}"
+        );
+        assert_eq!(field_ip(&e, "source"), Some(client), "{e:#}");
+        assert_eq!(e["destination"], "203.0.113.30:80", "{e:#}");
+        let backend = if name == "a-pod-0" {
+            "10.244.1.11:8080"
+        } else {
+            "10.244.2.11:8080"
+        };
+        assert_eq!(e["translated"], backend, "{name} answered: {e:#}");
+        assert_eq!(
+            field_ip(&e, "translated_source"),
+            Some(peer),
+            "{name} saw {peer}: {e:#}"
+        );
+        assert_eq!(e["service"], "test/allowed:http", "{e:#}");
+    }
+    traces.kill();
+
+    // Nobody listens: once the lease lapsed, drops leave nothing in the ring for the
+    // next monitor to find.
+    std::thread::sleep(Duration::from_millis(3500));
+    env.probe(&[
+        "tcp",
+        "--to",
+        "203.0.113.31:80",
+        "--timeout-ms",
+        DROP_TIMEOUT_MS,
+    ]);
+    let mut later = env.agent().monitor(&["--type", "drop", "-o", "json"]);
+    assert_eq!(
+        later.next_line(Duration::from_secs(1)),
+        None,
+        "an event from before it started"
+    );
+}
+
 #[test]
 fn client_ip_affinity_pins_every_connection_of_a_client_to_one_backend() {
     let all = |s: ServiceSpec| {

@@ -204,6 +204,12 @@ pub struct Config {
     /// `*`, comma-separated.
     #[arg(long, help_heading = "eBPF", value_delimiter = ',')]
     pub pod_interfaces: Vec<String>,
+    /// Where pod network namespaces are bind-mounted (CNI plugins and container
+    /// runtimes pin them here): a connected UDP socket in one of them, balanced to a
+    /// backend that leaves its service, is destroyed so that it reconnects (needs
+    /// CAP_SYS_ADMIN to enter them; the agent's own namespace is always searched).
+    #[arg(long, help_heading = "eBPF", default_value = crate::dataplane::ebpf::udp_sockets::DEFAULT_POD_NETNS_DIR)]
+    pub pod_netns_dir: PathBuf,
     /// Assured flows the tc path tracks, overriding `--conntrack-max-per-core` and
     /// `--conntrack-min` (0: use them). Flows that are not assured yet have a table of
     /// their own (`--conntrack-unassured-max`).
@@ -446,6 +452,7 @@ impl Config {
                 cluster_cidrs: self.cluster_cidr.0.clone(),
                 masquerade_all: self.masquerade_all,
                 drop_invalid: !self.conntrack_tcp_be_liberal,
+                ..ipvs::RuleOptions::default()
             },
             conntrack_tcp_close_wait: given(self.conntrack_tcp_timeout_close_wait),
             ..ipvs::Options::default()
@@ -482,6 +489,11 @@ impl Config {
             ProxyMode::Ipvs => vec![
                 (self.cgroup_path.is_some(), "--cgroup-path"),
                 (!self.pod_interfaces.is_empty(), "--pod-interfaces"),
+                (
+                    self.pod_netns_dir.as_os_str()
+                        != crate::dataplane::ebpf::udp_sockets::DEFAULT_POD_NETNS_DIR,
+                    "--pod-netns-dir",
+                ),
             ],
         };
         flags
@@ -500,6 +512,7 @@ impl Config {
             conntrack: self.conntrack_sizes(cores()),
             conntrack_gc_interval: self.conntrack_gc_interval,
             pod_interfaces: self.pod_interfaces.clone(),
+            pod_netns_dir: self.pod_netns_dir.clone(),
         }
     }
 }

@@ -21,6 +21,7 @@ pub use config::{Config, ProxyMode};
 use crate::dataplane::Dataplane;
 use crate::dataplane::ebpf::EbpfDataplane;
 use crate::dataplane::ipvs::{self, IpvsDataplane};
+use crate::error_text::chain;
 use crate::observe::healthcheck::HealthCheckServers;
 use crate::observe::http::Health;
 use crate::observe::metrics::Metrics;
@@ -43,7 +44,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Ok(()) => {}
         Err(e @ privileges::PrivilegeError::Missing { .. }) => return Err(e.into()),
         Err(e) => {
-            warn!(error = %format!("{:#}", anyhow::Error::from(e)), "capabilities not checked")
+            warn!(error = %chain(&e), "capabilities not checked")
         }
     }
     // Refused before anything changes.
@@ -87,7 +88,7 @@ async fn serve(cfg: &Config, node_name: String, source: impl Source) -> anyhow::
             // IPVS would still answer for the VIPs on kube-ipvs0: its state goes. A
             // failure to look is no reason not to serve.
             if let Err(e) = cleanup_ipvs(&cfg.ipvs_exclude_cidrs.0) {
-                warn!(error = %format!("{e:#}"), "could not remove the IPVS mode's leftovers");
+                warn!(error = %chain(e.as_ref()), "could not remove the IPVS mode's leftovers");
             }
             let dataplane = EbpfDataplane::load(&cfg.ebpf_config(cgroup))
                 .context("loading the eBPF data plane")?;
@@ -235,6 +236,7 @@ fn cleanup_ipvs(exclude: &[ipnetwork::IpNetwork]) -> anyhow::Result<ipvs::cleanu
             virtual_servers = removed.virtual_servers,
             rules_v4 = removed.rules_v4,
             rules_v6 = removed.rules_v6,
+            invalid_counter = removed.invalid_counter,
             sets = removed.sets.len(),
             link = removed.link,
             "removed the IPVS mode's state"

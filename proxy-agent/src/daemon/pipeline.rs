@@ -203,6 +203,7 @@ impl<D: Dataplane> Pipeline<D> {
                 .get_or_create(&reason(e.metric_label()))
                 .inc();
         }
+        self.reconciler.dataplane_mut().after_sync();
         let applied = self.reconciler.applied();
         m.services.set(applied.len() as i64);
         m.backends

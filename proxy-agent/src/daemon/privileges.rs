@@ -8,8 +8,17 @@
 //! created, without CAP_NET_ADMIN the tc programs cannot be loaded, without CAP_PERFMON
 //! the verifier rejects the tc programs ("pointer arithmetic ... prohibited for
 //! !root": the Spectre hardening it applies to callers without CAP_PERFMON).
-//! CAP_SYS_ADMIN, CAP_SYS_RESOURCE (memlock: kernels >= 5.11 charge BPF memory to the
-//! cgroup) and CAP_NET_RAW are not needed.
+//! CAP_SYS_RESOURCE (memlock: kernels >= 5.11 charge BPF memory to the cgroup) and
+//! CAP_NET_RAW are not needed.
+//!
+//! CAP_SYS_ADMIN is optional ([`EBPF_OPTIONAL`]): the data plane works without it, but
+//! only with it can the agent enter pod network namespaces (`setns`) to destroy the
+//! connected UDP sockets balanced to a backend that left its service
+//! (`dataplane::ebpf::udp_sockets`). Without it the data plane warns once at start,
+//! naming it, exports `proxy_agent_udp_socket_pod_namespaces 0`, and follows only the
+//! sockets of its own namespace (sock_diag there needs just CAP_NET_ADMIN).
+//! `deploy/daemonset.yaml` leaves it out (it grants far more than `setns`) and says
+//! how to add it.
 
 use std::io;
 
@@ -85,6 +94,17 @@ pub const EBPF: [Requirement; 3] = [
                      is refused to callers without it, as Spectre hardening)",
     },
 ];
+
+/// What the eBPF data plane can do without, and what it costs: checked by the data
+/// plane itself (it tries `setns`, which also catches a seccomp or LSM refusal), listed
+/// here so that the capability story is in one place.
+pub const EBPF_OPTIONAL: [Requirement; 1] = [Requirement {
+    cap: CAP_SYS_ADMIN,
+    or: None,
+    needed_for: "entering pod network namespaces to destroy connected UDP sockets \
+                 balanced to a backend that left (without it only the agent's own \
+                 namespace is followed)",
+}];
 
 /// What the IPVS data plane needs: every kernel interface it uses (IPVS and ipset
 /// over netlink, the iptables tools, the dummy interface, the `net.*` sysctls) asks
@@ -218,6 +238,20 @@ mod tests {
         let admin = mask(&[CAP_SYS_ADMIN]);
         assert_eq!(missing(ProxyMode::Ebpf, admin), vec![EBPF[1]]);
         assert!(missing(ProxyMode::Ebpf, admin | mask(&[CAP_NET_ADMIN])).is_empty());
+    }
+
+    #[test]
+    fn cap_sys_admin_is_optional_and_never_refuses_a_start() {
+        let set = mask(&[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON]);
+        assert!(missing(ProxyMode::Ebpf, set).is_empty());
+        for r in EBPF_OPTIONAL {
+            assert!(
+                !EBPF.iter().any(|e| e.cap == r.cap),
+                "{} is optional",
+                r.cap.name
+            );
+            assert!(r.needed_for.contains("UDP"), "{}", r.needed_for);
+        }
     }
 
     #[test]

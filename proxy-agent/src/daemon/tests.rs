@@ -424,6 +424,7 @@ fn the_cleanup_summary_says_nothing_was_removed_or_counts_what_was() {
         virtual_servers: 4,
         rules_v4: true,
         rules_v6: false,
+        invalid_counter: false,
         sets: vec!["KUBE-CLUSTER-IP".into()],
         link: true,
     };

@@ -140,6 +140,11 @@ pub trait Dataplane: Send {
         Ok(())
     }
 
+    /// Called once at the end of every sync, after its upserts and removals: for work
+    /// over the whole result (the IPVS mode's UDP conntrack reconciler). It cannot
+    /// fail the sync: the backend logs and counts its own failures.
+    fn after_sync(&mut self) {}
+
     /// Resolves when the node's devices changed (an interface or address came or
     /// went) and [`Dataplane::set_node`] should be applied again. Must be cancel-safe:
     /// the daemon races it against its other inputs. Never resolves by default.

@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 
 use crate::dataplane::ebpf::pins::PinError;
+use crate::error_text::chain;
 
 /// A failure with what the operator should check: `problem` is printed as the error,
 /// `fix` as a `hint:` line after it.
@@ -23,7 +24,6 @@ pub struct Advice {
 /// earlier one already contains it; then a `hint: ` line per piece of advice found
 /// in the chain.
 pub fn report(e: &anyhow::Error) -> String {
-    let mut text = String::new();
     // Advice given as context is only found on the error itself (anyhow's chain shows
     // its message, not its type).
     let mut hints: Vec<String> = e
@@ -32,18 +32,11 @@ pub fn report(e: &anyhow::Error) -> String {
         .into_iter()
         .collect();
     for cause in e.chain() {
-        let msg = cause.to_string();
-        if !text.contains(&msg) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&msg);
-        }
         if let Some(h) = hint(cause).filter(|h| !hints.contains(h)) {
             hints.push(h);
         }
     }
-    let mut out = format!("error: {text}\n");
+    let mut out = format!("error: {}\n", chain(e.as_ref()));
     for h in hints {
         out.push_str(&format!("hint: {h}\n"));
     }

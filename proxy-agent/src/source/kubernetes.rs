@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::{Changes, NodeInfo, ObjectKey, Snapshot, Taken, Update};
+use crate::error_text::chain;
 
 /// Objects of one kind, as last listed and watched.
 #[derive(Debug)]
@@ -348,7 +349,7 @@ where
                     // The whole cause chain: kube's own message for a TLS or connection
                     // failure is only "client error (Connect)"; the cause (an untrusted
                     // certificate, a refused connection) is in its sources.
-                    let error = error_chain(&e);
+                    let error = chain(&e);
                     warn!(%kind, %server, %error, "watch failed; keeping the last known state");
                     debug!(?e);
                     lock(&shared.errors).push(format!("{kind} watch of {server}: {error}"));
@@ -357,22 +358,6 @@ where
             }
         }
     })
-}
-
-/// `e` and its sources, `: `-separated, leaving out a source whose text is already
-/// there (many errors repeat their source's message in their own).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -397,11 +382,11 @@ mod tests {
             "invalid peer certificate: UnknownIssuer",
         ));
         assert_eq!(
-            error_chain(&e),
+            chain(&e),
             "client error (Connect): invalid peer certificate: UnknownIssuer"
         );
         let plain = std::io::Error::other("connection refused");
-        assert_eq!(error_chain(&plain), "connection refused");
+        assert_eq!(chain(&plain), "connection refused");
     }
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 

@@ -52,6 +52,47 @@ pub fn ask_udp(ns: &Netns, to: SocketAddr) -> io::Result<String> {
     })
 }
 
+/// A UDP socket connected to a service and kept across the test, as a resolver keeps
+/// one: one source port, so one conntrack entry and one IPVS connection for all its
+/// datagrams.
+pub struct ConnectedUdp {
+    socket: UdpSocket,
+}
+
+impl ConnectedUdp {
+    /// A socket in `ns` on a port of its own, connected to `to`.
+    pub fn open(ns: &Netns, to: SocketAddr) -> ConnectedUdp {
+        let socket = ns
+            .run(move || {
+                let any: SocketAddr = if to.is_ipv4() {
+                    "0.0.0.0:0".parse().expect("an address")
+                } else {
+                    "[::]:0".parse().expect("an address")
+                };
+                let socket = UdpSocket::bind(any)?;
+                socket.connect(to)?;
+                Ok::<_, io::Error>(socket)
+            })
+            .unwrap_or_else(|e| panic!("a UDP socket connected to {to}: {e}"));
+        ConnectedUdp { socket }
+    }
+
+    /// Its address (the source of its datagrams).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("a bound socket")
+    }
+
+    /// One datagram; who answered within `timeout`, or the error (a timeout is
+    /// `WouldBlock` or `TimedOut`).
+    pub fn ask(&self, timeout: Duration) -> io::Result<String> {
+        self.socket.set_read_timeout(Some(timeout))?;
+        self.socket.send(b"who")?;
+        let mut buf = [0; 512];
+        let n = self.socket.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
 /// A TCP connection kept open across the test, exchanging lines with its backend.
 pub struct Held {
     reader: BufReader<TcpStream>,
@@ -82,6 +123,11 @@ impl Held {
             backend,
             sent: 0,
         }
+    }
+
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.writer.local_addr().expect("a connected socket")
     }
 
     /// Sends a line and checks that the same backend echoes it.

@@ -5,6 +5,7 @@
 //! probe tcp   --to ADDR:PORT [--count N] [--interval-ms I] [--timeout-ms T] [--peer]
 //!             [--source-port P] [--timestamps]
 //! probe udp   --to ADDR:PORT [--count N] [--same-socket] [--connected] [--timeout-ms T] [--peer]
+//! probe resolver --to ADDR:PORT [--count N] [--interval-ms I] [--timeout-ms T] [--peer]
 //! probe hold  --to ADDR:PORT --rounds R --interval-ms I [--timeout-ms T] [--source-port P]
 //!             [--timestamps]
 //! probe crr   --to ADDR:PORT --duration-ms D [--timeout-ms T]
@@ -23,6 +24,12 @@
 //! connection (or round) began and ended, in microseconds since the Unix epoch
 //! (CLOCK_REALTIME, the clock of the agent's log lines), e.g.
 //! `1764630000123456 1764630000123789 ok backend-0 10.96.0.10:80`.
+//!
+//! `resolver` is a client like glibc's resolver: one UDP socket, connect()ed once, a
+//! query (send, then recv with a timeout) every I ms. A timeout keeps the socket; any
+//! other error (`ECONNABORTED` or `EDESTADDRREQ` when the agent destroyed it,
+//! `ECONNREFUSED`, ...) closes
+//! it, and the next query opens and connects a new one. `--count 0` runs until SIGTERM.
 //!
 //! `send` moves N bytes of a seeded pseudo-random pattern through one connection and
 //! verifies them end to end: up, the server (`SINK n`) answers `sunk <count> <hash>` and
@@ -103,6 +110,23 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
         /// Ask the server for the client address it sees (4th field).
+        #[arg(long)]
+        peer: bool,
+    },
+    /// A resolver-like client: one connected UDP socket, a query every INTERVAL,
+    /// reconnecting on any error but a timeout; one result line per query.
+    Resolver {
+        #[arg(long)]
+        to: SocketAddr,
+        /// Queries (0: until SIGTERM).
+        #[arg(long, default_value_t = 0)]
+        count: u32,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 500)]
+        timeout_ms: u64,
+        /// Ask the server for the client address it sees (4th field): the same
+        /// address and port means the same socket.
         #[arg(long)]
         peer: bool,
     },
@@ -204,6 +228,13 @@ fn main() -> ExitCode {
             timeout_ms,
             peer,
         } => udp(to, count, same_socket, connected, ms(timeout_ms), peer),
+        Cmd::Resolver {
+            to,
+            count,
+            interval_ms,
+            timeout_ms,
+            peer,
+        } => resolver(to, count, ms(interval_ms), ms(timeout_ms), peer),
         Cmd::Hold {
             to,
             rounds,
@@ -361,6 +392,7 @@ fn errno_name(code: i32) -> String {
         libc::ENETDOWN => "ENETDOWN",
         libc::ENETUNREACH => "ENETUNREACH",
         libc::ECONNABORTED => "ECONNABORTED",
+        libc::EDESTADDRREQ => "EDESTADDRREQ",
         libc::ECONNRESET => "ECONNRESET",
         libc::ENOBUFS => "ENOBUFS",
         libc::EISCONN => "EISCONN",
@@ -954,6 +986,54 @@ fn udp(
         match result {
             Ok(line) => say(&line),
             Err(e) => say(&format!("err {e} {}", elapsed_ms(start))),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn resolver(
+    to: SocketAddr,
+    count: u32,
+    interval: Duration,
+    timeout: Duration,
+    ask_peer: bool,
+) -> ExitCode {
+    if count == 0 {
+        stop_on_sigterm();
+    }
+    let mut socket: Option<UdpSocket> = None;
+    let mut done = 0u32;
+    while (count == 0 || done < count) && !stopped() {
+        if done > 0 {
+            thread::sleep(interval);
+        }
+        done = done.saturating_add(1);
+        let start = Instant::now();
+        let s = match socket.take() {
+            Some(s) => s,
+            None => match udp_socket(to, timeout, true) {
+                Ok(s) => s,
+                Err(e) => {
+                    say(&format!("err {} {}", Failure::Io(e), elapsed_ms(start)));
+                    continue;
+                }
+            },
+        };
+        match udp_once(&s, to, true, ask_peer) {
+            Ok(line) => {
+                say(&line);
+                socket = Some(s);
+            }
+            Err(e) => {
+                let timed_out =
+                    matches!(&e, Failure::Io(io) if io.raw_os_error() == Some(libc::EAGAIN));
+                say(&format!("err {e} {}", elapsed_ms(start)));
+                // As a resolver does: a lost answer is retried on the same socket; a
+                // socket error means it is done with, and the next query reconnects.
+                if timed_out {
+                    socket = Some(s);
+                }
+            }
         }
     }
     ExitCode::SUCCESS

@@ -70,6 +70,9 @@ pub const MODULES: &[&str] = &[
     "xt_multiport",
     "xt_physdev",
     "xt_statistic",
+    // kube-proxy's count of the packets its INVALID drop rules drop (`-m nfacct`).
+    "nfnetlink_acct",
+    "xt_nfacct",
     "iptable_nat",
     "iptable_filter",
     // REJECT of the IPVS filter rules (VIP ports no service has): the xtables targets
@@ -471,6 +474,7 @@ mod tests {
             "xt_addrtype",
             "xt_MASQUERADE",
             "xt_physdev",
+            "xt_nfacct",
             "ipt_REJECT",
             "ip6t_REJECT",
         ] {

@@ -120,6 +120,16 @@ pub const BINARIES: &[VmBinary] = &[
         args: &["--test-threads=1"],
         needs: &["proxy-agent"],
     },
+    // netfilter conntrack under the agent: `proxyctl list` and `conntrack --netfilter`
+    // after traffic, and the UDP conntrack reconciler moving a connected UDP client off
+    // a removed endpoint.
+    VmBinary {
+        package: "proxy-agent",
+        kind: Kind::Test,
+        name: "vm_ipvs_conntrack",
+        args: &["--test-threads=1"],
+        needs: &["proxy-agent", "proxyctl"],
+    },
 ];
 
 /// How to run.

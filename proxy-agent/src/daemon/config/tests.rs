@@ -88,6 +88,7 @@ fn every_ipvs_flag_reaches_the_ipvs_options() {
             cluster_cidrs: vec![cidr("10.244.0.0/16"), cidr("fd00:244::/56")],
             masquerade_all: true,
             drop_invalid: false,
+            count_invalid: false,
         }
     );
     assert!(cfg.ineffective_flags().is_empty(), "all count in IPVS mode");

@@ -20,6 +20,8 @@ pub use crate::dataplane::listing::ServiceView;
 use crate::dataplane::listing::{EBPF_SCHEDULER, EndpointState, EndpointView, TrafficStats};
 use crate::model::Scope;
 
+pub mod explain;
+
 /// Whether a data plane pinned its maps under `bpffs` (what `proxyctl --mode auto`
 /// looks for).
 pub fn pinned(bpffs: &Path) -> bool {

@@ -169,7 +169,7 @@ impl DatapathCounters {
     /// A collector over the counters pinned under `bpffs`.
     pub fn pinned(bpffs: PathBuf) -> Self {
         DatapathCounters::new(Box::new(move || {
-            super::counters::read(&bpffs).map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+            super::counters::read(&bpffs).map_err(|e| crate::error_text::chain(&e))
         }))
     }
 }

@@ -13,7 +13,9 @@
 //! - [`conntrack`], [`counters`], [`metrics`]: the connection table and its collector,
 //!   the programs' counters, and what the backend exports;
 //! - [`stats`]: the traffic statistics per service and backend (stats ids, reading);
-//! - [`pins`] and [`inspect`]: reading the pinned maps, for `proxyctl`.
+//! - [`pins`] and [`inspect`]: reading the pinned maps, for `proxyctl`;
+//! - [`udp_sockets`]: connected UDP sockets of a backend that left are destroyed, so
+//!   that they reconnect to one that is there.
 
 pub mod bpffs;
 pub mod conntrack;
@@ -26,10 +28,12 @@ pub mod inspect;
 pub mod keys;
 pub mod load;
 pub mod metrics;
+pub mod monitor;
 pub mod pins;
 mod services;
 pub mod stats;
 pub mod tables;
+pub mod udp_sockets;
 mod undo;
 
 use std::borrow::Cow;
@@ -49,6 +53,7 @@ use self::devices::Devices;
 use self::metrics::{EbpfMetrics, GcMetrics};
 use self::services::Services;
 use self::tables::MapTables;
+use self::udp_sockets::UdpSockets;
 use super::netdev::DeviceWatch;
 use super::{Dataplane, DataplaneError};
 use crate::model::{FrontendKey, NodeAddresses, VirtualService};
@@ -105,6 +110,9 @@ pub struct EbpfConfig {
     /// `--pod-interfaces`: pod-facing interfaces that get the tc ingress program;
     /// names, or prefixes ending in `*`.
     pub pod_interfaces: Vec<String>,
+    /// `--pod-netns-dir`: where pod network namespaces are bind-mounted, searched for
+    /// connected UDP sockets of a backend that left.
+    pub pod_netns_dir: PathBuf,
 }
 
 /// Aborts a task when dropped: the backend's side tasks live as long as it does.
@@ -128,6 +136,7 @@ pub struct EbpfDataplane {
     /// Link, address and route notifications ([`Dataplane::node_changed`]).
     watch: DeviceWatch,
     metrics: EbpfMetrics,
+    udp_sockets: UdpSockets,
     _gc: AbortOnDrop,
 }
 
@@ -170,6 +179,7 @@ impl EbpfDataplane {
                 services::UNSAFE_WRITE_ORDER_ENV
             );
         }
+        let udp_sockets = UdpSockets::start(cfg.bpffs.clone(), cfg.pod_netns_dir.clone());
         info!(
             bpffs = %cfg.bpffs.display(),
             cgroup = %cfg.cgroup.display(),
@@ -183,6 +193,7 @@ impl EbpfDataplane {
             devices,
             watch,
             metrics,
+            udp_sockets,
             _gc: AbortOnDrop(gc),
         })
     }
@@ -198,13 +209,29 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn upsert(&mut self, svc: &VirtualService) -> Result<(), DataplaneError> {
+        let watched = udp_sockets::watched(&svc.frontend);
+        let before = watched
+            .then(|| self.services.backends_of(&svc.frontend))
+            .flatten();
         self.services
             .upsert(&mut self.tables, svc)
-            .map_err(|e| e.about(&svc.name))
+            .map_err(|e| e.about(&svc.name))?;
+        if before.is_some() {
+            let after = self.services.backends_of(&svc.frontend);
+            self.udp_sockets
+                .departed(udp_sockets::departures(&svc.frontend, before, after));
+        }
+        Ok(())
     }
 
     fn remove(&mut self, frontend: &FrontendKey) -> Result<(), DataplaneError> {
-        self.services.remove(&mut self.tables, frontend)
+        let before = udp_sockets::watched(frontend)
+            .then(|| self.services.backends_of(frontend))
+            .flatten();
+        self.services.remove(&mut self.tables, frontend)?;
+        self.udp_sockets
+            .departed(udp_sockets::departures(frontend, before, None));
+        Ok(())
     }
 
     fn programmed(&self) -> Result<Vec<VirtualService>, DataplaneError> {
@@ -241,6 +268,7 @@ impl Dataplane for EbpfDataplane {
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.metrics.register(registry);
+        self.udp_sockets.register(registry);
     }
 }
 
@@ -259,6 +287,7 @@ mod tests {
             conntrack: conntrack::ConntrackSizes::new(512, 0, 0, 0, 1),
             conntrack_gc_interval: Duration::from_secs(10),
             pod_interfaces: Vec::new(),
+            pod_netns_dir: udp_sockets::DEFAULT_POD_NETNS_DIR.into(),
         }
     }
 

@@ -277,6 +277,18 @@ impl Services {
             .collect()
     }
 
+    /// A programmed frontend's service id and backends (one per slot), for
+    /// [`super::udp_sockets::departures`].
+    pub(super) fn backends_of(&self, frontend: &model::FrontendKey) -> Option<(u32, Vec<Backend>)> {
+        let p = self.by_frontend.get(frontend)?;
+        let backends = p
+            .slots
+            .iter()
+            .filter_map(|id| self.backend_by_id.get(id).copied())
+            .collect();
+        Some((p.value.service_id, backends))
+    }
+
     /// Programs one service (creates or replaces it) in the order documented at the top
     /// of this module. On error the tables and the index are as before the call.
     pub(super) fn upsert(

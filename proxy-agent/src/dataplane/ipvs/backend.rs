@@ -21,17 +21,21 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 
 use super::addresses::{DummyLink, LINK_NAME};
 use super::adopt;
+use super::invalid_drops::{self, InvalidDropped};
 use super::kernel::{IpvsTable, SetTable, VipAddresses};
 use super::netlink::{Destination, Entry, Ipset, Ipvs, Service, ServiceFlags, ServiceId};
 use super::plan::{Plan, bare, is_twin, plan};
 use super::rules;
 use super::sets;
+use super::stale::{StaleUdp, udp_servers};
 use super::sysctl;
 use super::undo::Undo;
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -93,6 +97,10 @@ pub struct RuleOptions {
     /// Drop forwarded packets conntrack finds INVALID (the reset bug's fix); off with
     /// `--conntrack-tcp-be-liberal`.
     pub drop_invalid: bool,
+    /// Count those drops in the nfacct object
+    /// [`rules::render::INVALID_DROPPED_COUNTER`] (set by [`IpvsDataplane::open`]
+    /// once the object exists).
+    pub count_invalid: bool,
 }
 
 impl Default for Options {
@@ -142,6 +150,10 @@ pub struct IpvsDataplane<T = Ipvs, S = Ipset, A = DummyLink> {
     /// When each draining destination was first seen at weight 0 (set by an update,
     /// or found at a refresh after a restart).
     draining_since: HashMap<(ServiceId, SocketAddr), Instant>,
+    /// The UDP conntrack reconciler (none over fakes).
+    stale_udp: Option<StaleUdp>,
+    /// Whether the installed INVALID drop rules count in kube-proxy's nfacct object.
+    invalid_counted: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -217,9 +229,13 @@ impl IpvsDataplane {
         super::timeouts::apply(&mut table, &options.timeouts)?;
         let addrs = DummyLink::open(&options.link)?;
         let mut dp = IpvsDataplane::new(table, sets, addrs, options)?;
-        // After the sets, which the rules match.
-        dp.rules = Some(options.rules.clone());
+        // After the sets, which the rules match; the nfacct object before the rules
+        // that name it.
+        let mut rules = options.rules.clone();
+        rules.count_invalid = rules.drop_invalid && invalid_drops::ensure_counter();
+        dp.rules = Some(rules);
         dp.apply_rules()?;
+        dp.stale_udp = Some(StaleUdp::default());
         Ok(dp)
     }
 }
@@ -243,6 +259,8 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
             health_ports: BTreeSet::new(),
             drain_grace: options.drain_grace,
             draining_since: HashMap::new(),
+            stale_udp: None,
+            invalid_counted: Arc::default(),
         };
         dp.ensure_sets()?;
         dp.read_back()?;
@@ -252,12 +270,24 @@ impl<T: IpvsTable, S: SetTable, A: VipAddresses> IpvsDataplane<T, S, A> {
     /// Installs the netfilter rules in both families (again: kube-proxy rewrites them
     /// at every sync, repairing a flush behind its back).
     fn apply_rules(&mut self) -> Result<(), DataplaneError> {
-        if let Some(opts) = &self.rules {
-            for v6 in [false, true] {
-                rules::apply(v6, opts)?;
-            }
+        let Some(opts) = &mut self.rules else {
+            return Ok(());
+        };
+        let mut applied = [false, true]
+            .iter()
+            .try_for_each(|v6| rules::apply(*v6, opts));
+        if let (Err(e), true) = (&applied, opts.count_invalid) {
+            // An nfacct object without the xt_nfacct match: kube-proxy's rules would
+            // fail whole; ours drop uncounted instead.
+            tracing::warn!(error = %e, "the counted INVALID drop rules did not load; dropping uncounted");
+            opts.count_invalid = false;
+            applied = [false, true]
+                .iter()
+                .try_for_each(|v6| rules::apply(*v6, opts));
         }
-        Ok(())
+        self.invalid_counted
+            .store(applied.is_ok() && opts.count_invalid, Ordering::Relaxed);
+        applied.map_err(DataplaneError::from)
     }
 
     fn ensure_sets(&mut self) -> Result<(), DataplaneError> {
@@ -634,6 +664,9 @@ where
         let old = previous.map(|p| self.plan_of(p)).unwrap_or_default();
         let new = plan(svc, &self.node_ips);
         self.transition(svc, &old, &new, rewrite)?;
+        if let Some(stale) = &mut self.stale_udp {
+            stale.programmed(self.held.get(&svc.frontend), svc);
+        }
         self.held.insert(svc.frontend, self.held(svc).into_owned());
         Ok(())
     }
@@ -678,12 +711,39 @@ where
     }
 
     fn refresh(&mut self) -> Result<(), DataplaneError> {
+        if let Some(stale) = &mut self.stale_udp {
+            stale.resync();
+        }
         self.end_drains()?;
         // A set destroyed behind the agent's back (the rules need them all), and the
         // rules.
         self.ensure_sets()?;
         self.apply_rules()?;
         self.read_back()
+    }
+
+    fn after_sync(&mut self) {
+        if let Some(mut stale) = self.stale_udp.take() {
+            stale.run_if_due(|| {
+                udp_servers(
+                    self.held
+                        .values()
+                        .map(|svc| (svc, self.plan_of(svc).servers)),
+                )
+            });
+            self.stale_udp = Some(stale);
+        }
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        if let Some(stale) = &self.stale_udp {
+            stale.metrics().register(registry);
+        }
+        if self.rules.as_ref().is_some_and(|r| r.drop_invalid) {
+            registry.register_collector(Box::new(InvalidDropped::kernel(Arc::clone(
+                &self.invalid_counted,
+            ))));
+        }
     }
 }
 

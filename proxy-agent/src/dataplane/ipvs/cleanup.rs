@@ -3,13 +3,15 @@
 //! is not running). Every IPVS virtual server goes except those whose address is in
 //! `--ipvs-exclude-cidrs` (someone else's: kube-proxy's own cleanup flushes them too,
 //! which its flag's promise does not cover), with the netfilter rules and ipsets this
-//! mode creates and the dummy interface holding the VIPs. A kernel without IPVS or
+//! mode creates (and the nfacct object its INVALID drop rules count in) and the dummy
+//! interface holding the VIPs. A kernel without IPVS or
 //! ipset has nothing to remove, nor has a node without the iptables tools any rules
 //! of ours.
 
 use ipnetwork::IpNetwork;
 
 use super::addresses::DummyLink;
+use super::invalid_drops;
 use super::kernel::IpvsTable;
 use super::netlink::{Ipset, IpsetError, Ipvs, IpvsError};
 use super::rules::{self, RulesError};
@@ -25,6 +27,8 @@ pub struct Removed {
     pub rules_v4: bool,
     /// Whether IPv6 netfilter rules were there (ip6tables).
     pub rules_v6: bool,
+    /// Whether the nfacct object counting INVALID drops was there.
+    pub invalid_counter: bool,
     /// ipsets, by name.
     pub sets: Vec<String>,
     /// Whether the dummy interface was there.
@@ -65,6 +69,11 @@ pub fn cleanup(link: &str, exclude: &[IpNetwork]) -> Result<Removed, DataplaneEr
             other => other?,
         };
     }
+    // After the rules that count in it.
+    removed.invalid_counter = invalid_drops::remove_counter().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "leaving the INVALID drop counter");
+        false
+    });
     match Ipset::open() {
         Ok(mut ipset) => {
             for name in sets::all().chain([sets::REBUILD.to_owned()]) {

@@ -14,11 +14,13 @@ pub mod cleanup;
 #[cfg(test)]
 mod fake;
 pub mod inspect;
+pub mod invalid_drops;
 pub mod kernel;
 pub mod netlink;
 pub mod plan;
 pub mod rules;
 pub mod sets;
+pub mod stale;
 pub mod sysctl;
 pub mod timeouts;
 mod undo;

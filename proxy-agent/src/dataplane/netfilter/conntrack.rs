@@ -39,7 +39,7 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 /// An entry's L3 family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// `AF_INET`.
@@ -290,8 +290,21 @@ impl<T: Transport> Ctnetlink<T> {
     /// (`IPCTNL_MSG_CT_GET` as a dump with `nfgen_family` `AF_UNSPEC`, which the kernel
     /// takes as "no family filter").
     pub fn dump(&mut self) -> Result<Vec<Entry>, NetfilterError> {
+        self.dump_of(NetfilterProtoFamily::Unspec)
+    }
+
+    /// The entries of one family (every zone): the kernel filters by the
+    /// `nfgen_family` of the request.
+    pub fn dump_family(&mut self, family: Family) -> Result<Vec<Entry>, NetfilterError> {
+        self.dump_of(match family {
+            Family::Ipv4 => NetfilterProtoFamily::IPv4,
+            Family::Ipv6 => NetfilterProtoFamily::IPv6,
+        })
+    }
+
+    fn dump_of(&mut self, family: NetfilterProtoFamily) -> Result<Vec<Entry>, NetfilterError> {
         let request = NetfilterMessage::new(
-            NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
+            NetfilterHeader::new(family, 0, 0),
             ConntrackMessage::Get(Vec::new()),
         );
         let replies = self

@@ -14,6 +14,8 @@
 
 pub mod conntrack;
 pub mod metrics;
+pub mod nfacct;
+pub mod reconciler;
 pub mod services;
 pub mod stats;
 #[cfg(test)]

@@ -12,6 +12,7 @@ use crate::dataplane::ipvs::netlink::IpvsError;
 use crate::observe::render::{self, Width};
 
 mod advice;
+mod explain;
 mod filter;
 mod rate;
 
@@ -145,6 +146,62 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Explain what the data plane would do right now with the next connection from
+    /// SRC to DST:PORT/PROTO, from the live maps with the programs' rules: the frontend
+    /// it matches and in which scope, each check (tracked flow, backends, source
+    /// ranges, traffic policy, affinity), the candidate backends and the one chosen.
+    /// Exit status: 0 translated, 3 left untouched (no service there), 4 refused or
+    /// dropped, 1 on an error (eBPF mode).
+    Explain {
+        /// The client: IP, or IP:PORT to check a tracked flow of that port
+        /// (--external).
+        #[arg(value_name = "SRC")]
+        source: explain::Source,
+        /// What it connects to, e.g. 10.96.0.10:80/TCP or [fd00:96::10]:53/UDP.
+        #[arg(value_name = "DST:PORT/PROTO")]
+        destination: explain::Destination,
+        /// The client is a pod on this node, in the agent's cgroup: the socket
+        /// programs (the default).
+        #[arg(long, conflicts_with = "external")]
+        from_pod: bool,
+        /// The client is outside the node and its packets arrive on an external
+        /// interface: the tc program.
+        #[arg(long)]
+        external: bool,
+        /// The client pod's network namespace (/run/netns/NAME, /proc/PID/ns/net),
+        /// which keys the socket layer's ClientIP affinity; looked for by SRC's address
+        /// when not given.
+        #[arg(long, value_name = "PATH")]
+        netns: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Stream the data plane's events as they happen: drops and refusals with their
+    /// reason and flow, and with `--type trace` each new flow's translation (eBPF
+    /// mode). The programs emit only while a monitor runs.
+    Monitor {
+        /// What to show; repeat for several.
+        #[arg(long = "type", value_enum, default_value = "drop")]
+        types: Vec<EventType>,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<u64>,
+        /// `-o json`: one JSON object per line.
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// `monitor --type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum EventType {
+    /// Dropped packets and refused connections.
+    Drop,
+    /// Translations of new flows and connections.
+    Trace,
 }
 
 /// `--interval`: a positive number of seconds, at most an hour.
@@ -277,6 +334,50 @@ pub fn main() -> anyhow::Result<()> {
             let flows = ebpf::conntrack(&cli.bpffs)?;
             output.print(&flows, |w| render::render_conntrack(&flows, w))?;
         }
+        Command::Explain {
+            source,
+            destination,
+            from_pod: _,
+            external,
+            netns,
+            output,
+        } => {
+            ebpf_only(
+                cli.mode,
+                "explain",
+                "in IPVS mode, `proxyctl list --vip ADDRESS` shows the virtual server, its scheduler, persistence and destinations, and `ipvsadm -Lnc` the connections",
+            )?;
+            if choose(cli.mode, &cli.bpffs)? == Mode::Ipvs {
+                bail!(
+                    "proxyctl explain reads the eBPF data plane's maps, and this node runs IPVS mode (nothing is pinned under {}); `proxyctl list --vip ADDRESS` shows the virtual server, its scheduler, persistence and destinations",
+                    cli.bpffs.display()
+                );
+            }
+            let x = explain::run(&cli.bpffs, source, destination, external, netns.as_deref())?;
+            output.print(&x, |_| render::render_explain(&x))?;
+            let code = x.verdict.exit_code();
+            if code != 0 {
+                // The documented status for a refused, dropped or untouched flow; what
+                // was printed must reach the reader first.
+                use std::io::Write as _;
+                std::io::stdout().flush()?;
+                std::process::exit(i32::from(code));
+            }
+        }
+        Command::Monitor {
+            types,
+            count,
+            duration,
+            output,
+        } => {
+            ebpf_only(
+                cli.mode,
+                "monitor",
+                "IPVS mode's drops are netfilter's: `proxyctl conntrack --netfilter` and the INVALID counters in /metrics",
+            )?;
+            ebpf_pins(&cli.bpffs)?;
+            monitor(&cli.bpffs, &types, count, duration, output)?;
+        }
         Command::Stats => {
             ebpf_only(
                 cli.mode,
@@ -288,6 +389,49 @@ pub fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `proxyctl monitor`: renews the lease while it prints what comes.
+fn monitor(
+    bpffs: &Path,
+    types: &[EventType],
+    count: Option<u64>,
+    duration: Option<u64>,
+    output: Output,
+) -> anyhow::Result<()> {
+    use crate::dataplane::ebpf::monitor::{Kind, Listener};
+    use std::time::{Duration, Instant};
+
+    let kinds: Vec<Kind> = types
+        .iter()
+        .map(|t| match t {
+            EventType::Drop => Kind::Drop,
+            EventType::Trace => Kind::Trace,
+        })
+        .collect();
+    let mut listener = Listener::open(bpffs, &kinds)?;
+    let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+    eprintln!("listening for {} events", names.join(" and "));
+    let end = duration.map(|s| Instant::now() + Duration::from_secs(s));
+    let mut shown = 0u64;
+    loop {
+        if end.is_some_and(|end| Instant::now() >= end) || count.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+        // Well within the lease, so that a slow poll never lets it lapse.
+        listener.renew()?;
+        for e in listener.poll(Duration::from_millis(500))? {
+            if count.is_some_and(|n| shown >= n) {
+                break;
+            }
+            match output.format() {
+                Some(Format::Json) => println!("{}", serde_json::to_string(&e)?),
+                Some(Format::Yaml) => print!("---\n{}", serde_yaml::to_string(&e)?),
+                Some(Format::Wide) | None => print!("{}", render::render_event(&e)),
+            }
+            shown += 1;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -334,7 +478,9 @@ mod tests {
             Cli::try_parse_from(args).map(|c| match c.command {
                 Command::List { output, .. }
                 | Command::Conntrack { output, .. }
-                | Command::Affinity { output } => output.format(),
+                | Command::Affinity { output }
+                | Command::Explain { output, .. }
+                | Command::Monitor { output, .. } => output.format(),
                 Command::Stats => None,
             })
         };
@@ -346,6 +492,18 @@ mod tests {
         assert_eq!(
             format(&["proxyctl", "list", "-o", "yaml"]).ok(),
             Some(Some(Format::Yaml))
+        );
+        assert_eq!(
+            format(&[
+                "proxyctl",
+                "explain",
+                "10.244.0.2",
+                "10.96.0.10:80/TCP",
+                "-o",
+                "json"
+            ])
+            .ok(),
+            Some(Some(Format::Json))
         );
         for cmd in ["list", "conntrack", "affinity"] {
             assert_eq!(

@@ -9,8 +9,12 @@ use std::fmt::Write as _;
 use crate::dataplane::ebpf::conntrack::{Flow, Legs};
 use crate::dataplane::ebpf::inspect::AffinityView;
 
+mod explain;
 mod list;
+mod monitor;
+pub use explain::render_explain;
 pub use list::{Numbers, render_list, render_list_numbers};
+pub use monitor::render_event;
 
 #[cfg(test)]
 pub(crate) mod golden;

@@ -278,7 +278,7 @@ pub fn spawn_gc(
                 Ok(Ok(None)) => Some(("the connection table is not pinned yet".to_owned(), false)),
                 Ok(Err(e)) => {
                     metrics.errors.inc();
-                    Some((format!("{:#}", anyhow::Error::new(e)), true))
+                    Some((crate::error_text::chain(&e), true))
                 }
                 Err(e) => {
                     metrics.errors.inc();

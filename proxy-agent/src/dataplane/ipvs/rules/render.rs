@@ -36,6 +36,10 @@ use crate::dataplane::ipvs::sets::{self, KubeSet};
 /// The comment of the rule dropping INVALID replies of endpoints to the node.
 pub const INVALID_FROM_ENDPOINTS: &str = "INVALID replies of endpoints to masqueraded connections";
 
+/// The nfacct object the INVALID drop rules add to (kube-proxy's name): read back as
+/// `kubeproxy_iptables_ct_state_invalid_dropped_packets_total`.
+pub const INVALID_DROPPED_COUNTER: &str = "ct_state_invalid_dropped_pkts";
+
 /// kube-proxy's masquerade mark (`--iptables-masquerade-bit` 14).
 pub const MASQ_MARK: &str = "0x4000";
 
@@ -65,7 +69,7 @@ pub fn render(v6: bool, opts: &RuleOptions) -> String {
                 }
                 r.nat(opts.masquerade_all, &cidrs);
             }
-            Table::Filter => r.filter(opts.drop_invalid),
+            Table::Filter => r.filter(opts),
         }
         r.line("COMMIT");
     }
@@ -229,13 +233,21 @@ impl Rules {
         }
     }
 
-    fn filter(&mut self, drop_invalid: bool) {
+    fn filter(&mut self, opts: &RuleOptions) {
+        let drop_invalid = opts.drop_invalid;
+        // Each INVALID drop counted in kube-proxy's nfacct object when it exists
+        // (`count_invalid`): the rule fails to load without it.
+        let counted = if opts.count_invalid {
+            format!(" -m nfacct --nfacct-name {INVALID_DROPPED_COUNTER}")
+        } else {
+            String::new()
+        };
         // KUBE-FORWARD: INVALID packets would skip the un-DNAT and reach the client
         // with the backend's address, which answers with a reset (kubernetes#74839);
         // kube-proxy's iptables mode drops them first unless conntrack is liberal.
         if drop_invalid {
             self.line(&format!(
-                "-A {FORWARD} -m conntrack --ctstate INVALID -j DROP"
+                "-A {FORWARD} -m conntrack --ctstate INVALID{counted} -j DROP"
             ));
         }
         // Marked traffic is forwarded even when FORWARD's policy drops, and so is the
@@ -292,7 +304,7 @@ impl Rules {
         if drop_invalid {
             let loop_back = sets::LOOP_BACK.name_for(self.v6);
             self.line(&format!(
-                "-A {IPVS_FILTER} -m comment --comment \"{INVALID_FROM_ENDPOINTS}\" -m conntrack --ctstate INVALID -m set --match-set {loop_back} src,src,src -j DROP"
+                "-A {IPVS_FILTER} -m comment --comment \"{INVALID_FROM_ENDPOINTS}\" -m conntrack --ctstate INVALID -m set --match-set {loop_back} src,src,src{counted} -j DROP"
             ));
         }
         // KUBE-IPVS-FILTER: a VIP answers only on its services' ports.

@@ -101,6 +101,37 @@ fn liberal_conntrack_leaves_the_invalid_drop_out() {
 }
 
 #[test]
+fn counted_invalid_drops_add_to_kube_proxys_nfacct_object_and_nothing_else_changes() {
+    let counted = RuleOptions {
+        count_invalid: true,
+        ..default()
+    };
+    for v6 in [false, true] {
+        let loop_back = sets::LOOP_BACK.name_for(v6);
+        let want = render(v6, &default())
+            .replace(
+                "--ctstate INVALID -j DROP",
+                "--ctstate INVALID -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP",
+            )
+            .replace(
+                &format!("{loop_back} src,src,src -j DROP"),
+                &format!(
+                    "{loop_back} src,src,src -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP"
+                ),
+            );
+        let got = render(v6, &counted);
+        assert_eq!(got, want, "v6={v6}");
+        assert_eq!(got.matches("--nfacct-name").count(), 2, "v6={v6}: {got}");
+    }
+    // No rule, no counting.
+    let liberal = RuleOptions {
+        drop_invalid: false,
+        ..counted
+    };
+    assert!(!render(false, &liberal).contains("nfacct"));
+}
+
+#[test]
 fn every_set_is_matched_in_its_family_and_no_other() {
     for v6 in [false, true] {
         let text = render(v6, &default());
