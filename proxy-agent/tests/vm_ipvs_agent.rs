@@ -126,19 +126,56 @@ fn cluster_ips_over_tcp_and_udp_on_both_families_reach_every_pod() {
     .map(|s| ((*s).to_owned(), "ClusterIP".to_owned(), 2))
     .collect();
     assert_eq!(listed, want);
+
+    // `--stats` reads IPVS's own counters, in the listing's layout: the 4 TCP
+    // connections above (and the waits before them) per VIP, with packets and bytes
+    // both ways, summed over the destinations.
+    // IPVS folds its per-CPU counters into what it reports every 2 s (its
+    // estimator's tick): wait for them.
+    let count = |v: &serde_json::Value, k: &str| v["stats"][k].as_u64().unwrap_or(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    let web = loop {
+        let stats = proxyctl_json(&lab, &["list", "--stats", "--json"]);
+        let web = stats
+            .iter()
+            .find(|v| v["service"] == "test/web:p80")
+            .cloned()
+            .unwrap_or_else(|| panic!("no test/web:p80 in {stats:?}"));
+        if count(&web, "connections") >= 4 || std::time::Instant::now() > deadline {
+            break web;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    let web = &web;
+    assert!(count(web, "connections") >= 4, "{web:#}");
+    for k in ["packets_in", "packets_out", "bytes_in", "bytes_out"] {
+        assert!(count(web, k) > 0, "{k}: {web:#}");
+    }
+    let by_dest: u64 = web["endpoints"]
+        .as_array()
+        .map_or(0, |a| a.iter().map(|e| count(e, "connections")).sum());
+    assert_eq!(by_dest, count(web, "connections"), "{web:#}");
+    let rate = proxyctl_json(&lab, &["list", "--rate", "--interval", "0.2", "--json"]);
+    assert!(
+        rate.iter().all(|v| v["rate"]["connections"].is_number()),
+        "{rate:?}"
+    );
 }
 
 /// `proxyctl list --json` in the node's namespace (no eBPF pins there: it reads IPVS).
 fn proxyctl_list(lab: &Lab) -> Vec<serde_json::Value> {
-    let out = agent::run(
-        &lab.node,
-        "proxyctl",
-        &["--bpffs", "/tmp/kpt-vm-no-pins", "list", "--json"],
-    );
-    assert!(out.status.success(), "proxyctl list: {out:?}");
+    proxyctl_json(lab, &["list", "--json"])
+}
+
+/// `proxyctl ARGS` (a JSON list) in the node's namespace, reading IPVS.
+fn proxyctl_json(lab: &Lab, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["--bpffs", "/tmp/kpt-vm-no-pins"];
+    all.extend_from_slice(args);
+    let out = agent::run(&lab.node, "proxyctl", &all);
+    assert!(out.status.success(), "proxyctl {args:?}: {out:?}");
     match serde_json::from_slice(&out.stdout) {
         Ok(serde_json::Value::Array(list)) => list,
-        other => panic!("proxyctl list --json: {other:?} from {out:?}"),
+        other => panic!("proxyctl {args:?}: {other:?} from {out:?}"),
     }
 }
 

@@ -66,12 +66,15 @@ pub mod maps {
     pub const CT_OPEN: &str = "CT_OPEN";
     /// One [`super::TcConfig`] at index 0.
     pub const TC_CONFIG: &str = "TC_CONFIG";
+    /// Per-CPU traffic statistics per service and backend: stats id ->
+    /// [`super::Stats`] (see [`super::stats`]).
+    pub const STATS: &str = "STATS";
     /// The ring buffer of [`super::MonitorEvent`]s for `proxyctl monitor`.
     pub const EVENTS: &str = "EVENTS";
     /// The listeners' leases, indexed by [`super::monitor`] kind: `u64` deadlines.
     pub const MONITOR: &str = "MONITOR";
     /// Every map, in the order the agent lists them.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         FRONTENDS,
         SLOTS,
         BACKENDS,
@@ -87,6 +90,7 @@ pub mod maps {
         CONNTRACK,
         CT_OPEN,
         TC_CONFIG,
+        STATS,
         EVENTS,
         MONITOR,
     ];
@@ -119,6 +123,16 @@ pub mod sizes {
     pub const CONNTRACK: u32 = 262_144;
     /// Connection-tracking entries of flows not yet assured (two per flow).
     pub const CT_OPEN: u32 = 65_536;
+    /// Entries of `STATS` at least (and in the object): one per (frontend, backend)
+    /// membership, index 0 reserved. Preallocated per CPU ([`super::Stats`] is 56
+    /// bytes), so the agent sizes it to [`STATS_BUDGET_BYTES`] within
+    /// `STATS..=STATS_MAX`. Memberships past it are not counted (`proxyctl` shows `-`).
+    pub const STATS: u32 = 8_192;
+    /// Entries of `STATS` at most: stats ids are 16 bits in conntrack entries.
+    pub const STATS_MAX: u32 = 65_536;
+    /// The kernel memory `STATS` may take over all CPUs, unless [`STATS`] entries
+    /// need more: 65,536 entries (7 MiB) up to 9 CPUs, 9,362 on 64, 8,192 from 74.
+    pub const STATS_BUDGET_BYTES: u64 = 32 << 20;
 }
 
 /// The socket programs' names; also the names of their pinned links.
@@ -497,7 +511,8 @@ pub struct Backend {
     pub flags: u8,
 }
 
-/// Key of `AFFINITY_MATCH` (value: `u32`, always 1).
+/// Key of `AFFINITY_MATCH` (value: `u32`, nonzero: 1, or [`stats::ID_F`] with the
+/// membership's stats id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityMatchKey {
@@ -685,7 +700,9 @@ pub struct CtEntry {
     pub flags: u8,
     /// A [`ct_state`] value.
     pub state: u8,
-    /// Explicit padding, 0.
+    /// The flow's stats id ([`CtEntry::stats_id`], native-endian `u16`; 0: not
+    /// counted). Padding before the stats, so entries older data planes wrote read as
+    /// "not counted".
     pub _pad: [u8; 2],
     /// The backend chosen for the flow.
     pub backend_id: u32,
@@ -699,6 +716,20 @@ pub struct CtEntry {
     pub packets: u64,
     /// Bytes on this leg (approximate).
     pub bytes: u64,
+}
+
+impl CtEntry {
+    /// The `STATS` index this flow counts into (0: none).
+    #[inline(always)]
+    pub const fn stats_id(&self) -> u16 {
+        u16::from_ne_bytes(self._pad)
+    }
+
+    /// Sets the `STATS` index this flow counts into.
+    #[inline(always)]
+    pub fn set_stats_id(&mut self, id: u16) {
+        self._pad = id.to_ne_bytes();
+    }
 }
 
 /// Value of `CT_OPEN`: a leg of a flow that is not assured yet, as netfilter's
@@ -774,6 +805,66 @@ impl TcConfig {
     }
 }
 
+/// Traffic statistics per service and backend, as `ipvsadm -Ln --stats` shows them.
+///
+/// `STATS` is a per-CPU array of [`Stats`] indexed by a *stats id* the agent hands out
+/// per membership (a backend in a frontend's set: an `AFFINITY_MATCH` key), so that a
+/// packet costs one per-CPU array update, no hash lookup:
+/// - the agent writes the membership's `AFFINITY_MATCH` value as
+///   [`stats::ID_F`]` | id` (an older agent wrote 1: no id), after zeroing the slot and
+///   tagging it with the membership's service and backend ids;
+/// - the socket programs count a connection per connect() (and per sendmsg() of an
+///   unconnected UDP socket) into `sock_connections`, looking the id up once;
+/// - the tc programs look the id up when a flow opens and keep it in its conntrack
+///   entries ([`CtEntry::stats_id`]): every later packet adds to its slot directly.
+///
+/// A slot counts only while its tag names the flow's service and backend: when an id
+/// is handed out again, flows of its previous owner stop counting into it.
+pub mod stats {
+    /// `AFFINITY_MATCH` value bit: the low 16 bits are the membership's stats id.
+    pub const ID_F: u32 = 1 << 31;
+    /// The stats id bits of an `AFFINITY_MATCH` value.
+    pub const ID_MASK: u32 = 0xffff;
+    /// In `STATS[0]`'s `service_id` (index 0 is no membership's): the agent turned
+    /// the counting off (`STATS` is otherwise all zero there). Read when a flow opens
+    /// and at connect(), so a flow keeps the setting it started with.
+    pub const OFF: u32 = 1;
+
+    /// The stats id an `AFFINITY_MATCH` value holds (0: none).
+    #[inline(always)]
+    pub const fn id_of(member_value: u32) -> u16 {
+        if member_value & ID_F != 0 {
+            (member_value & ID_MASK) as u16
+        } else {
+            0
+        }
+    }
+}
+
+/// Value of `STATS`: one membership's counters on one CPU. Counts are plain per-CPU
+/// adds: the agent sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// The owner's service id (a tag: counted only if the flow's matches).
+    pub service_id: u32,
+    /// The owner's backend id (likewise).
+    pub backend_id: u32,
+    /// Connections balanced by the socket programs (connect(), unconnected sendmsg());
+    /// they see none of their packets.
+    pub sock_connections: u64,
+    /// Flows opened by the tc programs.
+    pub connections: u64,
+    /// Packets from clients (tc path).
+    pub packets_in: u64,
+    /// Packets to clients (tc path).
+    pub packets_out: u64,
+    /// Bytes from clients (tc path, as the packets' lengths at the hook).
+    pub bytes_in: u64,
+    /// Bytes to clients (tc path).
+    pub bytes_out: u64,
+}
+
 /// Value of `SVC_NAMES`: `namespace/name:port`, UTF-8, NUL-padded (truncated to fit).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -834,6 +925,9 @@ const _: () = {
     assert!(core::mem::size_of::<CtEntry>() == 80);
     assert!(core::mem::size_of::<CtOpenEntry>() == 88);
     assert!(core::mem::size_of::<TcConfig>() == 24);
+    assert!(core::mem::size_of::<Stats>() == 56);
+    // Stats ids are 16 bits in conntrack entries.
+    assert!(sizes::STATS <= sizes::STATS_MAX && sizes::STATS_MAX <= 1 << 16);
     assert!(core::mem::size_of::<MonitorEvent>() == 112);
 };
 
@@ -869,6 +963,7 @@ mod pod {
         CtEntry,
         CtOpenEntry,
         TcConfig,
+        Stats,
         MonitorEvent,
     );
 }
@@ -920,6 +1015,16 @@ mod tests {
             counter::NAMES[counter::IPV6_EXT_PASSED as usize],
             "ipv6_ext_passed"
         );
+    }
+
+    #[test]
+    fn stats_ids_ride_in_membership_values_and_conntrack_padding() {
+        assert_eq!(stats::id_of(1), 0, "an older agent's value: no id");
+        assert_eq!(stats::id_of(stats::ID_F | 7), 7);
+        let mut e = CtEntry::default();
+        assert_eq!(e.stats_id(), 0);
+        e.set_stats_id(65_535);
+        assert_eq!(e.stats_id(), 65_535);
     }
 
     #[test]

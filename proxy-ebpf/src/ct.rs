@@ -68,6 +68,7 @@ pub fn touch(e: *mut CtEntry, l4proto: u8, flags: u8, len: u32, now: u64, assure
         if s != (*e).state {
             (*e).state = s;
         }
+        crate::stats::packet(&*e, len);
     }
 }
 

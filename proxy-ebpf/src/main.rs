@@ -7,7 +7,8 @@
 //!
 //! Shared helpers: [`lb`] (service lookup, backend choice), [`packet`] (parsing,
 //! rewriting, checksums), [`fib`] (the FIB's answers for forwarded flows), [`too_big`]
-//! (path MTU discovery's ICMP errors for translated flows), [`maps`], [`monitor`]
+//! (path MTU discovery's ICMP errors for translated flows), [`stats`] (traffic
+//! statistics per service and backend), [`maps`], [`monitor`]
 //! (events for `proxyctl monitor`, only while someone listens).
 // For the host (`cargo build --workspace`, clippy) this is an ordinary program with an
 // empty `main`, so that workspace-wide commands work; the programs are for BPF.
@@ -21,6 +22,7 @@ mod maps;
 mod monitor;
 mod packet;
 mod sock;
+mod stats;
 mod tc;
 mod too_big;
 

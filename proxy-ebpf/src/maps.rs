@@ -9,7 +9,7 @@ use aya_ebpf::{
 use proxy_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, ClientAffinityKey, CtEntry, CtKey,
     CtOpenEntry, FrontendKey, FrontendValue, Iface, NodeAddr, RevSockKey, RevSockValue,
-    ServiceName, SlotKey, SourceRangeKey, TcConfig, counter, sizes,
+    ServiceName, SlotKey, SourceRangeKey, Stats, TcConfig, counter, sizes,
 };
 
 // The service maps are updated while programs read them: BPF_F_NO_PREALLOC makes a
@@ -79,6 +79,11 @@ pub static CT_OPEN: LruHashMap<CtKey, CtOpenEntry> = LruHashMap::pinned(sizes::C
 
 #[map]
 pub static TC_CONFIG: Array<TcConfig> = Array::pinned(1, 0);
+
+// A per-CPU array, not a hash: a packet's update is a few instructions (the verifier
+// inlines the lookup), and its size bounds the memory (see `sizes::STATS`).
+#[map]
+pub static STATS: PerCpuArray<Stats> = PerCpuArray::pinned(sizes::STATS, 0);
 
 /// Per-CPU scratch space for the tc programs' large values: BPF stacks are 512 bytes.
 pub struct Scratch {

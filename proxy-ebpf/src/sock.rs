@@ -26,9 +26,9 @@ use proxy_common::{
     RevSockValue, counter, proto, scope,
 };
 
-use crate::lb;
 use crate::maps::{AFFINITY, REV_SOCK, count};
 use crate::monitor::{self, Subject};
+use crate::{lb, stats};
 
 /// sock_addr hooks: 1 lets the call proceed, 0 fails it (with the errno set through
 /// bpf_set_retval, EPERM otherwise).
@@ -249,6 +249,7 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
         count(counter::REV_UPDATE_FAILED);
     }
     count(counter::LB_TRANSLATED);
+    stats::sock_connection(fe.service_id, backend_id);
     let tuple = vip_tuple(vip, port_be, proto);
     let to = vip_tuple(be.addr, be.port_be, proto);
     monitor::trace(

@@ -51,7 +51,7 @@ use crate::maps::{
 use crate::monitor::{self, Subject};
 use crate::packet::{self, Packet};
 use crate::too_big::{self, Answer};
-use crate::{ct, fib, lb};
+use crate::{ct, fib, lb, stats};
 
 // The bindings' types for these differ between targets.
 #[allow(
@@ -411,6 +411,8 @@ fn open(
         }
     }
 
+    // Looked up once: the flow's packets count through the id its entries carry.
+    let stats_id = stats::id(fe.service_id, backend_id);
     let p = &s.pkt;
     let state = ct_state::OPENING;
     let snat_flag = if snat { CT_F_SNAT } else { 0 };
@@ -425,7 +427,7 @@ fn open(
     f.nat_dport_be = s.to.dport_be;
     f.flags = snat_flag;
     f.state = state;
-    f._pad = [0; 2];
+    f.set_stats_id(stats_id);
     f.backend_id = backend_id;
     f.service_id = fe.service_id;
     f.created_ns = now;
@@ -439,7 +441,7 @@ fn open(
     r.nat_dport_be = p.key.sport_be;
     r.flags = CT_F_REPLY | snat_flag;
     r.state = state;
-    r._pad = [0; 2];
+    r.set_stats_id(stats_id);
     r.backend_id = backend_id;
     r.service_id = fe.service_id;
     r.created_ns = now;
@@ -462,6 +464,7 @@ fn open(
         return dropped(ctx, s, ct::insert_error(e), may_snat, fe.service_id);
     }
     count(counter::CT_NEW);
+    stats::flow_opened(&s.fwd.ct, ctx.len());
     monitor::trace(
         counter::CT_NEW,
         &Subject {

@@ -3,6 +3,7 @@
 //! carry over).
 
 mod clusterip;
+mod counting;
 mod flood;
 mod ipvs;
 mod nodeport;

@@ -13,7 +13,7 @@ use ipnetwork::IpNetwork;
 pub const EBPF_SCHEDULER: &str = "random";
 
 /// One programmed frontend as the kernel holds it.
-#[derive(Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ServiceView {
     /// `namespace/name:port` as the agent recorded it ("" if unknown).
     pub service: String,
@@ -47,13 +47,20 @@ pub struct ServiceView {
     /// connections: the `backends`, then (IPVS weight 0, or eBPF flows still tracked
     /// to a backend no slot names) the draining ones.
     pub endpoints: Vec<EndpointView>,
+    /// Its traffic (`ipvsadm -Ln --stats`): IPVS's own service counters, or (eBPF) the
+    /// sum over the backends listed with statistics; None from an eBPF data plane that
+    /// predates them.
+    pub stats: Option<TrafficStats>,
+    /// Per second over `proxyctl list --rate`'s interval (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<TrafficRate>,
     /// What IPVS holds besides (absent in eBPF mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipvs: Option<IpvsView>,
 }
 
 /// One backend of a frontend, as `ipvsadm -Ln` shows a real server.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct EndpointView {
     /// Its address.
     pub address: SocketAddr,
@@ -70,6 +77,78 @@ pub struct EndpointView {
     /// The other tracked connections (opening, closing; IPVS's `InActConn`), where
     /// known, as above.
     pub inactive_connections: Option<u32>,
+    /// Its traffic in this frontend; None where not counted (eBPF: a draining backend,
+    /// which left the frontend's set, or one past the statistics table's capacity).
+    pub stats: Option<TrafficStats>,
+    /// Per second over `proxyctl list --rate`'s interval (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<TrafficRate>,
+}
+
+/// Traffic counted since a backend joined a frontend (IPVS: since the virtual server
+/// or destination was made), `ipvsadm -Ln --stats`'s columns. The packet and byte
+/// counts are None where the data plane cannot see them: the eBPF socket programs
+/// balance a connection once, at connect(), and see none of its packets, so a
+/// frontend or backend any of whose connections they balanced has only its
+/// connections counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TrafficStats {
+    /// Connections (eBPF: connect()s and unconnected UDP sendmsg()s balanced by the
+    /// socket programs, plus flows the tc programs opened).
+    pub connections: u64,
+    /// Packets from clients.
+    pub packets_in: Option<u64>,
+    /// Packets to clients.
+    pub packets_out: Option<u64>,
+    /// Bytes from clients.
+    pub bytes_in: Option<u64>,
+    /// Bytes to clients.
+    pub bytes_out: Option<u64>,
+}
+
+impl TrafficStats {
+    /// Everything known, as IPVS counts.
+    pub fn all(connections: u64, packets: (u64, u64), bytes: (u64, u64)) -> Self {
+        TrafficStats {
+            connections,
+            packets_in: Some(packets.0),
+            packets_out: Some(packets.1),
+            bytes_in: Some(bytes.0),
+            bytes_out: Some(bytes.1),
+        }
+    }
+
+    /// The sum of `parts`: a packet or byte count is known if it is in every part.
+    pub fn sum<'a>(parts: impl IntoIterator<Item = &'a TrafficStats>) -> Self {
+        let add = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_add(b?));
+        parts
+            .into_iter()
+            .fold(TrafficStats::all(0, (0, 0), (0, 0)), |acc, p| {
+                TrafficStats {
+                    connections: acc.connections.saturating_add(p.connections),
+                    packets_in: add(acc.packets_in, p.packets_in),
+                    packets_out: add(acc.packets_out, p.packets_out),
+                    bytes_in: add(acc.bytes_in, p.bytes_in),
+                    bytes_out: add(acc.bytes_out, p.bytes_out),
+                }
+            })
+    }
+}
+
+/// [`TrafficStats`] per second (`ipvsadm -Ln --rate`: CPS, InPPS, OutPPS, InBPS,
+/// OutBPS), between two readings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct TrafficRate {
+    /// Connections per second.
+    pub connections: f64,
+    /// Packets per second from clients.
+    pub packets_in: Option<f64>,
+    /// Packets per second to clients.
+    pub packets_out: Option<f64>,
+    /// Bytes per second from clients.
+    pub bytes_in: Option<f64>,
+    /// Bytes per second to clients.
+    pub bytes_out: Option<f64>,
 }
 
 /// Whether a backend takes new connections. Neither data plane records whether an
@@ -95,7 +174,7 @@ impl std::fmt::Display for EndpointState {
 }
 
 /// An IPVS virtual server's options and counters.
-#[derive(Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct IpvsView {
     /// The scheduler (`rr`, `wlc`, ...).
     pub scheduler: String,
@@ -112,7 +191,7 @@ pub struct IpvsView {
 }
 
 /// One IPVS real server.
-#[derive(Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct IpvsDestinationView {
     /// Its address.
     pub address: SocketAddr,

@@ -16,6 +16,7 @@
 
 pub mod nodeport;
 pub mod packet;
+pub mod stats;
 pub mod sys;
 
 use std::collections::BTreeMap;

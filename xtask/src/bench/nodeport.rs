@@ -35,6 +35,11 @@
 //! port cost a SYN retransmit). A failed connection is reported and its wait counted
 //! in the figure; more than 1% failures abort. Each round line also shows the client's
 //! SYN retransmits and, for ours, the CPU the agent used while traffic ran.
+//!
+//! Ours runs CRR twice per round, with the data plane's traffic statistics (`proxyctl
+//! list --stats`) counting and not (switched in its pinned `STATS`, see `counting`),
+//! in alternating order: the table's last line per scale is their cost in new
+//! connections/s.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
@@ -180,7 +185,8 @@ pub fn run() -> Result<()> {
                 .count(),
             rules.lines().filter(|l| l.starts_with("-A ")).count()
         );
-        let sides = measure(&env, services, &rules)?;
+        let mut stats_off = Vec::new();
+        let sides = measure(&env, services, &rules, &mut stats_off)?;
         let failed: Vec<String> = sides
             .iter()
             .zip(["direct", "ours", "iptables"])
@@ -199,6 +205,14 @@ pub fn run() -> Result<()> {
             ("throughput (Gbit/s)", d.gbps, o.gbps, i.gbps),
             ("new connections/s", d.crr, o.crr, i.crr),
         ];
+        let off = median(&mut stats_off);
+        let _ = writeln!(
+            notes,
+            "{services} services: new connections/s with the statistics {:.0}, without {off:.0}: \
+             they cost {:+.1}%",
+            o.crr,
+            100.0 * (off - o.crr) / off
+        );
         for (metric, d, o, i) in rows {
             let prec = usize::from(metric.starts_with("throughput")) * 2;
             let _ = writeln!(
@@ -219,7 +233,12 @@ pub fn run() -> Result<()> {
 
 /// Rounds over the three sides at one scale: the medians of each side, and its failed
 /// and total connections.
-fn measure(env: &Env<'_>, services: usize, rules: &str) -> Result<[(Figures, u64, u64); 3]> {
+fn measure(
+    env: &Env<'_>,
+    services: usize,
+    rules: &str,
+    stats_off: &mut Vec<f64>,
+) -> Result<[(Figures, u64, u64); 3]> {
     let node = env.topo.node_a();
     let mut samples: [(Vec<f64>, Vec<f64>, u64, u64); 3] = Default::default();
     for round in 0..ROUNDS {
@@ -245,10 +264,18 @@ fn measure(env: &Env<'_>, services: usize, rules: &str) -> Result<[(Figures, u64
                     let agent = start_agent(env, services)?;
                     let to = node.ipv4.to_string();
                     let cpu_before = netns_cpu_ms(&node.netns);
-                    let r = (
-                        iperf(env, &to, IPERF_NODEPORT)?,
-                        crr(env, &to, HTTP_NODEPORT)?,
-                    );
+                    let gbps = iperf(env, &to, IPERF_NODEPORT)?;
+                    // Statistics on and off, in alternating order.
+                    let maps_dir = agent.bpffs.join("maps");
+                    let on_first = round % 2 == 0;
+                    super::counting::set(&maps_dir, on_first)?;
+                    let a = crr(env, &to, HTTP_NODEPORT)?;
+                    super::counting::set(&maps_dir, !on_first)?;
+                    let b = crr(env, &to, HTTP_NODEPORT)?;
+                    let (on, off) = if on_first { (a, b) } else { (b, a) };
+                    stats_off.push(off.rate);
+                    let _ = write!(line, "  ours, stats off: {:.0} conn/s;", off.rate);
+                    let r = (gbps, on);
                     agent_cpu = cpu_before
                         .zip(netns_cpu_ms(&node.netns))
                         .map(|(b, a)| a.saturating_sub(b));

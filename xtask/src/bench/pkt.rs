@@ -22,7 +22,10 @@
 //!
 //! Each is measured at an empty connection table (the bench's own flows only) and at a
 //! full one (filled with idle, unexpired flows up to `FILL_LEFT` free entries, room for
-//! the flows the bench opens). Figures are medians over `ROUNDS` rounds.
+//! the flows the bench opens), and each twice per round: with the traffic statistics
+//! (`proxyctl list --stats`) counting and not, switched in the agent's pinned `STATS`
+//! (see `counting`), in alternating order; the last lines give their cost. Figures are
+//! medians over `ROUNDS` rounds.
 //!
 //! Programs are picked by the hooks this bench made (a TCX query of node-a's
 //! interfaces), not by name: other tests may have programs of the same names loaded.
@@ -69,8 +72,8 @@ use crate::{cargo, display, workspace_root};
 
 /// Rounds per table state.
 const ROUNDS: usize = 7;
-/// SYNs per round of the `syn` traffic.
-const SYNS: u16 = 2_000;
+/// SYNs per measurement of the `syn` traffic (two per round: statistics on and off).
+const SYNS: u16 = 1_000;
 /// The NodePort (and pod port) the SYNs go to; the pod drops them.
 const SINK_PORT: u16 = 9;
 const SINK_NODEPORT: u16 = 30_009;
@@ -255,7 +258,7 @@ pub fn run() -> Result<()> {
     };
     // Every SYN has a port of its own, below the client's ephemeral range.
     if traffics.contains(&Traffic::Syn)
-        && usize::from(SYN_SPORT_BASE) + 2 * rounds * usize::from(SYNS) > 32_768
+        && usize::from(SYN_SPORT_BASE) + 4 * rounds * usize::from(SYNS) > 32_768
     {
         bail!("{rounds} rounds of SYNs need more distinct source ports than there are");
     }
@@ -276,7 +279,12 @@ pub fn run() -> Result<()> {
         let mut samples = Samples::new();
         for round in 0..rounds {
             let mut line = format!("  {table} round {}:", round + 1);
-            for &traffic in &traffics {
+            for (&traffic, on) in traffics.iter().flat_map(|t| {
+                // Alternating which goes first, so neither always runs on a warmer path.
+                let first = round % 2 == 0;
+                [(t, first), (t, !first)]
+            }) {
+                super::counting::set(&maps_dir, on)?;
                 let a = snapshot(&node.netns)?;
                 let what = match traffic {
                     Traffic::Bulk => {
@@ -294,12 +302,12 @@ pub fn run() -> Result<()> {
                         format!("{SYNS} SYNs")
                     }
                 };
-                let _ = write!(line, " {what}:");
+                let _ = write!(line, " {what} (stats {}):", if on { "on" } else { "off" });
                 let b = snapshot(&node.netns)?;
                 for (id, floor, ours) in per_program(&a, &b, &floors)? {
                     let (floor, ours) = (floor.per_run(), ours.per_run_and_count());
                     let _ = write!(line, " {} {:.0}/{floor:.0} ns", b.progs[&id].0, ours.0);
-                    samples.entry((traffic, id)).or_default().push(Sample {
+                    samples.entry((traffic, id, on)).or_default().push(Sample {
                         floor,
                         ours: ours.0,
                         runs: ours.1,
@@ -310,9 +318,10 @@ pub fn run() -> Result<()> {
             println!("{line}");
         }
         drop(stats);
-        for ((traffic, id), s) in samples {
+        super::counting::set(&maps_dir, true)?;
+        for ((traffic, id, on), s) in samples {
             let name = before.progs.get(&id).map_or("?", |p| p.0.as_str());
-            results.push(Row::of(table, traffic, name, &s));
+            results.push(Row::of(table, traffic, name, on, &s));
         }
     }
     drop(floors);
@@ -321,21 +330,46 @@ pub fn run() -> Result<()> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<6} {:<16} {:<11} {:>9} {:>9} {:>9} {:>11}  min..max",
-        "table", "traffic", "program", "runs", "floor ns", "ours ns", "ours-floor"
+        "{:<6} {:<16} {:<11} {:<5} {:>9} {:>9} {:>9} {:>11}  min..max",
+        "table", "traffic", "program", "stats", "runs", "floor ns", "ours ns", "ours-floor"
     );
     for r in results.iter().filter(|r| r.runs >= 1.0) {
         let _ = writeln!(
             out,
-            "{:<6} {:<16} {:<11} {:>9.0} {:>9.0} {:>9.0} {:>11.0}  {}",
+            "{:<6} {:<16} {:<11} {:<5} {:>9.0} {:>9.0} {:>9.0} {:>11.0}  {}",
             r.table,
             r.traffic.label(),
             r.program,
+            if r.stats { "on" } else { "off" },
             r.runs,
             r.floor,
             r.ours,
             r.diff,
             r.diff_spread
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nthe statistics' cost: (ours-floor with them) - (without), per program run"
+    );
+    for on in results.iter().filter(|r| r.stats && r.runs >= 1.0) {
+        let Some(off) = results.iter().find(|r| {
+            !r.stats && r.table == on.table && r.traffic == on.traffic && r.program == on.program
+        }) else {
+            continue;
+        };
+        let cost = on.diff - off.diff;
+        let share = if off.diff > 0.0 {
+            100.0 * cost / off.diff
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            out,
+            "{:<6} {:<16} {:<11} {cost:>+6.1} ns ({share:+.1}% of our work)",
+            on.table,
+            on.traffic.label(),
+            on.program,
         );
     }
     println!(
@@ -371,14 +405,16 @@ struct Sample {
     runs: f64,
 }
 
-/// Per traffic and program id, one sample per round.
-type Samples = BTreeMap<(Traffic, u32), Vec<Sample>>;
+/// Per traffic, program id and statistics on, one sample per round.
+type Samples = BTreeMap<(Traffic, u32, bool), Vec<Sample>>;
 
 /// A line of the table: medians over the rounds, and the spread of ours-floor.
 struct Row {
     table: &'static str,
     traffic: Traffic,
     program: String,
+    /// Whether the statistics counted.
+    stats: bool,
     runs: f64,
     floor: f64,
     ours: f64,
@@ -387,12 +423,13 @@ struct Row {
 }
 
 impl Row {
-    fn of(table: &'static str, traffic: Traffic, program: &str, s: &[Sample]) -> Row {
+    fn of(table: &'static str, traffic: Traffic, program: &str, stats: bool, s: &[Sample]) -> Row {
         let m = |f: &dyn Fn(&Sample) -> f64| median(&mut s.iter().map(f).collect::<Vec<_>>());
         Row {
             table,
             traffic,
             program: program.to_owned(),
+            stats,
             runs: m(&|x| x.runs),
             floor: m(&|x| x.floor),
             ours: m(&|x| x.ours),

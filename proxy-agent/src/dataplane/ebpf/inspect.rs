@@ -8,15 +8,16 @@ use std::path::Path;
 
 use anyhow::Context;
 use aya::maps::{HashMap, MapData};
-use proxy_common::{AffinityKey, AffinityValue, ServiceName, maps};
+use proxy_common::{AffinityKey, AffinityMatchKey, AffinityValue, ServiceName, maps};
 
 use super::conntrack::FlowState;
 use super::conntrack::{self, Flow, gc::CtTable};
 use super::keys::{affinity_of, backend_addr, kind_of, model_frontend};
 use super::pins;
+use super::stats::{self, Totals};
 use super::tables::{Held, MapTables, read_back};
 pub use crate::dataplane::listing::ServiceView;
-use crate::dataplane::listing::{EBPF_SCHEDULER, EndpointState, EndpointView};
+use crate::dataplane::listing::{EBPF_SCHEDULER, EndpointState, EndpointView, TrafficStats};
 use crate::model::Scope;
 
 pub mod explain;
@@ -35,7 +36,25 @@ pub fn list(bpffs: &Path) -> anyhow::Result<Vec<ServiceView>> {
     // The table is read in batches (a few syscalls for thousands of flows), so the
     // counts cost little; a data plane without one shows no counts rather than failing.
     let flows = conntrack(bpffs).map(|f| flow_counts(&f)).ok();
-    Ok(views(&held, flows.as_ref()))
+    // Likewise the statistics: a data plane that predates them shows none.
+    let stats = stats::read(bpffs).context("reading the statistics")?;
+    Ok(views(&held, flows.as_ref(), stats.as_ref()))
+}
+
+/// Statistics per membership, as [`stats::read`] gives them.
+pub type MemberStats = StdHashMap<AffinityMatchKey, Totals>;
+
+/// A membership's totals as the listing shows them: the packets and bytes only if the
+/// socket programs balanced none of its connections (they see no packets).
+fn traffic(t: &Totals) -> TrafficStats {
+    let seen = |n: u64| (t.sock_connections == 0).then_some(n);
+    TrafficStats {
+        connections: t.sock_connections.saturating_add(t.connections),
+        packets_in: seen(t.packets_in),
+        packets_out: seen(t.packets_out),
+        bytes_in: seen(t.bytes_in),
+        bytes_out: seen(t.bytes_out),
+    }
 }
 
 /// Established and other live flows, by service id and backend.
@@ -64,13 +83,13 @@ fn endpoints(
     slots: &[Option<u32>],
     service_id: u32,
     flows: Option<&FlowCounts>,
+    stats: Option<&MemberStats>,
 ) -> Vec<EndpointView> {
     let mut out: Vec<EndpointView> = Vec::new();
-    for address in slots
+    for (backend_id, address) in slots
         .iter()
         .flatten()
-        .filter_map(|id| held.backends.get(id))
-        .map(backend_addr)
+        .filter_map(|id| held.backends.get(id).map(|b| (*id, backend_addr(b))))
     {
         match out.iter_mut().find(|e| e.address == address) {
             Some(e) => e.weight += 1,
@@ -80,6 +99,15 @@ fn endpoints(
                 state: EndpointState::Serving,
                 active_connections: None,
                 inactive_connections: None,
+                stats: stats
+                    .and_then(|s| {
+                        s.get(&AffinityMatchKey {
+                            service_id,
+                            backend_id,
+                        })
+                    })
+                    .map(traffic),
+                rate: None,
             }),
         }
     }
@@ -106,6 +134,9 @@ fn endpoints(
             state: EndpointState::Draining,
             active_connections: Some(*active),
             inactive_connections: Some(*inactive),
+            // Its membership, and so its statistics, went with it.
+            stats: None,
+            rate: None,
         })
         .collect();
     out.extend(gone);
@@ -115,13 +146,20 @@ fn endpoints(
 /// The views of what [`read_back`] found, with the connections of `flows` (counted
 /// for external-scope frontends only). Slots that are missing or name no backend (an
 /// update in flight, or drift) are left out.
-fn views(held: &Held, flows: Option<&FlowCounts>) -> Vec<ServiceView> {
+fn views(held: &Held, flows: Option<&FlowCounts>, stats: Option<&MemberStats>) -> Vec<ServiceView> {
     let mut out = Vec::new();
     for f in &held.frontends {
         let Some(frontend) = model_frontend(&f.key) else {
             continue;
         };
         let fe = f.value;
+        let endpoints = endpoints(
+            held,
+            &f.slots,
+            fe.service_id,
+            flows.filter(|_| frontend.scope == Scope::External),
+            stats,
+        );
         out.push((
             frontend,
             ServiceView {
@@ -152,12 +190,12 @@ fn views(held: &Held, flows: Option<&FlowCounts>) -> Vec<ServiceView> {
                     .filter_map(|id| held.backends.get(id))
                     .map(backend_addr)
                     .collect(),
-                endpoints: endpoints(
-                    held,
-                    &f.slots,
-                    fe.service_id,
-                    flows.filter(|_| frontend.scope == Scope::External),
-                ),
+                // The frontend's traffic is its backends': a backend that left
+                // takes its counts with it.
+                stats: stats
+                    .map(|_| TrafficStats::sum(endpoints.iter().filter_map(|e| e.stats.as_ref()))),
+                endpoints,
+                rate: None,
                 ipvs: None,
             },
         ));
@@ -319,7 +357,7 @@ mod tests {
             ((3, "10.244.0.7:8080".parse().unwrap()), (1, 0)),
             ((4, "10.244.0.9:8080".parse().unwrap()), (5, 5)),
         ]);
-        let v = views(&held, Some(&flows));
+        let v = views(&held, Some(&flows), None);
         assert_eq!(v.len(), 2);
         // Sorted by frontend: the NodePort (address 0.0.0.0) first.
         assert_eq!(v[0].frontend, "*:30080/TCP (external)");
@@ -402,7 +440,7 @@ mod tests {
             frontends: Vec::new(),
             backends: BTreeMap::from([(1, backend(&"10.244.0.11:8080".parse().unwrap(), 6))]),
         };
-        let e = endpoints(&held, &[Some(1), Some(1)], 3, None);
+        let e = endpoints(&held, &[Some(1), Some(1)], 3, None, None);
         assert_eq!(
             (e.len(), e[0].weight, e[0].active_connections),
             (1, 2, None)
@@ -435,6 +473,48 @@ mod tests {
         assert_eq!(
             counts.get(&(3, "10.244.0.11:8080".parse().unwrap())),
             Some(&(1, 2))
+        );
+    }
+
+    #[test]
+    fn statistics_attach_per_membership_and_socket_path_counts_hide_packets() {
+        let held = Held {
+            frontends: Vec::new(),
+            backends: BTreeMap::from([
+                (1, backend(&"10.244.0.11:8080".parse().unwrap(), 6)),
+                (2, backend(&"10.244.0.12:8080".parse().unwrap(), 6)),
+            ]),
+        };
+        let tc_only = Totals {
+            connections: 3,
+            packets_in: 30,
+            packets_out: 20,
+            bytes_in: 3000,
+            bytes_out: 9000,
+            ..Totals::default()
+        };
+        let mixed = Totals {
+            sock_connections: 2,
+            ..tc_only
+        };
+        let key = |service_id, backend_id| AffinityMatchKey {
+            service_id,
+            backend_id,
+        };
+        // Backend 1's counts in another service must not show in service 3.
+        let stats = MemberStats::from([(key(3, 2), tc_only), (key(4, 1), mixed)]);
+        let e = endpoints(&held, &[Some(1), Some(2)], 3, None, Some(&stats));
+        assert_eq!(e[0].stats, None, "no statistics of its own in service 3");
+        assert_eq!(
+            e[1].stats,
+            Some(TrafficStats::all(3, (30, 20), (3000, 9000)))
+        );
+        let e = endpoints(&held, &[Some(1)], 4, None, Some(&stats));
+        let s = e[0].stats.unwrap();
+        assert_eq!(
+            (s.connections, s.packets_in, s.bytes_out),
+            (5, None, None),
+            "the socket path's connections have no packets to show"
         );
     }
 

@@ -103,6 +103,35 @@ fn replace_outgrown_counters(bpffs: &Path) {
     }
 }
 
+/// A `STATS` map pinned with another size than this build's: statistics only, so it is
+/// replaced (counts restart; memberships are renumbered when the agent adopts them).
+fn replace_resized_stats(bpffs: &Path, entries: u32) {
+    let pin = super::pins::map_path(bpffs, maps::STATS);
+    if let Ok(n) = super::pins::max_entries(bpffs, maps::STATS)
+        && n != entries
+    {
+        match std::fs::remove_file(&pin) {
+            Ok(()) => info!(
+                old = n,
+                new = entries,
+                "the pinned STATS map has another size: replaced, statistics restart"
+            ),
+            Err(e) => warn!(pin = %pin.display(), error = %e, "replacing the STATS pin"),
+        }
+    }
+}
+
+/// `STATS` entries for `cpus` CPUs: what [`pc::sizes::STATS_BUDGET_BYTES`] holds (per
+/// CPU a `Stats` each), within `sizes::STATS..=sizes::STATS_MAX`: memory stays bounded
+/// on big nodes, small ones count every membership of a large cluster.
+pub(super) fn stats_entries(cpus: usize) -> u32 {
+    let per_entry = std::mem::size_of::<pc::Stats>() as u64 * cpus.max(1) as u64;
+    let fit = pc::sizes::STATS_BUDGET_BYTES / per_entry;
+    u32::try_from(fit)
+        .unwrap_or(u32::MAX)
+        .clamp(pc::sizes::STATS, pc::sizes::STATS_MAX)
+}
+
 /// The kernel memory each pinned map takes, logged once with the total: the
 /// connection tables are preallocated, so this is paid whether flows come or not.
 pub(super) fn map_memory(bpffs: &Path) -> Family<MapName, Gauge> {
@@ -159,6 +188,8 @@ pub(super) fn load_and_attach(cfg: &EbpfConfig) -> Result<Ebpf, LoadError> {
         })?;
     }
     replace_outgrown_counters(&cfg.bpffs);
+    let stats_entries = stats_entries(aya::util::nr_cpus().unwrap_or(1));
+    replace_resized_stats(&cfg.bpffs, stats_entries);
     check_adopted_size(&cfg.bpffs, maps::CONNTRACK, cfg.conntrack.assured_entries());
     check_adopted_size(&cfg.bpffs, maps::CT_OPEN, cfg.conntrack.unassured_entries());
     let s = cfg.sizes;
@@ -173,6 +204,7 @@ pub(super) fn load_and_attach(cfg: &EbpfConfig) -> Result<Ebpf, LoadError> {
         .map_max_entries(maps::SVC_NAMES, s.frontends)
         .map_max_entries(maps::CONNTRACK, cfg.conntrack.assured_entries())
         .map_max_entries(maps::CT_OPEN, cfg.conntrack.unassured_entries())
+        .map_max_entries(maps::STATS, stats_entries)
         .load(PROGRAMS)?;
     for name in [pc::programs::TC_INGRESS, pc::programs::TC_EGRESS] {
         program::<SchedClassifier>(&mut ebpf, name)?
@@ -284,4 +316,18 @@ pub(super) fn take_map<T>(
         name,
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_statistics_table_fits_its_budget_within_its_bounds() {
+        assert_eq!(stats_entries(2), pc::sizes::STATS_MAX);
+        assert_eq!(stats_entries(64), 9_362);
+        assert_eq!(stats_entries(1024), pc::sizes::STATS);
+        let bytes = u64::from(stats_entries(64)) * 56 * 64;
+        assert!(bytes <= pc::sizes::STATS_BUDGET_BYTES);
+    }
 }

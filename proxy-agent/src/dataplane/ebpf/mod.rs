@@ -12,6 +12,7 @@
 //! - [`keys`]: model <-> map conversions;
 //! - [`conntrack`], [`counters`], [`metrics`]: the connection table and its collector,
 //!   the programs' counters, and what the backend exports;
+//! - [`stats`]: the traffic statistics per service and backend (stats ids, reading);
 //! - [`pins`] and [`inspect`]: reading the pinned maps, for `proxyctl`;
 //! - [`udp_sockets`]: connected UDP sockets of a backend that left are destroyed, so
 //!   that they reconnect to one that is there.
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod pins;
 mod services;
+pub mod stats;
 pub mod tables;
 pub mod udp_sockets;
 mod undo;

@@ -11,16 +11,20 @@ use std::path::Path;
 
 use aya::Ebpf;
 use aya::maps::lpm_trie::LpmTrie;
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, MapData, PerCpuArray};
 use ipnetwork::IpNetwork;
 use proxy_common as pc;
-use proxy_common::{AffinityMatchKey, Backend, ServiceName, SlotKey, SourceRangeKey, maps, sizes};
+use proxy_common::{
+    AffinityMatchKey, Backend, ServiceName, SlotKey, SourceRangeKey, Stats, maps, sizes,
+};
+use tracing::debug;
 
 use super::MapSizes;
 use super::error::{is_not_found, kernel, map_error};
 use super::keys::{source_range_key, source_range_of};
 use super::load::{LoadError, take_map};
 use super::pins::{self, PinError};
+use super::stats::{self, StatsIds};
 use crate::dataplane::DataplaneError;
 
 /// The tables a service is programmed into. Deleting an absent key succeeds (a delete
@@ -145,6 +149,8 @@ pub struct MapTables {
     names: Option<HashMap<MapData, u32, ServiceName>>,
     /// Likewise.
     source_ranges: Option<LpmTrie<MapData, SourceRangeKey, u32>>,
+    /// The memberships' stats ids; None when opened from the pins (read only).
+    stats: Option<StatsIds<PerCpuArray<MapData, Stats>>>,
     sizes: MapSizes,
 }
 
@@ -158,8 +164,30 @@ impl MapTables {
             affinity_match: take_map(ebpf, maps::AFFINITY_MATCH, HashMap::try_from)?,
             names: Some(take_map(ebpf, maps::SVC_NAMES, HashMap::try_from)?),
             source_ranges: Some(take_map(ebpf, maps::SOURCE_RANGES, LpmTrie::try_from)?),
+            stats: None,
             sizes,
-        })
+        }
+        .with_stats(take_map(ebpf, maps::STATS, PerCpuArray::try_from)?))
+    }
+
+    /// Takes over the statistics: counting on, and the memberships' stats ids as a
+    /// previous agent left them (renumbering what it left without one). A membership
+    /// that cannot be rewritten keeps counting as it did, or not at all: statistics
+    /// never stop a start.
+    fn with_stats(mut self, mut array: PerCpuArray<MapData, Stats>) -> Self {
+        if let Err(e) = stats::set_enabled(&mut array, true) {
+            debug!(error = %e, "turning the statistics on");
+        }
+        let capacity = array.len();
+        let mut ids = StatsIds::new(array, capacity);
+        let held: Vec<(AffinityMatchKey, u32)> = self.affinity_match.iter().flatten().collect();
+        for (key, value) in ids.adopt(&held) {
+            if let Err(e) = self.affinity_match.insert(key, value, 0) {
+                debug!(?key, error = %e, "renumbering a membership's statistics");
+            }
+        }
+        self.stats = Some(ids);
+        self
     }
 
     /// Opens the maps pinned under `bpffs`, for reading what an agent programmed.
@@ -171,6 +199,7 @@ impl MapTables {
             affinity_match: pins::open(bpffs, maps::AFFINITY_MATCH)?,
             names: pins::open_optional(bpffs, maps::SVC_NAMES)?,
             source_ranges: pins::open_optional(bpffs, maps::SOURCE_RANGES)?,
+            stats: None,
             sizes: MapSizes::default(),
         })
     }
@@ -233,9 +262,18 @@ impl Tables for MapTables {
     }
 
     fn put_member(&mut self, key: AffinityMatchKey) -> Result<(), DataplaneError> {
-        self.affinity_match
-            .insert(key, 1, 0)
-            .map_err(|e| map_error("insert", maps::AFFINITY_MATCH, self.sizes.slots, e))
+        // A new membership counts from zero (its slot is reset before it is named).
+        let value = self.stats.as_mut().map_or(1, |ids| ids.assign(key));
+        let r = self
+            .affinity_match
+            .insert(key, value, 0)
+            .map_err(|e| map_error("insert", maps::AFFINITY_MATCH, self.sizes.slots, e));
+        if r.is_err()
+            && let Some(ids) = self.stats.as_mut()
+        {
+            ids.release(&key);
+        }
+        r
     }
 
     fn delete_member(&mut self, key: AffinityMatchKey) -> Result<(), DataplaneError> {
@@ -244,7 +282,11 @@ impl Tables for MapTables {
             &key,
             maps::AFFINITY_MATCH,
             self.sizes.slots,
-        )
+        )?;
+        if let Some(ids) = self.stats.as_mut() {
+            ids.release(&key);
+        }
+        Ok(())
     }
 
     fn put_source_range(&mut self, service_id: u32, net: &IpNetwork) -> Result<(), DataplaneError> {

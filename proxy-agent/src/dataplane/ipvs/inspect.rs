@@ -15,6 +15,7 @@ use super::netlink::{
 use super::sets;
 use crate::dataplane::listing::{
     EndpointState, EndpointView, IpvsCounters, IpvsDestinationView, IpvsView, ServiceView,
+    TrafficStats,
 };
 use crate::model::{FrontendKey, FrontendKind};
 
@@ -158,6 +159,8 @@ pub fn views(servers: Vec<(ServiceInfo, Vec<DestinationInfo>)>, names: &Names) -
                     .map(|d| SocketAddr::new(d.destination.addr, d.destination.port))
                     .collect(),
                 endpoints: endpoints(&dests),
+                stats: Some(traffic(&info.stats)),
+                rate: None,
                 ipvs: Some(IpvsView {
                     scheduler: svc.scheduler,
                     persistent,
@@ -198,6 +201,8 @@ fn endpoints(dests: &[DestinationInfo]) -> Vec<EndpointView> {
             },
             active_connections: Some(d.active_connections),
             inactive_connections: Some(d.inactive_connections),
+            stats: Some(traffic(&d.stats)),
+            rate: None,
         })
         .collect();
     out.sort_by_key(|e| (e.state, e.address));
@@ -222,6 +227,15 @@ fn destination(d: &DestinationInfo) -> IpvsDestinationView {
         persistent_connections: d.persistent_connections,
         counters: counters(&d.stats),
     }
+}
+
+/// IPVS's counters as the listing's: it sees every packet both ways.
+fn traffic(s: &Stats) -> TrafficStats {
+    TrafficStats::all(
+        s.connections,
+        (s.packets_in, s.packets_out),
+        (s.bytes_in, s.bytes_out),
+    )
 }
 
 fn counters(s: &Stats) -> IpvsCounters {

@@ -162,6 +162,8 @@ mod tests {
             affinity_timeout_s: None,
             source_ranges: Vec::new(),
             backends: backends.iter().map(|b| sa(b)).collect(),
+            stats: None,
+            rate: None,
             ipvs: None,
         }
     }

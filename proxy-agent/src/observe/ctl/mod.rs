@@ -14,6 +14,7 @@ use crate::observe::render::{self, Width};
 mod advice;
 mod explain;
 mod filter;
+mod rate;
 
 use advice::PinRoot;
 pub use filter::{AddrSel, Filter, ServiceSel};
@@ -112,6 +113,18 @@ enum Command {
         /// Only the frontends holding this backend, and of their backends only it.
         #[arg(long, value_name = "IP[:PORT]")]
         backend: Option<AddrSel>,
+        /// Traffic per frontend and backend, as `ipvsadm -Ln --stats`: connections,
+        /// packets and bytes in (from clients) and out (to clients). In eBPF mode `-`
+        /// marks what the socket programs cannot see (they balance a pod's connection
+        /// at connect() and see none of its packets) or a draining backend.
+        #[arg(long, conflicts_with = "rate")]
+        stats: bool,
+        /// The same per second, over --interval (`ipvsadm -Ln --rate`).
+        #[arg(long)]
+        rate: bool,
+        /// How long --rate measures, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = interval)]
+        interval: f64,
         #[command(flatten)]
         output: Output,
     },
@@ -191,6 +204,24 @@ enum EventType {
     Trace,
 }
 
+/// `--interval`: a positive number of seconds, at most an hour.
+fn interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 3600.0 => Ok(x),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds in (0, 3600]; for example --interval 0.5"
+        )),
+    }
+}
+
+/// The listing of the data plane `mode` chose.
+fn read_list(mode: Mode, bpffs: &Path) -> anyhow::Result<Vec<ebpf::ServiceView>> {
+    match mode {
+        Mode::Ipvs => ipvs::list().context("reading IPVS"),
+        _ => ebpf::list(bpffs),
+    }
+}
+
 /// The data plane `mode` names; `auto` looks for the eBPF pins, then asks IPVS. An
 /// eBPF data plane that is not there is reported here, with what to check, rather
 /// than as the first map that fails to open.
@@ -238,19 +269,35 @@ pub fn main() -> anyhow::Result<()> {
             service,
             vip,
             backend,
+            stats,
+            rate,
+            interval,
             output,
         } => {
-            let services = match choose(cli.mode, &cli.bpffs)? {
-                Mode::Ipvs => ipvs::list().context("reading IPVS")?,
-                _ => ebpf::list(&cli.bpffs)?,
-            };
+            let mode = choose(cli.mode, &cli.bpffs)?;
+            let mut services = read_list(mode, &cli.bpffs)?;
+            if rate {
+                let before = services;
+                let start = std::time::Instant::now();
+                std::thread::sleep(std::time::Duration::from_secs_f64(interval));
+                services = read_list(mode, &cli.bpffs)?;
+                rate::apply(&before, &mut services, start.elapsed().as_secs_f64());
+            }
             let filter = Filter {
                 service,
                 vip,
                 backend,
             };
             let services = filter.apply(services);
-            output.print(&services, |w| render::render_list(&services, w))?;
+            let numbers = match (stats, rate) {
+                (_, true) => Some(render::Numbers::Rate),
+                (true, _) => Some(render::Numbers::Totals),
+                _ => None,
+            };
+            output.print(&services, |w| match numbers {
+                Some(n) => render::render_list_numbers(&services, n, w),
+                None => render::render_list(&services, w),
+            })?;
         }
         Command::Affinity { output } => {
             ebpf_only(
@@ -493,6 +540,20 @@ mod tests {
                 ..
             }
         )));
+        let cli = Cli::try_parse_from(["proxyctl", "list", "--rate", "--interval", "0.5"]);
+        assert!(cli.is_ok_and(|c| matches!(
+            c.command,
+            Command::List { rate: true, stats: false, interval, .. } if interval == 0.5
+        )));
+        for bad in ["0", "-1", "soon", "7200"] {
+            let arg = format!("--interval={bad}");
+            let e = Cli::try_parse_from(["proxyctl", "list", "--rate", arg.as_str()])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("for example --interval 0.5"), "{bad}: {e}");
+        }
+        assert!(Cli::try_parse_from(["proxyctl", "list", "--stats", "--rate"]).is_err());
         let e = Cli::try_parse_from(["proxyctl", "list", "--vip", "web"])
             .err()
             .map(|e| e.to_string())

@@ -13,7 +13,7 @@ mod explain;
 mod list;
 mod monitor;
 pub use explain::render_explain;
-pub use list::render_list;
+pub use list::{Numbers, render_list, render_list_numbers};
 pub use monitor::render_event;
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use super::*;
 use crate::dataplane::ebpf::conntrack::FlowState;
 use crate::dataplane::listing::{
     EndpointState, EndpointView, IpvsCounters, IpvsDestinationView, IpvsView, ServiceView,
+    TrafficRate, TrafficStats,
 };
 
 fn sa(s: &str) -> SocketAddr {
@@ -24,7 +25,21 @@ fn endpoint(
         state,
         active_connections: conns.map(|c| c.0),
         inactive_connections: conns.map(|c| c.1),
+        stats: None,
+        rate: None,
     }
+}
+
+/// Counts seen by the socket programs only (connections), or by the tc path (all).
+fn sock(connections: u64) -> Option<TrafficStats> {
+    Some(TrafficStats {
+        connections,
+        ..TrafficStats::default()
+    })
+}
+
+fn tc(connections: u64, packets: (u64, u64), bytes: (u64, u64)) -> Option<TrafficStats> {
+    Some(TrafficStats::all(connections, packets, bytes))
 }
 
 /// What `proxyctl list` reads from an eBPF data plane: a ClusterIP with affinity
@@ -47,6 +62,8 @@ pub(crate) fn ebpf_services() -> Vec<ServiceView> {
             source_ranges: Vec::new(),
             backends: Vec::new(),
             endpoints: Vec::new(),
+            stats: tc(0, (0, 0), (0, 0)),
+            rate: None,
             ipvs: None,
         };
     let mut web = view(
@@ -64,6 +81,9 @@ pub(crate) fn ebpf_services() -> Vec<ServiceView> {
         endpoint("10.244.1.5:8080", 1, Serving, None),
         endpoint("10.244.2.5:8080", 1, Serving, None),
     ];
+    web.endpoints[0].stats = sock(4);
+    web.endpoints[1].stats = sock(3);
+    web.stats = sock(7);
     let mut np = view(
         "default/web:http",
         "*:30080/TCP (external)",
@@ -78,6 +98,8 @@ pub(crate) fn ebpf_services() -> Vec<ServiceView> {
         endpoint("10.244.1.5:8080", 2, Serving, Some((3, 1))),
         endpoint("10.244.3.9:8080", 0, Draining, Some((1, 0))),
     ];
+    np.endpoints[0].stats = tc(1200, (98_000, 87_500), (10_450_000, 123_456_789));
+    np.stats = np.endpoints[0].stats;
     let mut lb = view(
         "",
         "192.0.2.50:443/TCP (external)",
@@ -111,7 +133,7 @@ pub(crate) fn ipvs_services() -> Vec<ServiceView> {
         persistent_connections: persistent,
         counters: c(6),
     };
-    let web = ServiceView {
+    let mut web = ServiceView {
         service: "default/web:http".into(),
         frontend: "10.96.0.10:80/TCP".into(),
         ip: "10.96.0.10".parse().expect("an address"),
@@ -139,7 +161,11 @@ pub(crate) fn ipvs_services() -> Vec<ServiceView> {
                 dest("10.244.2.5:8080", 0, 0, 2, 0),
             ],
         }),
+        stats: tc(12, (60, 48), (3600, 9100)),
+        rate: None,
     };
+    web.endpoints[0].stats = tc(6, (30, 24), (1800, 4550));
+    web.endpoints[1].stats = tc(6, (30, 24), (1800, 4550));
     let dns = ServiceView {
         service: String::new(),
         frontend: "10.96.0.53:53/UDP".into(),
@@ -162,7 +188,11 @@ pub(crate) fn ipvs_services() -> Vec<ServiceView> {
             counters: c(4),
             destinations: vec![dest("10.244.1.7:53", 1, 0, 4, 0)],
         }),
+        stats: tc(4, (4, 4), (240, 480)),
+        rate: None,
     };
+    let mut dns = dns;
+    dns.endpoints[0].stats = dns.stats;
     vec![web, dns]
 }
 
@@ -230,6 +260,58 @@ fn list_ipvs_golden() {
 }
 
 #[test]
+fn list_stats_golden() {
+    golden::check(
+        "list_ebpf_stats.txt",
+        &render_list_numbers(&ebpf_services(), Numbers::Totals, Width::Normal),
+    );
+    golden::check(
+        "list_ebpf_stats_wide.txt",
+        &render_list_numbers(&ebpf_services(), Numbers::Totals, Width::Wide),
+    );
+    golden::check(
+        "list_ipvs_stats.txt",
+        &render_list_numbers(&ipvs_services(), Numbers::Totals, Width::Normal),
+    );
+}
+
+#[test]
+fn list_rate_golden() {
+    let mut services = ebpf_services();
+    let np = &mut services[1];
+    let r = TrafficRate {
+        connections: 120.4,
+        packets_in: Some(9800.0),
+        packets_out: Some(8750.6),
+        bytes_in: Some(1_045_000.0),
+        bytes_out: Some(12_345_678.9),
+    };
+    np.rate = Some(r);
+    np.endpoints[0].rate = Some(r);
+    services[0].rate = Some(TrafficRate {
+        connections: 3.0,
+        ..TrafficRate::default()
+    });
+    golden::check(
+        "list_ebpf_rate.txt",
+        &render_list_numbers(&services, Numbers::Rate, Width::Normal),
+    );
+}
+
+#[test]
+fn the_json_carries_the_statistics_with_unseen_counts_as_null() {
+    let json = serde_json::to_value(ebpf_services()).expect("json");
+    assert_eq!(json[0]["stats"]["connections"], 7);
+    assert!(json[0]["stats"]["packets_in"].is_null());
+    assert_eq!(json[1]["endpoints"][0]["stats"]["bytes_out"], 123_456_789);
+    assert!(
+        json[1]["endpoints"][1]["stats"].is_null(),
+        "draining: uncounted"
+    );
+    assert!(json[1].get("rate").is_none(), "only with --rate");
+}
+
+#[test]
 fn conntrack_golden() {
     golden::check("conntrack.txt", &render_conntrack(&flows(), Width::Normal));
     golden::check(
@@ -288,6 +370,8 @@ fn a_frontend_without_a_serving_backend_says_so_before_its_draining_ones() {
 #[test]
 fn the_json_keeps_the_older_fields_and_adds_the_endpoints() {
     let json = serde_json::to_value(&ebpf_services()[1]).expect("json");
+    let stats = serde_json::json!({"connections": 1200, "packets_in": 98_000,
+        "packets_out": 87_500, "bytes_in": 10_450_000, "bytes_out": 123_456_789});
     assert_eq!(
         json,
         serde_json::json!({
@@ -305,10 +389,12 @@ fn the_json_keeps_the_older_fields_and_adds_the_endpoints() {
             "backends": ["10.244.1.5:8080"],
             "endpoints": [
                 {"address": "10.244.1.5:8080", "weight": 2, "state": "serving",
-                 "active_connections": 3, "inactive_connections": 1},
+                 "active_connections": 3, "inactive_connections": 1,
+                 "stats": stats},
                 {"address": "10.244.3.9:8080", "weight": 0, "state": "draining",
-                 "active_connections": 1, "inactive_connections": 0},
+                 "active_connections": 1, "inactive_connections": 0, "stats": null},
             ],
+            "stats": stats,
         })
     );
 }
