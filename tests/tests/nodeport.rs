@@ -542,18 +542,21 @@ fn external_traffic_policy_local_serves_only_local_pods_drops_without_them_and_r
     assert_eq!(health["localEndpoints"], 0, "{body}");
 }
 
+/// A LoadBalancer `name` at `vip` (and its NodePort) admitting only `range`, with a
+/// backend on each node.
+fn source_range_lb(name: &str, vip: &str, node_port: u16, range: &str) -> String {
+    ServiceSpec::new(name, "LoadBalancer")
+        .cluster_ip(ip(&format!("10.96.0.{}", node_port - 30000)))
+        .port("http", 80, "TCP", POD_TCP, Some(node_port))
+        .endpoint(ip("10.244.1.11"), "node-a")
+        .endpoint(ip("10.244.2.11"), "node-b")
+        .lb_ingress(ip(vip))
+        .source_range(range)
+        .yaml()
+}
+
 #[test]
 fn load_balancer_source_ranges_admit_listed_clients_and_drop_the_rest() {
-    let make = |name: &str, vip: &str, node_port: u16, range: &str| {
-        ServiceSpec::new(name, "LoadBalancer")
-            .cluster_ip(ip(&format!("10.96.0.{}", node_port - 30000)))
-            .port("http", 80, "TCP", POD_TCP, Some(node_port))
-            .endpoint(ip("10.244.1.11"), "node-a")
-            .endpoint(ip("10.244.2.11"), "node-b")
-            .lb_ingress(ip(vip))
-            .source_range(range)
-            .yaml()
-    };
     let env = Env::new(
         "lbsrc",
         1,
@@ -561,11 +564,11 @@ fn load_balancer_source_ranges_admit_listed_clients_and_drop_the_rest() {
             (
                 "allowed.yaml",
                 // The client, 192.0.2.100, inside a /28: prefixes are matched, not addresses.
-                make("allowed", "203.0.113.20", 30020, "192.0.2.96/28"),
+                source_range_lb("allowed", "203.0.113.20", 30020, "192.0.2.96/28"),
             ),
             (
                 "denied.yaml",
-                make("denied", "203.0.113.21", 30021, "198.18.0.0/15"),
+                source_range_lb("denied", "203.0.113.21", 30021, "198.18.0.0/15"),
             ),
         ],
         &[],
@@ -598,27 +601,17 @@ fn next_event(env: &Env, m: &mut ChildGuard) -> serde_json::Value {
 
 #[test]
 fn monitor_shows_drops_with_their_reason_and_new_flows_with_their_backend() {
-    let make = |name: &str, vip: &str, node_port: u16, range: &str| {
-        ServiceSpec::new(name, "LoadBalancer")
-            .cluster_ip(ip(&format!("10.96.0.{}", node_port - 30000)))
-            .port("http", 80, "TCP", POD_TCP, Some(node_port))
-            .endpoint(ip("10.244.1.11"), "node-a")
-            .endpoint(ip("10.244.2.11"), "node-b")
-            .lb_ingress(ip(vip))
-            .source_range(range)
-            .yaml()
-    };
     let env = Env::new(
         "monitor",
         1,
         &[
             (
                 "allowed.yaml",
-                make("allowed", "203.0.113.30", 30030, "192.0.2.96/28"),
+                source_range_lb("allowed", "203.0.113.30", 30030, "192.0.2.96/28"),
             ),
             (
                 "denied.yaml",
-                make("denied", "203.0.113.31", 30031, "198.18.0.0/15"),
+                source_range_lb("denied", "203.0.113.31", 30031, "198.18.0.0/15"),
             ),
         ],
         &[],
