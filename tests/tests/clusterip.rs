@@ -733,6 +733,9 @@ fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
         ("proxy_agent_udp_sockets_terminated", "counter"),
         ("proxy_agent_udp_socket_pod_namespaces", "gauge"),
         ("proxy_agent_udp_socket_sweep_duration_seconds", "histogram"),
+        ("proxy_agent_stats_slots", "gauge"),
+        ("proxy_agent_stats_slots_used", "gauge"),
+        ("proxy_agent_stats_uncounted_pairs", "gauge"),
     ] {
         assert_eq!(
             scrape.families.get(family).map(String::as_str),
@@ -749,6 +752,11 @@ fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
     for event in ["lb_translated", "nat_source_denied", "monitor_lost"] {
         assert!(events.contains(&event), "no {event} in {events:?}");
     }
+    // Two services' memberships are counted, none left out.
+    let gauge = |name: &str| scrape.series(name).next().map(|s| s.value);
+    assert!(gauge("proxy_agent_stats_slots").is_some_and(|n| n >= 8191.0), "{text}");
+    assert_eq!(gauge("proxy_agent_stats_slots_used"), Some(1.0), "{text}");
+    assert_eq!(gauge("proxy_agent_stats_uncounted_pairs"), Some(0.0), "{text}");
 }
 
 #[test]

@@ -219,6 +219,8 @@ pub struct EbpfMetrics {
     pub memory: Family<MapName, Gauge>,
     /// The pin root the counters are read from.
     pub bpffs: PathBuf,
+    /// How full the statistics' table is.
+    pub stats: super::stats::StatsGauges,
 }
 
 impl EbpfMetrics {
@@ -232,6 +234,7 @@ impl EbpfMetrics {
             self.memory.clone(),
         );
         r.register_collector(Box::new(DatapathCounters::pinned(self.bpffs.clone())));
+        self.stats.register(r);
     }
 }
 

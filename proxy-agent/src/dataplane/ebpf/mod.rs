@@ -163,6 +163,7 @@ impl EbpfDataplane {
             gc: GcMetrics::default(),
             memory: load::map_memory(&cfg.bpffs),
             bpffs: cfg.bpffs.clone(),
+            stats: tables.stats_gauges(),
         };
         let gc = conntrack::spawn_gc(
             cfg.bpffs.clone(),

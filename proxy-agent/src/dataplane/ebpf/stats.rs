@@ -11,6 +11,8 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use proxy_common::{AffinityMatchKey, Stats, maps, stats};
 use tracing::{debug, warn};
 
@@ -36,6 +38,39 @@ impl Slots for PerCpuArray<MapData, Stats> {
     }
 }
 
+/// How full the statistics' table is, for `/metrics`: a full one stops counting new
+/// memberships, which an operator should see before `proxyctl list --stats` shows `-`.
+#[derive(Clone, Debug, Default)]
+pub struct StatsGauges {
+    /// Ids there are (the slots less slot 0).
+    pub capacity: Gauge,
+    /// Ids handed out.
+    pub assigned: Gauge,
+    /// Memberships left uncounted because the ids ran out.
+    pub uncounted: Gauge,
+}
+
+impl StatsGauges {
+    /// Registers the three series.
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "proxy_agent_stats_slots",
+            "Frontend-backend pairs the STATS table can count (proxyctl list --stats)",
+            self.capacity.clone(),
+        );
+        r.register(
+            "proxy_agent_stats_slots_used",
+            "Frontend-backend pairs being counted in the STATS table",
+            self.assigned.clone(),
+        );
+        r.register(
+            "proxy_agent_stats_uncounted_pairs",
+            "Frontend-backend pairs not counted because the STATS table is full",
+            self.uncounted.clone(),
+        );
+    }
+}
+
 /// The stats ids of the memberships, over the slots `1..capacity`.
 pub(super) struct StatsIds<S> {
     slots: S,
@@ -47,25 +82,55 @@ pub(super) struct StatsIds<S> {
     next: u32,
     /// Whether running out was logged (once per agent: it repeats at every sync).
     told_full: bool,
+    /// Memberships written without an id (ids ran out), until they are deleted.
+    uncounted: std::collections::HashSet<AffinityMatchKey>,
+    gauges: StatsGauges,
 }
 
 impl<S: Slots> StatsIds<S> {
     /// No id handed out, over `capacity` slots (slot 0 is nobody's).
     pub(super) fn new(slots: S, capacity: u32) -> Self {
+        let capacity = capacity.min(u32::from(u16::MAX) + 1);
+        let gauges = StatsGauges::default();
+        gauges.capacity.set(i64::from(capacity.saturating_sub(1)));
         StatsIds {
             slots,
-            capacity: capacity.min(u32::from(u16::MAX) + 1),
+            capacity,
             by_member: HashMap::new(),
             free: VecDeque::new(),
             next: 1,
             told_full: false,
+            uncounted: std::collections::HashSet::new(),
+            gauges,
         }
+    }
+
+    /// The table's gauges (shared: they follow this table).
+    pub(super) fn gauges(&self) -> StatsGauges {
+        self.gauges.clone()
+    }
+
+    fn publish(&self) {
+        let n = |x: usize| i64::try_from(x).unwrap_or(i64::MAX);
+        self.gauges.assigned.set(n(self.by_member.len()));
+        self.gauges.uncounted.set(n(self.uncounted.len()));
     }
 
     /// The `AFFINITY_MATCH` value for a membership being written: its stats id with
     /// [`stats::ID_F`] (a fresh or reused id whose slot is zeroed and tagged first), or
     /// 1 (not counted) when the ids ran out or the slot could not be written.
     pub(super) fn assign(&mut self, key: AffinityMatchKey) -> u32 {
+        let value = self.assign_id(key);
+        if value == 1 {
+            self.uncounted.insert(key);
+        } else {
+            self.uncounted.remove(&key);
+        }
+        self.publish();
+        value
+    }
+
+    fn assign_id(&mut self, key: AffinityMatchKey) -> u32 {
         let id = match self.by_member.get(&key) {
             Some(&id) => Some(id),
             None => self.take(),
@@ -97,6 +162,8 @@ impl<S: Slots> StatsIds<S> {
         if let Some(id) = self.by_member.remove(key) {
             self.free.push_back(id);
         }
+        self.uncounted.remove(key);
+        self.publish();
     }
 
     /// Rebuilds the ids from the memberships a previous agent left (`key`, value). The
@@ -123,7 +190,9 @@ impl<S: Slots> StatsIds<S> {
                 self.free.push_back(id);
             }
         }
-        redo.into_iter().map(|k| (k, self.assign(k))).collect()
+        let out = redo.into_iter().map(|k| (k, self.assign(k))).collect();
+        self.publish();
+        out
     }
 
     fn take(&mut self) -> Option<u16> {
@@ -267,6 +336,11 @@ mod tests {
         assert_eq!(ids.assign(key(1, 4)), 1);
         ids.slots.fail = false;
         assert_eq!(stats::id_of(ids.assign(key(1, 5))), 1, "the id went back");
+        // What /metrics says: 2 ids, both out, two memberships (1:3, 1:4) uncounted.
+        let g = ids.gauges();
+        assert_eq!((g.capacity.get(), g.assigned.get(), g.uncounted.get()), (2, 2, 2));
+        ids.release(&key(1, 3));
+        assert_eq!(g.uncounted.get(), 1, "a deleted membership is no longer uncounted");
     }
 
     #[test]
