@@ -754,9 +754,19 @@ fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
     }
     // web's memberships are counted (the empty service has none), none left out.
     let gauge = |name: &str| scrape.series(name).next().map(|s| s.value);
-    assert!(gauge("proxy_agent_stats_slots").is_some_and(|n| n >= 8191.0), "{text}");
-    assert!(gauge("proxy_agent_stats_slots_used").is_some_and(|n| n >= 1.0), "{text}");
-    assert_eq!(gauge("proxy_agent_stats_uncounted_pairs"), Some(0.0), "{text}");
+    assert!(
+        gauge("proxy_agent_stats_slots").is_some_and(|n| n >= 8191.0),
+        "{text}"
+    );
+    assert!(
+        gauge("proxy_agent_stats_slots_used").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(
+        gauge("proxy_agent_stats_uncounted_pairs"),
+        Some(0.0),
+        "{text}"
+    );
 }
 
 #[test]

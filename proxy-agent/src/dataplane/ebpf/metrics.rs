@@ -329,6 +329,7 @@ mod tests {
             gc: GcMetrics::default(),
             memory,
             bpffs: "/nonexistent/proxy-agent".into(),
+            stats: crate::dataplane::ebpf::stats::StatsGauges::default(),
         }
         .register(&mut r);
         let text = encode(&r);

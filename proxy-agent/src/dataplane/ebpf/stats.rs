@@ -338,9 +338,16 @@ mod tests {
         assert_eq!(stats::id_of(ids.assign(key(1, 5))), 1, "the id went back");
         // What /metrics says: 2 ids, both out, two memberships (1:3, 1:4) uncounted.
         let g = ids.gauges();
-        assert_eq!((g.capacity.get(), g.assigned.get(), g.uncounted.get()), (2, 2, 2));
+        assert_eq!(
+            (g.capacity.get(), g.assigned.get(), g.uncounted.get()),
+            (2, 2, 2)
+        );
         ids.release(&key(1, 3));
-        assert_eq!(g.uncounted.get(), 1, "a deleted membership is no longer uncounted");
+        assert_eq!(
+            g.uncounted.get(),
+            1,
+            "a deleted membership is no longer uncounted"
+        );
     }
 
     #[test]

@@ -192,7 +192,10 @@ impl MapTables {
 
     /// The statistics table's gauges (default ones, never set, when read only).
     pub(super) fn stats_gauges(&self) -> stats::StatsGauges {
-        self.stats.as_ref().map(StatsIds::gauges).unwrap_or_default()
+        self.stats
+            .as_ref()
+            .map(StatsIds::gauges)
+            .unwrap_or_default()
     }
 
     /// Opens the maps pinned under `bpffs`, for reading what an agent programmed.
