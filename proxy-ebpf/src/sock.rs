@@ -250,6 +250,13 @@ fn select(ctx: &SockAddrContext, vip: Addr, port_be: u16, protocol: u32) -> Verd
     }
     count(counter::LB_TRANSLATED);
     stats::sock_connection(fe.service_id, backend_id);
+    // Verified away unless --bpf-log-level is debug or trace (see tc.rs).
+    aya_log_ebpf::debug!(
+        ctx,
+        "sock: connection to service {} sent to backend {}",
+        fe.service_id,
+        backend_id
+    );
     let tuple = vip_tuple(vip, port_be, proto);
     let to = vip_tuple(be.addr, be.port_be, proto);
     monitor::trace(

@@ -465,6 +465,15 @@ fn open(
     }
     count(counter::CT_NEW);
     stats::flow_opened(&s.fwd.ct, ctx.len());
+    // Compiled in, verified away unless the agent runs with --bpf-log-level debug or
+    // trace (AYA_LOG_LEVEL is a load-time constant: the verifier prunes the branch).
+    aya_log_ebpf::debug!(
+        ctx,
+        "tc: new flow to service {} backend {} (snat {})",
+        fe.service_id,
+        backend_id,
+        u8::from(snat)
+    );
     monitor::trace(
         counter::CT_NEW,
         &Subject {

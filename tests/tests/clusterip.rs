@@ -32,6 +32,18 @@ impl Env {
     /// A topology with `n` backends, each serving `tcp`/`udp` ports, and an agent
     /// running on the manifests in `files`.
     fn new(tag: &str, n: usize, tcp: &[u16], udp: &[u16], files: &[(&str, String)]) -> Env {
+        Env::with_flags(tag, n, tcp, udp, files, &[])
+    }
+
+    /// Like [`Env::new`], with the agent's `flags`.
+    fn with_flags(
+        tag: &str,
+        n: usize,
+        tcp: &[u16],
+        udp: &[u16],
+        files: &[(&str, String)],
+        flags: &[&str],
+    ) -> Env {
         let topo = ClusterTopology::new(tag, n);
         let servers = topo.serve_backends(tcp, udp);
         let dir = ManifestDir::new(tag);
@@ -39,7 +51,7 @@ impl Env {
             dir.write(name, content);
         }
         let bpffs = BpfFs::new(tag);
-        let agent = Agent::start(bpffs.path(), topo.client_cgroup.path(), dir.path(), &[]);
+        let agent = Agent::start(bpffs.path(), topo.client_cgroup.path(), dir.path(), flags);
         Env {
             agent: Some(agent),
             _servers: servers,
@@ -767,6 +779,37 @@ fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
         Some(0.0),
         "{text}"
     );
+}
+
+/// `--bpf-log-level debug`: the programs' own log (aya-log) reaches the agent's, one
+/// record per balanced connection; without the flag there is none.
+#[test]
+fn the_data_planes_debug_log_is_there_only_when_asked_for() {
+    let ips = ["10.244.0.11"].map(ip);
+    let files = [("web.yaml", web(&ips, VIP4, None))];
+    let env = Env::with_flags("bpflog", 1, &[8080], &[], &files, &["--bpf-log-level", "debug"]);
+    env.agent()
+        .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
+    env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "3"]);
+    let record = "sock: connection to service";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while env.agent().log().matches(record).count() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no data plane log records:\n{}",
+            env.agent().log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(env.agent().log().contains("proxy_ebpf"), "the records' target");
+
+    let quiet = Env::new("bpfnolog", 1, &[8080], &[], &files);
+    quiet
+        .agent()
+        .wait_for("10.96.0.10:80/TCP", &backends(&quiet.v4(), 8080), SYNC);
+    quiet.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "3"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!quiet.agent().log().contains(record), "{}", quiet.agent().log());
 }
 
 #[test]

@@ -210,6 +210,10 @@ pub struct Config {
     /// CAP_SYS_ADMIN to enter them; the agent's own namespace is always searched).
     #[arg(long, help_heading = "eBPF", default_value = crate::dataplane::ebpf::udp_sockets::DEFAULT_POD_NETNS_DIR)]
     pub pod_netns_dir: PathBuf,
+    /// The eBPF programs' own debug logging (aya-log) into the agent's log, target
+    /// `proxy_ebpf`. Off by default, and then free: the statements are verified away.
+    #[arg(long, help_heading = "eBPF", value_enum, default_value = "off")]
+    pub bpf_log_level: crate::dataplane::ebpf::log::BpfLogLevel,
     /// Assured flows the tc path tracks, overriding `--conntrack-max-per-core` and
     /// `--conntrack-min` (0: use them). Flows that are not assured yet have a table of
     /// their own (`--conntrack-unassured-max`).
@@ -355,6 +359,20 @@ impl Config {
         format!("info,proxy_agent={level}")
     }
 
+    /// `proxy_ebpf=LEVEL` for `--bpf-log-level` other than off.
+    pub fn bpf_log_directive(&self) -> Option<tracing_subscriber::filter::Directive> {
+        use crate::dataplane::ebpf::log::BpfLogLevel::*;
+        let level = match self.bpf_log_level {
+            Off => return None,
+            Error => "error",
+            Warn => "warn",
+            Info => "info",
+            Debug => "debug",
+            Trace => "trace",
+        };
+        format!("proxy_ebpf={level}").parse().ok()
+    }
+
     fn map_sizes(&self) -> MapSizes {
         MapSizes {
             frontends: self.max_frontends,
@@ -494,6 +512,10 @@ impl Config {
                         != crate::dataplane::ebpf::udp_sockets::DEFAULT_POD_NETNS_DIR,
                     "--pod-netns-dir",
                 ),
+                (
+                    self.bpf_log_level != crate::dataplane::ebpf::log::BpfLogLevel::Off,
+                    "--bpf-log-level",
+                ),
             ],
         };
         flags
@@ -513,6 +535,7 @@ impl Config {
             conntrack_gc_interval: self.conntrack_gc_interval,
             pod_interfaces: self.pod_interfaces.clone(),
             pod_netns_dir: self.pod_netns_dir.clone(),
+            bpf_log: self.bpf_log_level,
         }
     }
 }

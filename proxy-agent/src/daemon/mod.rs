@@ -294,11 +294,14 @@ pub fn main() -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     let cfg = loaded.config;
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cfg.log_filter()));
+    // Asking for the programs' log is asking to see it, whatever the filter says.
+    if let Some(d) = cfg.bpf_log_directive() {
+        filter = filter.add_directive(d);
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cfg.log_filter())),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -205,6 +205,8 @@ pub(super) fn load_and_attach(cfg: &EbpfConfig) -> Result<Ebpf, LoadError> {
         .map_max_entries(maps::CONNTRACK, cfg.conntrack.assured_entries())
         .map_max_entries(maps::CT_OPEN, cfg.conntrack.unassured_entries())
         .map_max_entries(maps::STATS, stats_entries)
+        // Always set: aya-log's own default logs everything.
+        .override_global(aya_log::LEVEL, &cfg.bpf_log.global(), true)
         .load(PROGRAMS)?;
     for name in [pc::programs::TC_INGRESS, pc::programs::TC_EGRESS] {
         program::<SchedClassifier>(&mut ebpf, name)?

@@ -27,6 +27,7 @@ mod fake;
 pub mod inspect;
 pub mod keys;
 pub mod load;
+pub mod log;
 pub mod metrics;
 pub mod monitor;
 pub mod pins;
@@ -113,6 +114,8 @@ pub struct EbpfConfig {
     /// `--pod-netns-dir`: where pod network namespaces are bind-mounted, searched for
     /// connected UDP sockets of a backend that left.
     pub pod_netns_dir: PathBuf,
+    /// `--bpf-log-level`: the programs' debug logging (off: none, at no cost).
+    pub bpf_log: log::BpfLogLevel,
 }
 
 /// Aborts a task when dropped: the backend's side tasks live as long as it does.
@@ -138,6 +141,7 @@ pub struct EbpfDataplane {
     metrics: EbpfMetrics,
     udp_sockets: UdpSockets,
     _gc: AbortOnDrop,
+    _log: Option<AbortOnDrop>,
 }
 
 impl EbpfDataplane {
@@ -181,6 +185,7 @@ impl EbpfDataplane {
             );
         }
         let udp_sockets = UdpSockets::start(cfg.bpffs.clone(), cfg.pod_netns_dir.clone());
+        let log = log::spawn(&mut ebpf, cfg.bpf_log).map(AbortOnDrop);
         info!(
             bpffs = %cfg.bpffs.display(),
             cgroup = %cfg.cgroup.display(),
@@ -196,6 +201,7 @@ impl EbpfDataplane {
             metrics,
             udp_sockets,
             _gc: AbortOnDrop(gc),
+            _log: log,
         })
     }
 }
@@ -289,6 +295,7 @@ mod tests {
             conntrack_gc_interval: Duration::from_secs(10),
             pod_interfaces: Vec::new(),
             pod_netns_dir: udp_sockets::DEFAULT_POD_NETNS_DIR.into(),
+            bpf_log: log::BpfLogLevel::Off,
         }
     }
 
