@@ -787,7 +787,14 @@ fn metrics_health_and_proxy_mode_answer_like_kube_proxy() {
 fn the_data_planes_debug_log_is_there_only_when_asked_for() {
     let ips = ["10.244.0.11"].map(ip);
     let files = [("web.yaml", web(&ips, VIP4, None))];
-    let env = Env::with_flags("bpflog", 1, &[8080], &[], &files, &["--bpf-log-level", "debug"]);
+    let env = Env::with_flags(
+        "bpflog",
+        1,
+        &[8080],
+        &[],
+        &files,
+        &["--bpf-log-level", "debug"],
+    );
     env.agent()
         .wait_for("10.96.0.10:80/TCP", &backends(&env.v4(), 8080), SYNC);
     env.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "3"]);
@@ -801,7 +808,10 @@ fn the_data_planes_debug_log_is_there_only_when_asked_for() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(env.agent().log().contains("proxy_ebpf"), "the records' target");
+    assert!(
+        env.agent().log().contains("proxy_ebpf"),
+        "the records' target"
+    );
 
     let quiet = Env::new("bpfnolog", 1, &[8080], &[], &files);
     quiet
@@ -809,7 +819,11 @@ fn the_data_planes_debug_log_is_there_only_when_asked_for() {
         .wait_for("10.96.0.10:80/TCP", &backends(&quiet.v4(), 8080), SYNC);
     quiet.probe(&["tcp", "--to", "10.96.0.10:80", "--count", "3"]);
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!quiet.agent().log().contains(record), "{}", quiet.agent().log());
+    assert!(
+        !quiet.agent().log().contains(record),
+        "{}",
+        quiet.agent().log()
+    );
 }
 
 #[test]

@@ -78,14 +78,21 @@ pub(super) fn spawn(ebpf: &mut Ebpf, level: BpfLogLevel) -> Option<tokio::task::
             return None;
         }
     };
-    let fd = match AsyncFd::with_interest(logger, tokio::io::Interest::READABLE) {
+    // SAFETY: the descriptor is the logger's ring buffer map, owned by the logger, which
+    // the AsyncFd owns and never replaces: it stays open and the same until dropped.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let fd = match registered.map_err(|e| e.into_parts().1) {
         Ok(fd) => fd,
         Err(e) => {
             warn!(error = %e, "--bpf-log-level: waiting on the data plane's log");
             return None;
         }
     };
-    tracing::info!(?level, "the data plane logs to the agent's log (target proxy_ebpf)");
+    tracing::info!(
+        ?level,
+        "the data plane logs to the agent's log (target proxy_ebpf)"
+    );
     Some(tokio::spawn(async move {
         let mut fd = fd;
         loop {
