@@ -1,13 +1,13 @@
-//! The data plane's traffic statistics switched on and off in a running agent's pinned
-//! `STATS` map (its index 0, which the programs read when a flow opens), so that a
-//! benchmark measures their cost within one run: the same agent, services and traffic,
-//! counted and not.
+//! Switches in a running agent's pinned maps, so that a benchmark measures what a
+//! feature costs within one run (the same agent, services and traffic, with and
+//! without): the traffic statistics (index 0 of `STATS`, which the programs read when
+//! a flow opens) and the monitor's leases (`MONITOR`).
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
-use proxy_common::{Stats, maps, stats};
+use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues};
+use proxy_common::{Stats, maps, monitor, stats};
 
 /// Turns the counting on or off; flows opened after this keep the setting.
 pub(crate) fn set(maps_dir: &Path, on: bool) -> Result<()> {
@@ -25,5 +25,17 @@ pub(crate) fn set(maps_dir: &Path, on: bool) -> Result<()> {
     };
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     array.set(0, PerCpuValues::try_from(vec![value; cpus])?, 0)?;
+    Ok(())
+}
+
+/// Ends every monitor lease at once (a listener that was killed leaves its lease
+/// running for up to `LEASE_NS`, and the programs keep emitting until it lapses).
+pub(crate) fn end_monitor_leases(maps_dir: &Path) -> Result<()> {
+    let pin = maps_dir.join(maps::MONITOR);
+    let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+    let mut leases: Array<MapData, u64> = Array::try_from(Map::Array(data))?;
+    for kind in 0..monitor::KINDS {
+        leases.set(kind, 0, 0)?;
+    }
     Ok(())
 }

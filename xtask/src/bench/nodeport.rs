@@ -36,23 +36,30 @@
 //! in the figure; more than 1% failures abort. Each round line also shows the client's
 //! SYN retransmits and, for ours, the CPU the agent used while traffic ran.
 //!
-//! Ours runs CRR twice per round, with the data plane's traffic statistics (`proxyctl
-//! list --stats`) counting and not (switched in its pinned `STATS`, see `counting`),
-//! in alternating order: the table's last line per scale is their cost in new
-//! connections/s.
+//! Ours runs CRR three times per round, in the six orders in turn: as deployed, with
+//! the data plane's traffic statistics (`proxyctl list --stats`) counting; with them
+//! switched off in its pinned `STATS` (see `counting`); and with `proxyctl monitor
+//! --type trace` listening, so that every new flow also writes an event to the ring
+//! buffer. The notes per scale give what each costs in new connections/s. No
+//! listener's cost, one array read per new flow, is a part of the traced run's work,
+//! which bounds it.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use ::tests::{
     Agent, BpfFs, Cgroup, ChildGuard, ManifestDir, Netns, NodesTopology, Pod, ProbeReply,
-    ServiceSpec, install_iptables, probe_bin, spawn_guarded, tool, try_run,
+    install_iptables, probe_bin, spawn_guarded, tool, try_run,
 };
 use anyhow::{Context, Result, bail};
 
 use super::{field, median, spread};
+
+mod services;
+pub(super) use services::service_set;
+use services::kube_proxy_rules;
 
 /// Rounds per scale: each of the six orders of the three sides, twice.
 const ROUNDS: usize = 12;
@@ -62,18 +69,11 @@ const IPERF_SECS: &str = "2";
 const CRR_MS: &str = "1500";
 /// Services besides the measured one at the large scale.
 pub(super) const OTHER_SERVICES: usize = 9_999;
-/// Every `NODEPORT_EVERY`-th other service is a NodePort (the rest are ClusterIP): as
-/// many as fit in the default NodePort range.
-const NODEPORT_EVERY: usize = 4;
-/// First NodePort of the other services.
-const OTHER_NODEPORT_BASE: u16 = 30_202;
 /// The measured service's ports (pod side) and NodePorts.
 pub(super) const HTTP_PORT: u16 = 8080;
 pub(super) const IPERF_PORT: u16 = 5201;
 pub(super) const HTTP_NODEPORT: u16 = 30_080;
 pub(super) const IPERF_NODEPORT: u16 = 30_201;
-const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const AGENT_FLAGS: &[&str] = &[
     "--nodeport-addresses",
     "192.0.2.0/24",
@@ -100,23 +100,30 @@ const ORDERS: [[usize; 3]; 6] = [
     [1, 0, 2],
 ];
 
+/// How ours runs CRR (see the module's doc), in the order of [`OURS`].
+#[derive(Clone, Copy)]
+enum Ours {
+    /// As deployed: the statistics count.
+    Counting,
+    NotCounting,
+    /// Counting, and `proxyctl monitor --type trace` listening.
+    Traced,
+}
+
+const OURS: [Ours; 3] = [Ours::Counting, Ours::NotCounting, Ours::Traced];
+
+/// New connections/s of ours' other runs, per round.
+#[derive(Default)]
+struct Variants {
+    stats_off: Vec<f64>,
+    traced: Vec<f64>,
+}
+
 /// Medians of one side: bits/s and connections/s.
 #[derive(Clone, Copy)]
 struct Figures {
     gbps: f64,
     crr: f64,
-}
-
-/// One service of the programmed set, for both the manifest and the iptables rules.
-pub(super) struct Svc {
-    /// Chain-name stem (`BENCH`, `S00042`).
-    pub(super) id: String,
-    name: String,
-    cluster_ip: Ipv4Addr,
-    /// (name, port, target port, node port).
-    pub(super) ports: Vec<(&'static str, u16, u16, Option<u16>)>,
-    endpoint: Ipv4Addr,
-    node: &'static str,
 }
 
 pub(super) struct Env<'a> {
@@ -185,8 +192,8 @@ pub fn run() -> Result<()> {
                 .count(),
             rules.lines().filter(|l| l.starts_with("-A ")).count()
         );
-        let mut stats_off = Vec::new();
-        let sides = measure(&env, services, &rules, &mut stats_off)?;
+        let mut variants = Variants::default();
+        let sides = measure(&env, services, &rules, &mut variants)?;
         let failed: Vec<String> = sides
             .iter()
             .zip(["direct", "ours", "iptables"])
@@ -205,13 +212,16 @@ pub fn run() -> Result<()> {
             ("throughput (Gbit/s)", d.gbps, o.gbps, i.gbps),
             ("new connections/s", d.crr, o.crr, i.crr),
         ];
-        let off = median(&mut stats_off);
+        let off = median(&mut variants.stats_off);
+        let traced = median(&mut variants.traced);
         let _ = writeln!(
             notes,
             "{services} services: new connections/s with the statistics {:.0}, without {off:.0}: \
-             they cost {:+.1}%",
+             they cost {:+.1}%; with a monitor tracing every new flow {traced:.0}: it costs \
+             {:+.1}% (with no listener, at most this)",
             o.crr,
-            100.0 * (off - o.crr) / off
+            100.0 * (off - o.crr) / off,
+            100.0 * (o.crr - traced) / o.crr
         );
         for (metric, d, o, i) in rows {
             let prec = usize::from(metric.starts_with("throughput")) * 2;
@@ -237,7 +247,7 @@ fn measure(
     env: &Env<'_>,
     services: usize,
     rules: &str,
-    stats_off: &mut Vec<f64>,
+    variants: &mut Variants,
 ) -> Result<[(Figures, u64, u64); 3]> {
     let node = env.topo.node_a();
     let mut samples: [(Vec<f64>, Vec<f64>, u64, u64); 3] = Default::default();
@@ -265,16 +275,15 @@ fn measure(
                     let to = node.ipv4.to_string();
                     let cpu_before = netns_cpu_ms(&node.netns);
                     let gbps = iperf(env, &to, IPERF_NODEPORT)?;
-                    // Statistics on and off, in alternating order.
-                    let maps_dir = agent.bpffs.join("maps");
-                    let on_first = round % 2 == 0;
-                    super::counting::set(&maps_dir, on_first)?;
-                    let a = crr(env, &to, HTTP_NODEPORT)?;
-                    super::counting::set(&maps_dir, !on_first)?;
-                    let b = crr(env, &to, HTTP_NODEPORT)?;
-                    let (on, off) = if on_first { (a, b) } else { (b, a) };
-                    stats_off.push(off.rate);
-                    let _ = write!(line, "  ours, stats off: {:.0} conn/s;", off.rate);
+                    let mut runs: [Option<Crr>; 3] = Default::default();
+                    for &v in &ORDERS[round % ORDERS.len()] {
+                        runs[v] = Some(ours_crr(env, &agent, &to, OURS[v], &mut line)?);
+                    }
+                    let [Some(on), Some(off), Some(traced)] = runs else {
+                        bail!("a CRR run of ours is missing");
+                    };
+                    variants.stats_off.push(off.rate);
+                    variants.traced.push(traced.rate);
                     let r = (gbps, on);
                     agent_cpu = cpu_before
                         .zip(netns_cpu_ms(&node.netns))
@@ -334,6 +343,34 @@ fn measure(
         };
         (fig, errs, conns)
     }))
+}
+
+/// One CRR run of ours as `mode` says; the runs besides the deployed one are noted in
+/// `line`.
+fn ours_crr(env: &Env<'_>, agent: &Agent, to: &str, mode: Ours, line: &mut String) -> Result<Crr> {
+    let maps_dir = agent.bpffs.join("maps");
+    super::counting::set(&maps_dir, !matches!(mode, Ours::NotCounting))?;
+    match mode {
+        Ours::Counting => crr(env, to, HTTP_NODEPORT),
+        Ours::NotCounting => {
+            let r = crr(env, to, HTTP_NODEPORT)?;
+            let _ = write!(line, "  ours, stats off: {:.0} conn/s;", r.rate);
+            Ok(r)
+        }
+        Ours::Traced => {
+            let mut monitor = agent.monitor(&["--type", "trace", "-o", "json"]);
+            let r = crr(env, to, HTTP_NODEPORT);
+            let events = monitor.drain_lines(Duration::from_millis(300)).len();
+            drop(monitor);
+            super::counting::end_monitor_leases(&maps_dir)?;
+            let r = r?;
+            if events == 0 {
+                bail!("proxyctl monitor --type trace saw none of {} connections", r.conns);
+            }
+            let _ = write!(line, "  ours, traced: {:.0} conn/s, {events} events;", r.rate);
+            Ok(r)
+        }
+    }
 }
 
 /// Waits (at most 2 s) until the pod's last connections have finished closing, so that
@@ -671,170 +708,4 @@ fn sync_field(line: &str, key: &str) -> usize {
         .find_map(|w| w.strip_prefix(key))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-/// The measured service (two NodePorts: the probe server and iperf3) amid `others`
-/// other services, placed in the middle (kube-proxy writes services in map order, so on
-/// average a service's rules sit halfway down its chains).
-pub(super) fn service_set(pod: Ipv4Addr, others: usize) -> Vec<Svc> {
-    let mut svcs: Vec<Svc> = (0..others)
-        .map(|i| {
-            let (a, b) = (i / 250, i % 250 + 1);
-            let node_port = (i % NODEPORT_EVERY == 0).then(|| {
-                OTHER_NODEPORT_BASE + u16::try_from(i / NODEPORT_EVERY).expect("fits the range")
-            });
-            Svc {
-                id: format!("S{i:05}"),
-                name: format!("s{i}"),
-                cluster_ip: Ipv4Addr::new(10, 97, a as u8, b as u8),
-                ports: vec![("http", 80, 8080, node_port)],
-                endpoint: Ipv4Addr::new(10, 245, a as u8, b as u8),
-                node: "node-b",
-            }
-        })
-        .collect();
-    let bench = Svc {
-        id: "BENCH".into(),
-        name: "bench".into(),
-        cluster_ip: CLUSTER_IP,
-        ports: vec![
-            ("http", 80, HTTP_PORT, Some(HTTP_NODEPORT)),
-            ("iperf", IPERF_PORT, IPERF_PORT, Some(IPERF_NODEPORT)),
-        ],
-        endpoint: pod,
-        node: "node-a",
-    };
-    svcs.insert(others / 2, bench);
-    svcs
-}
-
-impl Svc {
-    pub(super) fn yaml(&self) -> String {
-        let np = self.ports.iter().any(|p| p.3.is_some());
-        let mut spec = ServiceSpec::new(&self.name, if np { "NodePort" } else { "ClusterIP" })
-            .cluster_ip(IpAddr::V4(self.cluster_ip))
-            .endpoint(IpAddr::V4(self.endpoint), self.node);
-        for &(name, port, target, node_port) in &self.ports {
-            spec = spec.port(name, port, "TCP", target, node_port);
-        }
-        spec.yaml()
-    }
-}
-
-/// kube-proxy's iptables-mode nat table for `svcs` (`externalTrafficPolicy: Cluster`,
-/// `--cluster-cidr` set, one endpoint each), in `iptables-restore` format. The rule
-/// shapes are kube-proxy's (as in `tests::kube_proxy_nodeport_rules`); chain names are
-/// readable stems instead of hashes.
-fn kube_proxy_rules(svcs: &[Svc]) -> String {
-    let mut chains = String::new();
-    let mut services = String::new();
-    let mut nodeports = String::new();
-    let mut rest = String::new();
-    for s in svcs {
-        for &(port_name, port, target, node_port) in &s.ports {
-            let stem = format!("{}-{}", s.id, port_name.to_ascii_uppercase());
-            let (svc, ext, sep) = (
-                format!("KUBE-SVC-{stem}"),
-                format!("KUBE-EXT-{stem}"),
-                format!("KUBE-SEP-{stem}-E0"),
-            );
-            let name = format!("test/{}:{port_name}", s.name);
-            let cip = s.cluster_ip;
-            let be = SocketAddrV4::new(s.endpoint, target);
-            let _ = writeln!(chains, ":{svc} - [0:0]\n:{sep} - [0:0]");
-            let _ = writeln!(
-                services,
-                "-A KUBE-SERVICES -d {cip}/32 -p tcp -m comment --comment \"{name} cluster IP\" -m tcp --dport {port} -j {svc}"
-            );
-            if let Some(np) = node_port {
-                let _ = writeln!(chains, ":{ext} - [0:0]");
-                let _ = writeln!(
-                    nodeports,
-                    "-A KUBE-NODEPORTS -p tcp -m comment --comment \"{name}\" -m tcp --dport {np} -j {ext}"
-                );
-                let _ = writeln!(
-                    rest,
-                    "-A {ext} -m comment --comment \"masquerade traffic for {name} external destinations\" -j KUBE-MARK-MASQ\n\
-                     -A {ext} -j {svc}"
-                );
-            }
-            let _ = writeln!(
-                rest,
-                "-A {svc} ! -s {CLUSTER_CIDR} -d {cip}/32 -p tcp -m comment --comment \"{name} cluster IP\" -m tcp --dport {port} -j KUBE-MARK-MASQ\n\
-                 -A {svc} -m comment --comment \"{name} -> {be}\" -j {sep}\n\
-                 -A {sep} -s {}/32 -m comment --comment \"{name}\" -j KUBE-MARK-MASQ\n\
-                 -A {sep} -p tcp -m comment --comment \"{name}\" -m tcp -j DNAT --to-destination {be}",
-                s.endpoint
-            );
-        }
-    }
-    let mut r = String::from(
-        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
-         :KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n",
-    );
-    r.push_str(&chains);
-    r.push_str(
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
-         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
-         -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
-         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n\
-         -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n",
-    );
-    r.push_str(&nodeports);
-    r.push_str(&rest);
-    r.push_str(&services);
-    r.push_str(
-        "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
-         COMMIT\n",
-    );
-    r
-}
-
-#[cfg(test)]
-mod rules {
-    use super::*;
-
-    #[test]
-    fn a_nodeport_connection_walks_every_service_rule_first() {
-        let svcs = service_set(Ipv4Addr::new(10, 244, 1, 11), 9);
-        let r = kube_proxy_rules(&svcs);
-        let services: Vec<&str> = r
-            .lines()
-            .filter(|l| l.starts_with("-A KUBE-SERVICES "))
-            .collect();
-        // 9 one-port services, the bench service's two ports, then the NodePort jump.
-        assert_eq!(services.len(), 12, "{r}");
-        assert!(services[11].ends_with("--dst-type LOCAL -j KUBE-NODEPORTS"));
-        assert!(r.contains(
-            "-A KUBE-NODEPORTS -p tcp -m comment --comment \"test/bench:http\" -m tcp --dport 30080 -j KUBE-EXT-BENCH-HTTP"
-        ));
-        assert!(r.contains("-j DNAT --to-destination 10.244.1.11:5201"));
-        // s0, s4, s8 are NodePorts, in order around the bench service.
-        let nodeports: Vec<&str> = r
-            .lines()
-            .filter(|l| l.starts_with("-A KUBE-NODEPORTS "))
-            .collect();
-        assert_eq!(nodeports.len(), 5);
-        assert!(nodeports[0].contains("--dport 30202"));
-        assert!(nodeports[4].contains("--dport 30204"));
-        assert!(r.lines().all(|l| l.len() < 400));
-    }
-
-    #[test]
-    fn other_nodeports_stay_in_the_default_range() {
-        let svcs = service_set(Ipv4Addr::new(10, 244, 1, 11), OTHER_SERVICES);
-        let mut ports: Vec<u16> = svcs
-            .iter()
-            .flat_map(|s| &s.ports)
-            .filter_map(|p| p.3)
-            .collect();
-        let n = ports.len();
-        ports.sort_unstable();
-        ports.dedup();
-        assert_eq!(ports.len(), n, "NodePorts collide");
-        assert!(ports.iter().all(|p| (30_000..=32_767).contains(p)));
-        assert_eq!(svcs.len(), OTHER_SERVICES + 1);
-    }
 }
