@@ -58,8 +58,8 @@ use anyhow::{Context, Result, bail};
 use super::{field, median, spread};
 
 mod services;
-pub(super) use services::service_set;
 use services::kube_proxy_rules;
+pub(super) use services::service_set;
 
 /// Rounds per scale: each of the six orders of the three sides, twice.
 const ROUNDS: usize = 12;
@@ -365,9 +365,16 @@ fn ours_crr(env: &Env<'_>, agent: &Agent, to: &str, mode: Ours, line: &mut Strin
             super::counting::end_monitor_leases(&maps_dir)?;
             let r = r?;
             if events == 0 {
-                bail!("proxyctl monitor --type trace saw none of {} connections", r.conns);
+                bail!(
+                    "proxyctl monitor --type trace saw none of {} connections",
+                    r.conns
+                );
             }
-            let _ = write!(line, "  ours, traced: {:.0} conn/s, {events} events;", r.rate);
+            let _ = write!(
+                line,
+                "  ours, traced: {:.0} conn/s, {events} events;",
+                r.rate
+            );
             Ok(r)
         }
     }
