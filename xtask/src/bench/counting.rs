@@ -28,14 +28,24 @@ pub(crate) fn set(maps_dir: &Path, on: bool) -> Result<()> {
     Ok(())
 }
 
+/// Holds every monitor lease for good, with nobody reading: the programs then emit on
+/// every path that can, into a ring that soon fills.
+pub(crate) fn hold_monitor_leases(maps_dir: &Path) -> Result<()> {
+    set_monitor_leases(maps_dir, u64::MAX)
+}
+
 /// Ends every monitor lease at once (a listener that was killed leaves its lease
 /// running for up to `LEASE_NS`, and the programs keep emitting until it lapses).
 pub(crate) fn end_monitor_leases(maps_dir: &Path) -> Result<()> {
+    set_monitor_leases(maps_dir, 0)
+}
+
+fn set_monitor_leases(maps_dir: &Path, deadline: u64) -> Result<()> {
     let pin = maps_dir.join(maps::MONITOR);
     let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
     let mut leases: Array<MapData, u64> = Array::try_from(Map::Array(data))?;
     for kind in 0..monitor::KINDS {
-        leases.set(kind, 0, 0)?;
+        leases.set(kind, deadline, 0)?;
     }
     Ok(())
 }

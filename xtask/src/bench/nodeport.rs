@@ -36,13 +36,15 @@
 //! in the figure; more than 1% failures abort. Each round line also shows the client's
 //! SYN retransmits and, for ours, the CPU the agent used while traffic ran.
 //!
-//! Ours runs CRR three times per round, in the six orders in turn: as deployed, with
-//! the data plane's traffic statistics (`proxyctl list --stats`) counting; with them
-//! switched off in its pinned `STATS` (see `counting`); and with `proxyctl monitor
-//! --type trace` listening, so that every new flow also writes an event to the ring
-//! buffer. The notes per scale give what each costs in new connections/s. No
-//! listener's cost, one array read per new flow, is a part of the traced run's work,
-//! which bounds it.
+//! Ours runs CRR four times per round, rotating the order: as deployed, with the data
+//! plane's traffic statistics (`proxyctl list --stats`) counting; with them switched
+//! off in its pinned `STATS` (see `counting`); with the monitor's leases held in its
+//! pinned `MONITOR` and nobody reading, so that every new flow checks the lease, finds
+//! it held and tries the ring, which is full after its first events (each attempt then
+//! counted as `monitor_lost`); and with `proxyctl monitor --type trace` printing every
+//! new flow. The notes per scale give what each costs in new connections/s. With no
+//! listener a flow pays only the lease check, a part of the held-lease run's work:
+//! that run bounds the idle monitor's cost.
 
 use std::fmt::Write as _;
 use std::net::SocketAddrV4;
@@ -106,16 +108,24 @@ enum Ours {
     /// As deployed: the statistics count.
     Counting,
     NotCounting,
+    /// Counting, with the monitor's leases held and no reader.
+    LeaseHeld,
     /// Counting, and `proxyctl monitor --type trace` listening.
     Traced,
 }
 
-const OURS: [Ours; 3] = [Ours::Counting, Ours::NotCounting, Ours::Traced];
+const OURS: [Ours; 4] = [
+    Ours::Counting,
+    Ours::NotCounting,
+    Ours::LeaseHeld,
+    Ours::Traced,
+];
 
 /// New connections/s of ours' other runs, per round.
 #[derive(Default)]
 struct Variants {
     stats_off: Vec<f64>,
+    lease_held: Vec<f64>,
     traced: Vec<f64>,
 }
 
@@ -213,15 +223,19 @@ pub fn run() -> Result<()> {
             ("new connections/s", d.crr, o.crr, i.crr),
         ];
         let off = median(&mut variants.stats_off);
+        let held = median(&mut variants.lease_held);
         let traced = median(&mut variants.traced);
+        let cost = |with: f64, without: f64| 100.0 * (without - with) / without;
         let _ = writeln!(
             notes,
-            "{services} services: new connections/s with the statistics {:.0}, without {off:.0}: \
-             they cost {:+.1}%; with a monitor tracing every new flow {traced:.0}: it costs \
-             {:+.1}% (with no listener, at most this)",
+            "{services} services, new connections/s: with the statistics {:.0}, without \
+             {off:.0}: they cost {:+.1}%; with a monitor lease held and no reader {held:.0}: \
+             {:+.1}%, which bounds the idle monitor; with proxyctl monitor --type trace \
+             printing every flow {traced:.0}: {:+.1}%",
             o.crr,
-            100.0 * (off - o.crr) / off,
-            100.0 * (o.crr - traced) / o.crr
+            cost(o.crr, off),
+            cost(held, o.crr),
+            cost(traced, o.crr)
         );
         for (metric, d, o, i) in rows {
             let prec = usize::from(metric.starts_with("throughput")) * 2;
@@ -275,14 +289,16 @@ fn measure(
                     let to = node.ipv4.to_string();
                     let cpu_before = netns_cpu_ms(&node.netns);
                     let gbps = iperf(env, &to, IPERF_NODEPORT)?;
-                    let mut runs: [Option<Crr>; 3] = Default::default();
-                    for &v in &ORDERS[round % ORDERS.len()] {
+                    let mut runs: [Option<Crr>; 4] = Default::default();
+                    for i in 0..OURS.len() {
+                        let v = (round + i) % OURS.len();
                         runs[v] = Some(ours_crr(env, &agent, &to, OURS[v], &mut line)?);
                     }
-                    let [Some(on), Some(off), Some(traced)] = runs else {
+                    let [Some(on), Some(off), Some(held), Some(traced)] = runs else {
                         bail!("a CRR run of ours is missing");
                     };
                     variants.stats_off.push(off.rate);
+                    variants.lease_held.push(held.rate);
                     variants.traced.push(traced.rate);
                     let r = (gbps, on);
                     agent_cpu = cpu_before
@@ -355,6 +371,26 @@ fn ours_crr(env: &Env<'_>, agent: &Agent, to: &str, mode: Ours, line: &mut Strin
         Ours::NotCounting => {
             let r = crr(env, to, HTTP_NODEPORT)?;
             let _ = write!(line, "  ours, stats off: {:.0} conn/s;", r.rate);
+            Ok(r)
+        }
+        Ours::LeaseHeld => {
+            super::counting::hold_monitor_leases(&maps_dir)?;
+            let lost_before = agent.counter("monitor_lost").unwrap_or(0);
+            let r = crr(env, to, HTTP_NODEPORT);
+            super::counting::end_monitor_leases(&maps_dir)?;
+            let r = r?;
+            let lost = agent.counter("monitor_lost").unwrap_or(0) - lost_before;
+            if lost == 0 {
+                bail!(
+                    "with the monitor's leases held, none of {} connections tried the ring",
+                    r.conns
+                );
+            }
+            let _ = write!(
+                line,
+                "  ours, lease held: {:.0} conn/s, {lost} events lost;",
+                r.rate
+            );
             Ok(r)
         }
         Ours::Traced => {
