@@ -21,7 +21,7 @@
 //! unserved. The three sides take turns in every round, in each of the six orders in
 //! turn, so that machine noise hits all alike; each figure is the median over the
 //! rounds (12 rounds per scale: 2 s of iperf3 and 1.5 s of `probe crr` per side; about
-//! 5 minutes in all). Everything runs release builds.
+//! 7 minutes in all, with ours' four CRR runs). Everything runs release builds.
 //!
 //! The 10,000 services are the measured one (two NodePorts: the probe server and
 //! iperf3) in the middle of 9,999 others with one TCP port each, every fourth of them a
