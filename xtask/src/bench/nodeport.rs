@@ -361,18 +361,25 @@ fn measure(
     }))
 }
 
+impl Ours {
+    /// How a round line names the run; `None` for the deployed one, the table's.
+    fn label(self) -> Option<&'static str> {
+        match self {
+            Ours::Counting => None,
+            Ours::NotCounting => Some("stats off"),
+            Ours::LeaseHeld => Some("lease held"),
+            Ours::Traced => Some("traced"),
+        }
+    }
+}
+
 /// One CRR run of ours as `mode` says; the runs besides the deployed one are noted in
 /// `line`.
 fn ours_crr(env: &Env<'_>, agent: &Agent, to: &str, mode: Ours, line: &mut String) -> Result<Crr> {
     let maps_dir = agent.bpffs.join("maps");
     super::counting::set(&maps_dir, !matches!(mode, Ours::NotCounting))?;
-    match mode {
-        Ours::Counting => crr(env, to, HTTP_NODEPORT),
-        Ours::NotCounting => {
-            let r = crr(env, to, HTTP_NODEPORT)?;
-            let _ = write!(line, "  ours, stats off: {:.0} conn/s;", r.rate);
-            Ok(r)
-        }
+    let (r, detail) = match mode {
+        Ours::Counting | Ours::NotCounting => (crr(env, to, HTTP_NODEPORT)?, String::new()),
         Ours::LeaseHeld => {
             super::counting::hold_monitor_leases(&maps_dir)?;
             let lost_before = agent.counter("monitor_lost").unwrap_or(0);
@@ -386,12 +393,7 @@ fn ours_crr(env: &Env<'_>, agent: &Agent, to: &str, mode: Ours, line: &mut Strin
                     r.conns
                 );
             }
-            let _ = write!(
-                line,
-                "  ours, lease held: {:.0} conn/s, {lost} events lost;",
-                r.rate
-            );
-            Ok(r)
+            (r, format!(", {lost} events lost"))
         }
         Ours::Traced => {
             let mut monitor = agent.monitor(&["--type", "trace", "-o", "json"]);
@@ -406,14 +408,13 @@ fn ours_crr(env: &Env<'_>, agent: &Agent, to: &str, mode: Ours, line: &mut Strin
                     r.conns
                 );
             }
-            let _ = write!(
-                line,
-                "  ours, traced: {:.0} conn/s, {events} events;",
-                r.rate
-            );
-            Ok(r)
+            (r, format!(", {events} events"))
         }
+    };
+    if let Some(label) = mode.label() {
+        let _ = write!(line, "  ours, {label}: {:.0} conn/s{detail};", r.rate);
     }
+    Ok(r)
 }
 
 /// Waits (at most 2 s) until the pod's last connections have finished closing, so that
